@@ -1,0 +1,68 @@
+"""alignkit: choose which frozen vision and text encoders to align before paying for training.
+
+Public API (imported lazily, so ``import alignkit`` stays cheap)::
+
+    create_encoder("st:sentence-transformers/all-MiniLM-L6-v2")   # -> Encoder
+    list_encoders("timm:*dino*")                                   # -> list[EncoderInfo]
+    load_probe("flickr8k:test", n=500)                             # -> ProbeSet
+    extract_features(encoder, probe)                               # -> FeatureSet (cached)
+    linear_cka(x, y), mutual_knn(x, y, k=10), METRICS              # metrics
+    score_pairs(vision_features, text_features, metrics)           # -> long-form DataFrame
+    rank_encoders(vision=[...], text=[...], probe="synthetic")     # -> Ranking
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # errors and devices
+    "AlignkitError": "alignkit.errors",
+    "resolve_device": "alignkit._device",
+    # encoders
+    "Encoder": "alignkit.encoders",
+    "EncoderInfo": "alignkit.encoders",
+    "create_encoder": "alignkit.encoders",
+    "list_encoders": "alignkit.encoders",
+    "ENCODER_SETS": "alignkit.encoders",
+    # probes and features
+    "ProbeSet": "alignkit.probes",
+    "ProbeRow": "alignkit.probes",
+    "load_probe": "alignkit.probes",
+    "FeatureSet": "alignkit.features",
+    "extract_features": "alignkit.features",
+    "FeatureCache": "alignkit.features",
+    # metrics
+    "METRICS": "alignkit.metrics",
+    "linear_cka": "alignkit.metrics",
+    "rbf_cka": "alignkit.metrics",
+    "minibatch_cka": "alignkit.metrics",
+    "mutual_knn": "alignkit.metrics",
+    "cknna": "alignkit.metrics",
+    "svcca": "alignkit.metrics",
+    "permutation_null": "alignkit.metrics",
+    "subsample_interval": "alignkit.metrics",
+    "score_pairs": "alignkit.compare",
+    "SCORE_COLUMNS": "alignkit.compare",
+    # ranking
+    "rank_encoders": "alignkit.ranking",
+    "Ranking": "alignkit.ranking",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alignkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,44 @@
+"""The ``alignkit`` command: a thin typer layer over the library.
+
+Each command group lives in its own module and registers itself on :data:`app`. Library errors
+(:class:`alignkit.errors.AlignkitError`) become one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from alignkit.errors import AlignkitError
+
+app = typer.Typer(
+    name="alignkit",
+    help="Rank frozen vision x text encoder pairs by how aligned they already are, "
+    "then train and evaluate the projectors that align them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules register themselves on `app` at import.
+from alignkit.cli import encoders as _encoders  # noqa: E402,F401
+from alignkit.cli import extract as _extract  # noqa: E402,F401
+from alignkit.cli import rank as _rank  # noqa: E402,F401
+
+
+def main(argv: "list[str] | None" = None) -> None:
+    """Console entry point. Library errors become ``error: <one line>`` on stderr and exit 1.
+
+    Tests call ``main([...])`` and read ``SystemExit.code`` and stderr (pytest's ``capsys``).
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, prog_name="alignkit")
+    except AlignkitError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: finished work is kept in the cache; run again to resume", err=True)
+        sys.exit(130)

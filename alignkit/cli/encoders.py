@@ -1,0 +1,1 @@
+"""`alignkit` commands: encoders (stub until its module lands)."""

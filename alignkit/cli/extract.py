@@ -1,0 +1,1 @@
+"""`alignkit` commands: extract (stub until its module lands)."""

@@ -1,0 +1,1 @@
+"""`alignkit` commands: rank (stub until its module lands)."""

@@ -1,0 +1,167 @@
+"""The one interface every encoder backend implements.
+
+An encoder's work is split in two so that extraction can overlap CPU and model work:
+
+* :meth:`Encoder.preprocess` turns one raw item (a PIL image, or a caption string) into what the
+  model takes. It is pure CPU work, must be picklable, and runs inside DataLoader workers.
+* :meth:`Encoder.forward` runs the model on a collated batch of preprocessed items and returns
+  ``(B, dim)``, or ``(n_layers, B, dim)`` when ``layer="all"``.
+
+:meth:`Encoder.encode` is the convenience that does both for a list of raw items.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import torch
+
+from alignkit._device import inference, resolve_device
+from alignkit.errors import AlignkitError
+
+Modality = Literal["image", "text"]
+POOLINGS = ("default", "cls", "mean", "mean_all", "cls+mean")
+LayerSpec = "str | int"  # "last", "all", or a layer index (negative counts from the end)
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What ``list_encoders()`` knows about a spec without loading it."""
+
+    spec: str
+    modality: Modality
+    dim: int | None
+    offline: bool  # loads right now with no network
+    install_hint: str = ""  # the pip line that makes it load offline, when it does not
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Encoder(abc.ABC):
+    """A frozen model that maps images or captions to vectors.
+
+    Attributes:
+        name: the spec string it was built from, e.g. ``"timm:vit_small_patch14_dinov2"``.
+        modality: ``"image"`` or ``"text"``.
+        dim: width of one output vector (for ``pooling="cls+mean"`` twice the hidden width).
+        device: where :meth:`forward` runs.
+        pooling: one of :data:`POOLINGS` (backends that cannot pool differently accept ``"default"`` only).
+        layer: ``"last"``, ``"all"`` or an int index.
+        n_layers: how many layers ``layer="all"`` returns (1 for backends without layers).
+    """
+
+    name: str
+    modality: Modality
+    dim: int
+    device: torch.device
+    pooling: str = "default"
+    layer: "str | int" = "last"
+    n_layers: int = 1
+    precision: str = "auto"
+
+    # -- the two halves -------------------------------------------------------------------------
+    def preprocess(self, item: Any) -> Any:
+        """One raw item -> model input (CPU, picklable, runs in DataLoader workers).
+
+        Image encoders take a ``PIL.Image`` and return a ``(C, H, W)`` float tensor. Text encoders
+        return the caption unchanged (tokenisation happens per batch in :meth:`forward`).
+        """
+        return item
+
+    def collate(self, items: list[Any]) -> Any:
+        """Preprocessed items -> one batch: stacked tensors for images, a list for text."""
+        if items and isinstance(items[0], torch.Tensor):
+            return torch.stack(items)
+        return list(items)
+
+    @abc.abstractmethod
+    def _forward(self, batch: Any) -> torch.Tensor:
+        """Model work on a collated batch; inputs already checked. Returns (B, dim) or (L, B, dim)."""
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        """Run the model on a collated batch under ``inference_mode`` (and autocast on GPU).
+
+        Returns float32 on CPU-or-device ``(B, dim)``, or ``(n_layers, B, dim)`` for ``layer="all"``.
+        """
+        with inference(self.device, self.precision):
+            out = self._forward(batch)
+        return out.float()
+
+    def encode(self, items: Sequence[Any]) -> torch.Tensor:
+        """Raw items (PIL images or strings) -> ``(n, dim)`` float32 CPU tensor (``(L, n, dim)`` for all layers)."""
+        items = list(items)
+        self._check_items(items)
+        if not items:
+            shape = (self.n_layers, 0, self.dim) if self.layer == "all" else (0, self.dim)
+            return torch.empty(shape)
+        batch = self.collate([self.preprocess(item) for item in items])
+        return self.forward(batch).cpu()
+
+    # -- identity, for cache keys and provenance -------------------------------------------------
+    @abc.abstractmethod
+    def weights_identity(self) -> str:
+        """A string that changes whenever the weights change: a file hash, a hub revision, a seed."""
+
+    def config(self) -> dict[str, Any]:
+        """Every option that changes the numbers (pooling, layer, preprocessing), JSON-serialisable."""
+        return {"pooling": self.pooling, "layer": self.layer}
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _check_items(self, items: list[Any]) -> None:
+        if not items:
+            return
+        first = items[0]
+        if self.modality == "image" and isinstance(first, str):
+            raise AlignkitError(
+                f"{self.name} is an image encoder: expected PIL images, got text ({first[:40]!r})"
+            )
+        if self.modality == "text" and not isinstance(first, str):
+            raise AlignkitError(
+                f"{self.name} is a text encoder: expected strings, got {type(first).__name__}"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, dim={self.dim}, "
+            f"pooling={self.pooling!r}, layer={self.layer!r}, device={str(self.device)!r})"
+        )
+
+
+def check_pooling(pooling: str, allowed: Sequence[str], spec: str) -> str:
+    """Validate a pooling option against what a backend supports."""
+    if pooling not in allowed:
+        raise AlignkitError(
+            f"pooling {pooling!r} is not available for {spec}; expected one of: {', '.join(allowed)}"
+        )
+    return pooling
+
+
+def select_layers(hidden: Sequence[torch.Tensor], layer: "str | int", spec: str) -> torch.Tensor:
+    """Pick from per-layer outputs (each (B, ...)): ``"last"`` -> (B, ...), int -> (B, ...),
+    ``"all"`` -> (L, B, ...)."""
+    if layer == "last":
+        return hidden[-1]
+    if layer == "all":
+        return torch.stack(list(hidden))
+    if isinstance(layer, int) or (isinstance(layer, str) and layer.lstrip("-").isdigit()):
+        index = int(layer)
+        if not -len(hidden) <= index < len(hidden):
+            raise AlignkitError(
+                f"layer {index} is out of range for {spec}: it has {len(hidden)} layers "
+                f"(indices {-len(hidden)}..{len(hidden) - 1})"
+            )
+        return hidden[index]
+    raise AlignkitError(f"layer must be 'last', 'all' or an integer index: got {layer!r}")
+
+
+__all__ = [
+    "Encoder",
+    "EncoderInfo",
+    "Modality",
+    "POOLINGS",
+    "check_pooling",
+    "resolve_device",
+    "select_layers",
+]

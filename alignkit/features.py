@@ -1,0 +1,80 @@
+"""Feature sets: what an encoder made of a probe set, with where it came from.
+
+Extraction (``extract_features``) and the content-addressed cache live here too (issue #3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from alignkit.errors import AlignkitError
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Features of one encoder on the rows of one probe set.
+
+    Attributes:
+        features: ``(n, d)`` float32 CPU tensor, or ``(n_layers, n, d)`` for layer-wise features.
+        ids: the probe row ids, in row order (length n).
+        provenance: encoder spec, weights identity, options (pooling, layer, caption policy),
+            probe fingerprint, alignkit version. JSON-serialisable.
+    """
+
+    features: torch.Tensor
+    ids: tuple[str, ...]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.features.ndim not in (2, 3):
+            raise AlignkitError(
+                f"features must be (n, d) or (layers, n, d): got shape {tuple(self.features.shape)}"
+            )
+        if self.features.shape[-2] != len(self.ids):
+            raise AlignkitError(
+                f"features and ids must describe the same rows: got {self.features.shape[-2]} "
+                f"feature rows and {len(self.ids)} ids"
+            )
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[-1])
+
+    @property
+    def layered(self) -> bool:
+        return self.features.ndim == 3
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.features.shape[0]) if self.layered else 1
+
+    @property
+    def encoder(self) -> str:
+        return str(self.provenance.get("encoder", "?"))
+
+    @property
+    def modality(self) -> str:
+        return str(self.provenance.get("modality", "?"))
+
+    def layer(self, index: int) -> "FeatureSet":
+        """One layer of a layer-wise FeatureSet, as an ``(n, d)`` FeatureSet."""
+        if not self.layered:
+            raise AlignkitError(f"{self.encoder} features have no layer axis (shape {tuple(self.features.shape)})")
+        prov = {**self.provenance, "layer": index}
+        return FeatureSet(self.features[index], self.ids, prov)
+
+    def check_same_rows(self, other: "FeatureSet") -> None:
+        """Two FeatureSets are comparable only when built on the same probe rows, in the same order."""
+        if self.ids != other.ids:
+            raise AlignkitError(
+                f"{self.encoder} and {other.encoder} must describe the same probe rows: "
+                f"got {self.n} rows and {other.n} rows"
+                + ("" if self.n != other.n else " with different ids or order")
+            )
