@@ -1,7 +1,4 @@
-"""Feature sets: what an encoder made of a probe set, with where it came from.
-
-Extraction (``extract_features``) and the content-addressed cache live here too (issue #3).
-"""
+"""FeatureSet: what an encoder made of a probe set, with where it came from."""
 
 from __future__ import annotations
 

@@ -1,0 +1,25 @@
+"""Features of probe sets: extraction, the content-addressed cache, and the FeatureSet they give.
+
+* :class:`FeatureSet` (``featureset.py``): ``(n, d)`` or ``(layers, n, d)`` features with probe ids
+  and provenance.
+* :func:`extract_features` (``extract.py``): batched extraction with DataLoader workers, resumable
+  shards and ``torchrun`` sharding across ranks.
+* :class:`FeatureCache` (``cache.py``): safetensors + JSON sidecar entries keyed by a hash of
+  everything that changes the numbers, written atomically.
+"""
+
+from __future__ import annotations
+
+from alignkit.features.cache import FORMAT_VERSION, CacheEntry, FeatureCache, feature_key
+from alignkit.features.extract import default_num_workers, extract_features
+from alignkit.features.featureset import FeatureSet
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CacheEntry",
+    "FeatureCache",
+    "FeatureSet",
+    "default_num_workers",
+    "extract_features",
+    "feature_key",
+]

@@ -1,0 +1,453 @@
+"""The content-addressed feature cache.
+
+Layout under ``root`` (default ``<alignkit cache dir>/features``)::
+
+    ab/ab12...ef.safetensors        one tensor "features", (n, d) or (L, n, d) float32; the header
+                                    metadata holds the key, the format version, the probe ids and
+                                    the provenance
+    ab/ab12...ef.json               sidecar: format version, key, shape, row count, byte size and
+                                    sha256 of the .safetensors file, provenance (for `list` and people)
+    ab/ab12...ef.partial/           shards of an extraction in progress:
+        rows-000000000-000000512.safetensors   rows [0, 512), written when those rows are done
+    ab/ab12...ef.lock               serialises the final commit of one key between processes
+
+The key is a hash of what changes the numbers and nothing else (see :func:`feature_key`). Every
+file is written to a temporary name in the same folder and renamed into place (``os.replace`` is
+atomic), so a reader never sees a partial file. The sidecar is renamed last and is the commit
+marker: an entry counts only when its sidecar names the current format version and the tensor
+file's size and sha256 match it. Anything else (a truncated file, a foreign format version) is
+reported with a warning and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from alignkit import _paths
+from alignkit.errors import AlignkitError
+from alignkit.features.featureset import FeatureSet
+
+if TYPE_CHECKING:
+    from alignkit.encoders.base import Encoder
+    from alignkit.probes.base import ProbeSet
+
+log = logging.getLogger(__name__)
+
+#: Bump when the stored layout or the meaning of stored numbers changes; older entries are rebuilt.
+FORMAT_VERSION = 1
+
+_SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One complete cache entry, as :meth:`FeatureCache.list` reports it."""
+
+    key: str
+    encoder: str
+    probe: str
+    n: int
+    dim: int
+    shape: tuple[int, ...]
+    size: int  # bytes on disk, tensor file + sidecar
+    created: str  # ISO 8601, UTC
+    path: Path  # the .safetensors file
+
+
+# -- the key ------------------------------------------------------------------------------------
+def effective_precision(encoder: "Encoder") -> str:
+    """The float format the model really computes in: ``fp32`` on CPU (autocast is off there),
+    else what :func:`alignkit._device.autocast` picks on the GPU. It changes the numbers, so it is
+    part of the key; the device itself is not."""
+    precision = getattr(encoder, "precision", "auto")
+    device = getattr(encoder, "device", torch.device("cpu"))
+    if torch.device(device).type != "cuda" or precision == "fp32":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return str(precision)
+
+
+def key_fields(
+    encoder: "Encoder", probe: "ProbeSet", caption_policy: str = "first", seed: int = 0
+) -> dict[str, Any]:
+    """Everything that changes the numbers of an extraction, as a JSON-able dict.
+
+    Encoder spec, weights identity, ``encoder.config()`` (pooling, layer, preprocessing), the
+    effective precision, the probe fingerprint and the feature format version; for text encoders
+    the caption policy, plus the seed when the policy is ``random``. Not the batch size, device,
+    worker count or progress bar.
+    """
+    fields: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "encoder": encoder.name,
+        "modality": encoder.modality,
+        "weights": encoder.weights_identity(),
+        "config": encoder.config(),
+        "precision": effective_precision(encoder),
+        "probe": probe.fingerprint,
+    }
+    if encoder.modality == "text":
+        fields["caption_policy"] = caption_policy
+        if caption_policy == "random":
+            fields["seed"] = int(seed)
+    return fields
+
+
+def feature_key(
+    encoder: "Encoder", probe: "ProbeSet", caption_policy: str = "first", seed: int = 0
+) -> str:
+    """The cache key (32 hex digits) of ``encoder`` on ``probe``: a sha256 of :func:`key_fields`."""
+    fields = key_fields(encoder, probe, caption_policy, seed)
+    try:
+        text = json.dumps(fields, sort_keys=True)
+    except TypeError as exc:
+        raise AlignkitError(
+            f"{encoder.name}: config() and weights_identity() must be JSON-serialisable to form a "
+            f"cache key: got {fields['config']!r} ({exc})"
+        ) from exc
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+# -- small file helpers -------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` when the block succeeds,
+    delete it when it fails. Same folder, so the rename is atomic."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _save_tensor(path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    with _atomic_path(path) as tmp:
+        save_file({"features": tensor.contiguous()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:  # durable before the rename makes it visible
+            os.fsync(f.fileno())
+
+
+def _load_tensor(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
+    """Load a tensor file written by :func:`_save_tensor`; any failure (truncated, not
+    safetensors, no ``features`` tensor) raises ``ValueError``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensor = f.get_tensor("features")
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    return tensor, metadata
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock between processes (POSIX ``flock``; no lock where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic renames still keep readers safe
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- the cache ----------------------------------------------------------------------------------
+class FeatureCache:
+    """Content-addressed store of :class:`FeatureSet` s (safetensors + JSON sidecar).
+
+    Args:
+        root: folder of the cache; default ``alignkit._paths.cache_dir() / "features"``
+            (``$ALIGNKIT_CACHE_DIR/features``).
+        shard_batches: an extraction writes a resumable shard every this many batches.
+    """
+
+    def __init__(self, root: "str | Path | None" = None, *, shard_batches: int = 8) -> None:
+        if isinstance(shard_batches, bool) or not isinstance(shard_batches, int) or shard_batches < 1:
+            raise AlignkitError(f"shard_batches must be a positive integer: got {shard_batches!r}")
+        self.root = Path(root).expanduser() if root is not None else _paths.cache_dir() / "features"
+        self.shard_batches = shard_batches
+
+    def __repr__(self) -> str:
+        return f"FeatureCache(root={str(self.root)!r}, shard_batches={self.shard_batches})"
+
+    # paths
+    def _check_key(self, key: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{8,64}", key or ""):
+            raise AlignkitError(f"a cache key is a lower-case hex string: got {key!r}")
+        return key
+
+    def path(self, key: str) -> Path:
+        """The ``.safetensors`` file of ``key`` (it may not exist)."""
+        key = self._check_key(key)
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def _sidecar(self, key: str) -> Path:
+        return self.path(key).with_suffix(".json")
+
+    def _partial_dir(self, key: str) -> Path:
+        return self.path(key).with_suffix(".partial")
+
+    def _lock(self, key: str) -> Path:
+        return self.path(key).with_suffix(".lock")
+
+    # read
+    def _read_sidecar(self, key: str) -> "dict[str, Any] | None":
+        try:
+            return json.loads(self._sidecar(key).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            return {"_error": f"unreadable sidecar ({exc})"}
+
+    def _problem(self, key: str, side: dict[str, Any]) -> "str | None":
+        """Why the committed entry of ``key`` cannot be used, or None when it is sound."""
+        if "_error" in side:
+            return str(side["_error"])
+        if side.get("format") != FORMAT_VERSION:
+            return f"format version {side.get('format')!r}, expected {FORMAT_VERSION}"
+        if side.get("key") != key:
+            return f"sidecar names key {side.get('key')!r}"
+        path = self.path(key)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return "tensor file missing"
+        if size != side.get("size"):
+            return f"tensor file has {size} bytes, sidecar says {side.get('size')} (truncated?)"
+        if _sha256(path) != side.get("sha256"):
+            return "tensor file sha256 differs from the sidecar (corrupt?)"
+        return None
+
+    def get(self, key: str, *, ids: "tuple[str, ...] | None" = None) -> "FeatureSet | None":
+        """The cached FeatureSet of ``key``, or None when absent or unusable.
+
+        An unusable entry (truncated, corrupt, another format version, other row ids than
+        ``ids``) logs a warning and counts as absent; the next :meth:`put` replaces it.
+        """
+        side = self._read_sidecar(key)
+        if side is None:
+            return None
+        problem = self._problem(key, side)
+        fs = None
+        if problem is None:
+            try:
+                tensor, meta = _load_tensor(self.path(key))
+                stored_ids = tuple(json.loads(meta["ids"]))
+                provenance = json.loads(meta["provenance"])
+                if list(tensor.shape) != side.get("shape"):
+                    problem = f"tensor shape {list(tensor.shape)}, sidecar says {side.get('shape')}"
+                elif ids is not None and stored_ids != tuple(ids):
+                    problem = "its row ids differ from the probe's"
+                else:
+                    fs = FeatureSet(tensor, stored_ids, provenance)
+            except (ValueError, KeyError, AlignkitError) as exc:
+                problem = f"cannot load the tensor file ({exc})"
+        if problem is not None:
+            log.warning("feature cache entry %s is unusable, rebuilding it: %s", key, problem)
+            return None
+        return fs
+
+    def __contains__(self, key: str) -> bool:
+        side = self._read_sidecar(key)
+        return side is not None and self._problem(key, side) is None
+
+    # write
+    def put(self, key: str, features: FeatureSet) -> Path:
+        """Store ``features`` under ``key`` atomically; returns the tensor file's path.
+
+        Safe when several processes put the same key: the commit is serialised by a lock file,
+        and a process that finds a sound entry already committed leaves it as it is.
+        """
+        path = self.path(key)
+        with _file_lock(self._lock(key)):
+            side = self._read_sidecar(key)
+            if side is not None and self._problem(key, side) is None:
+                return path  # another process committed this key first
+            provenance = dict(features.provenance)
+            metadata = {
+                "format": str(FORMAT_VERSION),
+                "key": key,
+                "ids": json.dumps(list(features.ids)),
+                "provenance": json.dumps(provenance, sort_keys=True, default=str),
+            }
+            _save_tensor(path, features.features.detach().to("cpu", torch.float32), metadata)
+            sidecar = {
+                "format": FORMAT_VERSION,
+                "key": key,
+                "shape": list(features.features.shape),
+                "n": features.n,
+                "dim": features.dim,
+                "dtype": "float32",
+                "size": path.stat().st_size,
+                "sha256": _sha256(path),
+                "encoder": features.encoder,
+                "probe": str(provenance.get("probe", "?")),
+                "created": str(provenance.get("created") or _now()),
+                "provenance": provenance,
+            }
+            with _atomic_path(self._sidecar(key)) as tmp:
+                tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
+        return path
+
+    # shards of an extraction in progress
+    def put_shard(self, key: str, start: int, stop: int, features: torch.Tensor) -> Path:
+        """Store rows ``[start, stop)`` of an unfinished extraction: ``features`` is
+        ``(stop - start, d)`` or ``(L, stop - start, d)``."""
+        if features.shape[-2] != stop - start:
+            raise AlignkitError(
+                f"a shard of rows [{start}, {stop}) needs {stop - start} rows: got {features.shape[-2]}"
+            )
+        path = self._partial_dir(key) / f"rows-{start:09d}-{stop:09d}.safetensors"
+        meta = {"format": str(FORMAT_VERSION), "key": key, "start": str(start), "stop": str(stop)}
+        _save_tensor(path, features.detach().to("cpu", torch.float32), meta)
+        return path
+
+    def load_shards(
+        self, key: str, start: int = 0, stop: "int | None" = None
+    ) -> list[tuple[int, int, torch.Tensor]]:
+        """Sound, non-overlapping shards of ``key`` inside rows ``[start, stop)``, sorted by row.
+
+        Returns ``(start, stop, features)`` triples. A damaged shard is deleted with a warning
+        (its rows are simply computed again).
+        """
+        folder = self._partial_dir(key)
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.iterdir()):
+            match = _SHARD_RE.match(path.name)
+            if not match:
+                continue
+            a, b = int(match.group(1)), int(match.group(2))
+            if a < start or (stop is not None and b > stop) or b <= a:
+                continue
+            try:
+                tensor, meta = _load_tensor(path)
+                ok = (
+                    meta.get("format") == str(FORMAT_VERSION)
+                    and meta.get("key") == key
+                    and tensor.ndim in (2, 3)
+                    and tensor.shape[-2] == b - a
+                )
+            except ValueError as exc:
+                ok, tensor = False, None
+                log.debug("shard %s: %s", path, exc)
+            if not ok:
+                log.warning("dropping a damaged shard of feature cache entry %s: %s", key, path.name)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            found.append((a, b, tensor))
+        # keep a non-overlapping set (shards of runs with another batch size may overlap)
+        chosen: list[tuple[int, int, torch.Tensor]] = []
+        covered_until = -1
+        for a, b, tensor in sorted(found, key=lambda t: (t[0], -t[1])):
+            if a >= covered_until:
+                chosen.append((a, b, tensor))
+                covered_until = b
+        return chosen
+
+    def drop_shards(self, key: str) -> None:
+        """Remove the shards of ``key`` (after its entry is committed)."""
+        shutil.rmtree(self._partial_dir(key), ignore_errors=True)
+
+    # listing and clearing
+    def list(self, pattern: str = "*") -> list[CacheEntry]:
+        """Complete entries whose key, encoder spec or probe name matches the glob ``pattern``,
+        newest first. Entries whose sidecar cannot be read are left out."""
+        entries = []
+        if not self.root.is_dir():
+            return entries
+        for sidecar in self.root.glob("*/*.json"):
+            try:
+                side = json.loads(sidecar.read_text())
+                key = str(side["key"])
+                tensor = sidecar.with_suffix(".safetensors")
+                entry = CacheEntry(
+                    key=key,
+                    encoder=str(side.get("encoder", "?")),
+                    probe=str(side.get("probe", "?")),
+                    n=int(side["n"]),
+                    dim=int(side["dim"]),
+                    shape=tuple(int(s) for s in side["shape"]),
+                    size=(tensor.stat().st_size if tensor.exists() else 0) + sidecar.stat().st_size,
+                    created=str(side.get("created", "")),
+                    path=tensor,
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if _matches(pattern, entry.key, entry.encoder, entry.probe):
+                entries.append(entry)
+        return sorted(entries, key=lambda e: e.created, reverse=True)
+
+    def clear(self, pattern: str = "*") -> int:
+        """Delete the entries :meth:`list` gives for ``pattern`` (with their shards and lock
+        files); ``"*"`` also removes unfinished extractions and stray temporary files.
+        Returns how many complete entries were removed."""
+        removed = 0
+        for entry in self.list(pattern):
+            for path in (entry.path, entry.path.with_suffix(".json"), entry.path.with_suffix(".lock")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            shutil.rmtree(entry.path.with_suffix(".partial"), ignore_errors=True)
+            removed += 1
+        if pattern == "*" and self.root.is_dir():
+            for path in self.root.glob("*/*"):
+                if path.suffix == ".partial" and path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.suffix in (".tmp", ".lock", ".safetensors") and path.is_file():
+                    # stray temporaries, locks, tensor files without a committed sidecar
+                    if path.suffix != ".safetensors" or not path.with_suffix(".json").exists():
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+        return removed
+
+
+def _matches(pattern: str, key: str, *names: str) -> bool:
+    """Glob match on the key, encoder spec or probe name; a bare hex string also matches as a
+    key prefix."""
+    if any(fnmatch.fnmatchcase(v, pattern) for v in (key, *names)):
+        return True
+    return bool(re.fullmatch(r"[0-9a-f]+", pattern)) and key.startswith(pattern)
+
+
+__all__ = ["FORMAT_VERSION", "CacheEntry", "FeatureCache", "effective_precision", "feature_key", "key_fields"]

@@ -1,0 +1,420 @@
+"""Batched feature extraction: probe rows -> encoder -> :class:`FeatureSet`, cached and resumable.
+
+How rows become batches is fixed by the row index alone: batch ``b`` is rows
+``[b * batch_size, (b + 1) * batch_size)``, a cache shard is every ``shard_batches`` batches, and a
+``torchrun`` rank takes a contiguous block of whole batches. So a resumed run, a run on several
+ranks and an uninterrupted single run put every row in the same batch and give bitwise the same
+features (some models' numbers depend on what else is in the batch, e.g. padding in text models).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from alignkit.errors import AlignkitError, unknown_key
+from alignkit.features import _distributed
+from alignkit.features.cache import FeatureCache, effective_precision, feature_key
+from alignkit.features.featureset import FeatureSet
+from alignkit.probes.base import CAPTION_POLICIES
+
+if TYPE_CHECKING:
+    from alignkit.encoders.base import Encoder
+    from alignkit.probes.base import ProbeRow, ProbeSet
+
+log = logging.getLogger(__name__)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers for image decoding and preprocessing: ``min(2, usable cores)``.
+
+    Measured on 2 cores with MobileNetV2 (benchmarks/extraction.py): one or two workers hide
+    JPEG decoding behind the forward pass; more only contend with the model's threads.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+# -- public entry point ---------------------------------------------------------------------------
+def extract_features(
+    encoder: "Encoder | str",
+    probe: "ProbeSet",
+    *,
+    batch_size: int = 64,
+    num_workers: "int | None" = None,
+    caption_policy: str = "first",
+    seed: int = 0,
+    cache: "bool | str | Path | FeatureCache" = True,
+    device: "str | torch.device" = "auto",
+    progress: bool = True,
+) -> FeatureSet:
+    """Features of every probe row: images for an image encoder, captions for a text encoder.
+
+    Image rows are decoded and preprocessed (``encoder.preprocess``) in DataLoader worker
+    processes, collated, and run through ``encoder.forward`` under ``inference_mode`` (autocast
+    and pinned memory on GPU). Text rows give captions per ``caption_policy``: ``"first"``,
+    ``"random"`` (one caption per row, chosen from a hash of ``seed`` and the row id, so the choice
+    does not depend on other rows), or ``"mean"`` (every caption of the row is encoded and the
+    row's embeddings averaged, as the reference code of Maniparambil et al. 2024 does).
+
+    With a cache (the default), a finished extraction is returned without any model work, and an
+    interrupted one resumes from its last shard. Under ``torchrun`` (or any initialised process
+    group) the rows are split across ranks and gathered, and every rank returns the whole set;
+    rank 0 writes the cache.
+
+    Args:
+        encoder: an :class:`~alignkit.encoders.base.Encoder`, or a spec for ``create_encoder``.
+        probe: the probe rows.
+        batch_size: rows per forward pass (>= 1). Not part of the cache key.
+        num_workers: image DataLoader workers; None -> :func:`default_num_workers`, 0 -> in-process.
+        caption_policy: one of ``first``, ``random``, ``mean`` (text encoders only).
+        seed: chooses the captions of ``random``.
+        cache: True (the default cache), False (no cache), a folder, or a :class:`FeatureCache`.
+        device: where a spec-built encoder runs (``"auto"``: CUDA, under torchrun the local rank's
+            GPU, else CPU). An encoder instance runs where it is.
+        progress: show a tqdm bar with items/s (rank 0 only).
+
+    Returns:
+        FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) float32 CPU features, the
+        probe ids, and provenance (encoder spec, weights identity, config, caption policy, probe
+        name and fingerprint, alignkit version, created time, cache key).
+    """
+    enc = _resolve_encoder(encoder, device)
+    _check_arguments(enc, probe, batch_size, num_workers, caption_policy)
+    store = _resolve_cache(cache)
+    workers = default_num_workers() if num_workers is None else num_workers
+    key = feature_key(enc, probe, caption_policy, seed)
+    ids = probe.ids
+
+    ranks = _distributed.current_ranks(enc.device)
+    try:
+        if store is not None:
+            hit = store.get(key, ids=ids)
+            if ranks is None or _distributed.all_true(hit is not None, ranks):
+                if hit is not None:
+                    log.info("%s on %s: %d rows from the feature cache", enc.name, probe.name, hit.n)
+                    return hit
+            hit = None
+
+        blocks = _distributed.row_blocks(len(probe), batch_size, ranks.world if ranks else 1)
+        start, stop = blocks[ranks.rank if ranks else 0]
+        job = _Job(enc, probe, batch_size, workers, caption_policy, seed, store, key,
+                   progress and (ranks is None or ranks.is_main))
+        part = job.run(start, stop)  # (..., stop - start, d)
+        features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
+        result = FeatureSet(features, ids, _provenance(enc, probe, caption_policy, seed, key))
+        if store is not None and (ranks is None or ranks.is_main):
+            store.put(key, result)
+            store.drop_shards(key)
+        _distributed.barrier(ranks)
+        return result
+    finally:
+        _distributed.release(ranks)
+
+
+# -- argument handling ----------------------------------------------------------------------------
+def _resolve_encoder(encoder: "Encoder | str", device: "str | torch.device") -> "Encoder":
+    from alignkit._device import resolve_device
+
+    if isinstance(encoder, str):
+        try:
+            from alignkit.encoders import create_encoder
+        except ImportError as exc:  # pragma: no cover - the encoders package is part of alignkit
+            raise AlignkitError(f"cannot build encoder {encoder!r}: {exc}") from exc
+        if device == "auto" and _distributed.local_cuda_device() is not None:
+            device = _distributed.local_cuda_device()
+        return create_encoder(encoder, device=device)
+    for attr in ("name", "modality", "dim", "device", "forward", "preprocess", "collate"):
+        if not hasattr(encoder, attr):
+            raise AlignkitError(
+                f"encoder must be an alignkit Encoder or a spec string: got {type(encoder).__name__} "
+                f"without {attr!r}"
+            )
+    if device not in ("auto", None):
+        wanted = resolve_device(device)
+        have = torch.device(encoder.device)
+        if wanted.type != have.type or (
+            wanted.index is not None and have.index is not None and wanted.index != have.index
+        ):
+            raise AlignkitError(
+                f"{encoder.name} runs on {have}, but device={str(device)!r} was asked for: build the "
+                f"encoder on that device, or pass device='auto'"
+            )
+    return encoder
+
+
+def _check_arguments(
+    enc: "Encoder", probe: "ProbeSet", batch_size: int, num_workers: "int | None", caption_policy: str
+) -> None:
+    from alignkit.probes.base import ProbeSet
+
+    if not isinstance(probe, ProbeSet):
+        raise AlignkitError(
+            f"probe must be a ProbeSet (see alignkit.load_probe): got {type(probe).__name__}"
+        )
+    if len(probe) == 0:
+        raise AlignkitError(f"probe {probe.name} has no rows to extract features from")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AlignkitError(f"batch_size must be a positive integer: got {batch_size!r}")
+    if num_workers is not None and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
+    ):
+        raise AlignkitError(f"num_workers must be None or an integer >= 0: got {num_workers!r}")
+    if caption_policy not in CAPTION_POLICIES:
+        raise unknown_key("caption policy", caption_policy, CAPTION_POLICIES)
+    if enc.modality not in ("image", "text"):
+        raise AlignkitError(f"{enc.name}: modality must be 'image' or 'text': got {enc.modality!r}")
+    if enc.modality == "text":  # fail before any model work, naming the row
+        for row in probe.rows:
+            if not row.captions or not all(isinstance(c, str) and c.strip() for c in row.captions):
+                raise AlignkitError(
+                    f"probe {probe.name}: row {row.id!r} needs one or more non-empty captions: "
+                    f"got {list(row.captions)!r}"
+                )
+
+
+def _resolve_cache(cache: "bool | str | Path | FeatureCache | None") -> "FeatureCache | None":
+    if cache is True:
+        return FeatureCache()
+    if cache is False or cache is None:
+        return None
+    if isinstance(cache, FeatureCache):
+        return cache
+    if isinstance(cache, (str, Path)):
+        return FeatureCache(cache)
+    raise AlignkitError(
+        f"cache must be True, False, a folder or a FeatureCache: got {type(cache).__name__}"
+    )
+
+
+def _provenance(
+    enc: "Encoder", probe: "ProbeSet", caption_policy: str, seed: int, key: str
+) -> dict[str, Any]:
+    import alignkit
+
+    text = enc.modality == "text"
+    return {
+        "encoder": enc.name,
+        "modality": enc.modality,
+        "weights": enc.weights_identity(),
+        "config": enc.config(),
+        "pooling": getattr(enc, "pooling", "default"),
+        "layer": getattr(enc, "layer", "last"),
+        "precision": effective_precision(enc),
+        "caption_policy": caption_policy if text else None,
+        "seed": int(seed) if text and caption_policy == "random" else None,
+        "probe": probe.name,
+        "probe_fingerprint": probe.fingerprint,
+        "alignkit_version": alignkit.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cache_key": key,
+    }
+
+
+def pick_caption(row: "ProbeRow", seed: int) -> str:
+    """The ``random`` policy's caption of ``row``: a hash of (seed, row id) picks it, so the choice
+    is the same in any subset, order or rank layout."""
+    digest = hashlib.sha256(f"{seed}:{row.id}".encode()).digest()
+    return row.captions[int.from_bytes(digest[:8], "big") % len(row.captions)]
+
+
+# -- the work -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Failed:
+    """A row that could not be read in a worker (raised as one clean error in the main process)."""
+
+    row_id: str
+    source: str
+    reason: str
+
+
+class _ImageRows(torch.utils.data.Dataset):
+    """Probe rows by global index -> ``encoder.preprocess(image)``; runs in worker processes."""
+
+    def __init__(self, rows: "tuple[ProbeRow, ...]", preprocess: Any) -> None:
+        self.rows = rows
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Any:
+        row = self.rows[index]
+        try:
+            return self.preprocess(row.load_image())
+        except Exception as exc:  # reported with the row and file by the main process
+            source = "<rendered>" if callable(row.image) else str(row.image)
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+            return _Failed(row.id, source, reason)
+
+
+class _Collate:
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, items: list[Any]) -> Any:
+        for item in items:
+            if isinstance(item, _Failed):
+                return item
+        return self.collate(items)
+
+
+def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return type(batch)(_to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+@dataclass
+class _Job:
+    enc: "Encoder"
+    probe: "ProbeSet"
+    batch_size: int
+    workers: int
+    caption_policy: str
+    seed: int
+    store: "FeatureCache | None"
+    key: str
+    progress: bool
+
+    def run(self, start: int, stop: int) -> torch.Tensor:
+        """Features of rows ``[start, stop)``, ``(..., stop - start, d)`` float32 CPU: shards
+        already in the cache are loaded, the rest computed and saved shard by shard."""
+        from tqdm.auto import tqdm
+
+        pieces: dict[int, torch.Tensor] = {}  # row offset -> (..., rows, d)
+        if self.store is not None:
+            for a, b, tensor in self.store.load_shards(self.key, start, stop):
+                pieces[a] = tensor
+        chunks = self._missing_chunks(start, stop, pieces)
+        done = (stop - start) - sum(b - a for a, b in chunks)
+        if done:
+            log.info("%s: resuming, %d of %d rows already in shards", self.enc.name, done, stop - start)
+        bar = tqdm(
+            total=stop - start, initial=done, unit="item", desc=self.enc.name,
+            disable=not self.progress, dynamic_ncols=True, leave=False,
+        )
+        t0 = time.perf_counter()
+        try:
+            batches = [(a, min(a + self.batch_size, b)) for a, b in chunks
+                       for a in range(a, b, self.batch_size)]
+            outputs = self._image_batches(batches) if self.enc.modality == "image" else self._text_batches(batches)
+            chunk_iter = iter(chunks)
+            chunk = next(chunk_iter, None)
+            held: list[torch.Tensor] = []
+            for (a, b), out in zip(batches, outputs):
+                held.append(out)
+                bar.update(b - a)
+                if chunk is not None and b == chunk[1]:
+                    block = torch.cat(held, dim=-2)
+                    pieces[chunk[0]] = block
+                    held = []
+                    if self.store is not None:
+                        self._save_shard(chunk[0], chunk[1], block)
+                    chunk = next(chunk_iter, None)
+        finally:
+            bar.close()
+        log.info("%s: %d rows in %.1f s", self.enc.name, stop - start - done, time.perf_counter() - t0)
+        if not pieces:  # a rank with no rows
+            return torch.empty((0, 0))
+        return torch.cat([pieces[a] for a in sorted(pieces)], dim=-2)
+
+    def _missing_chunks(
+        self, start: int, stop: int, pieces: dict[int, torch.Tensor]
+    ) -> list[tuple[int, int]]:
+        """Row ranges still to compute, cut at global multiples of the shard size so that each
+        is one future shard and batches start where an uninterrupted run starts them."""
+        shard_rows = self.batch_size * (self.store.shard_batches if self.store else 1 << 20)
+        covered = sorted((a, a + t.shape[-2]) for a, t in pieces.items())
+        gaps, cursor = [], start
+        for a, b in covered:
+            if a > cursor:
+                gaps.append((cursor, a))
+            cursor = max(cursor, b)
+        if cursor < stop:
+            gaps.append((cursor, stop))
+        chunks = []
+        for a, b in gaps:
+            while a < b:
+                edge = min(b, (a // shard_rows + 1) * shard_rows)
+                chunks.append((a, edge))
+                a = edge
+        return chunks
+
+    def _save_shard(self, a: int, b: int, block: torch.Tensor) -> None:
+        try:
+            self.store.put_shard(self.key, a, b, block)
+        except OSError as exc:  # shards only make resuming cheaper; never fail the run for one
+            log.warning("could not write a resume shard of rows [%d, %d): %s", a, b, exc)
+
+    def _forward(self, batch: Any) -> torch.Tensor:
+        out = self.enc.forward(batch)
+        if out.ndim not in (2, 3):
+            raise AlignkitError(
+                f"{self.enc.name}.forward must return (B, dim) or (layers, B, dim): got shape "
+                f"{tuple(out.shape)}"
+            )
+        return out.detach().to("cpu", torch.float32)
+
+    def _image_batches(self, batches: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
+        if not batches:
+            return
+        cuda = self.enc.device.type == "cuda"
+        workers = min(self.workers, len(batches))
+        loader = torch.utils.data.DataLoader(
+            _ImageRows(self.probe.rows, self.enc.preprocess),
+            batch_sampler=[list(range(a, b)) for a, b in batches],
+            num_workers=workers,
+            collate_fn=_Collate(self.enc.collate),
+            pin_memory=cuda,
+            prefetch_factor=4 if workers else None,
+        )
+        for (a, b), batch in zip(batches, loader):
+            if isinstance(batch, _Failed):
+                raise AlignkitError(
+                    f"probe {self.probe.name}: cannot read the image of row {batch.row_id!r} "
+                    f"({batch.source}): {batch.reason}"
+                )
+            out = self._forward(_to_device(batch, self.enc.device, non_blocking=cuda))
+            if out.shape[-2] != b - a:
+                raise AlignkitError(
+                    f"{self.enc.name}.forward returned {out.shape[-2]} rows for a batch of {b - a}"
+                )
+            yield out
+
+    def _text_batches(self, batches: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
+        rows = self.probe.rows
+        for a, b in batches:
+            if self.caption_policy == "mean":
+                counts = [len(rows[i].captions) for i in range(a, b)]
+                captions = [c for i in range(a, b) for c in rows[i].captions]
+            elif self.caption_policy == "random":
+                counts = None
+                captions = [pick_caption(rows[i], self.seed) for i in range(a, b)]
+            else:
+                counts = None
+                captions = [rows[i].captions[0] for i in range(a, b)]
+            batch = self.enc.collate([self.enc.preprocess(c) for c in captions])
+            out = self._forward(_to_device(batch, self.enc.device, non_blocking=False))
+            if out.shape[-2] != len(captions):
+                raise AlignkitError(
+                    f"{self.enc.name}.forward returned {out.shape[-2]} rows for {len(captions)} captions"
+                )
+            if counts is not None:  # (..., sum(counts), d) -> (..., b - a, d): mean per row
+                out = torch.stack([part.mean(dim=-2) for part in out.split(counts, dim=-2)], dim=-2)
+            yield out
