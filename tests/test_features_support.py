@@ -38,7 +38,7 @@ def _note_call(encoder: "Encoder", batch_len: int) -> None:
     path = os.environ.get("ALIGNKIT_TEST_CALLS")
     if path:
         with open(path, "a") as f:
-            f.write(f"{os.getpid()} {batch_len}\n")
+            f.write(f"{os.getpid()} {batch_len} {time.time():.3f}\n")
     sleep = float(os.environ.get("ALIGNKIT_TEST_SLEEP", "0") or 0)
     if sleep:
         time.sleep(sleep)
@@ -129,6 +129,10 @@ def _main(args: dict[str, Any]) -> None:
     torch.set_num_threads(1)  # the same thread count in every process: comparable numerics
     probe = make_probe(args["probe_dir"], args["n"], seed=args.get("seed", 0))
     encoder = HashTextEncoder() if args.get("modality") == "text" else TinyImageEncoder()
+    if args.get("gate"):  # start together with the other processes of a test
+        Path(f"{args['gate']}.{os.getpid()}.ready").touch()
+        while not Path(args["gate"]).exists():
+            time.sleep(0.01)
     cache: Any = False
     if args.get("root"):
         cache = FeatureCache(args["root"], shard_batches=args.get("shard_batches", 1))
