@@ -22,6 +22,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """Rank frozen vision x text encoder pairs, then train and evaluate their projectors."""
+    # A callback keeps `alignkit` a command group even while only one command is registered.
+
+
 # Command modules register themselves on `app` at import.
 from alignkit.cli import encoders as _encoders  # noqa: E402,F401
 from alignkit.cli import extract as _extract  # noqa: E402,F401

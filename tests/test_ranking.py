@@ -1,0 +1,323 @@
+"""Ranking logic on score tables built here (no models): order, ranks, Kendall τ, layer
+correction, output folder safety, neighbours."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _ranking_tables import METRICS, TEXT, VISION, make_scores
+
+from alignkit.compare import SCORE_COLUMNS
+from alignkit.config import RankConfig
+from alignkit.errors import AlignkitError
+from alignkit.features import FeatureSet
+from alignkit.probes.base import ProbeRow, ProbeSet
+from alignkit.ranking import LayerResult, Ranking, check_probe_size, default_probe
+
+
+def naive_tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall τ-b from its definition: (C - D) / sqrt((P - Tx)(P - Ty)) over all pairs."""
+    conc = disc = tie_x = tie_y = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        if dx == 0 and dy == 0:
+            tie_x += 1
+            tie_y += 1
+        elif dx == 0:
+            tie_x += 1
+        elif dy == 0:
+            tie_y += 1
+        elif dx == dy:
+            conc += 1
+        else:
+            disc += 1
+    pairs = len(x) * (len(x) - 1) // 2
+    return (conc - disc) / math.sqrt((pairs - tie_x) * (pairs - tie_y))
+
+
+@pytest.fixture
+def ranking() -> Ranking:
+    return Ranking(
+        make_scores(), metadata={"probe": {"name": "flickr8k:test", "fingerprint": "f00"}}
+    )
+
+
+def test_table_orders_pairs_by_primary_metric_and_ranks_under_others(ranking: Ranking) -> None:
+    scores = make_scores()
+    table = ranking.table
+    assert len(table) == len(VISION) * len(TEXT)
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    primary = table["linear_cka_unbiased"].to_numpy()
+    assert np.all(np.diff(primary) <= 0)
+    for (
+        m
+    ) in METRICS:  # rank = 1 + number of pairs with a strictly higher score, from the long table
+        sub = scores[scores["metric"] == m]
+        for row in table.itertuples():
+            own = sub[(sub["vision"] == row.vision) & (sub["text"] == row.text)]["score"].item()
+            assert getattr(row, m) == pytest.approx(own)
+            assert getattr(row, f"rank_{m}") == 1 + int((sub["score"] > own).sum())
+    shift = np.abs(
+        table[[f"rank_{m}" for m in METRICS]].to_numpy() - table["rank"].to_numpy()[:, None]
+    ).max(1)
+    assert list(table["max_rank_shift"]) == list(shift)
+
+
+def test_primary_metric_can_be_any_metric_of_the_table() -> None:
+    r = Ranking(make_scores(), metric="mutual_knn")
+    assert r.metrics[0] == "mutual_knn"
+    assert np.all(np.diff(r.table["mutual_knn"].to_numpy()) <= 0)
+    with pytest.raises(
+        AlignkitError, match="expected one of: linear_cka, linear_cka_unbiased, mutual_knn"
+    ):
+        Ranking(make_scores(), metric="cknna")
+
+
+def test_controls_and_significance(ranking: Ranking) -> None:
+    table = ranking.table
+    is_control = table["vision"].str.startswith("random-init:")
+    assert list(table["control"]) == list(is_control)
+    assert ranking.controls == ["random-init:torchvision:mobilenet_v2"]
+    # the made-up table puts the controls at the null, below every real pair
+    assert table.loc[is_control, "rank"].min() > table.loc[~is_control, "rank"].max()
+    expected = table["linear_cka_unbiased_p"] < 0.05
+    assert list(table["significant"]) == list(expected)
+    assert not table.loc[is_control, "significant"].any()
+
+
+def test_agreement_is_kendall_tau_b_of_the_metric_scores(ranking: Ranking) -> None:
+    tau = ranking.agreement()
+    assert list(tau.index) == list(METRICS)
+    t = ranking.table
+    for a, b in itertools.combinations(METRICS, 2):
+        assert tau.loc[a, b] == pytest.approx(
+            naive_tau_b(t[a].to_numpy(), t[b].to_numpy()), abs=1e-12
+        )
+        assert tau.loc[a, b] == tau.loc[b, a]
+    assert np.allclose(np.diag(tau.to_numpy()), 1.0)
+
+
+def test_kendall_tau_with_ties_matches_naive() -> None:
+    scores = make_scores()
+    scores.loc[scores["metric"] == "mutual_knn", "score"] = np.round(
+        scores.loc[scores["metric"] == "mutual_knn", "score"], 1
+    )  # many ties
+    r = Ranking(scores)
+    t = r.table
+    assert r.agreement().loc["linear_cka", "mutual_knn"] == pytest.approx(
+        naive_tau_b(t["linear_cka"].to_numpy(), t["mutual_knn"].to_numpy()), abs=1e-12
+    )
+    # tied pairs share the best rank
+    ranks = t.groupby("mutual_knn")["rank_mutual_knn"].nunique()
+    assert (ranks == 1).all()
+
+
+def test_disagreements_lists_pairs_that_move(ranking: Ranking) -> None:
+    dis = ranking.disagreements(top=100)
+    assert (dis["max_rank_shift"] > 0).all()
+    assert list(dis["max_rank_shift"]) == sorted(dis["max_rank_shift"], reverse=True)
+    assert len(dis) == int((ranking.table["max_rank_shift"] > 0).sum())
+
+
+def test_layer_rows_do_not_enter_the_pair_table() -> None:
+    scores = make_scores()
+    extra = scores.iloc[:3].copy()
+    extra["vision_layer"], extra["text_layer"], extra["score"] = 2, 1, 99.0
+    r = Ranking(pd.concat([scores, extra], ignore_index=True))
+    assert len(r.table) == len(VISION) * len(TEXT)
+    assert r.table["linear_cka_unbiased"].max() < 99
+
+
+def test_bad_tables_are_refused() -> None:
+    with pytest.raises(AlignkitError, match="lacks columns"):
+        Ranking(make_scores().drop(columns=["z"]))
+    with pytest.raises(AlignkitError, match="empty"):
+        Ranking(pd.DataFrame(columns=list(SCORE_COLUMNS)))
+
+
+def test_layer_result_corrects_for_the_maximum() -> None:
+    rng = np.random.default_rng(1)
+    b, lv, lt = 199, 6, 5
+    null = rng.normal(0.0, 0.05, size=(b, lv, lt))
+    scores = rng.normal(0.0, 0.05, size=(lv, lt))
+    scores[3, 2] = 0.12  # about 2.4 sd: beats a single cell's null, not the max of 30
+    r = LayerResult.from_null("v", "t", "linear_cka_unbiased", scores, null)
+    assert r.best == (3, 2) and r.best_score == pytest.approx(0.12)
+    null_max = np.array([null[i].max() for i in range(b)])
+    assert r.p_max == pytest.approx((1 + sum(m >= 0.12 for m in null_max)) / (b + 1))
+    assert r.p_best_uncorrected == pytest.approx(
+        (1 + sum(null[i, 3, 2] >= 0.12 for i in range(b))) / (b + 1)
+    )
+    assert r.p_best_uncorrected < 0.05 < r.p_max
+    assert r.null_max_mean == pytest.approx(null_max.mean())
+    assert r.last_score == pytest.approx(scores[-1, -1])
+    empty = LayerResult.from_null("v", "t", "m", scores, None)
+    assert math.isnan(empty.p_max) and empty.n_permutations == 0
+
+
+def _write_ok(tmp: Path, ranking: Ranking) -> Path:
+    out = tmp / "run"
+    ranking.save(out)
+    return out
+
+
+def test_save_writes_every_file_and_load_round_trips(tmp_path: Path, ranking: Ranking) -> None:
+    out = _write_ok(tmp_path, ranking)
+    names = {p.name for p in out.iterdir()}
+    expected = {
+        "scores.csv",
+        "ranking.csv",
+        "agreement.png",
+        "top_pairs.png",
+        "run.json",
+        "summary.md",
+    }
+    expected |= {f"heatmap_{m}.{ext}" for m in METRICS for ext in ("png", "svg")}
+    assert expected <= names
+    scores = pd.read_csv(out / "scores.csv")
+    assert list(scores.columns) == list(SCORE_COLUMNS)
+    pd.testing.assert_frame_equal(
+        scores.drop(columns="options"), ranking.scores.drop(columns="options"), check_dtype=False
+    )
+    table = pd.read_csv(out / "ranking.csv")
+    assert list(table["vision"]) == list(ranking.table["vision"])
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["primary_metric"] == "linear_cka_unbiased"
+    assert set(meta["files"]) == names
+    summary = (out / "summary.md").read_text()
+    top = ranking.table.iloc[0]
+    assert f"`{top['vision']}`" in summary and "Kendall" in summary
+    back = Ranking.load(out)
+    pd.testing.assert_frame_equal(
+        back.table.drop(columns="significant"),
+        ranking.table.drop(columns="significant"),
+        check_dtype=False,
+    )
+    assert not list(tmp_path.glob(".run.*"))  # no temporary folders left
+
+
+def test_save_refuses_another_run_without_overwrite(tmp_path: Path, ranking: Ranking) -> None:
+    out = _write_ok(tmp_path, ranking)
+    before = (out / "scores.csv").read_bytes()
+    other = Ranking(make_scores(seed=5))
+    with pytest.raises(AlignkitError, match="--overwrite"):
+        other.save(out)
+    assert (out / "scores.csv").read_bytes() == before
+    other.save(out, overwrite=True)
+    assert (out / "scores.csv").read_bytes() != before
+
+
+def test_save_never_replaces_a_folder_that_is_not_a_run(tmp_path: Path, ranking: Ranking) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("precious")
+    with pytest.raises(AlignkitError, match="not an alignkit run folder"):
+        ranking.save(tmp_path / "notes", overwrite=True)
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+    with pytest.raises(AlignkitError, match="is a file"):
+        ranking.save(tmp_path / "notes" / "thesis.tex")
+
+
+def test_failed_save_leaves_the_earlier_run_intact(
+    tmp_path: Path, ranking: Ranking, monkeypatch
+) -> None:
+    out = _write_ok(tmp_path, ranking)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full while drawing")
+
+    monkeypatch.setattr("alignkit.plots.top_pairs", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        Ranking(make_scores(seed=3)).save(out, overwrite=True)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # temp folder cleaned up
+
+
+def test_layers_are_saved_and_loaded(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    lr = LayerResult.from_null(
+        VISION[0], TEXT[0], "linear_cka_unbiased", rng.random((4, 3)), rng.random((20, 4, 3))
+    )
+    r = Ranking(make_scores(), layers=[lr], metadata={"config": {"permutations": 20}})
+    out = tmp_path / "run"
+    r.save(out)
+    assert (out / "layers_best.csv").is_file() and len(list((out / "layers").glob("*.png"))) == 1
+    best = pd.read_csv(out / "layers_best.csv")
+    assert (best["best_vision_layer"].item(), best["best_text_layer"].item()) == lr.best
+    back = Ranking.load(out).layers[0]
+    np.testing.assert_allclose(back.scores, lr.scores)
+    assert back.p_max == pytest.approx(lr.p_max)
+    assert "Best layer pairs" in (out / "summary.md").read_text()
+
+
+def test_console_table_lists_top_pairs_with_short_names(ranking: Ranking) -> None:
+    text = ranking.format_table(top=4)
+    lines = text.splitlines()
+    assert len(lines) == 5  # header + 4 pairs
+    top = ranking.table.iloc[0]
+    assert "efficientnet_lite0" in text or "mobilenet_v2" in text or "sscd" in text
+    assert f"{top['linear_cka_unbiased']:.3f}" in lines[1]
+    assert "st:sentence-transformers" not in text
+
+
+def test_neighbours_are_cosine_nearest_rows_without_self() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5)).astype(np.float32)
+    ids = tuple(f"r{i}" for i in range(12))
+    rows = tuple(ProbeRow(i, Path(f"/nonexistent/{i}.jpg"), (f"caption of {i}",)) for i in ids)
+    probe = ProbeSet("toy", rows)
+    fs = FeatureSet(torch.from_numpy(x), ids, {"encoder": "toy:vision", "modality": "image"})
+    r = Ranking(make_scores(), features={"toy:vision": fs}, probe=probe)
+    nb = r.neighbours(3, "toy:vision", k=4)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = {j: float(xn[3] @ xn[j]) for j in range(12) if j != 3}
+    expected = sorted(sims, key=lambda j: -sims[j])[:4]
+    assert list(nb["row"]) == expected
+    assert list(nb["caption"]) == [f"caption of r{j}" for j in expected]
+    np.testing.assert_allclose(nb["cosine"], [sims[j] for j in expected], rtol=1e-5)
+    with pytest.raises(AlignkitError, match="expected one of: toy:vision"):
+        r.neighbours(0, "nope")
+    with pytest.raises(AlignkitError, match="row must be in 0..11"):
+        r.neighbours(12, "toy:vision")
+
+
+def test_probe_size_checks() -> None:
+    cfg = RankConfig(metrics=("linear_cka_unbiased", "mutual_knn"), k=10, permutations=100)
+    with pytest.raises(AlignkitError, match="k=10 neighbours need n >= k \\+ 2; got n=11"):
+        check_probe_size(11, cfg)
+    check_probe_size(12, cfg)
+    small = RankConfig(metrics=("linear_cka",), permutations=100)
+    with pytest.raises(AlignkitError, match="only 24 orderings"):
+        check_probe_size(4, small)
+    with pytest.raises(AlignkitError, match="n >= 4; got n=3"):
+        check_probe_size(3, small.replace(permutations=0))
+    check_probe_size(6, small)  # 720 orderings > 100 permutations
+
+
+def test_default_probe_follows_the_data_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(tmp_path))
+    assert default_probe() == "synthetic"
+    (tmp_path / "flickr8k").mkdir()
+    (tmp_path / "flickr8k" / "pairs.jsonl").write_text("{}\n")
+    assert default_probe() == "flickr8k:test"
+
+
+def test_no_vision_or_text_encoder_is_an_error() -> None:
+    from alignkit.ranking import rank_encoders
+
+    with pytest.raises(AlignkitError, match="no vision encoder given"):
+        rank_encoders(text=["st:sentence-transformers/all-MiniLM-L6-v2"], probe="synthetic", n=20)
+    with pytest.raises(AlignkitError, match="no text encoder given"):
+        rank_encoders(vision=["torchvision:mobilenet_v2"], probe="synthetic", n=20)
