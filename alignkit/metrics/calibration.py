@@ -1,0 +1,152 @@
+"""How far above chance is a score: permutation nulls and subsampling intervals, for any metric.
+
+* Permutation null: shuffle the pairing of rows (row i of x with row π(i) of y), B times; the
+  p-value is (1 + #{null >= observed}) / (B + 1) (Phipson & Smyth 2010, "Permutation P-values
+  Should Never Be Zero"), the z-score (observed - null mean) / null std. Per-representation work
+  (centring, self terms, neighbour lists, kernel medians, SVD bases) is done once; each
+  permutation only recomputes the pairing-dependent cross term.
+* Subsampling interval: the metric on B subsets of rows drawn without replacement (a bootstrap
+  with replacement would put duplicate rows into each other's neighbourhoods), percentile
+  interval at ``level``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignkit.errors import AlignkitError
+from alignkit.metrics._checks import ArrayLike, as_pair
+from alignkit.metrics._engine import permutations, subsets
+from alignkit.metrics.registry import Metric, get_metric
+
+
+@dataclass(frozen=True)
+class NullResult:
+    """A score with its permutation null.
+
+    Attributes:
+        observed: the metric on the true pairing.
+        mean, std: mean and standard deviation (ddof=1) of the null samples.
+        z: (observed - mean) / std.
+        p: (1 + #{samples >= observed}) / (B + 1), in (0, 1].
+        samples: ``(B,)`` the metric on each permuted pairing, in the seed's order.
+        chance: the metric's analytic chance level (mutual-kNN: k/(n-1)), else NaN.
+    """
+
+    observed: float
+    mean: float
+    std: float
+    z: float
+    p: float
+    samples: np.ndarray
+    chance: float = math.nan
+
+
+def null_summary(observed: float, samples: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean, std, z, p) of null samples; NaNs when there are none."""
+    b = samples.size
+    if b == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(samples.mean())
+    std = float(samples.std(ddof=1)) if b > 1 else math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = float(np.float64(observed - mean) / np.float64(std))
+    p = (1.0 + float((samples >= observed).sum())) / (b + 1.0)
+    return mean, std, z, p
+
+
+def check_count(value: Any, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise AlignkitError(f"{name} must be an integer >= {minimum}: got {value!r}")
+    return int(value)
+
+
+def permutation_null(
+    metric: str | Metric,
+    x: ArrayLike,
+    y: ArrayLike,
+    n_permutations: int = 100,
+    seed: int = 0,
+    **options: Any,
+) -> NullResult:
+    """The metric on the true pairing and on ``n_permutations`` random pairings of the rows.
+
+    Args:
+        metric: a :data:`METRICS` name or a :class:`Metric`.
+        x: ``(n, d1)``; y: ``(n, d2)``, the same rows.
+        n_permutations: B >= 1. seed: the permutations are ``np.random.default_rng(seed)``'s
+            first B permutations of n, the same ones :func:`alignkit.compare.score_pairs` uses.
+        options: metric options overriding the registry defaults (e.g. ``k=20``).
+
+    Cost: one per-representation preparation per input, then B cross terms (linear CKA: one
+    n·d1·d2 GEMM each; mutual-kNN/CKNNA: O(n·k²) relabelling, no new neighbour search).
+    """
+    m = get_metric(metric)
+    opts = m.options(**options)
+    b = check_count(n_permutations, "n_permutations", 1)
+    xt, yt = as_pair(x, y)
+    n = xt.shape[0]
+    m.engine.check(n, opts)
+    sx, sy = m.engine.prepare(xt, opts, "x"), m.engine.prepare(yt, opts, "y")
+    observed = m.engine.finish(sx, sy, m.engine.cross(sx, sy, None, opts), opts)
+    samples = np.array(
+        [
+            m.engine.finish(sx, sy, m.engine.cross(sx, sy, p, opts), opts)
+            for p in permutations(n, b, seed, xt.device)
+        ]
+    )
+    mean, std, z, p = null_summary(observed, samples)
+    chance = m.chance(n, opts) if m.chance is not None else math.nan
+    return NullResult(observed, mean, std, z, p, samples, chance)
+
+
+def subsample_interval(
+    metric: str | Metric,
+    x: ArrayLike,
+    y: ArrayLike,
+    n_subsamples: int = 100,
+    fraction: float = 0.8,
+    level: float = 0.95,
+    seed: int = 0,
+    **options: Any,
+) -> tuple[float, float]:
+    """Percentile interval of the metric over subsets of rows drawn without replacement.
+
+    Args:
+        metric: a :data:`METRICS` name or a :class:`Metric`.
+        x: ``(n, d1)``; y: ``(n, d2)``, the same rows.
+        n_subsamples: number of subsets (>= 2). fraction: subset size as a fraction of n, in (0, 1).
+        level: coverage of the interval, in (0, 1). seed: subsets come from
+            ``np.random.default_rng([seed, 1])``, the same as in ``score_pairs``.
+
+    Returns:
+        ``(low, high)``: the (1-level)/2 and (1+level)/2 quantiles. The interval describes the
+        spread over probe subsets of this size (a smaller probe scores differently: mutual-kNN's
+        chance level is k/(m-1)), not a confidence interval for the full-n value.
+    """
+    m = get_metric(metric)
+    opts = m.options(**options)
+    s = check_count(n_subsamples, "n_subsamples", 2)
+    check_fraction(fraction, level)
+    xt, yt = as_pair(x, y)
+    scores = []
+    for rows in subsets(xt.shape[0], s, fraction, seed):
+        idx = torch.from_numpy(rows).to(xt.device)
+        o = dict(opts)
+        m.engine.check(len(rows), o)
+        sx, sy = m.engine.prepare(xt[idx], o, "x"), m.engine.prepare(yt[idx], o, "y")
+        scores.append(m.engine.finish(sx, sy, m.engine.cross(sx, sy, None, o), o))
+    low, high = np.quantile(np.array(scores), [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def check_fraction(fraction: Any, level: Any) -> None:
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise AlignkitError(f"fraction must be in (0, 1): got {fraction!r}")
+    if not (isinstance(level, (int, float)) and 0 < level < 1):
+        raise AlignkitError(f"level must be in (0, 1): got {level!r}")

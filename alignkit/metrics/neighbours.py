@@ -1,0 +1,243 @@
+"""Neighbourhood metrics: mutual k-nearest-neighbours and CKNNA (Huh et al. 2024).
+
+Both follow "The Platonic Representation Hypothesis" (Huh, Cheung, Wang & Isola, ICML 2024) and
+its code (minyoungg/platonic-rep, ``metrics.py`` and ``measure_alignment.py``):
+
+* rows are L2-normalised, so the kernel is the cosine similarity K_ij = x̂_i·x̂_j (uncentred);
+* N_k^X(i): the k rows most cosine-similar to row i, row i itself excluded;
+* ties at the k-th place go to the smaller row index (platonic-rep leaves them to ``argsort``),
+  so results are deterministic.
+
+Neighbour lists are found with blockwise top-k: a ``(block, n)`` slab of similarities at a time,
+memory O(n·k + block·n), never an n x n matrix; time is the 2·n²·d of the similarity GEMM plus
+the top-k selection. A permutation of the pairing only relabels y's lists (O(n·k)), so
+permutation nulls and all-pairs scoring never redo a neighbour search.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.errors import AlignkitError
+from alignkit.metrics._checks import ArrayLike, as_pair, check_k, check_min_rows
+from alignkit.metrics._engine import Engine, Options, block_rows, evaluate
+
+
+@dataclass(frozen=True, eq=False)
+class _KnnState:
+    name: str
+    idx: torch.Tensor  # (n, k) int64 neighbour rows, ascending within each row
+    sim: torch.Tensor  # (n, k) float64 cosine similarity to each of them
+    self_cknna: float  # n(n-3)·HSIC_u(M∘K, M∘K) with M the neighbour mask of K itself
+
+
+def knn_lists(x: torch.Tensor, k: int, name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine k-nearest neighbours of every row, self excluded, ties to the smaller index.
+
+    Args:
+        x: checked ``(n, d)`` features; rows with zero norm are an error (cosine undefined).
+        k: 1 <= k <= n - 1.
+
+    Returns:
+        ``idx (n, k)`` int64 (ascending per row) and ``sim (n, k)`` float64 cosine similarities.
+    """
+    n = x.shape[0]
+    norms = x.norm(dim=1)
+    zero = int((norms == 0).sum())
+    if zero:
+        raise AlignkitError(
+            f"{name} has {zero} of {n} rows that are all zeros: cosine neighbours are undefined"
+        )
+    xn = x / norms.unsqueeze(1)
+    idx = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    sim = torch.empty(n, k, dtype=torch.float64, device=x.device)
+    block = block_rows(n)
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        s = xn[i0:i1] @ xn.T  # (b, n) cosine similarities
+        rows = torch.arange(i1 - i0, device=x.device)
+        s[rows, rows + i0] = -math.inf  # self excluded
+        if k == n - 1:
+            top = torch.topk(s, k, dim=1).indices  # every other row: the set is unique
+        else:
+            vals, top = torch.topk(s, k + 1, dim=1)  # (b, k+1), descending
+            tied = torch.nonzero(vals[:, k - 1] == vals[:, k]).flatten()
+            if tied.numel():
+                # a tie across the k-th place: a stable descending sort keeps index order
+                top[tied] = torch.sort(s[tied], dim=1, descending=True, stable=True).indices[
+                    :, : k + 1
+                ]
+            top = top[:, :k]
+        top = top.sort(dim=1).values
+        idx[i0:i1] = top
+        sim[i0:i1] = s.gather(1, top).double()
+    return idx, sim
+
+
+def _relabel(
+    idx: torch.Tensor, sim: torch.Tensor, perm: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neighbour lists of y after pairing row i of x with row perm[i] of y.
+
+    Row i of the permuted y is y[perm[i]]; its neighbours are the rows j with perm[j] in
+    N(perm[i]), i.e. perm⁻¹(N(perm[i])). O(n·k), no new search.
+    """
+    if perm is None:
+        return idx, sim
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel(), device=perm.device)
+    return inv[idx[perm]], sim[perm]
+
+
+def _matches(
+    idx_x: torch.Tensor, idx_y: torch.Tensor, sim_y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each x-neighbour slot (i, a): is idx_x[i, a] also a y-neighbour of i, and L_ij there.
+
+    Returns ``hit (n, k)`` bool and ``l_val (n, k)`` float64 (0 where not a hit). O(n·k²) in
+    row chunks of bounded memory.
+    """
+    n, k = idx_x.shape
+    hit = torch.empty(n, k, dtype=torch.bool, device=idx_x.device)
+    l_val = torch.empty(n, k, dtype=torch.float64, device=idx_x.device)
+    chunk = max(1, (1 << 22) // (k * k))
+    for i0 in range(0, n, chunk):
+        eq = idx_x[i0 : i0 + chunk, :, None] == idx_y[i0 : i0 + chunk, None, :]  # (c, k, k)
+        hit[i0 : i0 + chunk] = eq.any(2)
+        l_val[i0 : i0 + chunk] = (eq * sim_y[i0 : i0 + chunk, None, :]).sum(2)
+    return hit, l_val
+
+
+def _sparse_hsic_u(
+    n: int, rows: torch.Tensor, cols: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+) -> float:
+    """n(n-3)·HSIC_u(A, B) for A, B supported on the same off-diagonal entries (rows, cols).
+
+    Song et al. (2012) eq. 5 as platonic-rep's ``hsic_unbiased`` evaluates it, including on the
+    asymmetric masked kernels: tr(ÃB̃) = Σ_ij A_ij B_ji, 1ᵀÃB̃1 = Σ_j (Σ_i A_ij)(Σ_l B_jl).
+    """
+    keys = rows * n + cols
+    order = torch.argsort(keys)
+    keys, b_sorted = keys[order], b[order]
+    rev = cols * n + rows  # where B_ji lives
+    pos = torch.searchsorted(keys, rev).clamp_(max=max(keys.numel() - 1, 0))
+    found = keys[pos] == rev if keys.numel() else torch.zeros_like(rev, dtype=torch.bool)
+    trace = float((a * torch.where(found, b_sorted[pos], torch.zeros_like(a))).sum())
+    col_a = torch.zeros(n, dtype=torch.float64, device=a.device).index_add_(0, cols, a)
+    row_b = torch.zeros(n, dtype=torch.float64, device=a.device).index_add_(0, rows, b)
+    return (
+        trace
+        + float(a.sum()) * float(b.sum()) / ((n - 1) * (n - 2))
+        - 2.0 / (n - 2) * float(col_a @ row_b)
+    )
+
+
+def _knn_prepare(x: torch.Tensor, opts: Options, name: str) -> _KnnState:
+    n = x.shape[0]
+    idx, sim = knn_lists(x, opts["k"], name)
+    rows = torch.arange(n, device=x.device).repeat_interleave(idx.shape[1])
+    self_term = (
+        _sparse_hsic_u(n, rows, idx.flatten(), sim.flatten(), sim.flatten()) if n >= 4 else math.nan
+    )
+    return _KnnState(name, idx, sim, self_term)
+
+
+def _knn_cross(
+    sx: _KnnState, sy: _KnnState, perm: torch.Tensor | None, opts: Options
+) -> tuple[torch.Tensor, torch.Tensor]:
+    idx_y, sim_y = _relabel(sy.idx, sy.sim, perm)
+    return _matches(sx.idx, idx_y, sim_y)
+
+
+def _mutual_knn_finish(
+    sx: _KnnState, sy: _KnnState, cross: tuple[torch.Tensor, torch.Tensor], opts: Options
+) -> float:
+    hit, _ = cross
+    return float(hit.sum(dtype=torch.float64)) / hit.numel()
+
+
+def _cknna_finish(
+    sx: _KnnState, sy: _KnnState, cross: tuple[torch.Tensor, torch.Tensor], opts: Options
+) -> float:
+    hit, l_val = cross
+    n, k = hit.shape
+    for s in (sx, sy):
+        if not s.self_cknna > 0:
+            raise AlignkitError(
+                f"CKNNA is undefined: the unbiased HSIC of {s.name}'s neighbour-masked kernel "
+                f"with itself "
+                f"is {s.self_cknna / (n * (n - 3)):.3g} (must be > 0)"
+            )
+    rows = torch.arange(n, device=hit.device).unsqueeze(1).expand(n, k)[hit]
+    kl = _sparse_hsic_u(n, rows, sx.idx[hit], sx.sim[hit], l_val[hit])
+    return kl / math.sqrt(sx.self_cknna * sy.self_cknna)
+
+
+def _mutual_knn_check(n: int, opts: Options) -> None:
+    check_min_rows(n, 2, "mutual kNN")
+    opts["k"] = check_k(opts["k"], n)
+
+
+def _cknna_check(n: int, opts: Options) -> None:
+    check_min_rows(n, 4, "CKNNA (unbiased HSIC)")
+    opts["k"] = check_k(opts["k"], n)
+
+
+MUTUAL_KNN_ENGINE = Engine(
+    "knn", ("k",), _knn_prepare, _knn_cross, _mutual_knn_finish, _mutual_knn_check
+)
+CKNNA_ENGINE = Engine("knn", ("k",), _knn_prepare, _knn_cross, _cknna_finish, _cknna_check)
+
+
+def mutual_knn_chance(n: int, k: int = 10) -> float:
+    """Expected mutual-kNN score under a uniformly random pairing of rows: exactly k / (n - 1).
+
+    Under a random pairing the permuted y-neighbour set of row i, perm⁻¹(N(perm[i])), is a
+    uniform k-subset of the n - 1 rows other than i, independent of N^X(i); the overlap of two
+    k-subsets of n - 1 items has mean k² / (n - 1), so the score's mean is k / (n - 1).
+    """
+    return k / (n - 1)
+
+
+def mutual_knn(x: ArrayLike, y: ArrayLike, k: int = 10) -> float:
+    """Mutual k-nearest-neighbour alignment (Huh et al. 2024): mean_i |N_k^X(i) ∩ N_k^Y(i)| / k.
+
+    Args:
+        x: ``(n, d1)``; y: ``(n, d2)``, the same rows. Rows are L2-normalised (cosine neighbours);
+            a row of zeros is an error.
+        k: neighbourhood size, 1 <= k <= n - 1; default 10 as in the paper.
+
+    Returns:
+        A score in [0, 1]; 1 for identical inputs; chance level k / (n - 1) (see
+        :func:`mutual_knn_chance`). Invariant to rotations and isotropic scaling (not to
+        translations: cosine similarity is about the origin).
+    """
+    xt, yt = as_pair(x, y)
+    return evaluate(MUTUAL_KNN_ENGINE, xt, yt, {"k": k})
+
+
+def cknna(x: ArrayLike, y: ArrayLike, k: int = 10) -> float:
+    """CKNNA, "centered kernel nearest-neighbour alignment" (Huh et al. 2024, appendix).
+
+    Exactly platonic-rep's ``AlignmentMetrics.cknna`` with its defaults (``unbiased=True``,
+    ``distance_agnostic=False``) on L2-normalised rows as its ``measure_alignment.py`` feeds it:
+
+    * kernels K = X̂X̂ᵀ, L = ŶŶᵀ (cosine, no feature centring; the unbiased HSIC centres);
+    * mask M_ij = [j ∈ N_k^X(i)]·[j ∈ N_k^Y(i)] (self excluded; M is not symmetric);
+    * CKNNA = HSIC_u(M∘K, M∘L) / sqrt(HSIC_u(M_X∘K, M_X∘K) · HSIC_u(M_Y∘L, M_Y∘L)), with
+      HSIC_u the Song et al. (2012) estimator evaluated literally on these asymmetric matrices.
+
+    Differences from platonic-rep: its default ``topk=None`` crashes (compared with 2 before the
+    None check), ours is k = 10, the value its alignment script passes; we drop the +1e-6 it adds
+    to the denominator and raise an error when a self term is not positive; ties are broken by
+    row index. Because the masked matrices are asymmetric the score is not exactly symmetric in
+    (x, y). O(n·k) beyond the neighbour search; 1 for identical inputs.
+
+    Args:
+        x: ``(n, d1)``; y: ``(n, d2)``, the same rows (n >= 4). k: 1 <= k <= n - 1.
+    """
+    xt, yt = as_pair(x, y)
+    return evaluate(CKNNA_ENGINE, xt, yt, {"k": k})
