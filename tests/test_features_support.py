@@ -123,12 +123,15 @@ def make_probe(folder: "str | Path", n: int, *, captions: int = 3, seed: int = 0
 
 
 def _main(args: dict[str, Any]) -> None:
-    """One extraction in this process (under torchrun: one rank); saves the FeatureSet to ``out``."""
+    """Extractions in this process (under torchrun: one rank); saves what they gave to ``out``.
+
+    ``modalities`` picks the tiny encoders (``image``, ``text``); ``repeat`` runs each extraction
+    a second time (a cache hit when ``root`` is set) and records the model calls of each run.
+    """
     from alignkit.features import FeatureCache, extract_features
 
     torch.set_num_threads(1)  # the same thread count in every process: comparable numerics
     probe = make_probe(args["probe_dir"], args["n"], seed=args.get("seed", 0))
-    encoder = HashTextEncoder() if args.get("modality") == "text" else TinyImageEncoder()
     if args.get("gate"):  # start together with the other processes of a test
         Path(f"{args['gate']}.{os.getpid()}.ready").touch()
         while not Path(args["gate"]).exists():
@@ -136,15 +139,26 @@ def _main(args: dict[str, Any]) -> None:
     cache: Any = False
     if args.get("root"):
         cache = FeatureCache(args["root"], shard_batches=args.get("shard_batches", 1))
-    fs = extract_features(
-        encoder, probe, batch_size=args.get("batch_size", 4), num_workers=args.get("workers", 0),
-        caption_policy=args.get("caption_policy", "first"), cache=cache, progress=False,
-    )
     rank = os.environ.get("RANK", "0")
     out = Path(args["out"])
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"features": fs.features, "ids": fs.ids, "calls": encoder.calls,
-                "batch_sizes": encoder.batch_sizes}, out / f"rank{rank}.pt")
+    for modality in args.get("modalities", ["image"]):
+        encoder = HashTextEncoder() if modality == "text" else TinyImageEncoder()
+        result: dict[str, Any] = {}
+        for run in range(2 if args.get("repeat") else 1):
+            fs = extract_features(
+                encoder, probe, batch_size=args.get("batch_size", 4),
+                num_workers=args.get("workers", 0),
+                caption_policy=args.get("caption_policy", "first"), cache=cache, progress=False,
+            )
+            if run == 0:
+                result = {"features": fs.features, "ids": fs.ids, "calls": encoder.calls,
+                          "batch_sizes": list(encoder.batch_sizes)}
+            else:
+                result["repeat_calls"] = encoder.calls - result["calls"]
+                result["repeat_equal"] = torch.equal(fs.features, result["features"])
+        name = f"rank{rank}.pt" if modality == "image" else f"{modality}-rank{rank}.pt"
+        torch.save(result, out / name)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ single-process run on the same device.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from dataclasses import dataclass
@@ -19,12 +20,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Ranks:
-    """The process group extraction runs in. ``owned``: alignkit initialised it (and tears it down)."""
+    """The process group extraction runs in."""
 
     rank: int
     world: int
     comm_device: torch.device  # where collective tensors must live (cuda for NCCL)
-    owned: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -44,13 +44,16 @@ def local_cuda_device() -> "torch.device | None":
 
 
 def current_ranks(device: torch.device) -> "Ranks | None":
-    """The process group to shard over, initialising one from the torchrun environment when needed
-    (NCCL for a CUDA ``device``, else gloo). None for a single process."""
+    """The process group to shard over. None for a single process.
+
+    Under torchrun with no process group yet, this initialises the default one from the
+    environment (NCCL for a CUDA ``device``, else gloo) and keeps it for later calls (the
+    torchrun rendezvous cannot be joined twice by one process); it is destroyed at exit.
+    """
     import torch.distributed as dist
 
     if not dist.is_available():
         return None
-    owned = False
     if not dist.is_initialized():
         if not launched_by_torchrun():
             return None
@@ -58,21 +61,20 @@ def current_ranks(device: torch.device) -> "Ranks | None":
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
-        owned = True
+        atexit.register(_destroy_at_exit)
         log.info("initialised a %s process group: rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
     world = dist.get_world_size()
     if world == 1:
         return None
     backend = dist.get_backend()
     comm = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    return Ranks(dist.get_rank(), world, comm, owned)
+    return Ranks(dist.get_rank(), world, comm)
 
 
-def release(ranks: "Ranks | None") -> None:
-    """Tear down a process group that :func:`current_ranks` created."""
-    if ranks is not None and ranks.owned:
-        import torch.distributed as dist
+def _destroy_at_exit() -> None:
+    import torch.distributed as dist
 
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

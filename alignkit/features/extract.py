@@ -98,29 +98,27 @@ def extract_features(
     ids = probe.ids
 
     ranks = _distributed.current_ranks(enc.device)
-    try:
-        if store is not None:
-            hit = store.get(key, ids=ids)
-            if ranks is None or _distributed.all_true(hit is not None, ranks):
-                if hit is not None:
-                    log.info("%s on %s: %d rows from the feature cache", enc.name, probe.name, hit.n)
-                    return hit
-            hit = None
+    if store is not None:
+        hit = store.get(key, ids=ids)
+        usable = hit is not None
+        if ranks is not None:  # every rank must take the same branch: all hit, or all extract
+            usable = _distributed.all_true(usable, ranks)
+        if usable:
+            log.info("%s on %s: %d rows from the feature cache", enc.name, probe.name, hit.n)
+            return hit
 
-        blocks = _distributed.row_blocks(len(probe), batch_size, ranks.world if ranks else 1)
-        start, stop = blocks[ranks.rank if ranks else 0]
-        job = _Job(enc, probe, batch_size, workers, caption_policy, seed, store, key,
-                   progress and (ranks is None or ranks.is_main))
-        part = job.run(start, stop)  # (..., stop - start, d)
-        features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
-        result = FeatureSet(features, ids, _provenance(enc, probe, caption_policy, seed, key))
-        if store is not None and (ranks is None or ranks.is_main):
-            store.put(key, result)
-            store.drop_shards(key)
-        _distributed.barrier(ranks)
-        return result
-    finally:
-        _distributed.release(ranks)
+    blocks = _distributed.row_blocks(len(probe), batch_size, ranks.world if ranks else 1)
+    start, stop = blocks[ranks.rank if ranks else 0]
+    job = _Job(enc, probe, batch_size, workers, caption_policy, seed, store, key,
+               progress and (ranks is None or ranks.is_main))
+    part = job.run(start, stop)  # (..., stop - start, d)
+    features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
+    result = FeatureSet(features, ids, _provenance(enc, probe, caption_policy, seed, key))
+    if store is not None and (ranks is None or ranks.is_main):
+        store.put(key, result)
+        store.drop_shards(key)
+    _distributed.barrier(ranks)
+    return result
 
 
 # -- argument handling ----------------------------------------------------------------------------
