@@ -125,7 +125,7 @@ def test_failed_write_leaves_no_entry_and_no_temporary_file(probe, store, monkey
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache_module.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         store.put(key, fs)
     monkeypatch.undo()
@@ -302,3 +302,47 @@ def test_put_get_roundtrip_keeps_ids_and_provenance(tmp_path):
         store.get("../x")
     with pytest.raises(AlignkitError, match="shard_batches must be a positive integer: got 0"):
         FeatureCache(tmp_path, shard_batches=0)
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_cli_cache_list_and_clear(probe, tmp_path, capsys):
+    from alignkit.cli import main
+
+    store = FeatureCache(tmp_path / "cli-cache")
+    img = _extract(TinyImageEncoder(layer="all"), probe, store)
+    _extract(HashTextEncoder(), probe, store)
+    with pytest.raises(SystemExit) as info:
+        main(["cache", "list", "--cache-dir", str(store.root)])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "tiny-image:conv" in out and "tiny-text:hashbag" in out and "2 entries" in out
+    assert "16 x2L" in out and img.provenance["cache_key"][:12] in out
+    with pytest.raises(SystemExit):
+        main(["cache", "clear", "tiny-text:*", "--yes", "--cache-dir", str(store.root)])
+    assert "removed 1 entries" in capsys.readouterr().out
+    assert [e.encoder for e in store.list()] == ["tiny-image:conv"]
+    with pytest.raises(SystemExit):
+        main(["cache", "list", "nothing*", "--cache-dir", str(store.root)])
+    assert "no cache entries match 'nothing*'" in capsys.readouterr().out
+
+
+def test_cli_help_explains_the_commands(capsys):
+    from alignkit.cli import main
+
+    for argv, expected in [(["extract", "--help"], "resumes from its last saved shard"),
+                           (["cache", "--help"], "Inspect and prune the feature cache"),
+                           (["cache", "clear", "--help"], "glob on encoder spec")]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+        assert expected in " ".join(capsys.readouterr().out.split())
+
+
+def test_featureset_save_load_roundtrip(tmp_path):
+    fs = FeatureSet(torch.randn(4, 3), ("a", "b", "c", "d"), {"encoder": "x", "probe": "p"})
+    path = fs.save(tmp_path / "f.safetensors")
+    got = FeatureSet.load(path)
+    assert torch.equal(got.features, fs.features) and got.ids == fs.ids and got.provenance == fs.provenance
+    (tmp_path / "bad.safetensors").write_bytes(b"nope")
+    with pytest.raises(AlignkitError, match="expected a FeatureSet .safetensors file"):
+        FeatureSet.load(tmp_path / "bad.safetensors")

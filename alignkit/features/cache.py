@@ -26,10 +26,8 @@ import fnmatch
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +37,7 @@ import torch
 
 from alignkit import _paths
 from alignkit.errors import AlignkitError
+from alignkit.features._io import atomic_path, load_tensor, save_tensor, sha256_file
 from alignkit.features.featureset import FeatureSet
 
 if TYPE_CHECKING:
@@ -124,51 +123,6 @@ def feature_key(
 
 
 # -- small file helpers -------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` when the block succeeds,
-    delete it when it fails. Same folder, so the rename is atomic."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _save_tensor(path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    with _atomic_path(path) as tmp:
-        save_file({"features": tensor.contiguous()}, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:  # durable before the rename makes it visible
-            os.fsync(f.fileno())
-
-
-def _load_tensor(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
-    """Load a tensor file written by :func:`_save_tensor`; any failure (truncated, not
-    safetensors, no ``features`` tensor) raises ``ValueError``."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            tensor = f.get_tensor("features")
-    except Exception as exc:  # safetensors raises several types for damaged files
-        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
-    return tensor, metadata
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock between processes (POSIX ``flock``; no lock where unavailable)."""
@@ -253,7 +207,7 @@ class FeatureCache:
             return "tensor file missing"
         if size != side.get("size"):
             return f"tensor file has {size} bytes, sidecar says {side.get('size')} (truncated?)"
-        if _sha256(path) != side.get("sha256"):
+        if sha256_file(path) != side.get("sha256"):
             return "tensor file sha256 differs from the sidecar (corrupt?)"
         return None
 
@@ -270,7 +224,7 @@ class FeatureCache:
         fs = None
         if problem is None:
             try:
-                tensor, meta = _load_tensor(self.path(key))
+                tensor, meta = load_tensor(self.path(key))
                 stored_ids = tuple(json.loads(meta["ids"]))
                 provenance = json.loads(meta["provenance"])
                 if list(tensor.shape) != side.get("shape"):
@@ -309,7 +263,7 @@ class FeatureCache:
                 "ids": json.dumps(list(features.ids)),
                 "provenance": json.dumps(provenance, sort_keys=True, default=str),
             }
-            _save_tensor(path, features.features.detach().to("cpu", torch.float32), metadata)
+            save_tensor(path, features.features, metadata)
             sidecar = {
                 "format": FORMAT_VERSION,
                 "key": key,
@@ -318,13 +272,13 @@ class FeatureCache:
                 "dim": features.dim,
                 "dtype": "float32",
                 "size": path.stat().st_size,
-                "sha256": _sha256(path),
+                "sha256": sha256_file(path),
                 "encoder": features.encoder,
                 "probe": str(provenance.get("probe", "?")),
                 "created": str(provenance.get("created") or _now()),
                 "provenance": provenance,
             }
-            with _atomic_path(self._sidecar(key)) as tmp:
+            with atomic_path(self._sidecar(key)) as tmp:
                 tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
         return path
 
@@ -338,7 +292,7 @@ class FeatureCache:
             )
         path = self._partial_dir(key) / f"rows-{start:09d}-{stop:09d}.safetensors"
         meta = {"format": str(FORMAT_VERSION), "key": key, "start": str(start), "stop": str(stop)}
-        _save_tensor(path, features.detach().to("cpu", torch.float32), meta)
+        save_tensor(path, features, meta)
         return path
 
     def load_shards(
@@ -361,7 +315,7 @@ class FeatureCache:
             if a < start or (stop is not None and b > stop) or b <= a:
                 continue
             try:
-                tensor, meta = _load_tensor(path)
+                tensor, meta = load_tensor(path)
                 ok = (
                     meta.get("format") == str(FORMAT_VERSION)
                     and meta.get("key") == key

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,3 +77,32 @@ class FeatureSet:
                 f"got {self.n} rows and {other.n} rows"
                 + ("" if self.n != other.n else " with different ids or order")
             )
+
+    def save(self, path: "str | Path") -> Path:
+        """Write to a ``.safetensors`` file (tensor ``features``; ids and provenance as JSON in the
+        header metadata), atomically. :meth:`load` reads it back."""
+        from alignkit.features._io import save_tensor
+
+        path = Path(path)
+        metadata = {
+            "ids": json.dumps(list(self.ids)),
+            "provenance": json.dumps(self.provenance, sort_keys=True, default=str),
+        }
+        save_tensor(path, self.features, metadata)
+        return path
+
+    @classmethod
+    def load(cls, path: "str | Path") -> "FeatureSet":
+        """Read a file written by :meth:`save` (or a feature cache entry)."""
+        from alignkit.features._io import load_tensor
+
+        try:
+            tensor, meta = load_tensor(Path(path))
+            ids = tuple(json.loads(meta["ids"]))
+            provenance = json.loads(meta.get("provenance", "{}"))
+        except (ValueError, KeyError, OSError) as exc:
+            raise AlignkitError(
+                f"expected a FeatureSet .safetensors file (tensor 'features', ids in the metadata) "
+                f"at {path}: {exc}"
+            ) from exc
+        return cls(tensor, ids, provenance)

@@ -1,0 +1,59 @@
+"""Atomic safetensors files: written to a temporary name beside the target, then renamed."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` when the block succeeds,
+    delete it when it fails. Same folder, so the rename is atomic (``os.replace``)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def save_tensor(path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
+    """Write one tensor named ``features`` (float32, CPU) and string ``metadata``, atomically."""
+    from safetensors.torch import save_file
+
+    tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+    with atomic_path(Path(path)) as tmp:
+        save_file({"features": tensor}, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:  # durable before the rename makes it visible
+            os.fsync(f.fileno())
+
+
+def load_tensor(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
+    """Read a file written by :func:`save_tensor`; any failure (truncated, not safetensors, no
+    ``features`` tensor) raises ``ValueError``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensor = f.get_tensor("features")
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    return tensor, metadata
