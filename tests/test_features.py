@@ -7,7 +7,6 @@ import pytest
 import torch
 from alignkit.errors import AlignkitError
 from alignkit.features import FeatureSet, extract_features
-from alignkit.features.extract import pick_caption
 from alignkit.probes.base import ProbeRow, ProbeSet
 from test_features_support import HashTextEncoder, TinyImageEncoder, make_probe
 
@@ -93,14 +92,16 @@ def test_caption_policy_random_is_seeded_and_row_local(probe):
     assert torch.equal(a.features, b.features)
     assert not torch.equal(a.features, c.features)
     assert a.provenance["seed"] == 1
-    for i, row in enumerate(probe.rows):  # every row got one of its own captions, encoded alone
-        torch.testing.assert_close(a.features[i], enc.encode([pick_caption(row, 1)])[0])
+    chosen = probe.captions("random", 1)
+    for i, row in enumerate(probe.rows):  # every row got the probe's choice, encoded alone
+        assert chosen[i] in row.captions
+        torch.testing.assert_close(a.features[i], enc.encode([chosen[i]])[0])
     # the choice does not depend on the other rows: a subset picks the same captions
     sub = probe.subset([7, 2])
     s = extract_features(enc, sub, caption_policy="random", seed=1, cache=False, progress=False)
     torch.testing.assert_close(s.features, a.features[[7, 2]])
     # all captions get chosen across rows (not always the first)
-    assert len({pick_caption(row, 1) == row.captions[0] for row in probe.rows}) == 2
+    assert len({c == row.captions[0] for c, row in zip(chosen, probe.rows)}) == 2
 
 
 def test_progress_bar_shows_items_per_second_and_can_be_silenced(probe, capsys):

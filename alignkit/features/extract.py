@@ -9,7 +9,6 @@ features (some models' numbers depend on what else is in the batch, e.g. padding
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -64,8 +63,8 @@ def extract_features(
     Image rows are decoded and preprocessed (``encoder.preprocess``) in DataLoader worker
     processes, collated, and run through ``encoder.forward`` under ``inference_mode`` (autocast
     and pinned memory on GPU). Text rows give captions per ``caption_policy``: ``"first"``,
-    ``"random"`` (one caption per row, chosen from a hash of ``seed`` and the row id, so the choice
-    does not depend on other rows), or ``"mean"`` (every caption of the row is encoded and the
+    ``"random"`` (one caption per row, chosen from a hash of ``seed`` and the row id by
+    :meth:`ProbeSet.captions`, so the choice does not depend on other rows), or ``"mean"`` (every caption of the row is encoded and the
     row's embeddings averaged, as the reference code of Maniparambil et al. 2024 does).
 
     With a cache (the default), a finished extraction is returned without any model work, and an
@@ -218,13 +217,6 @@ def _provenance(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cache_key": key,
     }
-
-
-def pick_caption(row: "ProbeRow", seed: int) -> str:
-    """The ``random`` policy's caption of ``row``: a hash of (seed, row id) picks it, so the choice
-    is the same in any subset, order or rank layout."""
-    digest = hashlib.sha256(f"{seed}:{row.id}".encode()).digest()
-    return row.captions[int.from_bytes(digest[:8], "big") % len(row.captions)]
 
 
 # -- the work -------------------------------------------------------------------------------------
@@ -397,16 +389,12 @@ class _Job:
 
     def _text_batches(self, batches: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
         rows = self.probe.rows
+        mean = self.caption_policy == "mean"
+        # one caption per row; `random` depends on (seed, row id) only (ProbeSet.captions)
+        chosen = None if mean else self.probe.captions(self.caption_policy, self.seed)
         for a, b in batches:
-            if self.caption_policy == "mean":
-                counts = [len(rows[i].captions) for i in range(a, b)]
-                captions = [c for i in range(a, b) for c in rows[i].captions]
-            elif self.caption_policy == "random":
-                counts = None
-                captions = [pick_caption(rows[i], self.seed) for i in range(a, b)]
-            else:
-                counts = None
-                captions = [rows[i].captions[0] for i in range(a, b)]
+            counts = [len(rows[i].captions) for i in range(a, b)] if mean else None
+            captions = [c for i in range(a, b) for c in rows[i].captions] if mean else chosen[a:b]
             batch = self.enc.collate([self.enc.preprocess(c) for c in captions])
             out = self._forward(_to_device(batch, self.enc.device, non_blocking=False))
             if out.shape[-2] != len(captions):
