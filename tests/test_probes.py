@@ -1,4 +1,5 @@
-"""Probe sets on small fixtures built here: formats, subsampling, fingerprints, captions, bad input."""
+"""Probe sets on small fixtures built here: formats, subsampling, fingerprints, captions,
+bad input."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import pytest
 from PIL import Image
 
 from alignkit.errors import AlignkitError
-from alignkit.probes import ProbeSet, hash_order, imagenet_class_names, imagenet_wnids, list_probes, load_probe
+from alignkit.probes import (
+    ProbeSet,
+    hash_order,
+    imagenet_class_names,
+    imagenet_wnids,
+    list_probes,
+    load_probe,
+)
 
 COLORS = [(200, 30, 30), (30, 160, 40), (30, 60, 200), (230, 200, 20), (120, 40, 160), (20, 20, 20)]
 
@@ -35,9 +43,16 @@ def manifest_dir(tmp_path: Path) -> Path:
     rows = []
     for i in range(6):
         jpeg(root / "images" / f"img{i}.jpg", COLORS[i])
-        rows.append({"id": f"r{i}", "image": f"images/img{i}.jpg",
-                     "captions": [f"picture number {i}", f"another caption {i}"],
-                     "label": i % 3, "split": "test" if i % 2 else "train", "source": f"s{i}"})
+        rows.append(
+            {
+                "id": f"r{i}",
+                "image": f"images/img{i}.jpg",
+                "captions": [f"picture number {i}", f"another caption {i}"],
+                "label": i % 3,
+                "split": "test" if i % 2 else "train",
+                "source": f"s{i}",
+            }
+        )
     write_jsonl(root / "manifest.jsonl", rows)
     (root / "classnames.txt").write_text("cat\ndog\nbird\n")
     return root
@@ -63,7 +78,9 @@ def test_jsonl_manifest_and_folder_holding_it(manifest_dir: Path) -> None:
 def test_split_filter_and_errors(manifest_dir: Path) -> None:
     test = load_probe(manifest_dir, split="test", progress=False)
     assert test.ids == ("r1", "r3", "r5")
-    with pytest.raises(AlignkitError, match=r"unknown split .* 'val'.*expected one of: test, train"):
+    with pytest.raises(
+        AlignkitError, match=r"unknown split .* 'val'.*expected one of: test, train"
+    ):
         load_probe(manifest_dir, split="val", progress=False)
 
 
@@ -90,7 +107,10 @@ def test_coco_captions_json_with_image_folder(tmp_path: Path) -> None:
     for i, img_id in enumerate((42, 7)):
         jpeg(root / "val2017" / f"{img_id:012d}.jpg", COLORS[i])
     blob = {
-        "images": [{"id": 42, "file_name": "000000000042.jpg"}, {"id": 7, "file_name": "000000000007.jpg"}],
+        "images": [
+            {"id": 42, "file_name": "000000000042.jpg"},
+            {"id": 7, "file_name": "000000000007.jpg"},
+        ],
         "annotations": [  # out of order on purpose: captions follow annotation id
             {"id": 9, "image_id": 42, "caption": "second of 42 \n"},
             {"id": 3, "image_id": 42, "caption": "first of 42"},
@@ -149,13 +169,16 @@ def test_class_folders_with_names_and_wordnet_ids(tmp_path: Path) -> None:
 def test_labelled_manifest_gets_template_captions(tmp_path: Path) -> None:
     jpeg(tmp_path / "a.jpg")
     jpeg(tmp_path / "b.jpg")
-    write_jsonl(tmp_path / "labels.jsonl", [{"image": "a.jpg", "label": 1}, {"image": "b.jpg", "label": 0}])
+    write_jsonl(
+        tmp_path / "labels.jsonl", [{"image": "a.jpg", "label": 1}, {"image": "b.jpg", "label": 0}]
+    )
     with pytest.raises(AlignkitError, match="no class names"):
         load_probe(tmp_path, progress=False)
     probe = load_probe(tmp_path, class_names=["sky", "sea"], progress=False)
     assert [r.captions for r in probe] == [("a photo of a sea.",), ("a photo of a sky.",)]
     assert load_probe(tmp_path, class_names="imagenet", progress=False).rows[0].captions == (
-        "a photo of a goldfish.",)
+        "a photo of a goldfish.",
+    )
 
 
 def test_imagenet_name_lists() -> None:
@@ -167,8 +190,15 @@ def test_imagenet_name_lists() -> None:
 
 
 def test_list_probes_and_unknown_names(tmp_path: Path) -> None:
-    assert list_probes() == ["coco-val2017", "flickr8k", "flickr8k:dev", "flickr8k:test",
-                             "flickr8k:train", "imagenet-samples", "synthetic"]
+    assert list_probes() == [
+        "coco-val2017",
+        "flickr8k",
+        "flickr8k:dev",
+        "flickr8k:test",
+        "flickr8k:train",
+        "imagenet-samples",
+        "synthetic",
+    ]
     assert list_probes("flickr*") == ["flickr8k", "flickr8k:dev", "flickr8k:test", "flickr8k:train"]
     with pytest.raises(AlignkitError, match=r"'flikr8k' is neither a named probe \(coco-val2017, "):
         load_probe("flikr8k")
@@ -197,12 +227,15 @@ def test_subsample_is_a_stable_prefix(tmp_path: Path) -> None:
     assert p20.ids[:10] == p10.ids and len(set(p20.ids)) == 20
     # an independent recomputation of the order: sort ids by sha256("<seed>\0<id>")
     import hashlib
+
     expect = sorted(full.ids, key=lambda i: hashlib.sha256(f"0\x00{i}".encode()).digest())[:10]
     assert p10.ids == tuple(expect)
     assert full.subsample(10).ids == p10.ids
     assert load_probe(tmp_path, n=10, seed=1, progress=False).ids != p10.ids
     assert p10.fingerprint != p20.fingerprint != full.fingerprint
-    assert load_probe(tmp_path, n=40, progress=False).fingerprint != full.fingerprint  # order differs
+    assert (
+        load_probe(tmp_path, n=40, progress=False).fingerprint != full.fingerprint
+    )  # order differs
     with pytest.raises(AlignkitError, match="n=41 is more rows than probe .* got 40 rows"):
         load_probe(tmp_path, n=41, progress=False)
     assert hash_order(["a", "b"], 3) == hash_order(["a", "b"], 3)
@@ -213,7 +246,7 @@ def test_caption_policies(manifest_dir: Path) -> None:
     assert probe.captions("first") == [f"picture number {i}" for i in range(6)]
     r0, r1 = probe.captions("random", seed=0), probe.captions("random", seed=1)
     assert r0 == probe.captions("random", seed=0)
-    assert all(c in row.captions for c, row in zip(r0, probe))
+    assert all(c in row.captions for c, row in zip(r0, probe, strict=True))
     # the choice depends on the row id and seed only, so a subset chooses the same captions
     sub = probe.subset([5, 2])
     assert sub.captions("random", seed=1) == [r1[5], r1[2]]
@@ -233,7 +266,9 @@ def test_fingerprint_is_portable_and_tracks_content(manifest_dir: Path, tmp_path
     shutil.copytree(manifest_dir, a)
     shutil.copytree(manifest_dir, b)
     fa = load_probe(a, progress=False).fingerprint
-    assert fa == load_probe(b, progress=False).fingerprint == load_probe(a, progress=False).fingerprint
+    assert (
+        fa == load_probe(b, progress=False).fingerprint == load_probe(a, progress=False).fingerprint
+    )
     assert len(fa) == 16
     # a changed caption changes it
     m = b / "manifest.jsonl"
@@ -245,12 +280,16 @@ def test_fingerprint_is_portable_and_tracks_content(manifest_dir: Path, tmp_path
     assert load_probe(b, progress=False).fingerprint not in (fa, fb)
     # the naive recipe: rows' image digests are sha256 of the bytes
     import hashlib
+
     probe = load_probe(a, progress=False)
-    assert probe.rows[0].digest == hashlib.sha256((a / "images" / "img0.jpg").read_bytes()).hexdigest()
+    assert (
+        probe.rows[0].digest == hashlib.sha256((a / "images" / "img0.jpg").read_bytes()).hexdigest()
+    )
 
 
 def test_probe_rows_pickle(manifest_dir: Path) -> None:
     import pickle
+
     probe = load_probe(manifest_dir, progress=False)
     back = pickle.loads(pickle.dumps(probe))
     assert back.ids == probe.ids and back.fingerprint == probe.fingerprint
@@ -270,8 +309,14 @@ def test_missing_image(manifest_dir: Path) -> None:
     (manifest_dir / "images" / "img4.jpg").unlink()
     with pytest.raises(AlignkitError) as info:
         load_probe(manifest_dir, progress=False)
-    _one_line_naming(info, "'r4'", "manifest.jsonl line 5", "image file not found",
-                     str(manifest_dir / "images" / "img4.jpg"), "skip_bad=True")
+    _one_line_naming(
+        info,
+        "'r4'",
+        "manifest.jsonl line 5",
+        "image file not found",
+        str(manifest_dir / "images" / "img4.jpg"),
+        "skip_bad=True",
+    )
 
 
 def test_truncated_and_garbage_images(manifest_dir: Path) -> None:
@@ -294,7 +339,9 @@ def test_truncated_and_garbage_images(manifest_dir: Path) -> None:
 def test_empty_caption_duplicate_id_label_out_of_range(tmp_path: Path) -> None:
     for i in range(3):
         jpeg(tmp_path / f"{i}.jpg")
-    base = [{"id": f"r{i}", "image": f"{i}.jpg", "caption": f"cap {i}", "label": i} for i in range(3)]
+    base = [
+        {"id": f"r{i}", "image": f"{i}.jpg", "caption": f"cap {i}", "label": i} for i in range(3)
+    ]
     (tmp_path / "classnames.txt").write_text("a\nb\nc\n")
 
     rows = [dict(r) for r in base]
@@ -330,12 +377,18 @@ def test_missing_column_lists_columns(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "m.jsonl", [{"id": "x", "image": "a.jpg", "text": "hello"}])
     with pytest.raises(AlignkitError) as info:
         load_probe(tmp_path / "m.jsonl", progress=False)
-    _one_line_naming(info, "m.jsonl", "missing required column 'caption' or 'captions'",
-                     "found columns: id, image, text")
+    _one_line_naming(
+        info,
+        "m.jsonl",
+        "missing required column 'caption' or 'captions'",
+        "found columns: id, image, text",
+    )
     (tmp_path / "m.csv").write_text("path,caption\na.jpg,hello\n")
     with pytest.raises(AlignkitError) as info:
         load_probe(tmp_path / "m.csv", progress=False)
-    _one_line_naming(info, "m.csv", "missing required column 'image'", "found columns: path, caption")
+    _one_line_naming(
+        info, "m.csv", "missing required column 'image'", "found columns: path, caption"
+    )
 
 
 def test_skip_bad_drops_records_and_changes_fingerprint(manifest_dir: Path, caplog) -> None:

@@ -40,18 +40,29 @@ def _zip(members: dict[str, bytes]) -> bytes:
 
 @pytest.fixture(scope="module")
 def archives() -> dict[str, bytes]:
-    images = _zip({
-        "val2017/000000000139.jpg": _jpeg_bytes((255, 0, 0), 1),
-        "val2017/000000000285.jpg": _jpeg_bytes((0, 0, 255), 2),
-    })
+    images = _zip(
+        {
+            "val2017/000000000139.jpg": _jpeg_bytes((255, 0, 0), 1),
+            "val2017/000000000285.jpg": _jpeg_bytes((0, 0, 255), 2),
+        }
+    )
     captions = {
-        "images": [{"id": 139, "file_name": "000000000139.jpg"}, {"id": 285, "file_name": "000000000285.jpg"}],
-        "annotations": [{"id": 2, "image_id": 139, "caption": "A room with a red square."},
-                        {"id": 1, "image_id": 139, "caption": "A red patch on noise."},
-                        {"id": 3, "image_id": 285, "caption": "A big blue square."}],
+        "images": [
+            {"id": 139, "file_name": "000000000139.jpg"},
+            {"id": 285, "file_name": "000000000285.jpg"},
+        ],
+        "annotations": [
+            {"id": 2, "image_id": 139, "caption": "A room with a red square."},
+            {"id": 1, "image_id": 139, "caption": "A red patch on noise."},
+            {"id": 3, "image_id": 285, "caption": "A big blue square."},
+        ],
     }
-    annotations = _zip({"annotations/captions_val2017.json": json.dumps(captions).encode(),
-                        "annotations/instances_val2017.json": b"{}"})
+    annotations = _zip(
+        {
+            "annotations/captions_val2017.json": json.dumps(captions).encode(),
+            "annotations/instances_val2017.json": b"{}",
+        }
+    )
     return {"/zips/val2017.zip": images, "/annotations/annotations_trainval2017.zip": annotations}
 
 
@@ -103,8 +114,11 @@ class _Server:
 
     def remote(self, path: str, checksum: str | None = None) -> RemoteFile:
         data = self.files[path]
-        return RemoteFile(self.url + path, size=len(data),
-                          checksum=checksum or "sha256:" + hashlib.sha256(data).hexdigest())
+        return RemoteFile(
+            self.url + path,
+            size=len(data),
+            checksum=checksum or "sha256:" + hashlib.sha256(data).hexdigest(),
+        )
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -130,7 +144,10 @@ def test_first_download_then_offline(server: _Server, tmp_path: Path) -> None:
     assert probe.rows[0].captions == ("A red patch on noise.", "A room with a red square.")
     assert probe.rows[1].load_image().getpixel((20, 20)) == pytest.approx((0, 0, 255), abs=30)
     folder = tmp_path / "coco-val2017"
-    assert sorted(p.name for p in (folder / "val2017").iterdir()) == ["000000000139.jpg", "000000000285.jpg"]
+    assert sorted(p.name for p in (folder / "val2017").iterdir()) == [
+        "000000000139.jpg",
+        "000000000285.jpg",
+    ]
     assert not any((folder / "downloads").iterdir())  # archives removed after extraction
     assert not (folder / "annotations" / "instances_val2017.json").exists()  # only captions kept
     n_requests = len(server.requests)
@@ -156,7 +173,9 @@ def test_resume_after_a_dropped_connection(server: _Server, tmp_path: Path) -> N
     assert image_requests == [("/zips/val2017.zip", None), ("/zips/val2017.zip", "bytes=1000-")]
 
 
-def test_server_that_ignores_range_restarts_cleanly(server: _Server, tmp_path: Path, archives) -> None:
+def test_server_that_ignores_range_restarts_cleanly(
+    server: _Server, tmp_path: Path, archives
+) -> None:
     server.ignore_range = True
     part = tmp_path / "coco-val2017" / "downloads" / "val2017.zip.part"
     part.parent.mkdir(parents=True)
@@ -169,7 +188,9 @@ def test_checksum_mismatch(server: _Server, tmp_path: Path) -> None:
     with pytest.raises(AlignkitError) as info:
         _load(server, tmp_path, images_zip=bad)
     msg = str(info.value)
-    assert "\n" not in msg and "checksum mismatch" in msg and "val2017.zip" in msg and "0" * 64 in msg
+    assert (
+        "\n" not in msg and "checksum mismatch" in msg and "val2017.zip" in msg and "0" * 64 in msg
+    )
     folder = tmp_path / "coco-val2017"
     assert not (folder / "downloads" / "val2017.zip.part").exists()
     assert not (folder / "downloads" / "val2017.zip").exists()
@@ -182,4 +203,6 @@ def test_not_downloaded_says_where_and_how(tmp_path: Path) -> None:
     with pytest.raises(AlignkitError) as info:
         load_probe("coco-val2017", data_dir=tmp_path, download_missing=False)
     msg = str(info.value)
-    assert "\n" not in msg and str(tmp_path / "coco-val2017") in msg and "download_missing=True" in msg
+    assert (
+        "\n" not in msg and str(tmp_path / "coco-val2017") in msg and "download_missing=True" in msg
+    )

@@ -25,15 +25,26 @@ def test_flickr8k_test_split(data_dir: Path) -> None:
     assert list(row.captions) == want
     assert all(r.attributes["split"] == "test" for r in probe)
     # the token-file layout describes the very same rows: same fingerprint
-    by_tokens = load_probe(data_dir / "flickr8k" / "text" / "Flickr8k.token.txt", split="test",
-                           progress=False)
+    by_tokens = load_probe(
+        data_dir / "flickr8k" / "text" / "Flickr8k.token.txt", split="test", progress=False
+    )
     assert by_tokens.ids == probe.ids and by_tokens.fingerprint == probe.fingerprint
     # stable subsample inside the split
     p300 = load_probe("flickr8k", split="test", n=300, data_dir=data_dir, progress=False)
     p100 = load_probe("flickr8k:test", n=100, data_dir=data_dir, progress=False)
     assert p300.ids[:100] == p100.ids and set(p300.ids) <= set(probe.ids)
-    assert len({load_probe("flickr8k:" + s, data_dir=data_dir, check="read", progress=False).fingerprint
-                for s in ("dev",)} | {probe.fingerprint}) == 2
+    assert (
+        len(
+            {
+                load_probe(
+                    "flickr8k:" + s, data_dir=data_dir, check="read", progress=False
+                ).fingerprint
+                for s in ("dev",)
+            }
+            | {probe.fingerprint}
+        )
+        == 2
+    )
 
 
 def test_flickr8k_token_file_glitch_needs_skip_bad(data_dir: Path) -> None:
@@ -47,7 +58,10 @@ def test_flickr8k_token_file_glitch_needs_skip_bad(data_dir: Path) -> None:
     assert "image file not found" in msg and "\n" not in msg
     probe = load_probe(token, check="read", skip_bad=True, progress=False)
     assert len(probe) == 8091
-    assert [d["id"] for d in probe.dropped] == ["2258277193_586949ec62.jpg", "2258277193_586949ec62"]
+    assert [d["id"] for d in probe.dropped] == [
+        "2258277193_586949ec62.jpg",
+        "2258277193_586949ec62",
+    ]
     pairs = load_probe("flickr8k", data_dir=data_dir, check="read", progress=False)
     assert sorted(pairs.ids) == sorted(probe.ids)
     assert probe.fingerprint != pairs.fingerprint  # the drop is recorded
@@ -58,10 +72,17 @@ def test_imagenet_samples(data_dir: Path) -> None:
     assert len(probe) == 1000
     assert probe.labels == list(range(1000))
     assert probe.class_names == imagenet_class_names()
-    assert probe.class_names[1] == "goldfish" and probe.rows[1].captions == ("a photo of a goldfish.",)
+    assert probe.class_names[1] == "goldfish" and probe.rows[1].captions == (
+        "a photo of a goldfish.",
+    )
     assert probe.rows[1].id == "n01443537"
     # the curated names agree with the source file names where those are already readable
-    src = [json.loads(x) for x in (data_dir / "imagenet-samples" / "labels.jsonl").read_text().splitlines()]
-    same = sum(s["file_class_name"].replace("_", " ").lower() == probe.class_names[s["label"]].lower()
-               for s in src)
+    src = [
+        json.loads(x)
+        for x in (data_dir / "imagenet-samples" / "labels.jsonl").read_text().splitlines()
+    ]
+    same = sum(
+        s["file_class_name"].replace("_", " ").lower() == probe.class_names[s["label"]].lower()
+        for s in src
+    )
     assert same > 600

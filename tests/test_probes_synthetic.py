@@ -1,4 +1,5 @@
-"""The built-in synthetic probe: deterministic, lazy, picklable, and its captions say what is drawn."""
+"""The built-in synthetic probe: deterministic, lazy, picklable, and its captions say what
+is drawn."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_same_seed_identical_other_seed_differs(probe) -> None:
     again = load_probe("synthetic", n=40, seed=3)
     assert again.captions("first") == probe.captions("first")
     assert again.fingerprint == probe.fingerprint
-    for a, b in zip(probe.rows[:5], again.rows[:5]):
+    for a, b in zip(probe.rows[:5], again.rows[:5], strict=True):
         assert np.array_equal(_pixels(a), _pixels(b))
     other = load_probe("synthetic", n=40, seed=4)
     assert other.captions("first") != probe.captions("first")
@@ -58,7 +59,9 @@ def test_attributes_vary(probe) -> None:
 
 
 def _nearest(rgb, palette: dict) -> str:
-    return min(palette, key=lambda name: np.linalg.norm(np.subtract(palette[name], rgb, dtype=float)))
+    return min(
+        palette, key=lambda name: np.linalg.norm(np.subtract(palette[name], rgb, dtype=float))
+    )
 
 
 def test_captions_describe_what_is_drawn(probe) -> None:
@@ -86,11 +89,15 @@ def test_captions_describe_what_is_drawn(probe) -> None:
 def test_edges_are_antialiased(probe) -> None:
     row = next(r for r in probe if r.attributes["shape"] == "circle")
     x, y, r = row.attributes["objects"][0]
-    line = _pixels(row)[int(round(y)), int(x + r - 3): int(x + r + 3)].astype(int)  # across the rim
+    line = _pixels(row)[int(round(y)), int(x + r - 3) : int(x + r + 3)].astype(
+        int
+    )  # across the rim
     fill, inside = np.asarray(COLORS[row.attributes["color"]]), line[0]
     assert np.abs(inside - fill).max() <= 2
     # at least one rim pixel is a blend: neither the fill nor the background next to it
-    blends = [p for p in line[1:-1] if np.abs(p - fill).max() > 8 and np.abs(p - line[-1]).max() > 8]
+    blends = [
+        p for p in line[1:-1] if np.abs(p - fill).max() > 8 and np.abs(p - line[-1]).max() > 8
+    ]
     assert blends
 
 
@@ -107,8 +114,9 @@ def test_rows_pickle_and_render_in_forked_workers(probe) -> None:
         def __getitem__(self, i):
             return torch.from_numpy(np.asarray(rows[i].load_image()).copy())
 
-    loader = torch.utils.data.DataLoader(_Images(), batch_size=3, num_workers=2,
-                                         multiprocessing_context="fork")
+    loader = torch.utils.data.DataLoader(
+        _Images(), batch_size=3, num_workers=2, multiprocessing_context="fork"
+    )
     got = torch.cat(list(loader)).numpy()
     want = np.stack([np.asarray(render_scene(make_scene(3, i))) for i in range(6)])
     assert np.array_equal(got, want)

@@ -1,7 +1,7 @@
 """Probe sets: paired images and captions (and class labels) that every encoder sees.
 
-    load_probe("flickr8k:test", n=500)     # -> ProbeSet (validated, fingerprinted)
-    list_probes()                          # named probes: synthetic, flickr8k[:split], ...
+load_probe("flickr8k:test", n=500)     # -> ProbeSet (validated, fingerprinted)
+list_probes()                          # named probes: synthetic, flickr8k[:split], ...
 """
 
 from alignkit.probes.base import CAPTION_POLICIES, ProbeRow, ProbeSet, hash_order

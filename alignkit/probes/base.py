@@ -7,9 +7,10 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -35,7 +36,7 @@ class ProbeRow:
     """
 
     id: str
-    image: "Path | Callable[[], Image.Image]"
+    image: Path | Callable[[], Image.Image]
     captions: tuple[str, ...]
     label: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
@@ -155,14 +156,14 @@ class ProbeSet:
             return [row.captions[0] for row in self.rows]
         return [row.captions[_row_choice(row.id, seed, len(row.captions))] for row in self.rows]
 
-    def subset(self, indices: Sequence[int], name: str | None = None) -> "ProbeSet":
+    def subset(self, indices: Sequence[int], name: str | None = None) -> ProbeSet:
         """The rows at ``indices``, in that order."""
         rows = tuple(self.rows[i] for i in indices)
         return ProbeSet(
             name or self.name, rows, self.class_names, self.dropped, self.content_key, self.root
         )
 
-    def subsample(self, n: int, seed: int = 0) -> "ProbeSet":
+    def subsample(self, n: int, seed: int = 0) -> ProbeSet:
         """``n`` rows in seeded-hash order (see :func:`hash_order`); prefix-stable in ``n``."""
         if n < 0:
             raise AlignkitError(f"n must be a non-negative number of rows: got {n}")
@@ -172,7 +173,9 @@ class ProbeSet:
     def summary(self) -> str:
         """One line: name, rows, captions per row, labels, dropped, fingerprint."""
         n_caps = sorted({len(r.captions) for r in self.rows})
-        caps = str(n_caps[0]) if len(n_caps) == 1 else f"{n_caps[0]}-{n_caps[-1]}" if n_caps else "0"
+        caps = (
+            str(n_caps[0]) if len(n_caps) == 1 else f"{n_caps[0]}-{n_caps[-1]}" if n_caps else "0"
+        )
         labelled = f", {len(self.class_names)} classes" if self.class_names else ""
         dropped = f", {len(self.dropped)} dropped" if self.dropped else ""
         return (

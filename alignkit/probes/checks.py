@@ -17,10 +17,10 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
@@ -148,7 +148,9 @@ def check_images(
             leave=False,
         )
         with ThreadPoolExecutor(workers) as pool:
-            for i, (check, stamp) in zip(todo, pool.map(lambda j: _check_one(paths[j], level), todo)):
+            for i, (check, stamp) in zip(
+                todo, pool.map(lambda j: _check_one(paths[j], level), todo), strict=True
+            ):
                 results[i] = check
                 if cache is not None and stamp is not None:
                     cache.put(paths[i], level, check, stamp)

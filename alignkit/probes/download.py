@@ -80,10 +80,19 @@ def _fetch_once(remote: RemoteFile, part: Path, progress: bool, timeout: float) 
             have = 0
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None else remote.size
-        with part.open("ab" if have else "wb") as out, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=remote.filename, disable=not progress, leave=False,
-        ) as bar:
+        with (
+            part.open("ab" if have else "wb") as out,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=remote.filename,
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             while chunk := resp.read(_CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -115,16 +124,25 @@ def download(
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and part.exists():  # Range past the end: the part is complete
                 break
-            raise AlignkitError(f"download of {remote.url} failed: HTTP {exc.code} {exc.reason}") from None
+            raise AlignkitError(
+                f"download of {remote.url} failed: HTTP {exc.code} {exc.reason}"
+            ) from None
         except (OSError, http.client.HTTPException) as exc:  # URLError, resets, IncompleteRead
             last = exc
             have = part.stat().st_size if part.exists() else 0
-            log.warning("download of %s interrupted at %d bytes (%s); resuming (%d/%d)",
-                        remote.url, have, exc, attempt + 1, retries)
+            log.warning(
+                "download of %s interrupted at %d bytes (%s); resuming (%d/%d)",
+                remote.url,
+                have,
+                exc,
+                attempt + 1,
+                retries,
+            )
             time.sleep(min(2.0**attempt * 0.1, 5.0))
     else:
         raise AlignkitError(
-            f"download of {remote.url} failed after {retries + 1} tries: {last}; run again to resume "
+            f"download of {remote.url} failed after {retries + 1} tries: {last}; "
+            "run again to resume "
             f"from {part}"
         )
     size = part.stat().st_size
@@ -133,7 +151,11 @@ def download(
             part.unlink()
         raise AlignkitError(
             f"download of {remote.url} has the wrong size: expected {remote.size} bytes, got {size}"
-            + (" (deleted; run again)" if size > remote.size else f"; run again to resume from {part}")
+            + (
+                " (deleted; run again)"
+                if size > remote.size
+                else f"; run again to resume from {part}"
+            )
         )
     if remote.checksum:
         algorithm, _, expected = remote.checksum.partition(":")
@@ -141,7 +163,8 @@ def download(
         if actual.lower() != expected.lower():
             part.unlink()
             raise AlignkitError(
-                f"checksum mismatch for {remote.url}: expected {algorithm} {expected}, got {actual} "
+                f"checksum mismatch for {remote.url}: expected {algorithm} {expected}, "
+                f"got {actual} "
                 f"(the partial file was deleted; run again to download it afresh)"
             )
     os.replace(part, dest)

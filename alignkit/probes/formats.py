@@ -18,11 +18,12 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -30,11 +31,24 @@ from alignkit.errors import AlignkitError, unknown_key
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-_MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "pairs.jsonl", "captions.jsonl",
-                   "captions.csv", "labels.jsonl", "labels.csv")
+_MANIFEST_NAMES = (
+    "manifest.jsonl",
+    "manifest.csv",
+    "pairs.jsonl",
+    "captions.jsonl",
+    "captions.csv",
+    "labels.jsonl",
+    "labels.csv",
+)
 _CLASS_NAME_FILES = ("classnames.txt", "class_names.txt")
-_FLICKR_IMAGE_DIRS = ("images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images",
-                      "flickr30k_images", "Images")
+_FLICKR_IMAGE_DIRS = (
+    "images",
+    "Flicker8k_Dataset",
+    "Flickr8k_Dataset",
+    "flickr30k-images",
+    "flickr30k_images",
+    "Images",
+)
 _WNID = re.compile(r"^n\d{8}$")
 
 
@@ -43,7 +57,7 @@ class Entry:
     """A candidate row before validation. ``problem`` is a parse-level reason it is bad."""
 
     id: str
-    image: "Path | Callable[[], Image.Image] | None"
+    image: Path | Callable[[], Image.Image] | None
     captions: list[str]
     where: str
     label: int | None = None
@@ -65,7 +79,7 @@ class RawProbe:
 # ----------------------------------------------------------------------------- class names
 
 
-@lru_cache(maxsize=None)
+@cache
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1,000 readable ImageNet-1k class names in standard index order (the curated list
     used by CLIP's zero-shot notebooks, e.g. ``[1] == "goldfish"``)."""
@@ -73,7 +87,7 @@ def imagenet_class_names() -> tuple[str, ...]:
     return tuple(line for line in text.splitlines() if line)
 
 
-@lru_cache(maxsize=None)
+@cache
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1,000 ImageNet-1k WordNet ids in standard index order (sorted)."""
     text = resources.files("alignkit.probes").joinpath("imagenet_wnids.txt").read_text("utf-8")
@@ -81,7 +95,7 @@ def imagenet_wnids() -> tuple[str, ...]:
 
 
 def resolve_class_names(
-    class_names: "Sequence[str] | str | Path | None", search_dir: Path | None
+    class_names: Sequence[str] | str | Path | None, search_dir: Path | None
 ) -> tuple[str, ...] | None:
     """``class_names`` as given: a sequence, ``"imagenet"`` (the built-in list), a path to a text
     file (one name a line); else a ``classnames.txt`` beside the data; else ``None``."""
@@ -117,7 +131,9 @@ def check_label(label: int | None, class_names: tuple[str, ...] | None) -> str |
     if label is None:
         return None
     if class_names is not None and not 0 <= label < len(class_names):
-        return f"label {label} out of range 0..{len(class_names) - 1} ({len(class_names)} class names)"
+        return (
+            f"label {label} out of range 0..{len(class_names) - 1} ({len(class_names)} class names)"
+        )
     if label < 0:
         return f"label {label} out of range (labels are class indices >= 0)"
     return None
@@ -192,7 +208,7 @@ def read_manifest(
     *,
     images: Path | None = None,
     id_column: str = "id",
-    class_names: "Sequence[str] | str | Path | None" = None,
+    class_names: Sequence[str] | str | Path | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
 ) -> RawProbe:
     """A JSONL or CSV manifest. Image paths are relative to the manifest's folder (or
@@ -206,7 +222,9 @@ def read_manifest(
     has = set(columns)
     found = ", ".join(columns) or "(none)"
     if "image" not in has:
-        raise AlignkitError(f"manifest {path} is missing required column 'image'; found columns: {found}")
+        raise AlignkitError(
+            f"manifest {path} is missing required column 'image'; found columns: {found}"
+        )
     caption_col = "captions" if "captions" in has else "caption" if "caption" in has else None
     names = resolve_class_names(class_names, path.parent)
     if caption_col is None and "label" not in has:
@@ -221,7 +239,9 @@ def read_manifest(
         )
     ids_given = id_column in has
     if id_column != "id" and not ids_given:
-        raise AlignkitError(f"manifest {path} has no id column {id_column!r}; found columns: {found}")
+        raise AlignkitError(
+            f"manifest {path} has no id column {id_column!r}; found columns: {found}"
+        )
     entries: list[Entry] = []
     by_image: dict[str, Entry] = {}
     for lineno, rec in records:
@@ -232,22 +252,29 @@ def read_manifest(
         image_value = rec.get("image")
         row_id = str(rec[id_column]) if ids_given and rec.get(id_column) is not None else None
         if not isinstance(image_value, str) or not image_value.strip():
-            entries.append(Entry(row_id or f"<line {lineno}>", None, [], where,
-                                 problem="no 'image' value"))
+            entries.append(
+                Entry(row_id or f"<line {lineno}>", None, [], where, problem="no 'image' value")
+            )
             continue
         image_rel = image_value.strip()
         label, label_problem = _parse_label(rec.get("label"))
         if caption_col is not None:
             captions = _parse_captions(rec.get(caption_col)) if caption_col in rec else []
-            caption_problem = None if captions is not None else (
-                f"'{caption_col}' must be a string or a list of strings")
+            caption_problem = (
+                None
+                if captions is not None
+                else (f"'{caption_col}' must be a string or a list of strings")
+            )
             captions = captions or []
         else:
             captions = _template_captions(label, names, templates)
             caption_problem = None
-        attributes = {k: v for k, v in rec.items()
-                      if k not in ("image", "caption", "captions", "label", id_column)
-                      and isinstance(v, (str, int, float, bool))}
+        attributes = {
+            k: v
+            for k, v in rec.items()
+            if k not in ("image", "caption", "captions", "label", id_column)
+            and isinstance(v, (str, int, float, bool))
+        }
         if row_id is None and image_rel in by_image:  # one caption a line: merge into one row
             first = by_image[image_rel]
             first.captions.extend(c.strip() for c in captions)
@@ -301,24 +328,33 @@ def read_coco(path: Path, *, images: Path | None = None) -> RawProbe:
     if images is None:
         stem = path.stem.split("_", 1)[-1]  # captions_val2017 -> val2017
         images = _find_images_dir(
-            [path.parent.parent / stem, path.parent / stem, path.parent / "images",
-             path.parent.parent / "images"],
-            str(path), "pass images=<folder>",
+            [
+                path.parent.parent / stem,
+                path.parent / stem,
+                path.parent / "images",
+                path.parent.parent / "images",
+            ],
+            str(path),
+            "pass images=<folder>",
         )
     captions: dict[Any, list[tuple[Any, str]]] = {}
     for ann in anns:
-        captions.setdefault(ann.get("image_id"), []).append((ann.get("id", 0), str(ann.get("caption", ""))))
+        captions.setdefault(ann.get("image_id"), []).append(
+            (ann.get("id", 0), str(ann.get("caption", "")))
+        )
     entries = []
     for img in blob["images"]:
         caps = [c.strip() for _, c in sorted(captions.get(img.get("id"), []), key=lambda t: t[0])]
-        entries.append(Entry(
-            id=str(img.get("id")),
-            image=images / str(img.get("file_name")),
-            captions=caps,
-            where=f"{path.name} image id {img.get('id')}",
-            attributes={"file_name": img.get("file_name")},
-            problem=None if caps else "no captions for this image",
-        ))
+        entries.append(
+            Entry(
+                id=str(img.get("id")),
+                image=images / str(img.get("file_name")),
+                captions=caps,
+                where=f"{path.name} image id {img.get('id')}",
+                attributes={"file_name": img.get("file_name")},
+                problem=None if caps else "no captions for this image",
+            )
+        )
     return RawProbe(str(path), images, entries)
 
 
@@ -341,8 +377,10 @@ def read_flickr(path: Path, *, images: Path | None = None) -> RawProbe:
     folder = path.parent
     if images is None:
         images = _find_images_dir(
-            [folder / d for d in _FLICKR_IMAGE_DIRS] + [folder.parent / d for d in _FLICKR_IMAGE_DIRS],
-            str(path), "pass images=<folder>",
+            [folder / d for d in _FLICKR_IMAGE_DIRS]
+            + [folder.parent / d for d in _FLICKR_IMAGE_DIRS],
+            str(path),
+            "pass images=<folder>",
         )
     groups: dict[str, Entry] = {}
     order: dict[str, list[tuple[int, str]]] = {}
@@ -355,12 +393,24 @@ def read_flickr(path: Path, *, images: Path | None = None) -> RawProbe:
             key, sep, caption = line.partition("\t")
             name, hashmark, k = key.partition("#")
             if not sep or not hashmark or not k.strip().isdigit():
-                entries.append(Entry(f"<line {lineno}>", None, [], f"{path.name} line {lineno}",
-                                     problem="expected 'image#k<TAB>caption'"))
+                entries.append(
+                    Entry(
+                        f"<line {lineno}>",
+                        None,
+                        [],
+                        f"{path.name} line {lineno}",
+                        problem="expected 'image#k<TAB>caption'",
+                    )
+                )
                 continue
             if name not in groups:
-                groups[name] = Entry(Path(name).stem, images / name, [], f"{path.name} line {lineno}",
-                                     attributes={"file_name": name})
+                groups[name] = Entry(
+                    Path(name).stem,
+                    images / name,
+                    [],
+                    f"{path.name} line {lineno}",
+                    attributes={"file_name": name},
+                )
                 order[name] = []
                 entries.append(groups[name])
             order[name].append((int(k), caption.strip()))
@@ -382,19 +432,23 @@ def read_flickr(path: Path, *, images: Path | None = None) -> RawProbe:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and _image_files(p))
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _image_files(p)
+    )
 
 
 def read_imagefolder(
     root: Path,
     *,
-    class_names: "Sequence[str] | str | Path | None" = None,
+    class_names: Sequence[str] | str | Path | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
 ) -> RawProbe:
     """An ImageNet-style labelled set: ``root/<class>/<image>``; labels index the sorted class
@@ -416,8 +470,9 @@ def read_imagefolder(
     for label, d in enumerate(dirs):
         for f in _image_files(d):
             rel = f.relative_to(root).as_posix()
-            entries.append(Entry(rel, f, [], f"{d.name}/", label=label,
-                                 attributes={"class_folder": d.name}))
+            entries.append(
+                Entry(rel, f, [], f"{d.name}/", label=label, attributes={"class_folder": d.name})
+            )
     for e in entries:
         e.captions = _template_captions(e.label, names, templates)
     return RawProbe(str(root), root, entries, names)
@@ -473,7 +528,9 @@ def detect_format(path: Path) -> tuple[str, Path]:
         return "coco", cocos[0]
     if len(cocos) > 1:
         listed = ", ".join(str(p.relative_to(path)) for p in cocos)
-        raise AlignkitError(f"{path} holds several COCO captions files ({listed}); pass one of them")
+        raise AlignkitError(
+            f"{path} holds several COCO captions files ({listed}); pass one of them"
+        )
     manifests = sorted(p for p in path.iterdir() if p.suffix.lower() in (".jsonl", ".csv"))
     if len(manifests) == 1:
         return "manifest", manifests[0]
@@ -488,7 +545,7 @@ def detect_format(path: Path) -> tuple[str, Path]:
 
 def read_path(path: Path, *, format: str | None = None, **options: Any) -> RawProbe:
     """Read a probe from a file or folder, detecting its format unless ``format`` is given."""
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().absolute()  # rows keep working if the cwd changes
     if format is None:
         format, target = detect_format(path)
     else:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import logging
+import numbers
 import os
 import shutil
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -72,7 +74,8 @@ def _load_flickr8k(root: Path) -> RawProbe:
         if fmt == "flickr":
             return read_path(target, format="flickr")
     raise _missing(
-        "flickr8k", folder,
+        "flickr8k",
+        folder,
         "expected pairs.jsonl or Flickr8k.token.txt with its images; set ALIGNKIT_DATA_DIR (or "
         "data_dir=) to the folder holding flickr8k/ (Flickr8k: Hodosh et al. 2013, research use)",
     )
@@ -81,24 +84,28 @@ def _load_flickr8k(root: Path) -> RawProbe:
 def _load_imagenet_samples(
     root: Path,
     *,
-    class_names: "Sequence[str] | str | Path" = "imagenet",
+    class_names: Sequence[str] | str | Path = "imagenet",
     templates: Sequence[str] = DEFAULT_TEMPLATES,
 ) -> RawProbe:
     folder = root / "imagenet-samples"
     if not (folder / "labels.jsonl").is_file():
         raise _missing(
-            "imagenet-samples", folder,
+            "imagenet-samples",
+            folder,
             "expected labels.jsonl and images/; set ALIGNKIT_DATA_DIR (or data_dir=) to the folder "
             "holding imagenet-samples/",
         )
-    return read_manifest(folder / "labels.jsonl", id_column="synset",
-                         class_names=class_names, templates=templates)
+    return read_manifest(
+        folder / "labels.jsonl", id_column="synset", class_names=class_names, templates=templates
+    )
 
 
 def _extract_member(archive: Path, member: str, dest: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
         if member not in zf.namelist():
-            raise AlignkitError(f"{archive} does not hold {member}: got {', '.join(zf.namelist()[:5])}, ...")
+            raise AlignkitError(
+                f"{archive} does not hold {member}: got {', '.join(zf.namelist()[:5])}, ..."
+            )
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         with zf.open(member) as src, tmp.open("wb") as out:
@@ -113,7 +120,9 @@ def _extract_folder(archive: Path, folder: str, dest: Path, progress: bool) -> N
         members = [m for m in zf.infolist() if m.filename.startswith(folder + "/")]
         if not members:
             raise AlignkitError(f"{archive} holds no {folder}/ folder")
-        for m in tqdm(members, desc=f"extracting {folder}", unit="file", disable=not progress, leave=False):
+        for m in tqdm(
+            members, desc=f"extracting {folder}", unit="file", disable=not progress, leave=False
+        ):
             zf.extract(m, tmp)
     os.replace(tmp / folder, dest)  # atomic: a present val2017/ is always complete
     shutil.rmtree(tmp, ignore_errors=True)
@@ -136,7 +145,8 @@ def _load_coco_val2017(
     if not (captions.is_file() and images.is_dir()):
         if not download_missing:
             raise _missing(
-                "coco-val2017", folder,
+                "coco-val2017",
+                folder,
                 "expected annotations/captions_val2017.json and val2017/; load it with "
                 "download_missing=True to fetch it from cocodataset.org (about 1 GB)",
             )
@@ -144,7 +154,9 @@ def _load_coco_val2017(
             downloads = folder / "downloads"
             if not captions.is_file():
                 log.info("downloading COCO 2017 caption annotations into %s", folder)
-                archive = download(annotations_zip, downloads / annotations_zip.filename, progress=progress)
+                archive = download(
+                    annotations_zip, downloads / annotations_zip.filename, progress=progress
+                )
                 _extract_member(archive, "annotations/captions_val2017.json", captions)
                 if not keep_archives:
                     archive.unlink(missing_ok=True)
@@ -250,7 +262,9 @@ def _validate(
         i, problem = bad[0]
         raise AlignkitError(_bad(entries[i], problem) + "; pass skip_bad=True to drop bad rows")
 
-    order = good if n is None else [good[j] for j in hash_order([entries[i].id for i in good], seed)]
+    order = (
+        good if n is None else [good[j] for j in hash_order([entries[i].id for i in good], seed)]
+    )
     want = len(order) if n is None else n
     if n is not None and n > len(order):
         raise AlignkitError(
@@ -261,21 +275,27 @@ def _validate(
     digests: dict[int, str] = {}
     pos = 0
     while len(selected) < want and pos < len(order):
-        chunk = order[pos: pos + (want - len(selected))]
+        chunk = order[pos : pos + (want - len(selected))]
         pos += len(chunk)
         file_rows = [i for i in chunk if raw.needs_checks and not callable(entries[i].image)]
         if file_rows:
-            results = check_images([entries[i].image for i in file_rows], root=raw.root or Path("."),
-                                   level=check, progress=progress)
+            results = check_images(
+                [entries[i].image for i in file_rows],
+                root=raw.root or Path("."),
+                level=check,
+                progress=progress,
+            )
             failed = []
-            for i, res in zip(file_rows, results):
+            for i, res in zip(file_rows, results, strict=True):
                 if res.error is not None:
                     failed.append((i, res.error))
                 else:
                     digests[i] = res.digest
             if failed and not skip_bad:
                 i, problem = min(failed)  # the first in file order among this batch
-                raise AlignkitError(_bad(entries[i], problem) + "; pass skip_bad=True to drop bad rows")
+                raise AlignkitError(
+                    _bad(entries[i], problem) + "; pass skip_bad=True to drop bad rows"
+                )
             bad.extend(failed)
             failed_set = {i for i, _ in failed}
             selected.extend(i for i in chunk if i not in failed_set)
@@ -283,13 +303,18 @@ def _validate(
             selected.extend(chunk)
     if n is not None and len(selected) < want:
         raise AlignkitError(
-            f"n={n} is more rows than probe {name} has: got {len(selected)} good rows after dropping "
+            f"n={n} is more rows than probe {name} has: got {len(selected)} good rows "
+            f"after dropping "
             f"{len(bad)} bad rows"
         )
     dropped = tuple({"id": entries[i].id, "where": entries[i].where, "reason": r} for i, r in bad)
     if dropped:
-        log.warning("probe %s: dropped %d bad row(s) (skip_bad=True); first: %s", name, len(dropped),
-                    _bad(entries[bad[0][0]], bad[0][1]))
+        log.warning(
+            "probe %s: dropped %d bad row(s) (skip_bad=True); first: %s",
+            name,
+            len(dropped),
+            _bad(entries[bad[0][0]], bad[0][1]),
+        )
     rows = tuple(
         ProbeRow(
             id=entries[i].id,
@@ -307,7 +332,9 @@ def _validate(
 def _filter_split(raw: RawProbe, name: str, split: str) -> RawProbe:
     available = sorted({str(e.attributes["split"]) for e in raw.entries if "split" in e.attributes})
     if not available:
-        raise AlignkitError(f"probe {name} has no splits (no 'split' column or split files): got split={split!r}")
+        raise AlignkitError(
+            f"probe {name} has no splits (no 'split' column or split files): got split={split!r}"
+        )
     if split not in available:
         raise unknown_key(f"split of probe {name}", split, available)
     kept = [e for e in raw.entries if str(e.attributes.get("split")) == split]
@@ -323,7 +350,7 @@ def _loader_options(loader: Callable[..., RawProbe], skip: Sequence[str]) -> set
 
 
 def load_probe(
-    spec: "str | Path",
+    spec: str | Path,
     *,
     n: int | None = None,
     split: str | None = None,
@@ -362,7 +389,7 @@ def load_probe(
     """
     if check not in CHECKS:
         raise unknown_key("image check", check, CHECKS)
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+    if n is not None and (not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1):
         raise AlignkitError(f"n must be a positive number of rows or None: got {n!r}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     name = str(spec)
@@ -370,12 +397,15 @@ def load_probe(
     named = NAMED_PROBES.get(base) if isinstance(spec, str) else None
     if named is None and not Path(spec).expanduser().exists():
         raise AlignkitError(
-            f"probe {name!r} is neither a named probe ({', '.join(list_probes())}) nor an existing path"
+            f"probe {name!r} is neither a named probe ({', '.join(list_probes())}) "
+            "nor an existing path"
         )
     if named is not None:
         if spec_split:
             if split is not None and split != spec_split:
-                raise AlignkitError(f"probe {name!r} names split {spec_split!r} but split={split!r} was passed")
+                raise AlignkitError(
+                    f"probe {name!r} names split {spec_split!r} but split={split!r} was passed"
+                )
             split = spec_split
         accepted = _loader_options(named.loader, ("n", "seed", "progress"))
         extra = sorted(set(options) - accepted)
@@ -392,8 +422,15 @@ def load_probe(
             if split is not None:
                 raise AlignkitError(f"the synthetic probe has no splits: got split={split!r}")
             raw = _load_synthetic(root, n=n, seed=seed)
-            return _validate(raw, "synthetic" if n is None else f"synthetic[n={n},seed={seed}]",
-                             n=None, seed=seed, skip_bad=skip_bad, check=check, progress=progress)
+            return _validate(
+                raw,
+                "synthetic" if n is None else f"synthetic[n={n},seed={seed}]",
+                n=None,
+                seed=seed,
+                skip_bad=skip_bad,
+                check=check,
+                progress=progress,
+            )
         raw = named.loader(root, **kwargs)
         name = base if split is None else f"{base}:{split}"
     else:
@@ -401,5 +438,6 @@ def load_probe(
     if split is not None:
         raw = _filter_split(raw, name, split)
     if n is not None:
+        n = int(n)
         name = f"{name}[n={n},seed={seed}]"
     return _validate(raw, name, n=n, seed=seed, skip_bad=skip_bad, check=check, progress=progress)

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from alignkit.probes.formats import Entry, RawProbe
 
-RENDER_VERSION = "synthetic-v1"
+RENDER_VERSION = "synthetic-v2"
 IMAGE_SIZE = 224
 _SUPERSAMPLE = 4
 
@@ -56,14 +57,25 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 SIZES: dict[str, float] = {"small": 0.085, "medium": 0.14, "large": 0.22}  # radius / image side
 MAX_COUNT = {"small": 5, "medium": 4, "large": 2}
 POSITIONS: dict[str, tuple[float, float]] = {  # (x, y) as fractions of the side
-    "top left": (1 / 6, 1 / 6), "top": (0.5, 1 / 6), "top right": (5 / 6, 1 / 6),
-    "left": (1 / 6, 0.5), "centre": (0.5, 0.5), "right": (5 / 6, 0.5),
-    "bottom left": (1 / 6, 5 / 6), "bottom": (0.5, 5 / 6), "bottom right": (5 / 6, 5 / 6),
+    "top left": (1 / 6, 1 / 6),
+    "top": (0.5, 1 / 6),
+    "top right": (5 / 6, 1 / 6),
+    "left": (1 / 6, 0.5),
+    "centre": (0.5, 0.5),
+    "right": (5 / 6, 0.5),
+    "bottom left": (1 / 6, 5 / 6),
+    "bottom": (0.5, 5 / 6),
+    "bottom right": (5 / 6, 5 / 6),
 }
 _POSITION_PHRASES = {
-    "top left": "in the top left corner", "top": "at the top", "top right": "in the top right corner",
-    "left": "on the left", "centre": "in the centre", "right": "on the right",
-    "bottom left": "in the bottom left corner", "bottom": "at the bottom",
+    "top left": "in the top left corner",
+    "top": "at the top",
+    "top right": "in the top right corner",
+    "left": "on the left",
+    "centre": "in the centre",
+    "right": "on the right",
+    "bottom left": "in the bottom left corner",
+    "bottom": "at the bottom",
     "bottom right": "in the bottom right corner",
 }
 _COUNT_WORDS = ("zero", "one", "two", "three", "four", "five")
@@ -84,35 +96,72 @@ class Scene:
     objects: tuple[tuple[float, float, float], ...]
     grain_seed: int
 
+    def _fields(self) -> dict:  # dataclasses.asdict deep-copies: too slow for 10^5 rows
+        return {
+            "shape": self.shape,
+            "color": self.color,
+            "size": self.size,
+            "count": self.count,
+            "position": self.position,
+            "background": self.background,
+            "objects": [list(o) for o in self.objects],
+        }
+
     def attributes(self) -> dict:
-        d = asdict(self)
-        d.pop("grain_seed")
-        d["objects"] = [list(o) for o in self.objects]
-        return d
+        return self._fields()
 
     def digest(self) -> str:
-        blob = json.dumps([RENDER_VERSION, IMAGE_SIZE, asdict(self)], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        blob = [RENDER_VERSION, IMAGE_SIZE, self._fields(), self.grain_seed]
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
 def _contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
-    return float(np.linalg.norm(np.subtract(a, b, dtype=float)))
+    return math.dist(a, b)
+
+
+class _Draws:
+    """A counter-based random stream: draw ``k`` of row ``index`` is sha256 of ``(seed, index, k)``.
+    Unlike numpy's ``Generator`` methods, whose algorithms may change between numpy versions, this
+    gives the same scenes on every machine and every version."""
+
+    def __init__(self, seed: int, index: int) -> None:
+        self.key, self.k = f"alignkit-synthetic\x00{int(seed)}\x00{int(index)}\x00", 0
+
+    def random(self) -> float:  # uniform in [0, 1)
+        digest = hashlib.sha256(f"{self.key}{self.k}".encode()).digest()
+        self.k += 1
+        return int.from_bytes(digest[:7], "big") / 2.0**56
+
+    def below(self, n: int) -> int:
+        return min(int(self.random() * n), n - 1)
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * self.random()
+
+    def permutation(self, n: int) -> list[int]:  # Fisher-Yates
+        items = list(range(n))
+        for i in range(n - 1, 0, -1):
+            j = self.below(i + 1)
+            items[i], items[j] = items[j], items[i]
+        return items
 
 
 def make_scene(seed: int, index: int) -> Scene:
     """The scene of row ``index`` for ``seed``: a pure function of the two."""
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), 0x5CE7E])
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    size = tuple(SIZES)[rng.integers(len(SIZES))]
-    count = int(rng.integers(1, MAX_COUNT[size] + 1))
-    background = tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    colors = [c for c, rgb in COLORS.items() if _contrast(rgb, BACKGROUNDS[background]) >= _MIN_CONTRAST]
-    color = colors[rng.integers(len(colors))]
+    rng = _Draws(seed, index)
+    shape = SHAPES[rng.below(len(SHAPES))]
+    size = tuple(SIZES)[rng.below(len(SIZES))]
+    count = int(1 + rng.below(MAX_COUNT[size]))
+    background = tuple(BACKGROUNDS)[rng.below(len(BACKGROUNDS))]
+    colors = [
+        c for c, rgb in COLORS.items() if _contrast(rgb, BACKGROUNDS[background]) >= _MIN_CONTRAST
+    ]
+    color = colors[rng.below(len(colors))]
     side = IMAGE_SIZE
     r = SIZES[size] * side
     margin = r + 6
     if count == 1:
-        position = tuple(POSITIONS)[rng.integers(len(POSITIONS))]
+        position = tuple(POSITIONS)[rng.below(len(POSITIONS))]
         fx, fy = POSITIONS[position]
         jitter = side / 24
         x = float(np.clip(fx * side + rng.uniform(-jitter, jitter), margin, side - margin))
@@ -127,18 +176,25 @@ def make_scene(seed: int, index: int) -> Scene:
         slack = max(0.0, cell / 2 - r - 8)
         cells = rng.permutation(k * k)[:count]
         objects = tuple(
-            (round(float((c % k + 0.5) * cell + rng.uniform(-slack, slack)), 2),
-             round(float((c // k + 0.5) * cell + rng.uniform(-slack, slack)), 2),
-             round(r, 2))
+            (
+                round(float((c % k + 0.5) * cell + rng.uniform(-slack, slack)), 2),
+                round(float((c // k + 0.5) * cell + rng.uniform(-slack, slack)), 2),
+                round(r, 2),
+            )
             for c in cells
         )
-    return Scene(shape, color, size, count, position, background, objects, int(rng.integers(2**31)))
+    return Scene(shape, color, size, count, position, background, objects, rng.below(2**31))
 
 
 def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]] | None:
     def ring(k: int, radius: float, phase: float) -> list[tuple[float, float]]:
-        return [(x + radius * np.cos(phase + 2 * np.pi * i / k), y + radius * np.sin(phase + 2 * np.pi * i / k))
-                for i in range(k)]
+        return [
+            (
+                x + radius * np.cos(phase + 2 * np.pi * i / k),
+                y + radius * np.sin(phase + 2 * np.pi * i / k),
+            )
+            for i in range(k)
+        ]
 
     if shape == "triangle":  # equilateral, pointing up, centroid at (x, y)
         return ring(3, r, -np.pi / 2)
@@ -148,12 +204,23 @@ def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, floa
         return [(x, y - r), (x + 0.75 * r, y), (x, y + r), (x - 0.75 * r, y)]
     if shape == "star":
         outer, inner = ring(5, r, -np.pi / 2), ring(5, 0.45 * r, -np.pi / 2 + np.pi / 5)
-        return [p for pair in zip(outer, inner) for p in pair]
+        return [p for pair in zip(outer, inner, strict=True) for p in pair]
     if shape == "cross":
         a, b = r, r * 0.36
-        return [(x - b, y - a), (x + b, y - a), (x + b, y - b), (x + a, y - b), (x + a, y + b),
-                (x + b, y + b), (x + b, y + a), (x - b, y + a), (x - b, y + b), (x - a, y + b),
-                (x - a, y - b), (x - b, y - b)]
+        return [
+            (x - b, y - a),
+            (x + b, y - a),
+            (x + b, y - b),
+            (x + a, y - b),
+            (x + a, y + b),
+            (x + b, y + b),
+            (x + b, y + a),
+            (x - b, y + a),
+            (x - b, y + b),
+            (x - a, y + b),
+            (x - a, y - b),
+            (x - b, y - b),
+        ]
     return None
 
 
@@ -170,12 +237,13 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, f
 def render_scene(scene: Scene) -> Image.Image:
     """The scene as a 224x224 RGB image."""
     side, ss = IMAGE_SIZE, _SUPERSAMPLE
-    rng = np.random.default_rng(scene.grain_seed)
-    # background: a gentle vertical shading of the named colour plus fine grain
+    # background: a gentle vertical shading of the named colour plus fine uniform grain (+-5),
+    # from PCG64's raw bits, whose stream numpy keeps stable across versions
+    raw = np.random.PCG64(scene.grain_seed).random_raw(side * side)  # (H*W,) uint64
+    grain = ((raw >> np.uint64(40)).astype(np.float32) / 2.0**24 - 0.5) * 10.0
     base = np.asarray(BACKGROUNDS[scene.background], dtype=np.float32)
     shade = np.linspace(1.06, 0.92, side, dtype=np.float32)[:, None, None]  # (H, 1, 1)
-    grain = rng.standard_normal((side, side, 1), dtype=np.float32) * 3.0  # (H, W, 1) luminance grain
-    bg = base[None, None, :] * shade + grain
+    bg = base[None, None, :] * shade + grain.reshape(side, side, 1)  # (H, W, 3)
     canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
     # soft shadow: the shapes' mask, offset and blurred, darkens the background
     mask = Image.new("L", (side * ss, side * ss), 0)
@@ -231,14 +299,16 @@ def read_synthetic(n: int = 1000, seed: int = 0) -> RawProbe:
     entries = []
     for i in range(n):
         scene = make_scene(seed, i)
-        entries.append(Entry(
-            id=f"synthetic-{i:06d}",
-            image=SceneImage(scene),
-            captions=scene_captions(scene),
-            where=f"synthetic row {i}",
-            attributes=scene.attributes(),
-            digest=scene.digest(),
-        ))
+        entries.append(
+            Entry(
+                id=f"synthetic-{i:06d}",
+                image=SceneImage(scene),
+                captions=scene_captions(scene),
+                where=f"synthetic row {i}",
+                attributes=scene.attributes(),
+                digest=scene.digest(),
+            )
+        )
     return RawProbe(
         "synthetic", None, entries, content_key=(RENDER_VERSION, f"seed={seed}"), needs_checks=False
     )
