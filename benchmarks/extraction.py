@@ -28,8 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -56,7 +57,9 @@ def flickr8k_probe(n: int) -> ProbeSet:
             for line in f:
                 rec = json.loads(line)
                 if rec["split"] == "test":
-                    rows.append(ProbeRow(rec["source_id"], root / rec["image"], tuple(rec["captions"])))
+                    rows.append(
+                        ProbeRow(rec["source_id"], root / rec["image"], tuple(rec["captions"]))
+                    )
                 if len(rows) == n:
                     break
         return ProbeSet(f"flickr8k:test[n={n}]", tuple(rows))
@@ -85,7 +88,7 @@ class PeakMemory:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self._rss() - self.base)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.base = self._rss()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -107,7 +110,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, int]:
 def image_bare(encoder: Any, probe: ProbeSet, batch_size: int) -> Callable[[], None]:
     """Forward passes over batches decoded and preprocessed beforehand."""
     tensors = [encoder.preprocess(row.load_image()) for row in probe.rows]
-    batches = [encoder.collate(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    batches = [
+        encoder.collate(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)
+    ]
 
     def run() -> None:
         for batch in batches:
@@ -131,16 +136,25 @@ def text_bare(encoder: Any, probe: ProbeSet, batch_size: int) -> Callable[[], No
     return run
 
 
-def bench(modality: str, spec: str, probe: ProbeSet, args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench(
+    modality: str, spec: str, probe: ProbeSet, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     encoder = create_encoder(spec, device="cpu")
     bare = (image_bare if modality == "image" else text_bare)(encoder, probe, args.batch_size)
     bare()  # warm-up: first-call allocations and kernel selection
     worker_counts = args.workers if modality == "image" else [0]
     results = []
     for workers in worker_counts:
+
         def extract(workers: int = workers) -> Any:
-            return extract_features(encoder, probe, batch_size=args.batch_size, num_workers=workers,
-                                    cache=False, progress=False)
+            return extract_features(
+                encoder,
+                probe,
+                batch_size=args.batch_size,
+                num_workers=workers,
+                cache=False,
+                progress=False,
+            )
 
         bare_t, ext_t, bare_m, ext_m = [], [], [], []
         for _ in range(args.repeats):  # alternate, so both see the same load
@@ -148,20 +162,32 @@ def bench(modality: str, spec: str, probe: ProbeSet, args: argparse.Namespace) -
             bare_t.append(t), bare_m.append(m)
             t, m = timed(extract)
             ext_t.append(t), ext_m.append(m)
-        results.append({
-            "modality": modality, "encoder": spec, "workers": workers,
-            "bare_s": statistics.median(bare_t), "extract_s": statistics.median(ext_t),
-            "ratio_median": statistics.median(ext_t) / statistics.median(bare_t),
-            "ratio_min": min(ext_t) / min(bare_t),
-            "bare_peak_mib": max(bare_m) / 2**20, "extract_peak_mib": max(ext_m) / 2**20,
-        })
+        results.append(
+            {
+                "modality": modality,
+                "encoder": spec,
+                "workers": workers,
+                "bare_s": statistics.median(bare_t),
+                "extract_s": statistics.median(ext_t),
+                "ratio_median": statistics.median(ext_t) / statistics.median(bare_t),
+                "ratio_min": min(ext_t) / min(bare_t),
+                "bare_peak_mib": max(bare_m) / 2**20,
+                "extract_peak_mib": max(ext_m) / 2**20,
+            }
+        )
         print(f"  {modality} workers={workers}: bare {bare_t} extract {ext_t}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureCache(tmp)
-        fill, _ = timed(lambda: extract_features(encoder, probe, batch_size=args.batch_size,
-                                                 cache=store, progress=False))
-        hit, hit_mem = timed(lambda: extract_features(encoder, probe, batch_size=args.batch_size,
-                                                      cache=store, progress=False))
+        fill, _ = timed(
+            lambda: extract_features(
+                encoder, probe, batch_size=args.batch_size, cache=store, progress=False
+            )
+        )
+        hit, hit_mem = timed(
+            lambda: extract_features(
+                encoder, probe, batch_size=args.batch_size, cache=store, progress=False
+            )
+        )
     for r in results:
         r.update(cached_fill_s=fill, cached_hit_s=hit, cached_peak_mib=hit_mem / 2**20)
     return results
@@ -178,28 +204,51 @@ def main() -> None:
     args = parser.parse_args()
 
     probe = flickr8k_probe(args.n)
-    print(f"{probe.name}: {len(probe)} rows; torch threads {torch.get_num_threads()}, "
-          f"cores {len(os.sched_getaffinity(0))}", file=sys.stderr)
+    print(
+        f"{probe.name}: {len(probe)} rows; torch threads {torch.get_num_threads()}, "
+        f"cores {len(os.sched_getaffinity(0))}",
+        file=sys.stderr,
+    )
     rows = []
     for modality, spec in (("image", IMAGE_SPEC), ("text", TEXT_SPEC)):
         if args.only in (None, modality):
             rows += bench(modality, spec, probe, args)
 
-    header = ("encoder", "workers", "bare s", "extract s", "ratio (median)", "ratio (min)", "target",
-              "peak MiB bare/extract", "cached s")
+    header = (
+        "encoder",
+        "workers",
+        "bare s",
+        "extract s",
+        "ratio (median)",
+        "ratio (min)",
+        "target",
+        "peak MiB bare/extract",
+        "cached s",
+    )
     lines = [header]
     for r in rows:
         target = TARGETS[r["modality"]]
         verdict = "ok" if r["ratio_median"] <= target else "MISSED"
-        lines.append((r["encoder"], str(r["workers"]) if r["modality"] == "image" else "-",
-                      f"{r['bare_s']:.2f}", f"{r['extract_s']:.2f}", f"{r['ratio_median']:.3f}",
-                      f"{r['ratio_min']:.3f}", f"<= {target} {verdict}",
-                      f"{r['bare_peak_mib']:.0f} / {r['extract_peak_mib']:.0f}", f"{r['cached_hit_s']:.3f}"))
+        lines.append(
+            (
+                r["encoder"],
+                str(r["workers"]) if r["modality"] == "image" else "-",
+                f"{r['bare_s']:.2f}",
+                f"{r['extract_s']:.2f}",
+                f"{r['ratio_median']:.3f}",
+                f"{r['ratio_min']:.3f}",
+                f"<= {target} {verdict}",
+                f"{r['bare_peak_mib']:.0f} / {r['extract_peak_mib']:.0f}",
+                f"{r['cached_hit_s']:.3f}",
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    print(f"\nextract_features vs bare forward, n={len(probe)}, batch {args.batch_size}, "
-          f"{args.repeats} alternating repeats")
+    print(
+        f"\nextract_features vs bare forward, n={len(probe)}, batch {args.batch_size}, "
+        f"{args.repeats} alternating repeats"
+    )
     for i, line in enumerate(lines):
-        print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
     if args.json:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_features_support import HashTextEncoder, TinyImageEncoder, make_probe
+
 from alignkit.errors import AlignkitError
 from alignkit.features import FeatureCache, FeatureSet, extract_features, feature_key
 from alignkit.features import cache as cache_module
 from alignkit.probes.base import ProbeRow, ProbeSet
-from test_features_support import HashTextEncoder, TinyImageEncoder, make_probe
 
 SUPPORT = Path(__file__).with_name("test_features_support.py")
 
@@ -34,8 +35,9 @@ def store(tmp_path):
 
 
 def _extract(enc, probe, store, **kw):
-    return extract_features(enc, probe, **{"batch_size": 4, "num_workers": 0, "cache": store,
-                                           "progress": False, **kw})
+    return extract_features(
+        enc, probe, **{"batch_size": 4, "num_workers": 0, "cache": store, "progress": False, **kw}
+    )
 
 
 def _files(root: Path) -> list[str]:
@@ -44,8 +46,14 @@ def _files(root: Path) -> list[str]:
 
 def _run_support(args: dict, env_extra: dict | None = None, **popen) -> subprocess.Popen:
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, str(SUPPORT), json.dumps(args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, str(SUPPORT), json.dumps(args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 # -- hits ----------------------------------------------------------------------------------------
@@ -78,8 +86,9 @@ def test_key_changes_with_every_number_changing_input(probe, tmp_path, monkeypat
     base = feature_key(text, probe, "first", 0)
     assert len(base) == 32 and base == feature_key(HashTextEncoder(), probe, "first", 0)
     other_probe = ProbeSet(probe.name, probe.rows[:-1])
-    recaptioned = ProbeSet(probe.name, (ProbeRow(probe.rows[0].id, probe.rows[0].image, ("x",)),
-                                        *probe.rows[1:]))
+    recaptioned = ProbeSet(
+        probe.name, (ProbeRow(probe.rows[0].id, probe.rows[0].image, ("x",)), *probe.rows[1:])
+    )
     changed = {
         "spec": feature_key(HashTextEncoder(name="tiny-text:other"), probe),
         "weights": feature_key(HashTextEncoder(seed=1), probe),
@@ -137,8 +146,13 @@ def test_failed_write_leaves_no_entry_and_no_temporary_file(probe, store, monkey
 
 def test_two_processes_extracting_the_same_key_leave_one_valid_entry(tmp_path):
     root, gate, calls = tmp_path / "cache", tmp_path / "go", tmp_path / "calls.txt"
-    args = {"probe_dir": str(tmp_path / "img"), "n": 12, "root": str(root), "shard_batches": 1,
-            "gate": str(gate)}
+    args = {
+        "probe_dir": str(tmp_path / "img"),
+        "n": 12,
+        "root": str(root),
+        "shard_batches": 1,
+        "gate": str(gate),
+    }
     make_probe(args["probe_dir"], 12)  # write the images once, before both start
     env = {"ALIGNKIT_TEST_SLEEP": "0.1", "ALIGNKIT_TEST_CALLS": str(calls)}
     procs = [_run_support({**args, "out": str(tmp_path / f"out{i}")}, env) for i in range(2)]
@@ -161,7 +175,10 @@ def test_two_processes_extracting_the_same_key_leave_one_valid_entry(tmp_path):
     assert torch.equal(outs[0]["features"], outs[1]["features"])
     [entry] = FeatureCache(root).list()
     files = [f for f in _files(root) if not f.endswith(".lock")]
-    assert files == [f"{entry.key[:2]}/{entry.key}.json", f"{entry.key[:2]}/{entry.key}.safetensors"]
+    assert files == [
+        f"{entry.key[:2]}/{entry.key}.json",
+        f"{entry.key[:2]}/{entry.key}.safetensors",
+    ]
     got = FeatureCache(root).get(entry.key)
     assert torch.equal(got.features, outs[0]["features"])
 
@@ -218,8 +235,10 @@ def test_damaged_shard_is_dropped_and_recomputed(probe, store, caplog):
         _extract(enc, probe, store)
     key = feature_key(enc, probe)
     shards = sorted(store.path(key).with_suffix(".partial").glob("rows-*"))
-    assert [s.name for s in shards] == ["rows-000000000-000000004.safetensors",
-                                        "rows-000000004-000000008.safetensors"]
+    assert [s.name for s in shards] == [
+        "rows-000000000-000000004.safetensors",
+        "rows-000000004-000000008.safetensors",
+    ]
     shards[1].write_bytes(b"garbage")
     resumed = TinyImageEncoder()
     with caplog.at_level(logging.WARNING):
@@ -244,8 +263,9 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     args = {"probe_dir": str(tmp_path / "img"), "n": n, "batch_size": bs, "shard_batches": 1}
     make_probe(args["probe_dir"], n)
     root = tmp_path / "cache"
-    slow = _run_support({**args, "root": str(root), "out": str(tmp_path / "killed")},
-                        {"ALIGNKIT_TEST_SLEEP": "0.4"})
+    slow = _run_support(
+        {**args, "root": str(root), "out": str(tmp_path / "killed")}, {"ALIGNKIT_TEST_SLEEP": "0.4"}
+    )
     whole = _run_support({**args, "root": "", "out": str(tmp_path / "whole")})
     deadline = time.monotonic() + 60
     shards: list[Path] = []
@@ -262,8 +282,10 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     assert 3 <= done < n // bs
 
     calls = tmp_path / "calls.txt"
-    resumed = _run_support({**args, "root": str(root), "out": str(tmp_path / "resumed")},
-                           {"ALIGNKIT_TEST_CALLS": str(calls)})
+    resumed = _run_support(
+        {**args, "root": str(root), "out": str(tmp_path / "resumed")},
+        {"ALIGNKIT_TEST_CALLS": str(calls)},
+    )
     for p in (resumed, whole):
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
@@ -283,7 +305,9 @@ def test_list_and_clear_with_a_filter(probe, store):
     assert set(entries) == {"tiny-image:conv", "tiny-text:hashbag"}
     assert entries["tiny-image:conv"].shape == (10, 16) and entries["tiny-text:hashbag"].dim == 12
     assert [e.key for e in store.list("tiny-text:*")] == [txt.provenance["cache_key"]]
-    assert [e.key for e in store.list(img.provenance["cache_key"][:6])] == [img.provenance["cache_key"]]
+    assert [e.key for e in store.list(img.provenance["cache_key"][:6])] == [
+        img.provenance["cache_key"]
+    ]
     assert store.list("nothing*") == []
     assert store.clear("tiny-image:*") == 1
     assert [e.encoder for e in store.list()] == ["tiny-text:hashbag"]
@@ -293,7 +317,9 @@ def test_list_and_clear_with_a_filter(probe, store):
 
 def test_put_get_roundtrip_keeps_ids_and_provenance(tmp_path):
     store = FeatureCache(tmp_path)
-    fs = FeatureSet(torch.randn(2, 3, 4), ("a", "b", "c"), {"encoder": "x", "probe": "p", "k": [1, 2]})
+    fs = FeatureSet(
+        torch.randn(2, 3, 4), ("a", "b", "c"), {"encoder": "x", "probe": "p", "k": [1, 2]}
+    )
     store.put("00ff" * 8, fs)
     got = store.get("00ff" * 8)
     assert torch.equal(got.features, fs.features) and got.ids == fs.ids
@@ -329,9 +355,11 @@ def test_cli_cache_list_and_clear(probe, tmp_path, capsys):
 def test_cli_help_explains_the_commands(capsys):
     from alignkit.cli import main
 
-    for argv, expected in [(["extract", "--help"], "resumes from its last saved shard"),
-                           (["cache", "--help"], "Inspect and prune the feature cache"),
-                           (["cache", "clear", "--help"], "glob on encoder spec")]:
+    for argv, expected in [
+        (["extract", "--help"], "resumes from its last saved shard"),
+        (["cache", "--help"], "Inspect and prune the feature cache"),
+        (["cache", "clear", "--help"], "glob on encoder spec"),
+    ]:
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0
@@ -342,7 +370,11 @@ def test_featureset_save_load_roundtrip(tmp_path):
     fs = FeatureSet(torch.randn(4, 3), ("a", "b", "c", "d"), {"encoder": "x", "probe": "p"})
     path = fs.save(tmp_path / "f.safetensors")
     got = FeatureSet.load(path)
-    assert torch.equal(got.features, fs.features) and got.ids == fs.ids and got.provenance == fs.provenance
+    assert (
+        torch.equal(got.features, fs.features)
+        and got.ids == fs.ids
+        and got.provenance == fs.provenance
+    )
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
     with pytest.raises(AlignkitError, match="expected a FeatureSet .safetensors file"):
         FeatureSet.load(tmp_path / "bad.safetensors")

@@ -1,4 +1,4 @@
-"""extract_features under torchrun: 2 CPU processes (gloo) give exactly the single-process features."""
+"""extract_features under torchrun: 2 CPU ranks (gloo) give exactly the single-process features."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_features_support import make_probe
+
 from alignkit.features import FeatureCache
 from alignkit.features._distributed import row_blocks
-from test_features_support import make_probe
 
 SUPPORT = Path(__file__).with_name("test_features_support.py")
 
@@ -25,17 +26,26 @@ def test_row_blocks_are_whole_batches_covering_every_row():
     for n, bs, world in [(1, 1, 1), (100, 7, 3), (64, 64, 4), (65, 8, 5)]:
         blocks = row_blocks(n, bs, world)
         assert blocks[0][0] == 0 and blocks[-1][1] == n
-        assert all(a == b_prev for (_, b_prev), (a, _) in zip(blocks, blocks[1:]))
+        assert all(a == b_prev for (_, b_prev), (a, _) in zip(blocks, blocks[1:], strict=False))
         assert all(a % bs == 0 for a, _ in blocks)
 
 
 def _run(args: dict, *, torchrun: bool) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR")}
     env["OMP_NUM_THREADS"] = "1"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--standalone"] if torchrun else [sys.executable]
-    proc = subprocess.Popen([*launcher, str(SUPPORT), json.dumps(args)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+        if torchrun
+        else [sys.executable]
+    )
+    proc = subprocess.Popen(
+        [*launcher, str(SUPPORT), json.dumps(args)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=150)
     except subprocess.TimeoutExpired:
@@ -48,12 +58,25 @@ def _run(args: dict, *, torchrun: bool) -> subprocess.CompletedProcess:
 @pytest.mark.distributed
 def test_torchrun_two_ranks_equal_a_single_process(tmp_path):
     n, bs = 30, 4  # 8 batches, the last one short: blocks of 16 and 14 rows
-    base = {"probe_dir": str(tmp_path / "img"), "n": n, "batch_size": bs,
-            "modalities": ["image", "text"], "caption_policy": "mean"}
+    base = {
+        "probe_dir": str(tmp_path / "img"),
+        "n": n,
+        "batch_size": bs,
+        "modalities": ["image", "text"],
+        "caption_policy": "mean",
+    }
     make_probe(base["probe_dir"], n)
     root = tmp_path / "cache"
-    multi = _run({**base, "root": str(root), "shard_batches": 2, "repeat": True,
-                  "out": str(tmp_path / "multi")}, torchrun=True)
+    multi = _run(
+        {
+            **base,
+            "root": str(root),
+            "shard_batches": 2,
+            "repeat": True,
+            "out": str(tmp_path / "multi"),
+        },
+        torchrun=True,
+    )
     assert multi.returncode == 0, multi.stderr[-3000:]
     single = _run({**base, "root": "", "out": str(tmp_path / "single")}, torchrun=False)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -70,6 +93,8 @@ def test_torchrun_two_ranks_equal_a_single_process(tmp_path):
             assert got["repeat_calls"] == 0 and got["repeat_equal"]  # second run: a cache hit
         # the work was split, in the batches a single process uses
         assert ranks[0]["calls"] == 4 and ranks[1]["calls"] == 4
-        assert sorted(ranks[0]["batch_sizes"] + ranks[1]["batch_sizes"]) == sorted(reference["batch_sizes"])
+        assert sorted(ranks[0]["batch_sizes"] + ranks[1]["batch_sizes"]) == sorted(
+            reference["batch_sizes"]
+        )
         [entry] = store.list("tiny-text:*" if prefix else "tiny-image:*")
         assert torch.equal(store.get(entry.key).features, reference["features"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import alignkit
 import pytest
 import torch
+from test_features_support import HashTextEncoder, TinyImageEncoder, make_probe
+
+import alignkit
 from alignkit.errors import AlignkitError
 from alignkit.features import FeatureSet, extract_features
 from alignkit.probes.base import ProbeRow, ProbeSet
-from test_features_support import HashTextEncoder, TinyImageEncoder, make_probe
 
 
 @pytest.fixture
@@ -40,29 +41,34 @@ def test_layered_features(probe):
     enc = TinyImageEncoder(layer="all")
     fs = extract_features(enc, probe, batch_size=5, num_workers=0, cache=False, progress=False)
     assert fs.features.shape == (2, 11, 16) and fs.layered and fs.n_layers == 2
-    last = extract_features(TinyImageEncoder(), probe, batch_size=5, num_workers=0, cache=False,
-                            progress=False)
+    last = extract_features(
+        TinyImageEncoder(), probe, batch_size=5, num_workers=0, cache=False, progress=False
+    )
     torch.testing.assert_close(fs.features[1], last.features)
 
 
 def test_worker_processes_give_the_same_features(probe):
-    one = extract_features(TinyImageEncoder(), probe, batch_size=3, num_workers=0, cache=False,
-                           progress=False)
-    two = extract_features(TinyImageEncoder(), probe, batch_size=3, num_workers=2, cache=False,
-                           progress=False)
+    one = extract_features(
+        TinyImageEncoder(), probe, batch_size=3, num_workers=0, cache=False, progress=False
+    )
+    two = extract_features(
+        TinyImageEncoder(), probe, batch_size=3, num_workers=2, cache=False, progress=False
+    )
     assert torch.equal(one.features, two.features)
 
 
 def test_caption_policy_first_and_mean_against_naive(probe):
     enc = HashTextEncoder()
-    first = extract_features(enc, probe, batch_size=4, caption_policy="first", cache=False,
-                             progress=False)
+    first = extract_features(
+        enc, probe, batch_size=4, caption_policy="first", cache=False, progress=False
+    )
     naive_first = torch.cat([enc.encode([row.captions[0]]) for row in probe.rows])
     torch.testing.assert_close(first.features, naive_first)
     assert first.provenance["caption_policy"] == "first"
 
-    mean = extract_features(enc, probe, batch_size=4, caption_policy="mean", cache=False,
-                            progress=False)
+    mean = extract_features(
+        enc, probe, batch_size=4, caption_policy="mean", cache=False, progress=False
+    )
     assert mean.features.shape == (11, 12)
     naive_mean = []
     for row in probe.rows:  # encode each caption alone, then average by hand
@@ -77,7 +83,9 @@ def test_caption_policy_mean_with_uneven_caption_counts(tmp_path):
     rows = tuple(ProbeRow(r.id, r.image, r.captions[: 1 + i % 3]) for i, r in enumerate(base.rows))
     probe = ProbeSet("uneven", rows)
     enc = HashTextEncoder()
-    fs = extract_features(enc, probe, batch_size=2, caption_policy="mean", cache=False, progress=False)
+    fs = extract_features(
+        enc, probe, batch_size=2, caption_policy="mean", cache=False, progress=False
+    )
     for i, row in enumerate(rows):
         expected = torch.stack([enc.encode([c])[0] for c in row.captions]).mean(0)
         torch.testing.assert_close(fs.features[i], expected, rtol=1e-5, atol=1e-6)
@@ -86,8 +94,9 @@ def test_caption_policy_mean_with_uneven_caption_counts(tmp_path):
 def test_caption_policy_random_is_seeded_and_row_local(probe):
     enc = HashTextEncoder()
     a = extract_features(enc, probe, caption_policy="random", seed=1, cache=False, progress=False)
-    b = extract_features(enc, probe, caption_policy="random", seed=1, batch_size=3, cache=False,
-                         progress=False)
+    b = extract_features(
+        enc, probe, caption_policy="random", seed=1, batch_size=3, cache=False, progress=False
+    )
     c = extract_features(enc, probe, caption_policy="random", seed=2, cache=False, progress=False)
     assert torch.equal(a.features, b.features)
     assert not torch.equal(a.features, c.features)
@@ -101,7 +110,7 @@ def test_caption_policy_random_is_seeded_and_row_local(probe):
     s = extract_features(enc, sub, caption_policy="random", seed=1, cache=False, progress=False)
     torch.testing.assert_close(s.features, a.features[[7, 2]])
     # all captions get chosen across rows (not always the first)
-    assert len({c == row.captions[0] for c, row in zip(chosen, probe.rows)}) == 2
+    assert len({c == row.captions[0] for c, row in zip(chosen, probe.rows, strict=True)}) == 2
 
 
 def test_progress_bar_shows_items_per_second_and_can_be_silenced(probe, capsys):
@@ -117,7 +126,10 @@ def test_progress_bar_shows_items_per_second_and_can_be_silenced(probe, capsys):
     [
         ({"batch_size": 0}, "batch_size must be a positive integer: got 0"),
         ({"num_workers": -1}, "num_workers must be None or an integer >= 0: got -1"),
-        ({"caption_policy": "longest"}, "unknown caption policy 'longest'; expected one of: first, mean, random"),
+        (
+            {"caption_policy": "longest"},
+            "unknown caption policy 'longest'; expected one of: first, mean, random",
+        ),
         ({"cache": 3}, "cache must be True, False, a folder or a FeatureCache: got int"),
         ({"device": "meta"}, r"runs on cpu, but device='meta' was asked for"),
     ],
@@ -151,7 +163,13 @@ def test_unreadable_image_names_row_and_file(probe, workers):
     bad = probe.rows[6].image
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(AlignkitError) as info:
-        extract_features(TinyImageEncoder(), probe, batch_size=4, num_workers=workers, cache=False,
-                         progress=False)
+        extract_features(
+            TinyImageEncoder(),
+            probe,
+            batch_size=4,
+            num_workers=workers,
+            cache=False,
+            progress=False,
+        )
     message = str(info.value)
     assert "row 'row0006'" in message and str(bad) in message and "\n" not in message

@@ -30,7 +30,7 @@ from alignkit.probes.base import ProbeRow, ProbeSet
 WORDS = "a dog cat runs on the grass red ball child water beach man woman street jumps".split()
 
 
-def _note_call(encoder: "Encoder", batch_len: int) -> None:
+def _note_call(encoder: Encoder, batch_len: int) -> None:
     encoder.calls += 1
     encoder.batch_sizes.append(batch_len)
     if encoder.fail_on_call is not None and encoder.calls >= encoder.fail_on_call:
@@ -45,12 +45,19 @@ def _note_call(encoder: "Encoder", batch_len: int) -> None:
 
 
 class TinyImageEncoder(Encoder):
-    """A random conv net (fixed seed): 32x32 RGB -> ``dim`` features; ``layer="all"`` gives 2 layers."""
+    """A random conv net (fixed seed): 32x32 RGB -> ``dim`` features; ``layer="all"``: 2 layers."""
 
     modality = "image"
 
-    def __init__(self, *, seed: int = 0, dim: int = 16, layer: str = "last", name: str = "tiny-image:conv",
-                 fail_on_call: "int | None" = None) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        dim: int = 16,
+        layer: str = "last",
+        name: str = "tiny-image:conv",
+        fail_on_call: int | None = None,
+    ) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.name, self.dim, self.layer, self.seed = name, dim, layer, seed
         self.n_layers = 2
@@ -82,8 +89,14 @@ class HashTextEncoder(Encoder):
 
     modality = "text"
 
-    def __init__(self, *, seed: int = 0, dim: int = 12, name: str = "tiny-text:hashbag",
-                 fail_on_call: "int | None" = None) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        dim: int = 12,
+        name: str = "tiny-text:hashbag",
+        fail_on_call: int | None = None,
+    ) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.name, self.dim, self.seed = name, dim, seed
         self.device = torch.device("cpu")
@@ -92,7 +105,9 @@ class HashTextEncoder(Encoder):
 
     @staticmethod
     def token_ids(text: str) -> list[int]:
-        return [int(hashlib.md5(t.encode()).hexdigest(), 16) % 257 for t in text.lower().split()] or [0]
+        return [
+            int(hashlib.md5(t.encode()).hexdigest(), 16) % 257 for t in text.lower().split()
+        ] or [0]
 
     def _forward(self, batch: list[str]) -> torch.Tensor:
         _note_call(self, len(batch))
@@ -104,8 +119,9 @@ class HashTextEncoder(Encoder):
         return f"seed={self.seed}"
 
 
-def make_probe(folder: "str | Path", n: int, *, captions: int = 3, seed: int = 0,
-               name: str = "tiny-probe") -> ProbeSet:
+def make_probe(
+    folder: str | Path, n: int, *, captions: int = 3, seed: int = 0, name: str = "tiny-probe"
+) -> ProbeSet:
     """``n`` rows of random 40x40 PNG images (written to ``folder`` once) and ``captions`` random
     captions each; deterministic for ``seed``."""
     folder = Path(folder)
@@ -114,7 +130,9 @@ def make_probe(folder: "str | Path", n: int, *, captions: int = 3, seed: int = 0
     rows = []
     for i in range(n):
         pixels = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
-        texts = tuple(" ".join(rng.choice(WORDS, size=int(rng.integers(2, 7)))) for _ in range(captions))
+        texts = tuple(
+            " ".join(rng.choice(WORDS, size=int(rng.integers(2, 7)))) for _ in range(captions)
+        )
         path = folder / f"img{seed}_{i:04d}.png"
         if not path.exists():
             Image.fromarray(pixels).save(path)
@@ -147,13 +165,21 @@ def _main(args: dict[str, Any]) -> None:
         result: dict[str, Any] = {}
         for run in range(2 if args.get("repeat") else 1):
             fs = extract_features(
-                encoder, probe, batch_size=args.get("batch_size", 4),
+                encoder,
+                probe,
+                batch_size=args.get("batch_size", 4),
                 num_workers=args.get("workers", 0),
-                caption_policy=args.get("caption_policy", "first"), cache=cache, progress=False,
+                caption_policy=args.get("caption_policy", "first"),
+                cache=cache,
+                progress=False,
             )
             if run == 0:
-                result = {"features": fs.features, "ids": fs.ids, "calls": encoder.calls,
-                          "batch_sizes": list(encoder.batch_sizes)}
+                result = {
+                    "features": fs.features,
+                    "ids": fs.ids,
+                    "calls": encoder.calls,
+                    "batch_sizes": list(encoder.batch_sizes),
+                }
             else:
                 result["repeat_calls"] = encoder.calls - result["calls"]
                 result["repeat_equal"] = torch.equal(fs.features, result["features"])

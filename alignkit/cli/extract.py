@@ -1,19 +1,21 @@
-"""``alignkit extract`` and ``alignkit cache list|clear``: features into the cache, and its upkeep."""
+"""``alignkit extract`` and ``alignkit cache list|clear``: features into the cache, and upkeep."""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from alignkit.cli import app
 
 CacheDir = Annotated[
-    Optional[Path],
-    typer.Option("--cache-dir", help="feature cache folder [default: $ALIGNKIT_CACHE_DIR/features]"),
+    Path | None,
+    typer.Option(
+        "--cache-dir", help="feature cache folder [default: $ALIGNKIT_CACHE_DIR/features]"
+    ),
 ]
 
 cache_app = typer.Typer(
@@ -36,27 +38,44 @@ def _size(n_bytes: int) -> str:
 def extract_command(
     encoder: Annotated[
         list[str],
-        typer.Option("--encoder", "-e", help="encoder spec, repeatable (see `alignkit list-encoders`)"),
+        typer.Option(
+            "--encoder", "-e", help="encoder spec, repeatable (see `alignkit list-encoders`)"
+        ),
     ],
     probe: Annotated[
-        str, typer.Option("--probe", "-p", help="probe spec: a name (flickr8k:test, synthetic, ...) or a path")
+        str,
+        typer.Option(
+            "--probe", "-p", help="probe spec: a name (flickr8k:test, synthetic, ...) or a path"
+        ),
     ] = "synthetic",
-    n: Annotated[Optional[int], typer.Option(help="seeded, stable subsample of this many rows")] = None,
-    split: Annotated[Optional[str], typer.Option(help="keep only this split (train, dev, test)")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the subsample and of --caption-policy random")] = 0,
+    n: Annotated[
+        int | None, typer.Option(help="seeded, stable subsample of this many rows")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="keep only this split (train, dev, test)")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="seed of the subsample and of --caption-policy random")
+    ] = 0,
     caption_policy: Annotated[
         str, typer.Option(help="text encoders: first, random, or mean (average over all captions)")
     ] = "first",
     batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 64,
     workers: Annotated[
-        Optional[int], typer.Option(help="image decoding worker processes [default: min(2, cores)]")
+        int | None, typer.Option(help="image decoding worker processes [default: min(2, cores)]")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     skip_bad: Annotated[bool, typer.Option(help="drop unreadable rows instead of failing")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where named probes live [default: $ALIGNKIT_DATA_DIR]")
+    ] = None,
     cache_dir: CacheDir = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="compute without reading or writing the cache")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="compute without reading or writing the cache")
+    ] = False,
     out: Annotated[
-        Optional[Path], typer.Option(help="also copy the features to this .safetensors file (one encoder)")
+        Path | None,
+        typer.Option(help="also copy the features to this .safetensors file (one encoder)"),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
@@ -78,8 +97,9 @@ def extract_command(
     say = typer.echo if os.environ.get("RANK", "0") == "0" else (lambda *args, **kwargs: None)
     if out is not None and len(encoder) != 1:
         raise AlignkitError(f"--out takes the features of one encoder: got {len(encoder)} encoders")
-    options = {"n": n, "split": split, "seed": seed, "skip_bad": skip_bad}
-    probe_set = load_probe(probe, **options)
+    probe_set = load_probe(
+        probe, n=n, split=split, seed=seed, skip_bad=skip_bad, data_dir=data_dir, progress=not quiet
+    )
     say(f"probe {probe_set.name}: {len(probe_set)} rows, fingerprint {probe_set.fingerprint}")
     store = None if no_cache else FeatureCache(cache_dir)
     for spec in encoder:
@@ -89,8 +109,13 @@ def extract_command(
         key = feature_key(enc, probe_set, caption_policy, seed)
         cached = store is not None and key in store
         fs = extract_features(
-            enc, probe_set, batch_size=batch_size, num_workers=workers,
-            caption_policy=caption_policy, seed=seed, cache=store if store else False,
+            enc,
+            probe_set,
+            batch_size=batch_size,
+            num_workers=workers,
+            caption_policy=caption_policy,
+            seed=seed,
+            cache=store if store else False,
             progress=not quiet,
         )
         took = time.perf_counter() - started
@@ -106,7 +131,9 @@ def extract_command(
 
 @cache_app.command("list")
 def cache_list_command(
-    pattern: Annotated[str, typer.Argument(help="glob on encoder spec, probe name or key (prefix)")] = "*",
+    pattern: Annotated[
+        str, typer.Argument(help="glob on encoder spec, probe name or key (prefix)")
+    ] = "*",
     cache_dir: CacheDir = None,
 ) -> None:
     """List complete cache entries, newest first: key, encoder, probe, rows, dim, size, created."""
@@ -119,13 +146,20 @@ def cache_list_command(
         return
     header = ["key", "encoder", "probe", "n", "dim", "size", "created"]
     rows = [
-        [e.key[:12], e.encoder, e.probe, str(e.n),
-         str(e.dim) + (f" x{e.shape[0]}L" if len(e.shape) == 3 else ""), _size(e.size), e.created]
+        [
+            e.key[:12],
+            e.encoder,
+            e.probe,
+            str(e.n),
+            str(e.dim) + (f" x{e.shape[0]}L" if len(e.shape) == 3 else ""),
+            _size(e.size),
+            e.created,
+        ]
         for e in entries
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     total = sum(e.size for e in entries)
     typer.echo(f"{len(entries)} entries, {_size(total)} in {store.root}")
 
@@ -133,7 +167,8 @@ def cache_list_command(
 @cache_app.command("clear")
 def cache_clear_command(
     pattern: Annotated[
-        str, typer.Argument(help="glob on encoder spec, probe name or key (prefix); '*' = everything")
+        str,
+        typer.Argument(help="glob on encoder spec, probe name or key (prefix); '*' = everything"),
     ] = "*",
     cache_dir: CacheDir = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,

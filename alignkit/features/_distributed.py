@@ -32,18 +32,20 @@ class Ranks:
 
 
 def launched_by_torchrun() -> bool:
-    """True inside a multi-process ``torchrun`` (env ``WORLD_SIZE`` > 1 with a rendezvous address)."""
+    """True inside a multi-process ``torchrun`` (``WORLD_SIZE`` > 1 and a rendezvous address)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ
 
 
-def local_cuda_device() -> "torch.device | None":
+def local_cuda_device() -> torch.device | None:
     """``cuda:$LOCAL_RANK`` under torchrun with GPUs, else None."""
     if launched_by_torchrun() and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device(
+            "cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+        )
     return None
 
 
-def current_ranks(device: torch.device) -> "Ranks | None":
+def current_ranks(device: torch.device) -> Ranks | None:
     """The process group to shard over. None for a single process.
 
     Under torchrun with no process group yet, this initialises the default one from the
@@ -62,12 +64,21 @@ def current_ranks(device: torch.device) -> "Ranks | None":
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
         atexit.register(_destroy_at_exit)
-        log.info("initialised a %s process group: rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
+        log.info(
+            "initialised a %s process group: rank %d of %d",
+            backend,
+            dist.get_rank(),
+            dist.get_world_size(),
+        )
     world = dist.get_world_size()
     if world == 1:
         return None
     backend = dist.get_backend()
-    comm = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    comm = (
+        torch.device("cuda", torch.cuda.current_device())
+        if backend == "nccl"
+        else torch.device("cpu")
+    )
     return Ranks(dist.get_rank(), world, comm)
 
 
@@ -83,7 +94,9 @@ def row_blocks(n: int, batch_size: int, world: int) -> list[tuple[int, int]]:
     (the last may end early at ``n``); batches are dealt as evenly as possible."""
     n_batches = -(-n // batch_size)
     bounds = [(r * n_batches) // world for r in range(world + 1)]
-    return [(min(bounds[r] * batch_size, n), min(bounds[r + 1] * batch_size, n)) for r in range(world)]
+    return [
+        (min(bounds[r] * batch_size, n), min(bounds[r + 1] * batch_size, n)) for r in range(world)
+    ]
 
 
 def all_true(flag: bool, ranks: Ranks) -> bool:
@@ -95,7 +108,7 @@ def all_true(flag: bool, ranks: Ranks) -> bool:
     return bool(t.item())
 
 
-def barrier(ranks: "Ranks | None") -> None:
+def barrier(ranks: Ranks | None) -> None:
     if ranks is not None:
         import torch.distributed as dist
 
@@ -123,5 +136,5 @@ def gather_rows(part: torch.Tensor, blocks: list[tuple[int, int]], ranks: Ranks)
     pieces = [torch.empty_like(padded) for _ in range(ranks.world)]
     dist.all_gather(pieces, padded)
     return torch.cat(
-        [piece[..., : b - a, :].cpu() for piece, (a, b) in zip(pieces, blocks)], dim=-2
+        [piece[..., : b - a, :].cpu() for piece, (a, b) in zip(pieces, blocks, strict=True)], dim=-2
     )

@@ -6,7 +6,7 @@ Layout under ``root`` (default ``<alignkit cache dir>/features``)::
                                     metadata holds the key, the format version, the probe ids and
                                     the provenance
     ab/ab12...ef.json               sidecar: format version, key, shape, row count, byte size and
-                                    sha256 of the .safetensors file, provenance (for `list` and people)
+                                    sha256 of the .safetensors file, provenance (for `list`)
     ab/ab12...ef.partial/           shards of an extraction in progress:
         rows-000000000-000000512.safetensors   rows [0, 512), written when those rows are done
     ab/ab12...ef.lock               serialises the final commit of one key between processes
@@ -28,10 +28,11 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -68,7 +69,7 @@ class CacheEntry:
 
 
 # -- the key ------------------------------------------------------------------------------------
-def effective_precision(encoder: "Encoder") -> str:
+def effective_precision(encoder: Encoder) -> str:
     """The float format the model really computes in: ``fp32`` on CPU (autocast is off there),
     else what :func:`alignkit._device.autocast` picks on the GPU. It changes the numbers, so it is
     part of the key; the device itself is not."""
@@ -82,7 +83,7 @@ def effective_precision(encoder: "Encoder") -> str:
 
 
 def key_fields(
-    encoder: "Encoder", probe: "ProbeSet", caption_policy: str = "first", seed: int = 0
+    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
 ) -> dict[str, Any]:
     """Everything that changes the numbers of an extraction, as a JSON-able dict.
 
@@ -108,7 +109,7 @@ def key_fields(
 
 
 def feature_key(
-    encoder: "Encoder", probe: "ProbeSet", caption_policy: str = "first", seed: int = 0
+    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
 ) -> str:
     """The cache key (32 hex digits) of ``encoder`` on ``probe``: a sha256 of :func:`key_fields`."""
     fields = key_fields(encoder, probe, caption_policy, seed)
@@ -154,8 +155,12 @@ class FeatureCache:
         shard_batches: an extraction writes a resumable shard every this many batches.
     """
 
-    def __init__(self, root: "str | Path | None" = None, *, shard_batches: int = 8) -> None:
-        if isinstance(shard_batches, bool) or not isinstance(shard_batches, int) or shard_batches < 1:
+    def __init__(self, root: str | Path | None = None, *, shard_batches: int = 8) -> None:
+        if (
+            isinstance(shard_batches, bool)
+            or not isinstance(shard_batches, int)
+            or shard_batches < 1
+        ):
             raise AlignkitError(f"shard_batches must be a positive integer: got {shard_batches!r}")
         self.root = Path(root).expanduser() if root is not None else _paths.cache_dir() / "features"
         self.shard_batches = shard_batches
@@ -184,7 +189,7 @@ class FeatureCache:
         return self.path(key).with_suffix(".lock")
 
     # read
-    def _read_sidecar(self, key: str) -> "dict[str, Any] | None":
+    def _read_sidecar(self, key: str) -> dict[str, Any] | None:
         try:
             return json.loads(self._sidecar(key).read_text())
         except FileNotFoundError:
@@ -192,7 +197,7 @@ class FeatureCache:
         except (OSError, ValueError) as exc:
             return {"_error": f"unreadable sidecar ({exc})"}
 
-    def _problem(self, key: str, side: dict[str, Any]) -> "str | None":
+    def _problem(self, key: str, side: dict[str, Any]) -> str | None:
         """Why the committed entry of ``key`` cannot be used, or None when it is sound."""
         if "_error" in side:
             return str(side["_error"])
@@ -211,7 +216,7 @@ class FeatureCache:
             return "tensor file sha256 differs from the sidecar (corrupt?)"
         return None
 
-    def get(self, key: str, *, ids: "tuple[str, ...] | None" = None) -> "FeatureSet | None":
+    def get(self, key: str, *, ids: tuple[str, ...] | None = None) -> FeatureSet | None:
         """The cached FeatureSet of ``key``, or None when absent or unusable.
 
         An unusable entry (truncated, corrupt, another format version, other row ids than
@@ -288,7 +293,8 @@ class FeatureCache:
         ``(stop - start, d)`` or ``(L, stop - start, d)``."""
         if features.shape[-2] != stop - start:
             raise AlignkitError(
-                f"a shard of rows [{start}, {stop}) needs {stop - start} rows: got {features.shape[-2]}"
+                f"a shard of rows [{start}, {stop}) needs {stop - start} rows: "
+                f"got {features.shape[-2]}"
             )
         path = self._partial_dir(key) / f"rows-{start:09d}-{stop:09d}.safetensors"
         meta = {"format": str(FORMAT_VERSION), "key": key, "start": str(start), "stop": str(stop)}
@@ -296,7 +302,7 @@ class FeatureCache:
         return path
 
     def load_shards(
-        self, key: str, start: int = 0, stop: "int | None" = None
+        self, key: str, start: int = 0, stop: int | None = None
     ) -> list[tuple[int, int, torch.Tensor]]:
         """Sound, non-overlapping shards of ``key`` inside rows ``[start, stop)``, sorted by row.
 
@@ -326,7 +332,9 @@ class FeatureCache:
                 ok, tensor = False, None
                 log.debug("shard %s: %s", path, exc)
             if not ok:
-                log.warning("dropping a damaged shard of feature cache entry %s: %s", key, path.name)
+                log.warning(
+                    "dropping a damaged shard of feature cache entry %s: %s", key, path.name
+                )
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 continue
@@ -379,7 +387,11 @@ class FeatureCache:
         Returns how many complete entries were removed."""
         removed = 0
         for entry in self.list(pattern):
-            for path in (entry.path, entry.path.with_suffix(".json"), entry.path.with_suffix(".lock")):
+            for path in (
+                entry.path,
+                entry.path.with_suffix(".json"),
+                entry.path.with_suffix(".lock"),
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             shutil.rmtree(entry.path.with_suffix(".partial"), ignore_errors=True)
@@ -404,4 +416,11 @@ def _matches(pattern: str, key: str, *names: str) -> bool:
     return bool(re.fullmatch(r"[0-9a-f]+", pattern)) and key.startswith(pattern)
 
 
-__all__ = ["FORMAT_VERSION", "CacheEntry", "FeatureCache", "effective_precision", "feature_key", "key_fields"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CacheEntry",
+    "FeatureCache",
+    "effective_precision",
+    "feature_key",
+    "key_fields",
+]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,15 +48,15 @@ def default_num_workers() -> int:
 
 # -- public entry point ---------------------------------------------------------------------------
 def extract_features(
-    encoder: "Encoder | str",
-    probe: "ProbeSet",
+    encoder: Encoder | str,
+    probe: ProbeSet,
     *,
     batch_size: int = 64,
-    num_workers: "int | None" = None,
+    num_workers: int | None = None,
     caption_policy: str = "first",
     seed: int = 0,
-    cache: "bool | str | Path | FeatureCache" = True,
-    device: "str | torch.device" = "auto",
+    cache: bool | str | Path | FeatureCache = True,
+    device: str | torch.device = "auto",
     progress: bool = True,
 ) -> FeatureSet:
     """Features of every probe row: images for an image encoder, captions for a text encoder.
@@ -63,9 +64,10 @@ def extract_features(
     Image rows are decoded and preprocessed (``encoder.preprocess``) in DataLoader worker
     processes, collated, and run through ``encoder.forward`` under ``inference_mode`` (autocast
     and pinned memory on GPU). Text rows give captions per ``caption_policy``: ``"first"``,
-    ``"random"`` (one caption per row, chosen from a hash of ``seed`` and the row id by
-    :meth:`ProbeSet.captions`, so the choice does not depend on other rows), or ``"mean"`` (every caption of the row is encoded and the
-    row's embeddings averaged, as the reference code of Maniparambil et al. 2024 does).
+    ``"random"`` (one caption per row, chosen by :meth:`ProbeSet.captions` from a hash of ``seed``
+    and the row id, so the choice does not depend on other rows), or ``"mean"`` (every caption of
+    the row is encoded and the row's embeddings averaged, as the reference code of Maniparambil
+    et al. 2024 does).
 
     With a cache (the default), a finished extraction is returned without any model work, and an
     interrupted one resumes from its last shard. Under ``torchrun`` (or any initialised process
@@ -108,8 +110,17 @@ def extract_features(
 
     blocks = _distributed.row_blocks(len(probe), batch_size, ranks.world if ranks else 1)
     start, stop = blocks[ranks.rank if ranks else 0]
-    job = _Job(enc, probe, batch_size, workers, caption_policy, seed, store, key,
-               progress and (ranks is None or ranks.is_main))
+    job = _Job(
+        enc,
+        probe,
+        batch_size,
+        workers,
+        caption_policy,
+        seed,
+        store,
+        key,
+        progress and (ranks is None or ranks.is_main),
+    )
     part = job.run(start, stop)  # (..., stop - start, d)
     features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
     result = FeatureSet(features, ids, _provenance(enc, probe, caption_policy, seed, key))
@@ -121,7 +132,7 @@ def extract_features(
 
 
 # -- argument handling ----------------------------------------------------------------------------
-def _resolve_encoder(encoder: "Encoder | str", device: "str | torch.device") -> "Encoder":
+def _resolve_encoder(encoder: Encoder | str, device: str | torch.device) -> Encoder:
     from alignkit._device import resolve_device
 
     if isinstance(encoder, str):
@@ -135,7 +146,8 @@ def _resolve_encoder(encoder: "Encoder | str", device: "str | torch.device") -> 
     for attr in ("name", "modality", "dim", "device", "forward", "preprocess", "collate"):
         if not hasattr(encoder, attr):
             raise AlignkitError(
-                f"encoder must be an alignkit Encoder or a spec string: got {type(encoder).__name__} "
+                f"encoder must be an alignkit Encoder or a spec string: got "
+                f"{type(encoder).__name__} "
                 f"without {attr!r}"
             )
     if device not in ("auto", None):
@@ -145,14 +157,15 @@ def _resolve_encoder(encoder: "Encoder | str", device: "str | torch.device") -> 
             wanted.index is not None and have.index is not None and wanted.index != have.index
         ):
             raise AlignkitError(
-                f"{encoder.name} runs on {have}, but device={str(device)!r} was asked for: build the "
+                f"{encoder.name} runs on {have}, but device={str(device)!r} was asked for: "
+                f"build the "
                 f"encoder on that device, or pass device='auto'"
             )
     return encoder
 
 
 def _check_arguments(
-    enc: "Encoder", probe: "ProbeSet", batch_size: int, num_workers: "int | None", caption_policy: str
+    enc: Encoder, probe: ProbeSet, batch_size: int, num_workers: int | None, caption_policy: str
 ) -> None:
     from alignkit.probes.base import ProbeSet
 
@@ -181,7 +194,7 @@ def _check_arguments(
                 )
 
 
-def _resolve_cache(cache: "bool | str | Path | FeatureCache | None") -> "FeatureCache | None":
+def _resolve_cache(cache: bool | str | Path | FeatureCache | None) -> FeatureCache | None:
     if cache is True:
         return FeatureCache()
     if cache is False or cache is None:
@@ -196,7 +209,7 @@ def _resolve_cache(cache: "bool | str | Path | FeatureCache | None") -> "Feature
 
 
 def _provenance(
-    enc: "Encoder", probe: "ProbeSet", caption_policy: str, seed: int, key: str
+    enc: Encoder, probe: ProbeSet, caption_policy: str, seed: int, key: str
 ) -> dict[str, Any]:
     import alignkit
 
@@ -232,7 +245,7 @@ class _Failed:
 class _ImageRows(torch.utils.data.Dataset):
     """Probe rows by global index -> ``encoder.preprocess(image)``; runs in worker processes."""
 
-    def __init__(self, rows: "tuple[ProbeRow, ...]", preprocess: Any) -> None:
+    def __init__(self, rows: tuple[ProbeRow, ...], preprocess: Any) -> None:
         self.rows = rows
         self.preprocess = preprocess
 
@@ -272,13 +285,13 @@ def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
 
 @dataclass
 class _Job:
-    enc: "Encoder"
-    probe: "ProbeSet"
+    enc: Encoder
+    probe: ProbeSet
     batch_size: int
     workers: int
     caption_policy: str
     seed: int
-    store: "FeatureCache | None"
+    store: FeatureCache | None
     key: str
     progress: bool
 
@@ -289,37 +302,49 @@ class _Job:
 
         pieces: dict[int, torch.Tensor] = {}  # row offset -> (..., rows, d)
         if self.store is not None:
-            for a, b, tensor in self.store.load_shards(self.key, start, stop):
+            for a, _, tensor in self.store.load_shards(self.key, start, stop):
                 pieces[a] = tensor
         chunks = self._missing_chunks(start, stop, pieces)
         done = (stop - start) - sum(b - a for a, b in chunks)
         if done:
-            log.info("%s: resuming, %d of %d rows already in shards", self.enc.name, done, stop - start)
+            log.info(
+                "%s: resuming, %d of %d rows already in shards", self.enc.name, done, stop - start
+            )
         bar = tqdm(
-            total=stop - start, initial=done, unit="item", desc=self.enc.name,
-            disable=not self.progress, dynamic_ncols=True, leave=False,
+            total=stop - start,
+            initial=done,
+            unit="item",
+            desc=self.enc.name,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=False,
         )
         t0 = time.perf_counter()
         try:
-            batches = [(a, min(a + self.batch_size, b)) for a, b in chunks
-                       for a in range(a, b, self.batch_size)]
-            outputs = self._image_batches(batches) if self.enc.modality == "image" else self._text_batches(batches)
-            chunk_iter = iter(chunks)
-            chunk = next(chunk_iter, None)
-            held: list[torch.Tensor] = []
-            for (a, b), out in zip(batches, outputs):
+            # batches never straddle a chunk: each chunk (one future shard) is whole batches
+            batches = [
+                (lo, min(lo + self.batch_size, hi))
+                for first, hi in chunks
+                for lo in range(first, hi, self.batch_size)
+            ]
+            compute = self._image_batches if self.enc.modality == "image" else self._text_batches
+            pending = iter(chunks)
+            chunk = next(pending, None)
+            held: list[torch.Tensor] = []  # batch outputs of the current chunk
+            for (lo, hi), out in zip(batches, compute(batches), strict=True):
                 held.append(out)
-                bar.update(b - a)
-                if chunk is not None and b == chunk[1]:
-                    block = torch.cat(held, dim=-2)
-                    pieces[chunk[0]] = block
+                bar.update(hi - lo)
+                if chunk is not None and hi == chunk[1]:  # chunk complete: keep it, save a shard
+                    pieces[chunk[0]] = torch.cat(held, dim=-2)
                     held = []
                     if self.store is not None:
-                        self._save_shard(chunk[0], chunk[1], block)
-                    chunk = next(chunk_iter, None)
+                        self._save_shard(chunk[0], chunk[1], pieces[chunk[0]])
+                    chunk = next(pending, None)
         finally:
             bar.close()
-        log.info("%s: %d rows in %.1f s", self.enc.name, stop - start - done, time.perf_counter() - t0)
+        log.info(
+            "%s: %d rows in %.1f s", self.enc.name, stop - start - done, time.perf_counter() - t0
+        )
         if not pieces:  # a rank with no rows
             return torch.empty((0, 0))
         return torch.cat([pieces[a] for a in sorted(pieces)], dim=-2)
@@ -374,7 +399,7 @@ class _Job:
             pin_memory=cuda,
             prefetch_factor=4 if workers else None,
         )
-        for (a, b), batch in zip(batches, loader):
+        for (a, b), batch in zip(batches, loader, strict=True):
             if isinstance(batch, _Failed):
                 raise AlignkitError(
                     f"probe {self.probe.name}: cannot read the image of row {batch.row_id!r} "
@@ -399,7 +424,8 @@ class _Job:
             out = self._forward(_to_device(batch, self.enc.device, non_blocking=False))
             if out.shape[-2] != len(captions):
                 raise AlignkitError(
-                    f"{self.enc.name}.forward returned {out.shape[-2]} rows for {len(captions)} captions"
+                    f"{self.enc.name}.forward returned {out.shape[-2]} rows for "
+                    f"{len(captions)} captions"
                 )
             if counts is not None:  # (..., sum(counts), d) -> (..., b - a, d): mean per row
                 out = torch.stack([part.mean(dim=-2) for part in out.split(counts, dim=-2)], dim=-2)

@@ -62,14 +62,16 @@ class FeatureSet:
     def modality(self) -> str:
         return str(self.provenance.get("modality", "?"))
 
-    def layer(self, index: int) -> "FeatureSet":
+    def layer(self, index: int) -> FeatureSet:
         """One layer of a layer-wise FeatureSet, as an ``(n, d)`` FeatureSet."""
         if not self.layered:
-            raise AlignkitError(f"{self.encoder} features have no layer axis (shape {tuple(self.features.shape)})")
+            raise AlignkitError(
+                f"{self.encoder} features have no layer axis (shape {tuple(self.features.shape)})"
+            )
         prov = {**self.provenance, "layer": index}
         return FeatureSet(self.features[index], self.ids, prov)
 
-    def check_same_rows(self, other: "FeatureSet") -> None:
+    def check_same_rows(self, other: FeatureSet) -> None:
         """Two FeatureSets are comparable only when built on the same probe rows, in the same order."""
         if self.ids != other.ids:
             raise AlignkitError(
@@ -78,7 +80,7 @@ class FeatureSet:
                 + ("" if self.n != other.n else " with different ids or order")
             )
 
-    def save(self, path: "str | Path") -> Path:
+    def save(self, path: str | Path) -> Path:
         """Write to a ``.safetensors`` file (tensor ``features``; ids and provenance as JSON in the
         header metadata), atomically. :meth:`load` reads it back."""
         from alignkit.features._io import save_tensor
@@ -92,7 +94,7 @@ class FeatureSet:
         return path
 
     @classmethod
-    def load(cls, path: "str | Path") -> "FeatureSet":
+    def load(cls, path: str | Path) -> FeatureSet:
         """Read a file written by :meth:`save` (or a feature cache entry)."""
         from alignkit.features._io import load_tensor
 
