@@ -281,7 +281,6 @@ def _validate(
         if file_rows:
             results = check_images(
                 [entries[i].image for i in file_rows],
-                root=raw.root or Path("."),
                 level=check,
                 progress=progress,
             )
