@@ -426,3 +426,46 @@ def test_skip_bad_with_n_keeps_the_prefix_property(tmp_path: Path) -> None:
     assert all(int(i[2:]) % 4 for i in p12.ids)
     with pytest.raises(AlignkitError, match="n=23 is more rows"):
         load_probe(tmp_path, n=23, skip_bad=True, progress=False)
+
+
+def test_check_cache_skips_unchanged_files_and_rechecks_changed_ones(
+    manifest_dir: Path, monkeypatch
+) -> None:
+    from alignkit.probes import checks
+
+    first = load_probe(manifest_dir, progress=False)
+    calls: list[Path] = []
+    real = checks._check_one
+
+    def counting(path, level):
+        calls.append(path)
+        return real(path, level)
+
+    monkeypatch.setattr(checks, "_check_one", counting)
+    again = load_probe(manifest_dir, progress=False)
+    assert calls == [] and again.fingerprint == first.fingerprint  # only stat()s, no reads
+    img = manifest_dir / "images" / "img3.jpg"
+    jpeg(img, (1, 2, 3), size=(30, 30))  # new size and mtime
+    changed = load_probe(manifest_dir, progress=False)
+    assert calls == [img] and changed.fingerprint != first.fingerprint
+    # a "read" check reuses the "decode" results; "decode" after "read" must decode
+    load_probe(manifest_dir, check="read", progress=False)
+    assert calls == [img]
+    jpeg(img, (9, 9, 9), size=(31, 30))
+    load_probe(manifest_dir, check="read", progress=False)
+    load_probe(manifest_dir, check="decode", progress=False)
+    assert calls == [img, img, img]
+
+
+def test_option_validation(manifest_dir: Path) -> None:
+    with pytest.raises(AlignkitError, match="n must be a positive number of rows"):
+        load_probe(manifest_dir, n=0)
+    with pytest.raises(AlignkitError, match="unknown image check 'full'"):
+        load_probe(manifest_dir, check="full")
+    with pytest.raises(AlignkitError, match="do not apply to manifest probes"):
+        load_probe(manifest_dir, download_missing=False)
+    with pytest.raises(AlignkitError, match="unknown probe format 'tsv'"):
+        load_probe(manifest_dir, format="tsv")
+    import numpy as np
+
+    assert len(load_probe(manifest_dir, n=np.int64(3), progress=False)) == 3
