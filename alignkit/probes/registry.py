@@ -245,6 +245,14 @@ def _validate(
     check: str,
     progress: bool,
 ) -> ProbeSet:
+    """Validate candidate rows and build the ProbeSet.
+
+    Cheap checks (parse problems, label range, empty captions, duplicate ids) run on every row
+    first, in file order. Then the selected rows (all, or the first ``n`` in seeded-hash order) get
+    their image files checked; with ``skip_bad`` a failed image is replaced by the next row in hash
+    order, so the first ``n`` good rows stay a prefix of the first ``n + k``. Without ``skip_bad``
+    the first bad row (in file order) raises.
+    """
     entries = raw.entries
     bad: list[tuple[int, str]] = []  # (position in entries, message)
     first_seen: dict[str, Entry] = {}
@@ -302,9 +310,8 @@ def _validate(
             selected.extend(chunk)
     if n is not None and len(selected) < want:
         raise AlignkitError(
-            f"n={n} is more rows than probe {name} has: got {len(selected)} good rows "
-            f"after dropping "
-            f"{len(bad)} bad rows"
+            f"n={n} is more rows than probe {name} has: got {len(selected)} good rows after "
+            f"dropping {len(bad)} bad rows"
         )
     dropped = tuple({"id": entries[i].id, "where": entries[i].where, "reason": r} for i, r in bad)
     if dropped:
