@@ -49,7 +49,8 @@ def extract_command(
         ),
     ] = "synthetic",
     n: Annotated[
-        int | None, typer.Option(help="seeded, stable subsample of this many rows")
+        int | None,
+        typer.Option("--n", "-n", help="seeded, stable subsample of this many rows (under torchrun: -n)"),
     ] = None,
     split: Annotated[
         str | None, typer.Option(help="keep only this split (train, dev, test)")

@@ -111,15 +111,16 @@ def extract_features(
     blocks = _distributed.row_blocks(len(probe), batch_size, ranks.world if ranks else 1)
     start, stop = blocks[ranks.rank if ranks else 0]
     job = _Job(
-        enc,
-        probe,
-        batch_size,
-        workers,
-        caption_policy,
-        seed,
-        store,
-        key,
-        progress and (ranks is None or ranks.is_main),
+        enc=enc,
+        probe=probe,
+        batch_size=batch_size,
+        workers=workers,
+        caption_policy=caption_policy,
+        seed=seed,
+        store=store,
+        key=key,
+        progress=progress and (ranks is None or ranks.is_main),
+        label=enc.name if ranks is None else f"{enc.name} [rank 0 of {ranks.world}]",
     )
     part = job.run(start, stop)  # (..., stop - start, d)
     features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
@@ -294,6 +295,7 @@ class _Job:
     store: FeatureCache | None
     key: str
     progress: bool
+    label: str  # progress bar title
 
     def run(self, start: int, stop: int) -> torch.Tensor:
         """Features of rows ``[start, stop)``, ``(..., stop - start, d)`` float32 CPU: shards
@@ -314,7 +316,7 @@ class _Job:
             total=stop - start,
             initial=done,
             unit="item",
-            desc=self.enc.name,
+            desc=self.label,
             disable=not self.progress,
             dynamic_ncols=True,
             leave=False,
