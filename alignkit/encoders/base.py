@@ -22,7 +22,12 @@ from alignkit._device import inference, resolve_device
 from alignkit.errors import AlignkitError
 
 Modality = Literal["image", "text"]
-POOLINGS = ("default", "cls", "mean", "mean_all", "cls+mean")
+POOLINGS = ("default", "cls", "mean", "mean_all", "cls+mean", "last")
+"""``default``: the model's own pooling; ``cls``: the first (class) token; ``mean``: mean of the
+patch tokens (images) or masked mean of the non-padding tokens (text, the sentence-transformers
+convention); ``mean_all``: mean of every image token including the prefix (CLS/register) tokens, as
+the freeze-align reference code does; ``cls+mean``: both, concatenated (2 x width); ``last``: the
+last non-padding token (decoder language models)."""
 LayerSpec = "str | int"  # "last", "all", or a layer index (negative counts from the end)
 
 
@@ -60,6 +65,7 @@ class Encoder(abc.ABC):
     layer: "str | int" = "last"
     n_layers: int = 1
     precision: str = "auto"
+    needs_fit: bool = False  # True for encoders fitted on the texts they are given (tfidf:)
 
     # -- the two halves -------------------------------------------------------------------------
     def preprocess(self, item: Any) -> Any:
@@ -68,7 +74,21 @@ class Encoder(abc.ABC):
         Image encoders take a ``PIL.Image`` and return a ``(C, H, W)`` float tensor. Text encoders
         return the caption unchanged (tokenisation happens per batch in :meth:`forward`).
         """
-        return item
+        return self.preprocessor(item)
+
+    @property
+    def preprocessor(self) -> Any:
+        """A small picklable callable equal to :meth:`preprocess` that holds no model: hand this,
+        not the encoder, to DataLoader workers (fork or spawn). Backends set ``_preprocessor``."""
+        return getattr(self, "_preprocessor", _identity)
+
+    def fit(self, items: Sequence[Any]) -> "Encoder":
+        """Fit on the items of a probe (only encoders with ``needs_fit``; a no-op for the others).
+
+        Extraction calls this with every caption of the probe before it reads
+        :meth:`weights_identity`, so that the features of a probe do not depend on batching.
+        """
+        return self
 
     def collate(self, items: list[Any]) -> Any:
         """Preprocessed items -> one batch: stacked tensors for images, a list for text."""
@@ -127,6 +147,10 @@ class Encoder(abc.ABC):
             f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, dim={self.dim}, "
             f"pooling={self.pooling!r}, layer={self.layer!r}, device={str(self.device)!r})"
         )
+
+
+def _identity(item: Any) -> Any:
+    return item
 
 
 def check_pooling(pooling: str, allowed: Sequence[str], spec: str) -> str:
