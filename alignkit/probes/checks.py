@@ -82,7 +82,7 @@ class _CheckCache:
             self.entries = {}
 
     def get(self, path: Path, level: str) -> FileCheck | None:
-        entry = self.entries.get(path.name)
+        entry = self.entries.get(os.path.basename(path))
         if entry is None:
             return None
         try:
@@ -99,7 +99,13 @@ class _CheckCache:
         return None
 
     def put(self, path: Path, level: str, check: FileCheck, stamp: tuple[int, int]) -> None:
-        self.entries[path.name] = [stamp[0], stamp[1], level, check.digest, check.error]
+        self.entries[os.path.basename(path)] = [
+            stamp[0],
+            stamp[1],
+            level,
+            check.digest,
+            check.error,
+        ]
         self.dirty = True
 
     def save(self) -> None:
@@ -130,15 +136,15 @@ def check_images(
     """
     if level not in CHECKS:
         raise unknown_key("image check", level, CHECKS)
-    caches: dict[Path, _CheckCache] = {}
+    folders = [os.path.dirname(p) for p in paths]  # str keys: pathlib hashing is slow at 10^4
+    caches: dict[str, _CheckCache] = {}
     if use_cache:
-        for path in paths:
-            if path.parent not in caches:
-                caches[path.parent] = _CheckCache(path.parent)
+        for folder in dict.fromkeys(folders):
+            caches[folder] = _CheckCache(Path(folder))
     results: list[FileCheck | None] = [None] * len(paths)
     todo: list[int] = []
     for i, path in enumerate(paths):
-        hit = caches[path.parent].get(path, level) if use_cache else None
+        hit = caches[folders[i]].get(path, level) if use_cache else None
         if hit is None:
             todo.append(i)
         else:
@@ -158,7 +164,7 @@ def check_images(
             ):
                 results[i] = check
                 if use_cache and stamp is not None:
-                    caches[paths[i].parent].put(paths[i], level, check, stamp)
+                    caches[folders[i]].put(paths[i], level, check, stamp)
                 bar.update(1)
         bar.close()
         for cache in caches.values():
