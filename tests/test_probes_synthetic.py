@@ -101,6 +101,7 @@ def test_edges_are_antialiased(probe) -> None:
     assert blends
 
 
+@pytest.mark.slow  # torch import and two forked DataLoader workers
 def test_rows_pickle_and_render_in_forked_workers(probe) -> None:
     torch = pytest.importorskip("torch")
     rows = probe.rows[:6]
