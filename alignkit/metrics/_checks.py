@@ -48,7 +48,9 @@ def as_features(a: ArrayLike, name: str) -> torch.Tensor:
         t = t.float()
     elif not t.is_floating_point():
         t = t.double()
-    bad = ~torch.isfinite(t).all(dim=1)  # (n,)
+    if bool(torch.isfinite(t.sum())):  # one reduction; NaN/Inf anywhere makes the sum non-finite
+        return t
+    bad = ~torch.isfinite(t).all(dim=1)  # (n,); only reached with NaN/Inf or an overflowing sum
     n_bad = int(bad.sum())
     if n_bad:
         first = int(torch.nonzero(bad)[0, 0])

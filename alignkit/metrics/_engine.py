@@ -72,10 +72,10 @@ def subsets(n: int, n_subsamples: int, fraction: float, seed: int) -> list[np.nd
     return [np.sort(rng.choice(n, size=m, replace=False)) for _ in range(n_subsamples)]
 
 
-BLOCK_ELEMENTS = 1 << 22
-"""Elements of one (rows x n) block of similarities (16 MiB in float32): bounds blocked memory."""
+BLOCK_ELEMENTS = 1 << 24
+"""Entries of one (rows x n) block of similarities (64 MiB in float32); bounds blocked memory."""
 
 
-def block_rows(n: int, elements: int = BLOCK_ELEMENTS) -> int:
-    """Rows per block so a ``(block, n)`` similarity block holds about ``elements`` entries."""
-    return max(1, min(n, elements // max(n, 1)))
+def block_rows(n: int) -> int:
+    """Rows per block so a ``(block, n)`` similarity block holds about BLOCK_ELEMENTS entries."""
+    return max(1, min(n, BLOCK_ELEMENTS // max(n, 1)))

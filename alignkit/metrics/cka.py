@@ -49,17 +49,16 @@ class _LinearState:
 
 
 def _centre(x: torch.Tensor) -> torch.Tensor:
-    # mean accumulated in float64 (a float32 running sum over 100k rows loses digits), then
-    # subtracted in the GEMM dtype so the big products stay float32 for float32 input
-    return x - x.mean(dim=0, dtype=torch.float64).to(x.dtype)
+    # column means in the input dtype (torch reduces float32 with cascaded partial sums, so the
+    # mean keeps ~1e-7 relative accuracy at any n); subtracting keeps the GEMMs in that dtype
+    return x - x.mean(dim=0)
 
 
 def _linear_prepare(x: torch.Tensor, opts: Options, name: str) -> _LinearState:
     n = x.shape[0]
     xc = _centre(x)
-    sq = xc.square().sum(dim=1, dtype=torch.float64)  # (n,)
-    gram = xc.T @ xc  # (d, d)
-    gram_sq = float(gram.double().square().sum())
+    sq = torch.linalg.vector_norm(xc, dim=1).double().square_()  # (n,)
+    gram_sq = float(torch.linalg.vector_norm(xc.T @ xc, dtype=torch.float64)) ** 2  # ‖XᵀX‖²_F
     if gram_sq == 0.0:
         raise AlignkitError(
             f"{name} is a constant representation (every row is the same vector): CKA is undefined"
@@ -77,7 +76,7 @@ def _linear_cross(
     """(‖Y_πᵀ X‖²_F, r·s_π): the only pairing-dependent terms, shared by biased and unbiased."""
     yc, s = (sy.xc, sy.sq) if perm is None else (sy.xc[perm], sy.sq[perm])
     cross = yc.T @ sx.xc  # (d2, d1) in the GEMM dtype
-    return float(cross.double().square().sum()), float(sx.sq @ s)
+    return float(torch.linalg.vector_norm(cross, dtype=torch.float64)) ** 2, float(sx.sq @ s)
 
 
 def _linear_finish(
@@ -146,26 +145,31 @@ class _RbfState:
 
 
 def _sq_dist_block(
-    x: torch.Tensor, sq: torch.Tensor, i0: int, i1: int, j0: int = 0
+    x: torch.Tensor, sq: torch.Tensor, i0: int, i1: int, j0: int = 0, j1: int | None = None
 ) -> torch.Tensor:
-    """Squared distances of rows i0:i1 to rows j0:, clamped at 0: ``(i1-i0, n-j0)``."""
-    d2 = torch.addmm(sq[j0:].unsqueeze(0), x[i0:i1], x[j0:].T, alpha=-2.0)  # ‖b‖² - 2a·b
+    """Squared distances of rows i0:i1 to rows j0:j1, clamped at 0: ``(i1-i0, j1-j0)``."""
+    xj, sqj = x[j0:j1], sq[j0:j1]
+    d2 = torch.addmm(sqj.unsqueeze(0), x[i0:i1], xj.T, alpha=-2.0)  # ‖b‖² - 2a·b
     d2.add_(sq[i0:i1].unsqueeze(1))
     return d2.clamp_(min=0.0)
 
 
 def _upper_sq_dists(x: torch.Tensor, sq: torch.Tensor, block: int):
-    """Yields the squared distances d²_ij for i < j, one 1-D tensor per row block."""
+    """Yields the squared distances d²_ij for i < j, as 1-D tensors, a row block at a time."""
     n = x.shape[0]
     for i0 in range(0, n - 1, block):
         i1 = min(n, i0 + block)
-        d2 = _sq_dist_block(x, sq, i0, i1, i0)  # (b, n - i0); row r is i0 + r, column c is i0 + c
-        keep = torch.ones_like(d2, dtype=torch.bool).triu_(1)  # c > r  <=>  j > i
-        yield d2[keep]
+        square = _sq_dist_block(x, sq, i0, i1, i0, i1)  # (b, b): only its upper triangle
+        yield square[torch.ones_like(square, dtype=torch.bool).triu_(1)]
+        if i1 < n:
+            yield _sq_dist_block(x, sq, i0, i1, i1).view(-1)  # (b, n - i1): every j > i
 
 
 def _kth_pair(values: torch.Tensor, ranks: tuple[int, int]) -> float:
     """Mean of the values at 0-based ranks (lo, hi) of ``values`` (np.median's convention)."""
+    if values.device.type == "cpu":  # one introselect for both ranks
+        part = np.partition(values.numpy(), list(ranks))
+        return 0.5 * (float(part[ranks[0]]) + float(part[ranks[1]]))
     lo = values.kthvalue(ranks[0] + 1).values
     hi = lo if ranks[1] == ranks[0] else values.kthvalue(ranks[1] + 1).values
     return 0.5 * (float(lo) + float(hi))
@@ -242,8 +246,9 @@ def _rbf_prepare(x: torch.Tensor, opts: Options, name: str) -> _RbfState:
     sq_off = 0.0
     for i0 in range(0, n, block):
         k = _rbf_kernel_block(state, i0, min(n, i0 + block))
-        row_off[i0 : i0 + k.shape[0]] = k.sum(dim=1, dtype=torch.float64)
-        sq_off += float(k.square().sum(dtype=torch.float64))
+        # block sums in the input dtype (cascaded, ~1e-7 relative in float32), totals in float64
+        row_off[i0 : i0 + k.shape[0]] = k.sum(dim=1)
+        sq_off += float(torch.linalg.vector_norm(k)) ** 2
     return _RbfState(name, xc, sq, state.sigma2, row_off, float(row_off.sum()), sq_off)
 
 
@@ -257,11 +262,9 @@ def _rbf_cross(
     total = 0.0
     for i0 in range(0, n, block):
         i1 = min(n, i0 + block)
-        total += float(
-            (_rbf_kernel_block(sx, i0, i1) * _rbf_kernel_block(sy, i0, i1, y, sq)).sum(
-                dtype=torch.float64
-            )
-        )
+        k = _rbf_kernel_block(sx, i0, i1)
+        k.mul_(_rbf_kernel_block(sy, i0, i1, y, sq))
+        total += float(k.sum(dim=1).double().sum())  # row sums in the input dtype, then float64
     rows = sy.row_off if perm is None else sy.row_off[perm]
     return total, float(sx.row_off @ rows)
 

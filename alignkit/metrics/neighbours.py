@@ -8,9 +8,10 @@ its code (minyoungg/platonic-rep, ``metrics.py`` and ``measure_alignment.py``):
 * ties at the k-th place go to the smaller row index (platonic-rep leaves them to ``argsort``),
   so results are deterministic.
 
-Neighbour lists are found with blockwise top-k: a ``(block, n)`` slab of similarities at a time,
-memory O(n·k + block·n), never an n x n matrix; time is the 2·n²·d of the similarity GEMM plus
-the top-k selection. A permutation of the pairing only relabels y's lists (O(n·k)), so
+Neighbour lists are found with a blockwise running top-k over square blocks of the similarity
+matrix; since it is symmetric only the blocks on and above the diagonal are multiplied (n²·d
+FLOPs instead of 2·n²·d) and each updates both its rows and its columns. Memory O(n·k + block²),
+never an n x n matrix. A permutation of the pairing only relabels y's lists (O(n·k)), so
 permutation nulls and all-pairs scoring never redo a neighbour search.
 """
 
@@ -23,7 +24,8 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.metrics._checks import ArrayLike, as_pair, check_k, check_min_rows
-from alignkit.metrics._engine import Engine, Options, block_rows, evaluate
+from alignkit.metrics import _engine
+from alignkit.metrics._engine import Engine, Options, evaluate
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,29 +54,94 @@ def knn_lists(x: torch.Tensor, k: int, name: str = "x") -> tuple[torch.Tensor, t
             f"{name} has {zero} of {n} rows that are all zeros: cosine neighbours are undefined"
         )
     xn = x / norms.unsqueeze(1)
-    idx = torch.empty(n, k, dtype=torch.int64, device=x.device)
-    sim = torch.empty(n, k, dtype=torch.float64, device=x.device)
-    block = block_rows(n)
-    for i0 in range(0, n, block):
-        i1 = min(n, i0 + block)
-        s = xn[i0:i1] @ xn.T  # (b, n) cosine similarities
-        rows = torch.arange(i1 - i0, device=x.device)
-        s[rows, rows + i0] = -math.inf  # self excluded
-        if k == n - 1:
-            top = torch.topk(s, k, dim=1).indices  # every other row: the set is unique
-        else:
-            vals, top = torch.topk(s, k + 1, dim=1)  # (b, k+1), descending
-            tied = torch.nonzero(vals[:, k - 1] == vals[:, k]).flatten()
-            if tied.numel():
-                # a tie across the k-th place: a stable descending sort keeps index order
-                top[tied] = torch.sort(s[tied], dim=1, descending=True, stable=True).indices[
-                    :, : k + 1
-                ]
-            top = top[:, :k]
-        top = top.sort(dim=1).values
-        idx[i0:i1] = top
-        sim[i0:i1] = s.gather(1, top).double()
-    return idx, sim
+    if k == n - 1:  # every other row is a neighbour: the set is unique
+        idx = torch.arange(n, device=x.device).repeat(n, 1)
+        idx = idx[idx != torch.arange(n, device=x.device).unsqueeze(1)].view(n, k)
+        return idx, _gather_sims(xn, idx)
+    vals, idx = _running_topk(xn, k + 1)  # (n, k+1) descending, exact values
+    tied = torch.nonzero(vals[:, k - 1] == vals[:, k]).flatten()
+    if tied.numel():
+        # a tie across the k-th place: recompute those rows; a stable descending sort keeps
+        # index order among equal values, so the smaller index wins
+        s = xn[tied] @ xn.T  # (t, n)
+        s[torch.arange(tied.numel(), device=x.device), tied] = -math.inf
+        srt = torch.sort(s, dim=1, descending=True, stable=True)
+        vals[tied], idx[tied] = srt.values[:, : k + 1], srt.indices[:, : k + 1]
+    idx, order = idx[:, :k].sort(dim=1)
+    return idx, vals[:, :k].gather(1, order).double()
+
+
+def _gather_sims(xn: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each row to its listed neighbours, ``(n, k)`` float64."""
+    out = torch.empty(idx.shape, dtype=torch.float64, device=xn.device)
+    chunk = max(1, _engine.BLOCK_ELEMENTS // (idx.shape[1] * xn.shape[1]))
+    for i0 in range(0, idx.shape[0], chunk):
+        nb = xn[idx[i0 : i0 + chunk]]  # (c, k, d)
+        out[i0 : i0 + chunk] = (nb @ xn[i0 : i0 + chunk].unsqueeze(2)).squeeze(2).double()
+    return out
+
+
+def _running_topk(xn: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The m largest off-diagonal entries of each row of S = xn xnᵀ, never holding S.
+
+    S is symmetric, so only square blocks (I, J) with J >= I are multiplied: n²·d FLOPs, half of
+    a full product. Diagonal blocks seed every row's top-m by ``topk``; each block above the
+    diagonal then offers its rows (S_IJ) and its columns (S_IJᵀ) only the entries above their
+    current m-th value (found by one comparison pass; few pass once the lists are seeded), merged
+    by a sort. The values returned are exact and descending per row; which index of several equal
+    values is kept is unspecified (the caller resolves ties at the boundary). Memory O(n·m + block²).
+    """
+    n, dev = xn.shape[0], xn.device
+    side = max(m + 1, min(n, math.isqrt(_engine.BLOCK_ELEMENTS)))
+    vals = torch.full((n, m), -math.inf, dtype=xn.dtype, device=dev)
+    idx = torch.zeros((n, m), dtype=torch.int64, device=dev)
+    starts = range(0, n, side)
+    for i0 in starts:
+        i1 = min(n, i0 + side)
+        s = xn[i0:i1] @ xn[i0:i1].T  # (b, b)
+        s.fill_diagonal_(-math.inf)  # self excluded
+        mm = min(m, i1 - i0)
+        v, p = torch.topk(s, mm, dim=1)
+        vals[i0:i1, :mm], idx[i0:i1, :mm] = v, p + i0
+    for i0 in starts:
+        i1 = min(n, i0 + side)
+        for j0 in starts:
+            if j0 <= i0:
+                continue
+            j1 = min(n, j0 + side)
+            s = xn[i0:i1] @ xn[j0:j1].T  # (bi, bj)
+            r, c = torch.nonzero(s > vals[i0:i1, m - 1 :], as_tuple=True)  # row offers
+            r2, c2 = torch.nonzero(
+                s > vals[j0:j1, m - 1].unsqueeze(0), as_tuple=True
+            )  # column offers
+            owners = torch.cat([r + i0, c2 + j0])
+            if owners.numel():
+                nbrs = torch.cat([c + j0, r2 + i0])
+                _merge(vals, idx, owners, nbrs, torch.cat([s[r, c], s[r2, c2]]))
+    return vals, idx
+
+
+def _merge(
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    owners: torch.Tensor,
+    nbrs: torch.Tensor,
+    offered: torch.Tensor,
+) -> None:
+    """Merge offered (owner row, neighbour, value) entries into the running top-m, in place."""
+    m = vals.shape[1]
+    touched = torch.unique(owners)  # sorted
+    own = torch.cat([touched.repeat_interleave(m), owners])
+    nb = torch.cat([idx[touched].flatten(), nbrs])
+    val = torch.cat([vals[touched].flatten(), offered])
+    order = torch.argsort(val, descending=True, stable=True)
+    order = order[torch.argsort(own[order], stable=True)]  # by owner, then value descending
+    counts = torch.unique_consecutive(own[order], return_counts=True)[1]  # each >= m
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=vals.device) - starts.repeat_interleave(counts)
+    keep = order[rank < m]  # m per touched owner, in owner order
+    vals[touched] = val[keep].view(-1, m)
+    idx[touched] = nb[keep].view(-1, m)
 
 
 def _relabel(
@@ -103,7 +170,7 @@ def _matches(
     n, k = idx_x.shape
     hit = torch.empty(n, k, dtype=torch.bool, device=idx_x.device)
     l_val = torch.empty(n, k, dtype=torch.float64, device=idx_x.device)
-    chunk = max(1, (1 << 22) // (k * k))
+    chunk = max(1, _engine.BLOCK_ELEMENTS // (k * k))
     for i0 in range(0, n, chunk):
         eq = idx_x[i0 : i0 + chunk, :, None] == idx_y[i0 : i0 + chunk, None, :]  # (c, k, k)
         hit[i0 : i0 + chunk] = eq.any(2)
