@@ -160,21 +160,22 @@ def _relabel(
 
 
 def _matches(
-    idx_x: torch.Tensor, idx_y: torch.Tensor, sim_y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each x-neighbour slot (i, a): is idx_x[i, a] also a y-neighbour of i, and L_ij there.
+    idx_x: torch.Tensor, idx_y: torch.Tensor, sim_y: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For each x-neighbour slot (i, a): is idx_x[i, a] also a y-neighbour of i (and L_ij there).
 
-    Returns ``hit (n, k)`` bool and ``l_val (n, k)`` float64 (0 where not a hit). O(n·k²) in
-    row chunks of bounded memory.
+    Returns ``hit (n, k)`` bool and, when ``sim_y`` is given, ``l_val (n, k)`` float64 (0 where
+    not a hit). O(n·k²) in row chunks of bounded memory.
     """
     n, k = idx_x.shape
     hit = torch.empty(n, k, dtype=torch.bool, device=idx_x.device)
-    l_val = torch.empty(n, k, dtype=torch.float64, device=idx_x.device)
+    l_val = None if sim_y is None else torch.empty(n, k, dtype=torch.float64, device=idx_x.device)
     chunk = max(1, _engine.BLOCK_ELEMENTS // (k * k))
     for i0 in range(0, n, chunk):
         eq = idx_x[i0 : i0 + chunk, :, None] == idx_y[i0 : i0 + chunk, None, :]  # (c, k, k)
         hit[i0 : i0 + chunk] = eq.any(2)
-        l_val[i0 : i0 + chunk] = (eq * sim_y[i0 : i0 + chunk, None, :]).sum(2)
+        if l_val is not None:
+            l_val[i0 : i0 + chunk] = (eq * sim_y[i0 : i0 + chunk, None, :]).sum(2)
     return hit, l_val
 
 
@@ -212,31 +213,28 @@ def _knn_prepare(x: torch.Tensor, opts: Options, name: str) -> _KnnState:
     return _KnnState(name, idx, sim, self_term)
 
 
-def _knn_cross(
-    sx: _KnnState, sy: _KnnState, perm: torch.Tensor | None, opts: Options
-) -> tuple[torch.Tensor, torch.Tensor]:
+_KnnCross = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # y lists relabelled, hits
+
+
+def _knn_cross(sx: _KnnState, sy: _KnnState, perm: torch.Tensor | None, opts: Options) -> _KnnCross:
     idx_y, sim_y = _relabel(sy.idx, sy.sim, perm)
-    return _matches(sx.idx, idx_y, sim_y)
+    return idx_y, sim_y, _matches(sx.idx, idx_y)[0]
 
 
-def _mutual_knn_finish(
-    sx: _KnnState, sy: _KnnState, cross: tuple[torch.Tensor, torch.Tensor], opts: Options
-) -> float:
-    hit, _ = cross
+def _mutual_knn_finish(sx: _KnnState, sy: _KnnState, cross: _KnnCross, opts: Options) -> float:
+    hit = cross[2]
     return float(hit.sum(dtype=torch.float64)) / hit.numel()
 
 
-def _cknna_finish(
-    sx: _KnnState, sy: _KnnState, cross: tuple[torch.Tensor, torch.Tensor], opts: Options
-) -> float:
-    hit, l_val = cross
+def _cknna_finish(sx: _KnnState, sy: _KnnState, cross: _KnnCross, opts: Options) -> float:
+    idx_y, sim_y, _ = cross
+    hit, l_val = _matches(sx.idx, idx_y, sim_y)
     n, k = hit.shape
     for s in (sx, sy):
         if not s.self_cknna > 0:
             raise AlignkitError(
                 f"CKNNA is undefined: the unbiased HSIC of {s.name}'s neighbour-masked kernel "
-                f"with itself "
-                f"is {s.self_cknna / (n * (n - 3)):.3g} (must be > 0)"
+                f"with itself is {s.self_cknna / (n * (n - 3)):.3g} (must be > 0)"
             )
     rows = torch.arange(n, device=hit.device).unsqueeze(1).expand(n, k)[hit]
     kl = _sparse_hsic_u(n, rows, sx.idx[hit], sx.sim[hit], l_val[hit])

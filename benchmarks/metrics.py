@@ -1,0 +1,353 @@
+"""Speed and memory of alignkit.metrics against naive dense implementations, side by side.
+
+    python benchmarks/metrics.py           # full run (about half an hour on 2 busy cores)
+    python benchmarks/metrics.py --quick   # smoke run at small sizes (a minute or two)
+
+Float32 inputs, torch with 2 threads, every case in one process (timings alternate between the
+implementations; the best of a few repeats for fast cases, one run for slow dense ones). Peak
+memory is the high-water mark of the process RSS (``resource.getrusage(...).ru_maxrss``) of a
+fresh subprocess per case, minus its RSS just before the call (after the inputs exist): it counts
+torch's allocations, which ``tracemalloc`` does not see.
+
+The naive baselines are written here from their published formulas:
+* dense linear CKA as in the reference code (mayug/freeze-align): Gram matrices, an explicit
+  centering matrix H = I - 11ᵀ/n, HKH and HLH (computed once each here; the reference code
+  recomputes them inside every HSIC call, 3x the work), then sums of elementwise products;
+* dense unbiased CKA as platonic-rep writes Song et al.'s estimator: n x n Gram matrices with
+  zeroed diagonals and an n x n x n matrix product for 1ᵀK̃L̃1;
+* dense-mask mutual-kNN as in platonic-rep: the n x n similarity matrix, a full argsort per row,
+  two n x n float masks, their elementwise product;
+* dense RBF CKA: n x n squared distances, the exact median of the off-diagonal entries, the
+  Gaussian kernels, HKH centring.
+The floor of each metric is its least matrix-multiply work over the float32 GEMM rate measured on
+this machine, the same for every implementation of it: linear CKA 2·n·(d1·d2 + d1² + d2²) FLOPs;
+exact cosine kNN n²·d per input (the similarity matrix is symmetric: half the 2·n²·d of a full
+product); RBF CKA n²·d per input (each kernel once); all pairs: the sum of the per-encoder parts
+(kNN lists, CKA self terms) and the per-pair parts (one cross GEMM per pair and permutation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alignkit.compare import score_pairs  # noqa: E402
+from alignkit.metrics import linear_cka, mutual_knn, permutation_null, rbf_cka  # noqa: E402
+
+THREADS = 2
+
+# ------------------------------------------------------------------------------------------------
+# naive implementations (float32 torch, dense n x n)
+
+
+def dense_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    n = x.shape[0]
+    h = torch.eye(n) - torch.full((n, n), 1.0 / n)  # (n, n) centering matrix
+
+    def centred_gram(a: torch.Tensor) -> torch.Tensor:
+        return h @ (a @ a.T) @ h  # (n, n)
+
+    kc, lc = centred_gram(x), centred_gram(y)
+    return float((kc * lc).sum() / torch.sqrt((kc * kc).sum() * (lc * lc).sum()))
+
+
+def dense_unbiased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    n = x.shape[0]
+
+    def hsic(k: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        kt, mt = k.clone().fill_diagonal_(0), m.clone().fill_diagonal_(0)
+        value = (
+            (kt * mt.T).sum()
+            + kt.sum() * mt.sum() / ((n - 1) * (n - 2))
+            - 2 * (kt @ mt).sum() / (n - 2)
+        )
+        return value / (n * (n - 3))
+
+    k, m = x @ x.T, y @ y.T
+    return float(hsic(k, m) / torch.sqrt(hsic(k, k) * hsic(m, m)))
+
+
+def inline_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The plain feature-space formula ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F), written inline."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    return float((yc.T @ xc).square().sum() / ((xc.T @ xc).norm() * (yc.T @ yc).norm()))
+
+
+def dense_mutual_knn(x: torch.Tensor, y: torch.Tensor, k: int = 10) -> float:
+    n = x.shape[0]
+
+    def knn(a: torch.Tensor) -> torch.Tensor:
+        a = a / a.norm(dim=1, keepdim=True)
+        return (a @ a.T).fill_diagonal_(-1e8).argsort(dim=1, descending=True)[:, :k]
+
+    ka, kb = knn(x), knn(y)
+    rows = torch.arange(n).unsqueeze(1)
+    mask_a, mask_b = torch.zeros(n, n), torch.zeros(n, n)
+    mask_a[rows, ka] = 1.0
+    mask_b[rows, kb] = 1.0
+    return float(((mask_a * mask_b).sum(1) / k).mean())
+
+
+def dense_rbf_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    n = x.shape[0]
+    h = torch.eye(n) - torch.full((n, n), 1.0 / n)
+    upper = torch.ones(n, n, dtype=torch.bool).triu_(1)
+
+    def centred_kernel(a: torch.Tensor) -> torch.Tensor:
+        sq = a.square().sum(1)
+        d2 = (sq[:, None] + sq[None, :] - 2 * a @ a.T).clamp_(min=0)
+        sigma2 = float(np.median(d2[upper].numpy()))  # exact median of the off-diagonal pairs
+        return h @ torch.exp(-d2 / (2 * sigma2)) @ h
+
+    kc, lc = centred_kernel(x), centred_kernel(y)
+    return float((kc * lc).sum() / torch.sqrt((kc * kc).sum() * (lc * lc).sum()))
+
+
+# ------------------------------------------------------------------------------------------------
+# measurement helpers
+
+
+def inputs(n: int, d: int, seed: int, shared: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float32 views with a shared 16-d latent (so scores are not all at chance)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 16, generator=g)
+    x = shared * (z @ torch.randn(16, d, generator=g)) + torch.randn(n, d, generator=g)
+    y = shared * (z @ torch.randn(16, d, generator=g)) + torch.randn(n, d, generator=g)
+    return x, y
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def gemm_rate(quick: bool) -> float:
+    """Float32 GEMM FLOP/s on shapes like the metrics' (tall-skinny XᵀY and wide XXᵀ blocks)."""
+    n, d = (2000, 384) if quick else (5000, 384)
+    x, y = torch.randn(n, d), torch.randn(n, d)
+    rates = []
+    for fn, flops in ((lambda: y.T @ x, 2 * n * d * d), (lambda: x[:1024] @ y.T, 2 * 1024 * n * d)):
+        t, _ = best_time(fn, 5)
+        rates.append(flops / t)
+    return max(rates)
+
+
+CASES = {
+    "dense_mutual_knn": dense_mutual_knn,
+    "mutual_knn": lambda x, y: mutual_knn(x, y, k=10),
+}
+
+
+def run_case(name: str, n: int, d: int) -> dict:
+    """Child process: one call, its wall time and its peak RSS above the pre-call RSS."""
+    torch.set_num_threads(THREADS)
+    x, y = inputs(n, d, seed=1)
+    before = psutil.Process().memory_info().rss
+    t = time.perf_counter()
+    score = CASES[name](x, y)
+    wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {
+        "case": name,
+        "n": n,
+        "d": d,
+        "score": score,
+        "seconds": wall,
+        "peak_extra_bytes": peak - before,
+    }
+
+
+def in_subprocess(name: str, n: int, d: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--case", name, "--n", str(n), "--d", str(d)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def main(quick: bool) -> None:
+    torch.set_num_threads(THREADS)
+    rows: list[
+        tuple[str, str, float, float, str]
+    ] = []  # case, implementation, seconds, floor s, note
+    rate = gemm_rate(quick)
+    print(f"float32 GEMM rate on this machine ({THREADS} threads): {rate / 1e9:.1f} GFLOP/s")
+
+    def add(case: str, impl: str, seconds: float, flops: float, note: str = "") -> None:
+        rows.append((case, impl, seconds, flops / rate, note))
+
+    # linear CKA ------------------------------------------------------------------------------
+    n, d = (1000, 384) if quick else (5000, 384)
+    x, y = inputs(n, d, seed=0)
+    case = f"linear CKA n={n} d={d}"
+    t_dense, s_dense = best_time(lambda: dense_linear_cka(x, y), 1)
+    t_dense_u, s_dense_u = best_time(lambda: dense_unbiased_cka(x, y), 1)
+    t_inline, s_inline = best_time(lambda: inline_linear_cka(x, y), 7)
+    t_ours, s_ours = best_time(lambda: linear_cka(x, y), 7)
+    t_ours_u, s_ours_u = best_time(lambda: linear_cka(x, y, unbiased=True), 7)
+    t_inline2, _ = best_time(lambda: inline_linear_cka(x, y), 7)  # again: alternate against noise
+    t_inline = min(t_inline, t_inline2)
+    cka_flops = 2 * n * 3 * d * d
+    add(
+        case,
+        "dense H K H (reference code)",
+        t_dense,
+        cka_flops,
+        f"score {s_dense:.4f}",
+    )
+    add(
+        case,
+        "dense unbiased (platonic-rep)",
+        t_dense_u,
+        cka_flops,
+        f"score {s_dense_u:.4f}",
+    )
+    add(case, "inline ‖YᵀX‖²_F", t_inline, cka_flops, f"score {s_inline:.4f}")
+    add(
+        case,
+        "alignkit linear_cka",
+        t_ours,
+        cka_flops,
+        f"score {s_ours:.4f}; {t_dense / t_ours:.0f}x dense; {t_ours / t_inline:.2f}x inline",
+    )
+    add(
+        case,
+        "alignkit linear_cka unbiased",
+        t_ours_u,
+        cka_flops,
+        f"score {s_ours_u:.4f}; {t_dense_u / t_ours_u:.0f}x dense; "
+        f"{t_ours_u / t_inline:.2f}x inline",
+    )
+
+    # mutual kNN ------------------------------------------------------------------------------
+    case = f"mutual kNN k=10 n={n} d={d}"
+    t_dense_knn, s_dense_knn = best_time(lambda: dense_mutual_knn(x, y), 1 if not quick else 2)
+    t_knn, s_knn = best_time(lambda: mutual_knn(x, y), 3)
+    t_dense_knn = min(t_dense_knn, best_time(lambda: dense_mutual_knn(x, y), 1)[0])
+    mem_dense = in_subprocess("dense_mutual_knn", n, d)["peak_extra_bytes"]
+    mem_ours = in_subprocess("mutual_knn", n, d)["peak_extra_bytes"]
+    knn_flops = 2 * n * n * d  # n²·d per input
+    add(
+        case,
+        "dense masks (platonic-rep)",
+        t_dense_knn,
+        knn_flops,
+        f"score {s_dense_knn:.4f}; peak +{mem_dense / 2**20:.0f} MiB",
+    )
+    add(
+        case,
+        "alignkit mutual_knn",
+        t_knn,
+        knn_flops,
+        f"score {s_knn:.4f}; peak +{mem_ours / 2**20:.0f} MiB; {t_dense_knn / t_knn:.1f}x faster, "
+        f"{mem_dense / max(mem_ours, 1):.1f}x less memory",
+    )
+
+    # RBF CKA ---------------------------------------------------------------------------------
+    case = f"RBF CKA n={n} d={d}"
+    t_dense_rbf, s_dense_rbf = best_time(lambda: dense_rbf_cka(x, y), 1)
+    t_rbf, s_rbf = best_time(lambda: rbf_cka(x, y), 2)
+    add(
+        case,
+        "dense, exact median, H K H",
+        t_dense_rbf,
+        2 * n * n * d,
+        f"score {s_dense_rbf:.4f}",
+    )
+    add(
+        case,
+        "alignkit rbf_cka",
+        t_rbf,
+        2 * n * n * d,
+        f"score {s_rbf:.4f}; {t_dense_rbf / t_rbf:.1f}x faster (floor: both kernels once)",
+    )
+
+    # all pairs -------------------------------------------------------------------------------
+    m, b = (3, 10) if quick else (6, 100)
+    n_pairs = m * m
+    vision = {f"v{i}": inputs(n, d, seed=10 + i)[0] for i in range(m)}
+    text = {f"t{i}": inputs(n, d, seed=10 + i)[1] for i in range(m)}
+    metrics = ("linear_cka_unbiased", "linear_cka", "mutual_knn")
+    t = time.perf_counter()
+    score_pairs(vision, text, metrics, n_permutations=b, progress=False)
+    t_pairs = time.perf_counter() - t
+    # independent: each pair and metric from the public per-pair API (permutation_null gives the
+    # observed score and its null). Full run: 6 of the 36 pairs (one per vision encoder), scaled.
+    sample = (
+        [(f"v{i}", f"t{j}") for i in range(m) for j in range(m)]
+        if quick
+        else [(f"v{i}", f"t{i}") for i in range(m)]
+    )
+    t = time.perf_counter()
+    for v, tx in sample:
+        for metric in metrics:
+            permutation_null(metric, vision[v], text[tx], n_permutations=b, seed=0)
+    t_indep = (time.perf_counter() - t) * n_pairs / len(sample)
+    case = f"all pairs {m}x{m} n={n} d={d} B={b}"
+    cka_null_flops = n_pairs * (b + 1) * 2 * n * d * d
+    pair_flops = 2 * m * n * n * d + 2 * m * 2 * n * d * d + cka_null_flops
+    label = f"{n_pairs} independent pairs" + ("" if quick else " (6 timed, x6)")
+    add(case, label, t_indep, pair_flops)
+    add(
+        case,
+        "alignkit score_pairs",
+        t_pairs,
+        pair_flops,
+        f"{t_indep / t_pairs:.1f}x faster than independent pairs",
+    )
+
+    # print -------------------------------------------------------------------------------------
+    print()
+    print("| case | implementation | seconds | GEMM floor s | floor / time | note |")
+    print("|---|---|---:|---:|---:|---|")
+    for case, impl, seconds, floor, note in rows:
+        print(f"| {case} | {impl} | {seconds:.3f} | {floor:.3f} | {floor / seconds:.0%} | {note} |")
+
+    # 100k rows ---------------------------------------------------------------------------------
+    big_n = 10_000 if quick else 100_000
+    res = in_subprocess("mutual_knn", big_n, 768)
+    floor = 2 * big_n * big_n * 768 / rate
+    print()
+    print(
+        f"mutual_knn n={big_n} d=768: {res['seconds']:.1f} s "
+        f"(GEMM floor {floor:.1f} s, {floor / res['seconds']:.0%}), "
+        f"peak RSS +{res['peak_extra_bytes'] / 2**30:.2f} GiB above the inputs "
+        f"(a dense n x n float32 matrix: {big_n**2 * 4 / 2**30:.1f} GiB); score {res['score']:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--d", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.n, args.d)))
+    else:
+        main(args.quick)
