@@ -311,9 +311,9 @@ def test_torchvision_local_weights_pre_logits_and_stages(tmp_path: Path) -> None
     model = torchvision.models.get_model("mobilenet_v3_small", weights=None).eval()
     path = tmp_path / "mnv3.pth"
     torch.save(model.state_dict(), path)
-    enc = create_encoder("torchvision:mobilenet_v3_small", device="cpu", weights=path)
+    enc = create_encoder("torchvision:mobilenet_v3_small", device="cpu", weights=path, image_size=64)
     x = enc.collate([enc.preprocess(im) for im in IMAGES])
-    assert tuple(x.shape) == (5, 3, 224, 224)
+    assert tuple(x.shape) == (5, 3, 64, 64)  # resize 73 (64 / 0.875), centre crop 64
     with torch.no_grad():  # the classifier's input: avgpool -> Linear -> Hardswish (-> Dropout)
         pooled = model.avgpool(model.features(x)).flatten(1)
         expected = model.classifier[1](model.classifier[0](pooled))
@@ -323,7 +323,7 @@ def test_torchvision_local_weights_pre_logits_and_stages(tmp_path: Path) -> None
     assert enc.dim == 1024
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(enc.logits(x), logits, atol=1e-5, rtol=1e-4)
-    stages = create_encoder("torchvision:mobilenet_v3_small", device="cpu", weights=path, layer="all")
+    stages = create_encoder("torchvision:mobilenet_v3_small", device="cpu", weights=path, layer="all", image_size=64)
     s = stages.encode(IMAGES)
     _check_output(stages, s, 5)
     torch.testing.assert_close(s[-1, :, :576], pooled, atol=1e-5, rtol=1e-4)  # last stage: 576 ch
@@ -334,8 +334,8 @@ def test_efficientnet_lite_random_init_layers() -> None:
     enc = create_encoder("random-init:efficientnet-lite:efficientnet_lite0", device="cpu")
     x = enc.collate([enc.preprocess(im) for im in IMAGES[:2]])
     assert tuple(x.shape) == (2, 3, 224, 224) and x.min() >= -1 and x.max() <= 1
-    out = _batch_invariant(enc, IMAGES)
-    _check_output(enc, out, 5)
+    out = _batch_invariant(enc, IMAGES[:4])
+    _check_output(enc, out, 4)
     layered = create_encoder("random-init:efficientnet-lite:efficientnet_lite0", device="cpu", layer="all")
     stacked = layered.encode(IMAGES[:2])
     assert stacked.shape == (17, 2, 1280)  # 16 MBConv blocks + the head conv
@@ -533,3 +533,58 @@ def test_list_encoders_and_sets() -> None:
     small = ENCODER_SETS["offline-small"]
     assert set(small.specs) <= set(ENCODER_SETS["offline-all"].specs)
     assert {"timm", "hf", "st", "torchvision", "onnx", "wordllama", "tfidf", "random"} <= set(BACKENDS)
+
+
+def test_weight_file_hash_is_cached_on_disk_and_follows_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alignkit.encoders import _util
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"first version of the weights")
+    first = _util.file_sha256(path)
+    assert first == hashlib.sha256(b"first version of the weights").hexdigest()
+    _util._HASH_MEMO.clear()  # a new process: only the on-disk index remains
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("hashed again although (path, size, mtime) did not change")
+
+    monkeypatch.setattr(_util.hashlib, "sha256", refuse)
+    assert _util.file_sha256(path) == first
+    monkeypatch.undo()
+    path.write_bytes(b"second version, another size")
+    assert _util.file_sha256(path) == hashlib.sha256(b"second version, another size").hexdigest()
+
+
+@pytest.mark.parametrize("resize,crop,interpolation", [(256, 224, "bilinear"), (40, 32, "bicubic"), ((30, 50), None, "bilinear")])
+def test_image_transform_matches_torchvision(resize, crop, interpolation) -> None:
+    from torchvision import transforms as T
+
+    from alignkit.encoders._util import image_transform
+
+    mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[interpolation]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    steps = [T.Resize(resize, interpolation=mode)] + ([T.CenterCrop(crop)] if crop else [])
+    reference = T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+    ours = image_transform(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
+    for image in tiny.images(2, size=(61, 47)) + tiny.images(1, size=(47, 61)):
+        torch.testing.assert_close(ours(image), reference(image), atol=1e-6, rtol=0)
+
+
+def test_hf_convnext_stages(tiny_dir: Path) -> None:
+    from transformers import AutoModel
+
+    folder = _saved(tiny_dir, "convnext", lambda f: tiny.save_vision(f, "convnext"))
+    enc = create_encoder(f"hf:{folder}", device="cpu")
+    got = _batch_invariant(enc, IMAGES)
+    _check_output(enc, got, 5)
+    model = AutoModel.from_pretrained(folder).eval()
+    x = enc.collate([enc.preprocess(im) for im in IMAGES])
+    with torch.no_grad():
+        out = model(pixel_values=x, output_hidden_states=True)
+    torch.testing.assert_close(got, out.pooler_output, atol=1e-5, rtol=1e-4)  # layernorm(mean)
+    stages = create_encoder(f"hf:{folder}", device="cpu", layer="all")
+    s = stages.encode(IMAGES)
+    assert s.shape == (3, 5, 24)
+    torch.testing.assert_close(s[0, :, :8], out.hidden_states[1].mean((2, 3)), atol=1e-5, rtol=1e-4)
+    assert (s[0, :, 8:] == 0).all()
+    with pytest.raises(AlignkitError, match="pooling 'cls' is not available.*default, mean"):
+        create_encoder(f"hf:{folder}", device="cpu", pooling="cls")

@@ -130,6 +130,7 @@ class HFEncoder(Encoder):
 
         self.layer = parse_layer(layer)
         self.n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+        self._conv = False
         width = int(getattr(model.config, "hidden_size", 0) or 0)
         if self.modality == "image":
             self._init_image(source, config, pooling, width)
@@ -140,7 +141,8 @@ class HFEncoder(Encoder):
 
     # -- images --------------------------------------------------------------------------------
     def _init_image(self, source: str, config: Any, pooling: str, width: int) -> None:
-        self._conv = hasattr(config, "hidden_sizes") and not hasattr(config, "patch_size")
+        # CNN backbones (ConvNeXt, ResNet, ...) have per-stage widths and no token width
+        self._conv = hasattr(config, "hidden_sizes") and not hasattr(config, "hidden_size")
         if self._conv:  # ConvNeXt-like: stages of different widths
             self.pooling = check_pooling(pooling, CONV_POOLINGS, self.name)
             self._layer_dims = [int(h) for h in config.hidden_sizes]

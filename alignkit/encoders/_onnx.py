@@ -24,10 +24,9 @@ import torch
 from alignkit._device import resolve_device
 from alignkit.encoders import _offline
 from alignkit.encoders._util import (
-    HWCUint8,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ToRGB,
+    ImageTransform,
     files_identity,
     image_transform,
     no_layers,
@@ -164,10 +163,8 @@ class OnnxEncoder(Encoder):
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             self._tokenizer_source = "minilm-package" if conv.tokenizer is None else folder
         elif conv.inputs == "image-uint8-nhwc":
-            from torchvision import transforms as T
-
             size = conv.image_size
-            self._preprocessor = T.Compose([ToRGB(), T.Resize((size, size)), HWCUint8()])
+            self._preprocessor = ImageTransform(resize=(size, size), uint8_hwc=True)
         else:
             self._preprocessor = image_transform(
                 resize=(conv.image_size, conv.image_size), crop=None, mean=conv.mean, std=conv.std

@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -238,16 +239,57 @@ class ToRGB:
         return "ToRGB()"
 
 
-class HWCUint8:
-    """PIL image -> ``(H, W, 3)`` uint8 tensor (the input convention of the SSCD ONNX graphs)."""
+_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """RGB -> resize -> centre crop -> ``(3, H, W)`` float32 in [0, 1] -> normalise (or, with
+    ``uint8_hwc``, stop after the crop and return ``(H, W, 3)`` uint8).
+
+    ``resize``: an int resizes the shorter side to it (aspect kept, as torchvision's ``Resize``);
+    a pair ``(H, W)`` resizes to exactly that. Resampling is PIL's (antialiased). A frozen
+    dataclass of numbers, so it pickles into DataLoader workers and imports nothing heavy.
+    """
+
+    resize: "int | tuple[int, int]"
+    crop: "int | None" = None
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    interpolation: str = "bilinear"
+    uint8_hwc: bool = False
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _RESAMPLE:
+            raise AlignkitError(
+                f"interpolation must be one of {', '.join(_RESAMPLE)}: got {self.interpolation!r}"
+            )
 
     def __call__(self, image: Any) -> torch.Tensor:
         import numpy as np
 
-        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-
-    def __repr__(self) -> str:
-        return "HWCUint8()"
+        img = ToRGB()(image)
+        w, h = img.size
+        if isinstance(self.resize, int):
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(self.resize * long / short)
+            size = (self.resize, new_long) if w <= h else (new_long, self.resize)  # (W, H)
+        else:
+            size = (int(self.resize[1]), int(self.resize[0]))
+        if size != (w, h):
+            img = img.resize(size, resample=_RESAMPLE[self.interpolation])
+        if self.crop is not None:
+            w, h = img.size
+            top = int(round((h - self.crop) / 2.0))
+            left = int(round((w - self.crop) / 2.0))
+            img = img.crop((left, top, left + self.crop, top + self.crop))
+        array = np.asarray(img, dtype=np.uint8)  # (H, W, 3)
+        if self.uint8_hwc:
+            return torch.from_numpy(array.copy())
+        x = torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (x - mean) / std
 
 
 def image_transform(
@@ -257,23 +299,13 @@ def image_transform(
     mean: Sequence[float],
     std: Sequence[float],
     interpolation: str = "bilinear",
-) -> Any:
-    """RGB -> resize (int: shorter side; pair: exact (H, W)) -> centre crop -> [0, 1] -> normalise.
-
-    Returns a picklable torchvision ``Compose`` producing ``(3, H, W)`` float32."""
-    from torchvision import transforms as T
-
-    modes = {
-        "bilinear": T.InterpolationMode.BILINEAR,
-        "bicubic": T.InterpolationMode.BICUBIC,
-        "nearest": T.InterpolationMode.NEAREST,
-        "lanczos": T.InterpolationMode.LANCZOS,
-    }
-    steps: list[Any] = [ToRGB(), T.Resize(resize, interpolation=modes[interpolation])]
-    if crop is not None:
-        steps.append(T.CenterCrop(crop))
-    steps += [T.ToTensor(), T.Normalize(list(mean), list(std))]
-    return T.Compose(steps)
+) -> ImageTransform:
+    """The model's image preprocessing as a picklable :class:`ImageTransform`."""
+    return ImageTransform(
+        resize=resize if isinstance(resize, int) else (int(resize[0]), int(resize[1])),
+        crop=crop, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
+        interpolation=interpolation,
+    )
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

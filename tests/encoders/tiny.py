@@ -97,6 +97,8 @@ def save_vision(folder: Path, kind: str) -> Path:
     processor config that resizes to 32 x 32."""
     from transformers import (
         CLIPVisionConfig,
+        ConvNextConfig,
+        ConvNextModel,
         CLIPVisionModel,
         Dinov2WithRegistersConfig,
         Dinov2WithRegistersModel,
@@ -112,8 +114,10 @@ def save_vision(folder: Path, kind: str) -> Path:
         model = ViTModel(ViTConfig(**common))
     elif kind == "dinov2":
         model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**common, num_register_tokens=2))
-    else:
+    elif kind == "clip":
         model = CLIPVisionModel(CLIPVisionConfig(**common))
+    else:  # a CNN: stages of widths 8, 16, 24
+        model = ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16, 24], depths=[1, 1, 1], num_stages=3, image_size=32))
     model.eval().save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
     return folder
