@@ -274,6 +274,17 @@ class _Collate:
         return self.collate(items)
 
 
+def _worker_context() -> str | None:
+    """``fork`` on Linux: workers inherit the encoder instead of unpickling it (models with
+    native sessions, e.g. onnxruntime, do not pickle; Python 3.14 makes forkserver the default)."""
+    import multiprocessing
+    import sys
+
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return None
+
+
 def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=non_blocking)
@@ -400,6 +411,7 @@ class _Job:
             collate_fn=_Collate(self.enc.collate),
             pin_memory=cuda,
             prefetch_factor=4 if workers else None,
+            multiprocessing_context=_worker_context() if workers else None,
         )
         for (a, b), batch in zip(batches, loader, strict=True):
             if isinstance(batch, _Failed):
