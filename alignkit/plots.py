@@ -140,7 +140,7 @@ def heatmap(
     labels: Mapping[str, str] | None = None,
     colorbar: bool = True,
 ) -> Axes:
-    """Vision x text heatmap of one metric: score in each cell, colour = z against the null.
+    """Vision x text heatmap of one metric: score (and z, null mean) in each cell, colour = z.
 
     Args:
         scores: long-form table with :data:`alignkit.compare.SCORE_COLUMNS`.
@@ -157,10 +157,11 @@ def heatmap(
 
     score = score_matrix(scores, metric, "score")
     z = score_matrix(scores, metric, "z").reindex_like(score)
+    null_mean = score_matrix(scores, metric, "null_mean").reindex_like(score)
     p = score_matrix(scores, metric, "p").reindex_like(score)
     chance = score_matrix(scores, metric, "chance").reindex_like(score)
     nv, nt = score.shape
-    ax = _axes(ax, (1.6 + 1.25 * nt, 1.4 + 0.62 * nv))
+    ax = _axes(ax, (max(6.4, 2.8 + 1.2 * nt), max(3.8, 1.9 + 0.62 * nv)))
     has_null = bool(np.isfinite(z.to_numpy(dtype=float)).any())
     has_chance = bool(np.isfinite(chance.to_numpy(dtype=float)).any())
     if has_null:
@@ -169,14 +170,14 @@ def heatmap(
         lim = max(3.0, float(np.abs(finite).max())) if finite.size else 3.0
         norm: Any = mcolors.TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
         cmap = plt.get_cmap("RdBu_r")
-        cbar_label = "z vs. shuffled pairs  (0 = chance)"
+        cbar_label = "z-score vs. shuffled pairs\n(0 = chance level)"
     elif has_chance:
         values = score.to_numpy(dtype=float) - chance.to_numpy(dtype=float)
         finite = values[np.isfinite(values)]
         lim = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
         norm = mcolors.TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
         cmap = plt.get_cmap("RdBu_r")
-        cbar_label = "score − chance level  (0 = chance)"
+        cbar_label = "score − chance level\n(0 = chance)"
     else:
         values = score.to_numpy(dtype=float)
         norm = None
@@ -189,6 +190,7 @@ def heatmap(
         bar.set_label(cbar_label)
     pvals = p.to_numpy(dtype=float)
     zvals = z.to_numpy(dtype=float)
+    nvals = null_mean.to_numpy(dtype=float)
     svals = score.to_numpy(dtype=float)
     for i in range(nv):
         for j in range(nt):
@@ -203,6 +205,8 @@ def heatmap(
             text = _fmt(svals[i, j])
             if np.isfinite(zvals[i, j]):
                 text += f"\nz={zvals[i, j]:.1f}"
+                if np.isfinite(nvals[i, j]):
+                    text += f" · null {nvals[i, j]:.2f}"
             ax.text(
                 j,
                 i,
@@ -409,7 +413,7 @@ def layer_heatmap(
             f"layer scores must be a non-empty (vision layers, text layers) matrix: got shape {scores.shape}"
         )
     lv, lt = scores.shape
-    ax = _axes(ax, (2.0 + 0.55 * lt, 1.6 + 0.45 * lv))
+    ax = _axes(ax, (max(4.8, 2.2 + 0.55 * lt), max(3.6, 1.8 + 0.45 * lv)))
     cmap = plt.get_cmap("viridis")
     image = ax.imshow(np.ma.masked_invalid(scores), cmap=cmap, origin="lower", aspect="auto")
     bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)

@@ -734,22 +734,20 @@ def _resolve_encoders(
 
 
 def _extract(
-    entry: EncoderEntry, probe: ProbeSet, config: RankConfig, progress: bool
+    entry: EncoderEntry,
+    probe: ProbeSet,
+    config: RankConfig,
+    progress: bool,
+    layer: str | None = None,
 ) -> FeatureSet:
+    """Features of one encoder (from the cache when there); ``layer`` overrides the entry's."""
     from alignkit.encoders import create_encoder
     from alignkit.features import extract_features
 
     options = entry.kwargs
-    if config.layers == "all" and "layer" not in options:
-        try:
-            encoder = create_encoder(entry.spec, device=config.device, layer="all", **options)
-        except AlignkitError as exc:  # no layer axis in this backend: rank its output only
-            log.warning(
-                "%s: no layer-wise features (%s); using its output as one layer", entry.label, exc
-            )
-            encoder = create_encoder(entry.spec, device=config.device, **options)
-    else:
-        encoder = create_encoder(entry.spec, device=config.device, **options)
+    if layer is not None:
+        options["layer"] = layer
+    encoder = create_encoder(entry.spec, device=config.device, **options)
     return extract_features(
         encoder,
         probe,
@@ -760,6 +758,24 @@ def _extract(
         device=config.device,
         progress=progress,
     )
+
+
+def _layerwise(
+    entry: EncoderEntry, fs: FeatureSet, probe: ProbeSet, config: RankConfig, progress: bool
+) -> FeatureSet:
+    """``(L, n, d)`` features of every layer; an encoder without layers gives its output as one."""
+    from alignkit.features import FeatureSet as _FS
+
+    if fs.layered:
+        return fs
+    if "layer" not in entry.kwargs:
+        try:
+            return _extract(entry, probe, config, progress, layer="all")
+        except AlignkitError as exc:  # this backend has no layer axis
+            log.warning(
+                "%s: no layer-wise features (%s); its output is its only layer", entry.label, exc
+            )
+    return _FS(fs.features[None], fs.ids, fs.provenance)
 
 
 def _versions() -> dict[str, str]:
@@ -967,23 +983,23 @@ def _run(
     )
     timings["score_s"] = time.perf_counter() - t0
 
-    # -- layer x layer
+    # -- layer x layer (the main scores above stay those of each encoder's own output)
     layer_results: list[LayerResult] = []
     if config.layers == "all":
         from alignkit.compare import score_layers
-        from alignkit.features import FeatureSet as _FS
-
-        def layered(fs: FeatureSet) -> FeatureSet:
-            return fs if fs.layered else _FS(fs.features[None], fs.ids, fs.provenance)
 
         t0 = time.perf_counter()
+        by_label = {e.label: e for e in [*vision, *text, *controls]}
+        layered = {}
+        for i, lbl in enumerate([*v_labels, *t_labels], 1):
+            log.info("[%d/%d] layer-wise features of %s", i, len(v_labels) + len(t_labels), lbl)
+            layered[lbl] = _layerwise(by_label[lbl], feats[lbl], probe, config, progress)
         pairs = [(v, t) for v in v_labels for t in t_labels]
-        bar = _bar(pairs, progress, "layer pairs")
         opts = {"k": config.k} if config.primary_metric in NEIGHBOUR_METRICS else {}
-        for v, t in bar:
+        for v, t in _bar(pairs, progress, "layer pairs"):
             ls = score_layers(
-                layered(feats[v]),
-                layered(feats[t]),
+                layered[v],
+                layered[t],
                 config.primary_metric,
                 n_permutations=config.permutations,
                 seed=config.seed,

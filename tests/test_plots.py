@@ -33,8 +33,8 @@ def test_heatmap_writes_every_score_and_hatches_non_significant_cells() -> None:
     assert out is ax
     texts = _cell_texts(ax)
     assert len(texts) == len(VISION) * len(TEXT)
-    for score, z in zip(sub["score"], sub["z"]):
-        assert f"{score:.3f}\nz={z:.1f}" in texts
+    for score, z, null in zip(sub["score"], sub["z"], sub["null_mean"], strict=True):
+        assert f"{score:.3f}\nz={z:.1f} · null {null:.2f}" in texts
     hatched = [p for p in ax.patches if p.get_gid() == plots.NONSIG_GID]
     assert len(hatched) == int((sub["p"] >= 0.05).sum()) > 0
     assert all(p.get_hatch() == plots.NONSIG_HATCH for p in hatched)

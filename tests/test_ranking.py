@@ -166,14 +166,40 @@ def test_layer_result_corrects_for_the_maximum() -> None:
     assert math.isnan(empty.p_max) and empty.n_permutations == 0
 
 
-def _write_ok(tmp: Path, ranking: Ranking) -> Path:
+def _small() -> Ranking:
+    """One metric and PNG only: the cheapest folder to write, for the folder-safety tests."""
+    return Ranking(make_scores(metrics=("linear_cka",)))
+
+
+def _write_small(tmp: Path, seed: int = 0, **kwargs) -> Path:
     out = tmp / "run"
-    ranking.save(out)
+    Ranking(make_scores(seed=seed, metrics=("linear_cka",))).save(out, formats=("png",), **kwargs)
     return out
 
 
-def test_save_writes_every_file_and_load_round_trips(tmp_path: Path, ranking: Ranking) -> None:
-    out = _write_ok(tmp_path, ranking)
+@pytest.fixture(scope="module")
+def layer_result() -> LayerResult:
+    rng = np.random.default_rng(0)
+    return LayerResult.from_null(
+        VISION[0], TEXT[0], "linear_cka_unbiased", rng.random((4, 3)), rng.random((20, 4, 3))
+    )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, layer_result: LayerResult) -> tuple[Ranking, Path]:
+    """A full run folder (three metrics, PNG and SVG, one layer-wise pair), written once."""
+    r = Ranking(
+        make_scores(),
+        layers=[layer_result],
+        metadata={"probe": {"name": "flickr8k:test"}, "config": {"permutations": 20}},
+    )
+    out = tmp_path_factory.mktemp("saved") / "run"
+    r.save(out)
+    return r, out
+
+
+def test_save_writes_every_file_and_load_round_trips(saved: tuple[Ranking, Path]) -> None:
+    ranking, out = saved
     names = {p.name for p in out.iterdir()}
     expected = {
         "scores.csv",
@@ -182,9 +208,12 @@ def test_save_writes_every_file_and_load_round_trips(tmp_path: Path, ranking: Ra
         "top_pairs.png",
         "run.json",
         "summary.md",
+        "layers",
+        "layer_scores.csv",
+        "layers_best.csv",
     }
     expected |= {f"heatmap_{m}.{ext}" for m in METRICS for ext in ("png", "svg")}
-    assert expected <= names
+    assert names == expected
     scores = pd.read_csv(out / "scores.csv")
     assert list(scores.columns) == list(SCORE_COLUMNS)
     pd.testing.assert_frame_equal(
@@ -194,7 +223,9 @@ def test_save_writes_every_file_and_load_round_trips(tmp_path: Path, ranking: Ra
     assert list(table["vision"]) == list(ranking.table["vision"])
     meta = json.loads((out / "run.json").read_text())
     assert meta["primary_metric"] == "linear_cka_unbiased"
-    assert set(meta["files"]) == names
+    assert set(meta["files"]) == (names - {"layers"}) | {
+        "layers/mobilenet_v2__all-MiniLM-L6-v2.png"
+    }
     summary = (out / "summary.md").read_text()
     top = ranking.table.iloc[0]
     assert f"`{top['vision']}`" in summary and "Kendall" in summary
@@ -204,34 +235,46 @@ def test_save_writes_every_file_and_load_round_trips(tmp_path: Path, ranking: Ra
         ranking.table.drop(columns="significant"),
         check_dtype=False,
     )
-    assert not list(tmp_path.glob(".run.*"))  # no temporary folders left
+    assert not list(out.parent.glob(".run.*"))  # no temporary folders left
 
 
-def test_save_refuses_another_run_without_overwrite(tmp_path: Path, ranking: Ranking) -> None:
-    out = _write_ok(tmp_path, ranking)
+def test_layers_are_saved_and_loaded(
+    saved: tuple[Ranking, Path], layer_result: LayerResult
+) -> None:
+    _, out = saved
+    assert len(list((out / "layers").glob("*.png"))) == 1
+    best = pd.read_csv(out / "layers_best.csv")
+    assert (best["best_vision_layer"].item(), best["best_text_layer"].item()) == layer_result.best
+    long = pd.read_csv(out / "layer_scores.csv")
+    assert len(long) == layer_result.scores.size
+    back = Ranking.load(out).layers[0]
+    np.testing.assert_allclose(back.scores, layer_result.scores)
+    assert back.p_max == pytest.approx(layer_result.p_max)
+    assert "Best layer pairs" in (out / "summary.md").read_text()
+
+
+def test_save_refuses_another_run_without_overwrite(tmp_path: Path) -> None:
+    out = _write_small(tmp_path)
     before = (out / "scores.csv").read_bytes()
-    other = Ranking(make_scores(seed=5))
     with pytest.raises(AlignkitError, match="--overwrite"):
-        other.save(out)
+        _write_small(tmp_path, seed=5)
     assert (out / "scores.csv").read_bytes() == before
-    other.save(out, overwrite=True)
+    _write_small(tmp_path, seed=5, overwrite=True)
     assert (out / "scores.csv").read_bytes() != before
 
 
-def test_save_never_replaces_a_folder_that_is_not_a_run(tmp_path: Path, ranking: Ranking) -> None:
+def test_save_never_replaces_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("precious")
     with pytest.raises(AlignkitError, match="not an alignkit run folder"):
-        ranking.save(tmp_path / "notes", overwrite=True)
+        _small().save(tmp_path / "notes", overwrite=True)
     assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
     with pytest.raises(AlignkitError, match="is a file"):
-        ranking.save(tmp_path / "notes" / "thesis.tex")
+        _small().save(tmp_path / "notes" / "thesis.tex")
 
 
-def test_failed_save_leaves_the_earlier_run_intact(
-    tmp_path: Path, ranking: Ranking, monkeypatch
-) -> None:
-    out = _write_ok(tmp_path, ranking)
+def test_failed_save_leaves_the_earlier_run_intact(tmp_path: Path, monkeypatch) -> None:
+    out = _write_small(tmp_path)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     def boom(*args, **kwargs):
@@ -239,27 +282,10 @@ def test_failed_save_leaves_the_earlier_run_intact(
 
     monkeypatch.setattr("alignkit.plots.top_pairs", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        Ranking(make_scores(seed=3)).save(out, overwrite=True)
+        _write_small(tmp_path, seed=3, overwrite=True)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # temp folder cleaned up
-
-
-def test_layers_are_saved_and_loaded(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    lr = LayerResult.from_null(
-        VISION[0], TEXT[0], "linear_cka_unbiased", rng.random((4, 3)), rng.random((20, 4, 3))
-    )
-    r = Ranking(make_scores(), layers=[lr], metadata={"config": {"permutations": 20}})
-    out = tmp_path / "run"
-    r.save(out)
-    assert (out / "layers_best.csv").is_file() and len(list((out / "layers").glob("*.png"))) == 1
-    best = pd.read_csv(out / "layers_best.csv")
-    assert (best["best_vision_layer"].item(), best["best_text_layer"].item()) == lr.best
-    back = Ranking.load(out).layers[0]
-    np.testing.assert_allclose(back.scores, lr.scores)
-    assert back.p_max == pytest.approx(lr.p_max)
-    assert "Best layer pairs" in (out / "summary.md").read_text()
 
 
 def test_console_table_lists_top_pairs_with_short_names(ranking: Ranking) -> None:
