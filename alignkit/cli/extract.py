@@ -107,6 +107,7 @@ def extract_command(
         started = time.perf_counter()
         gpu = local_cuda_device() if device == "auto" else None  # torchrun: this rank's GPU
         enc = create_encoder(spec, device=gpu or device)
+        loaded = time.perf_counter()
         key = feature_key(enc, probe_set, caption_policy, seed)
         cached = store is not None and key in store
         fs = extract_features(
@@ -119,12 +120,12 @@ def extract_command(
             cache=store if store else False,
             progress=not quiet,
         )
-        took = time.perf_counter() - started
+        took = time.perf_counter() - loaded
         where = f"cache {store.path(key)}" if store else "not cached"
         how = "from the cache" if cached else "extracted"
         say(
             f"{spec}: {fs.n} rows x {fs.dim}{f' x {fs.n_layers} layers' if fs.layered else ''} "
-            f"{how} in {took:.1f} s ({where})"
+            f"{how} in {took:.2f} s (model load {loaded - started:.1f} s; {where})"
         )
         if out is not None and os.environ.get("RANK", "0") == "0":
             say(f"wrote {fs.save(out)}")
