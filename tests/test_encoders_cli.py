@@ -18,7 +18,9 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return code, out, err
 
 
-def test_list_encoders_prints_every_registry_model_with_its_offline_status(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_encoders_prints_every_registry_model_with_its_offline_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     code, out, _ = _run(["list-encoders"], capsys)
     assert code == 0
     lines = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
@@ -35,7 +37,9 @@ def test_list_encoders_filters(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     specs = [line.split()[0] for line in out.splitlines()[2:-1]]
     assert specs and all("minilm" in s.lower() for s in specs)
-    assert all(line.split()[1] == "text" and line.split()[3] == "yes" for line in out.splitlines()[2:-1])
+    assert all(
+        line.split()[1] == "text" and line.split()[3] == "yes" for line in out.splitlines()[2:-1]
+    )
 
 
 def test_list_encoders_bad_option_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:

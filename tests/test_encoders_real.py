@@ -25,7 +25,10 @@ def _need(spec: str) -> None:
 
 
 def _imagenet_rows(data_dir: Path, n: int) -> list[dict]:
-    rows = [json.loads(line) for line in (data_dir / "imagenet-samples" / "labels.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (data_dir / "imagenet-samples" / "labels.jsonl").read_text().splitlines()
+    ]
     random.Random(0).shuffle(rows)
     return rows[:n]
 
@@ -33,13 +36,18 @@ def _imagenet_rows(data_dir: Path, n: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def flickr(data_dir: Path) -> list[dict]:
     """50 Flickr8k test images with their 5 captions (official order)."""
-    rows = [json.loads(line) for line in (data_dir / "flickr8k" / "pairs.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (data_dir / "flickr8k" / "pairs.jsonl").read_text().splitlines()
+    ]
     return [r for r in rows if r["split"] == "test"][:50]
 
 
 # ASSETS.md: about 84% (MobileNetV2) and 89% (EfficientNet-Lite0) top-1 over all 1,000 images.
 # On 120 of them the standard error is about 3.3 points, so 0.70 sits > 4 standard errors below.
-@pytest.mark.parametrize("spec", ["torchvision:mobilenet_v2", "efficientnet-lite:efficientnet_lite0"])
+@pytest.mark.parametrize(
+    "spec", ["torchvision:mobilenet_v2", "efficientnet-lite:efficientnet_lite0"]
+)
 def test_imagenet_top1_of_the_offline_cnns(spec: str, data_dir: Path) -> None:
     _need(spec)
     enc = create_encoder(spec, device="cpu")
@@ -47,7 +55,9 @@ def test_imagenet_top1_of_the_offline_cnns(spec: str, data_dir: Path) -> None:
     correct = 0
     for start in range(0, len(rows), 40):
         chunk = rows[start : start + 40]
-        x = enc.collate([enc.preprocess(Image.open(data_dir / "imagenet-samples" / r["image"])) for r in chunk])
+        x = enc.collate(
+            [enc.preprocess(Image.open(data_dir / "imagenet-samples" / r["image"])) for r in chunk]
+        )
         correct += int((enc.logits(x).argmax(1) == torch.tensor([r["label"] for r in chunk])).sum())
     accuracy = correct / len(rows)
     assert accuracy > 0.70, f"{spec}: top-1 {accuracy:.3f} on {len(rows)} ImageNet samples"
@@ -76,7 +86,9 @@ def _paraphrase_rate(enc, flickr: list[dict]) -> float:
 
 
 @pytest.mark.parametrize("spec", TEXT_ENCODERS)
-def test_sentence_encoders_put_a_paraphrase_nearer_than_another_caption(spec: str, flickr: list[dict]) -> None:
+def test_sentence_encoders_put_a_paraphrase_nearer_than_another_caption(
+    spec: str, flickr: list[dict]
+) -> None:
     _need(spec)
     rate = _paraphrase_rate(create_encoder(spec, device="cpu"), flickr)
     assert rate >= 0.8, f"{spec}: paraphrase nearer in only {rate:.2f} of {len(flickr)} images"
@@ -108,8 +120,12 @@ def test_sscd_student_retrieves_its_teachers_embedding(data_dir: Path, flickr: l
     nearest to the teacher embedding of the same image among 16 real photos."""
     _need("onnx:sscd")
     images = [Image.open(data_dir / "flickr8k" / r["image"]) for r in flickr[:16]]
-    teacher = torch.nn.functional.normalize(create_encoder("onnx:sscd", device="cpu").encode(images), dim=1)
-    student = torch.nn.functional.normalize(create_encoder("onnx:sscd_distilled", device="cpu").encode(images), dim=1)
+    teacher = torch.nn.functional.normalize(
+        create_encoder("onnx:sscd", device="cpu").encode(images), dim=1
+    )
+    student = torch.nn.functional.normalize(
+        create_encoder("onnx:sscd_distilled", device="cpu").encode(images), dim=1
+    )
     hits = (student @ teacher.T).argmax(1) == torch.arange(16)
     assert hits.float().mean() >= 0.8
 
@@ -118,7 +134,9 @@ def test_random_init_minilm_loses_the_paraphrase_structure(flickr: list[dict]) -
     _need("st:sentence-transformers/all-MiniLM-L6-v2")
     spec = "random-init:st:sentence-transformers/all-MiniLM-L6-v2"
     random_rate = _paraphrase_rate(create_encoder(spec, device="cpu"), flickr)
-    trained_rate = _paraphrase_rate(create_encoder(spec.removeprefix("random-init:"), device="cpu"), flickr)
+    trained_rate = _paraphrase_rate(
+        create_encoder(spec.removeprefix("random-init:"), device="cpu"), flickr
+    )
     assert random_rate < trained_rate
 
 

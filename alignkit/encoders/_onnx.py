@@ -49,7 +49,7 @@ class OnnxConvention:
     image_size: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    tokenizer: "str | None" = None  # folder with tokenizer files; None: the MiniLM package's
+    tokenizer: str | None = None  # folder with tokenizer files; None: the MiniLM package's
     max_length: int = 256
     text_pooling: str = "mean"  # for token-state outputs: mean, cls, last
     normalize: bool = False  # L2-normalise the output (e.g. to match a sentence-transformers model)
@@ -65,7 +65,11 @@ KNOWN: dict[str, OnnxConvention] = {
     "paraphrase-MiniLM-L3-v2": OnnxConvention(inputs="text", output="461", max_length=128),
     # token states; all-MiniLM-L6-v2 = masked mean + L2 normalisation, max_seq_length 256
     "all-MiniLM-L6-v2-int8": OnnxConvention(
-        inputs="text", output="last_hidden_state", max_length=256, text_pooling="mean", normalize=True
+        inputs="text",
+        output="last_hidden_state",
+        max_length=256,
+        text_pooling="mean",
+        normalize=True,
     ),
 }
 
@@ -87,8 +91,8 @@ class OnnxEncoder(Encoder):
         spec: str,
         device: Any = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
-        threads: "int | None" = None,
+        layer: str | int = "last",
+        threads: int | None = None,
         precision: str = "auto",
         **convention: Any,
     ) -> None:
@@ -147,10 +151,16 @@ class OnnxEncoder(Encoder):
         self._token_output = len(out_shape) == 3
         width = out_shape[-1]
         if not isinstance(width, int):
-            raise AlignkitError(f"{spec}: the width of output {conv.output!r} is not static ({width!r})")
+            raise AlignkitError(
+                f"{spec}: the width of output {conv.output!r} is not static ({width!r})"
+            )
 
         if self.modality == "text":
-            allowed = ("default", "cls", "mean", "last", "cls+mean") if self._token_output else ("default",)
+            allowed = (
+                ("default", "cls", "mean", "last", "cls+mean")
+                if self._token_output
+                else ("default",)
+            )
         else:
             allowed = ("default",)
         self.pooling = check_pooling(pooling, allowed, spec)
@@ -188,7 +198,9 @@ class OnnxEncoder(Encoder):
             elif name == "token_type_ids":
                 feed[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
             else:
-                raise AlignkitError(f"{self.name}: the graph wants input {name!r}, which the tokenizer does not give")
+                raise AlignkitError(
+                    f"{self.name}: the graph wants input {name!r}, which the tokenizer does not give"
+                )
         out = torch.from_numpy(self.session.run([conv.output], feed)[0])
         if self._token_output:  # (B, T, D) token states
             pooling = conv.text_pooling if self.pooling == "default" else self.pooling
@@ -201,8 +213,15 @@ class OnnxEncoder(Encoder):
         return self._identity
 
     def config(self) -> dict[str, Any]:
-        conv = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.convention.__dict__.items()}
-        return {"pooling": self.pooling, "layer": self.layer, "model": self._model_id, "convention": conv}
+        conv = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in self.convention.__dict__.items()
+        }
+        return {
+            "pooling": self.pooling,
+            "layer": self.layer,
+            "model": self._model_id,
+            "convention": conv,
+        }
 
 
 def create(model_id: str, **options: Any) -> OnnxEncoder:

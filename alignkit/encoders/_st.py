@@ -28,7 +28,13 @@ from alignkit.encoders.base import Encoder, check_pooling
 from alignkit.errors import AlignkitError
 
 POOLINGS = ("default", "cls", "mean", "last", "cls+mean")
-_ST_MODES = {"mean": "mean", "cls": "cls", "lasttoken": "last", "mean_tokens": "mean", "cls_token": "cls"}
+_ST_MODES = {
+    "mean": "mean",
+    "cls": "cls",
+    "lasttoken": "last",
+    "mean_tokens": "mean",
+    "cls_token": "cls",
+}
 
 
 def _pooling_mode(module: Any) -> str:
@@ -55,10 +61,10 @@ class STEncoder(Encoder):
         model_id: str,
         *,
         spec: str,
-        device: "str | torch.device" = "auto",
+        device: str | torch.device = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
-        max_length: "int | None" = None,
+        layer: str | int = "last",
+        max_length: int | None = None,
         random_init: bool = False,
         seed: int = 0,
         precision: str = "auto",
@@ -106,7 +112,9 @@ class STEncoder(Encoder):
 
             identity = f"random-init:seed={seed}:sentence-transformers=={sentence_transformers.__version__}"
         if identity is None:
-            commit = getattr(transformer.auto_model.config, "_commit_hash", None) or "unknown-revision"
+            commit = (
+                getattr(transformer.auto_model.config, "_commit_hash", None) or "unknown-revision"
+            )
             identity = f"hub:{model_id}@{commit}"
         self._identity = identity
         self.model = model.eval()
@@ -129,7 +137,10 @@ class STEncoder(Encoder):
             check_layer_index(self.layer, self.n_layers, spec)
         width = int(self._auto.config.hidden_size)
         if self.pooling == "default" and self.layer == "last":
-            dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            dim_fn = (
+                getattr(model, "get_embedding_dimension", None)
+                or model.get_sentence_embedding_dimension
+            )
             self.dim = int(dim_fn())
         else:
             self.dim = width * (2 if self.pooling == "cls+mean" else 1)
@@ -137,13 +148,17 @@ class STEncoder(Encoder):
     def _tokenize(self, texts: list[str]) -> dict[str, Any]:
         fn = getattr(self.model, "preprocess", None) or self.model.tokenize
         feats = fn(texts)
-        return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in feats.items()}
+        return {
+            k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in feats.items()
+        }
 
     def _forward(self, texts: list[str]) -> torch.Tensor:
         feats = self._tokenize(texts)
         if self.pooling == "default" and self.layer == "last":
             return self.model(feats)["sentence_embedding"]
-        inputs = {k: feats[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats}
+        inputs = {
+            k: feats[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats
+        }
         mask = inputs["attention_mask"]
         out = self._auto(**inputs, output_hidden_states=True)
         hidden = list(out.hidden_states[1:])  # L x (B, T, D), embedding output left out

@@ -12,7 +12,8 @@ encodes (with a warning): then features depend on which texts came first.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ class TfidfSVDEncoder(Encoder):
         spec: str,
         device: Any = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
+        layer: str | int = "last",
         seed: int = 0,
         ngram_max: int = 2,
         min_df: int = 1,
@@ -53,21 +54,23 @@ class TfidfSVDEncoder(Encoder):
         no_layers(layer, spec)
         head, _, width = model_id.partition("-")
         if head != "svd" or not width.isdigit() or int(width) < 1:
-            raise AlignkitError(f"tfidf model must be 'svd-<dim>', e.g. 'svd-256': got {model_id!r}")
+            raise AlignkitError(
+                f"tfidf model must be 'svd-<dim>', e.g. 'svd-256': got {model_id!r}"
+            )
         self.dim = int(width)
         self.seed = int(seed)
         self.ngram_max = int(ngram_max)
         self.min_df = int(min_df)
         self._vectorizer: Any = None
         self._svd: Any = None
-        self._corpus_hash: "str | None" = None
+        self._corpus_hash: str | None = None
         self._n_fitted = 0
 
     @property
     def fitted(self) -> bool:
         return self._vectorizer is not None
 
-    def fit(self, items: Sequence[str]) -> "TfidfSVDEncoder":
+    def fit(self, items: Sequence[str]) -> TfidfSVDEncoder:
         """Fit the vocabulary, IDF and SVD basis on ``items`` (strings; order does not matter)."""
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -94,7 +97,8 @@ class TfidfSVDEncoder(Encoder):
             log.warning(
                 "%s was not fitted: fitting it on the first %d texts it encodes; call "
                 "encoder.fit(all_texts) first for features that do not depend on batching",
-                self.name, len(texts),
+                self.name,
+                len(texts),
             )
             self.fit(texts)
         z = self._svd.transform(self._vectorizer.transform(texts))  # (B, k)
@@ -116,8 +120,12 @@ class TfidfSVDEncoder(Encoder):
 
     def config(self) -> dict[str, Any]:
         return {
-            "pooling": self.pooling, "layer": "last", "dim": self.dim, "seed": self.seed,
-            "ngram_max": self.ngram_max, "min_df": self.min_df,
+            "pooling": self.pooling,
+            "layer": "last",
+            "dim": self.dim,
+            "seed": self.seed,
+            "ngram_max": self.ngram_max,
+            "min_df": self.min_df,
         }
 
 

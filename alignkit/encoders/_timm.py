@@ -15,13 +15,13 @@ import torch
 
 from alignkit._device import resolve_device
 from alignkit.encoders._util import (
+    ToRGB,
     check_layer_index,
     files_identity,
     parse_layer,
     pool_tokens,
     seeded,
     stack_padded,
-    ToRGB,
 )
 from alignkit.encoders.base import Encoder, check_pooling
 from alignkit.errors import AlignkitError
@@ -48,14 +48,14 @@ class TimmEncoder(Encoder):
         model_id: str,
         *,
         spec: str,
-        device: "str | torch.device" = "auto",
+        device: str | torch.device = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
+        layer: str | int = "last",
         pretrained: bool = True,
-        checkpoint_path: "str | Path | None" = None,
+        checkpoint_path: str | Path | None = None,
         random_init: bool = False,
         seed: int = 0,
-        model_kwargs: "dict[str, Any] | None" = None,
+        model_kwargs: dict[str, Any] | None = None,
         precision: str = "auto",
     ) -> None:
         import timm
@@ -80,7 +80,9 @@ class TimmEncoder(Encoder):
                 model = timm.create_model(
                     model_id,
                     pretrained=use_hub,
-                    checkpoint_path=str(checkpoint_path) if checkpoint_path and not random_init else "",
+                    checkpoint_path=str(checkpoint_path)
+                    if checkpoint_path and not random_init
+                    else "",
                     **kwargs,
                 )
         except (OSError, RuntimeError, ValueError) as exc:
@@ -126,7 +128,11 @@ class TimmEncoder(Encoder):
             width = self._layer_dims[-1]
         if self.layer == "last":
             head = int(getattr(model, "head_hidden_size", model.num_features))
-            self.dim = head if self.pooling == "default" else width * (2 if self.pooling == "cls+mean" else 1)
+            self.dim = (
+                head
+                if self.pooling == "default"
+                else width * (2 if self.pooling == "cls+mean" else 1)
+            )
         elif self.layer == "all":
             self.dim = max(self._layer_dims) * (2 if self.pooling == "cls+mean" else 1)
         else:
@@ -159,16 +165,25 @@ class TimmEncoder(Encoder):
             if self._tokens:
                 return pool_tokens(feats, self.pooling, n_prefix=self.n_prefix)
             return feats.mean(dim=(2, 3))
-        indices = None if self.layer == "all" else [check_layer_index(self.layer, self.n_layers, self.name)]
+        indices = (
+            None
+            if self.layer == "all"
+            else [check_layer_index(self.layer, self.n_layers, self.name)]
+        )
         pooling = self._intermediate_pooling() if self.pooling == "default" else self.pooling
         if self._tokens:
             outs = model.forward_intermediates(
-                x, indices=indices, return_prefix_tokens=True, norm=True,
-                output_fmt="NLC", intermediates_only=True,
+                x,
+                indices=indices,
+                return_prefix_tokens=True,
+                norm=True,
+                output_fmt="NLC",
+                intermediates_only=True,
             )  # [(patches (B, N, D), prefix (B, P, D))] per block
             pooled = [
                 pool_tokens(torch.cat([prefix, patches], dim=1), pooling, n_prefix=self.n_prefix)
-                if prefix is not None else pool_tokens(patches, pooling, n_prefix=0)
+                if prefix is not None
+                else pool_tokens(patches, pooling, n_prefix=0)
                 for patches, prefix in (o if isinstance(o, tuple) else (o, None) for o in outs)
             ]
         else:
@@ -181,7 +196,12 @@ class TimmEncoder(Encoder):
 
     def config(self) -> dict[str, Any]:
         cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._data_config.items()}
-        return {"pooling": self.pooling, "layer": self.layer, "model": self._model_id, "data_config": cfg}
+        return {
+            "pooling": self.pooling,
+            "layer": self.layer,
+            "model": self._model_id,
+            "data_config": cfg,
+        }
 
 
 def create(model_id: str, **options: Any) -> TimmEncoder:

@@ -11,9 +11,10 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ def pool_tokens(
     pooling: str,
     *,
     n_prefix: int = 1,
-    mask: "torch.Tensor | None" = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pool token states ``(B, T, D)`` into ``(B, D)`` (``(B, 2D)`` for ``cls+mean``).
 
@@ -90,7 +91,7 @@ def stack_padded(pooled: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(out)
 
 
-def parse_layer(layer: "str | int") -> "str | int":
+def parse_layer(layer: str | int) -> str | int:
     """``"last"``, ``"all"`` or an int (also given as a string such as ``"-2"``)."""
     if layer in ("last", "all"):
         return layer
@@ -113,7 +114,7 @@ def check_layer_index(index: int, n_layers: int, spec: str) -> int:
     return index % n_layers
 
 
-def no_layers(layer: "str | int", spec: str) -> None:
+def no_layers(layer: str | int, spec: str) -> None:
     """Backends without per-layer outputs accept ``layer="last"`` only."""
     if parse_layer(layer) != "last":
         raise AlignkitError(
@@ -141,7 +142,7 @@ def _hash_index() -> Path:
     return cache_dir() / "weights" / "sha256-index.json"
 
 
-def file_sha256(path: "str | Path") -> str:
+def file_sha256(path: str | Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) in memory and in
     ``<cache_dir>/weights/sha256-index.json`` so that a large checkpoint is hashed once."""
     path = Path(path).resolve()
@@ -167,7 +168,7 @@ def file_sha256(path: "str | Path") -> str:
         return index[key]
 
 
-def files_identity(paths: Sequence["str | Path"]) -> str:
+def files_identity(paths: Sequence[str | Path]) -> str:
     """``sha256:<hex>`` of one file, or of the sorted per-file hashes of several."""
     hashes = sorted(file_sha256(p) for p in paths)
     if len(hashes) == 1:
@@ -192,7 +193,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 # installed packages
 
 
-def dist_version(name: str) -> "str | None":
+def dist_version(name: str) -> str | None:
     """Installed version of a distribution, or None."""
     try:
         return importlib.metadata.version(name)
@@ -200,7 +201,7 @@ def dist_version(name: str) -> "str | None":
         return None
 
 
-def dist_file(name: str, suffix: str) -> "Path | None":
+def dist_file(name: str, suffix: str) -> Path | None:
     """The installed file of distribution ``name`` whose path ends with ``suffix`` (for packages
     whose folder is not importable, e.g. names with hyphens)."""
     try:
@@ -252,8 +253,8 @@ class ImageTransform:
     dataclass of numbers, so it pickles into DataLoader workers and imports nothing heavy.
     """
 
-    resize: "int | tuple[int, int]"
-    crop: "int | None" = None
+    resize: int | tuple[int, int]
+    crop: int | None = None
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     interpolation: str = "bilinear"
@@ -294,8 +295,8 @@ class ImageTransform:
 
 def image_transform(
     *,
-    resize: "int | tuple[int, int]",
-    crop: "int | None",
+    resize: int | tuple[int, int],
+    crop: int | None,
     mean: Sequence[float],
     std: Sequence[float],
     interpolation: str = "bilinear",
@@ -303,7 +304,9 @@ def image_transform(
     """The model's image preprocessing as a picklable :class:`ImageTransform`."""
     return ImageTransform(
         resize=resize if isinstance(resize, int) else (int(resize[0]), int(resize[1])),
-        crop=crop, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
+        crop=crop,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
         interpolation=interpolation,
     )
 

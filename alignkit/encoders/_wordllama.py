@@ -34,7 +34,7 @@ class WordLlamaEncoder(Encoder):
         spec: str,
         device: Any = "auto",
         pooling: str = "default",
-        layer: "str | int" = "last",
+        layer: str | int = "last",
         dim: int = 256,
         normalize: bool = False,
         precision: str = "auto",
@@ -46,14 +46,21 @@ class WordLlamaEncoder(Encoder):
         no_layers(layer, spec)
         registry_spec = f"wordllama:{model_id}"
         if registry_spec not in _offline.OFFLINE_MODELS:
-            known = [s.split(":", 1)[1] for s in _offline.OFFLINE_MODELS if s.startswith("wordllama:")]
-            raise AlignkitError(f"unknown WordLlama model {model_id!r}; expected one of: {', '.join(known)}")
+            known = [
+                s.split(":", 1)[1] for s in _offline.OFFLINE_MODELS if s.startswith("wordllama:")
+            ]
+            raise AlignkitError(
+                f"unknown WordLlama model {model_id!r}; expected one of: {', '.join(known)}"
+            )
         entry = _offline.OFFLINE_MODELS[registry_spec]
         package_dir = Path(_offline.resolve(registry_spec))
         wordllama = require("wordllama", entry.pip)
         # the package's default loader looks in a misnamed folder, then tries the network
         self.model = wordllama.WordLlama.load(
-            model_id, cache_dir=package_dir, dim=256, trunc_dim=dim if dim != 256 else None,
+            model_id,
+            cache_dir=package_dir,
+            dim=256,
+            trunc_dim=dim if dim != 256 else None,
             disable_download=True,
         )
         self.dim = int(dim)
@@ -68,7 +75,12 @@ class WordLlamaEncoder(Encoder):
         return self._identity
 
     def config(self) -> dict[str, Any]:
-        return {"pooling": self.pooling, "layer": "last", "dim": self.dim, "normalize": self.normalize}
+        return {
+            "pooling": self.pooling,
+            "layer": "last",
+            "dim": self.dim,
+            "normalize": self.normalize,
+        }
 
 
 def create(model_id: str, **options: Any) -> WordLlamaEncoder:

@@ -13,8 +13,9 @@ An encoder's work is split in two so that extraction can overlap CPU and model w
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -62,7 +63,7 @@ class Encoder(abc.ABC):
     dim: int
     device: torch.device
     pooling: str = "default"
-    layer: "str | int" = "last"
+    layer: str | int = "last"
     n_layers: int = 1
     precision: str = "auto"
     needs_fit: bool = False  # True for encoders fitted on the texts they are given (tfidf:)
@@ -82,7 +83,7 @@ class Encoder(abc.ABC):
         not the encoder, to DataLoader workers (fork or spawn). Backends set ``_preprocessor``."""
         return getattr(self, "_preprocessor", _identity)
 
-    def fit(self, items: Sequence[Any]) -> "Encoder":
+    def fit(self, items: Sequence[Any]) -> Encoder:
         """Fit on the items of a probe (only encoders with ``needs_fit``; a no-op for the others).
 
         Extraction calls this with every caption of the probe before it reads
@@ -162,7 +163,7 @@ def check_pooling(pooling: str, allowed: Sequence[str], spec: str) -> str:
     return pooling
 
 
-def select_layers(hidden: Sequence[torch.Tensor], layer: "str | int", spec: str) -> torch.Tensor:
+def select_layers(hidden: Sequence[torch.Tensor], layer: str | int, spec: str) -> torch.Tensor:
     """Pick from per-layer outputs (each (B, ...)): ``"last"`` -> (B, ...), int -> (B, ...),
     ``"all"`` -> (L, B, ...)."""
     if layer == "last":

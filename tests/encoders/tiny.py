@@ -18,7 +18,9 @@ WORDS = (
 def images(n: int, seed: int = 0, size: tuple[int, int] = (48, 40)) -> list[Image.Image]:
     """n random RGB images (deterministic), of a non-square size to exercise resize and crop."""
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)) for _ in range(n)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)) for _ in range(n)
+    ]
 
 
 CAPTIONS = [
@@ -41,11 +43,17 @@ def save_wordpiece_tokenizer(folder: Path, max_length: int = 64) -> None:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length,
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
     )
     fast.save_pretrained(folder)
 
@@ -59,7 +67,9 @@ def save_wordlevel_lm_tokenizer(folder: Path) -> None:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", model_max_length=64)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", model_max_length=64
+    )
     fast.save_pretrained(folder)
 
 
@@ -68,8 +78,14 @@ def save_bert(folder: Path) -> Path:
 
     save_wordpiece_tokenizer(folder)
     torch.manual_seed(123)  # not the seed random-init:... uses by default
-    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(cfg).eval().save_pretrained(folder)
     return folder
 
@@ -80,13 +96,29 @@ def save_decoder(folder: Path, kind: str) -> Path:
     save_wordlevel_lm_tokenizer(folder)
     torch.manual_seed(0)
     if kind == "gpt2":
-        cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                         bos_token_id=1, eos_token_id=1)
+        cfg = GPT2Config(
+            vocab_size=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
         model = GPT2Model(cfg)
     else:
-        cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
-                          bos_token_id=1, eos_token_id=1, pad_token_id=None)
+        cfg = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            bos_token_id=1,
+            eos_token_id=1,
+            pad_token_id=None,
+        )
         model = LlamaModel(cfg)
     model.eval().save_pretrained(folder)
     return folder
@@ -97,9 +129,9 @@ def save_vision(folder: Path, kind: str) -> Path:
     processor config that resizes to 32 x 32."""
     from transformers import (
         CLIPVisionConfig,
+        CLIPVisionModel,
         ConvNextConfig,
         ConvNextModel,
-        CLIPVisionModel,
         Dinov2WithRegistersConfig,
         Dinov2WithRegistersModel,
         ViTConfig,
@@ -108,8 +140,14 @@ def save_vision(folder: Path, kind: str) -> Path:
     )
 
     torch.manual_seed(0)
-    common = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                  image_size=32, patch_size=8)
+    common = dict(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
     if kind == "vit":
         model = ViTModel(ViTConfig(**common))
     elif kind == "dinov2":
@@ -117,9 +155,13 @@ def save_vision(folder: Path, kind: str) -> Path:
     elif kind == "clip":
         model = CLIPVisionModel(CLIPVisionConfig(**common))
     else:  # a CNN: stages of widths 8, 16, 24
-        model = ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16, 24], depths=[1, 1, 1], num_stages=3, image_size=32))
+        model = ConvNextModel(
+            ConvNextConfig(hidden_sizes=[8, 16, 24], depths=[1, 1, 1], num_stages=3, image_size=32)
+        )
     model.eval().save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(folder)
     return folder
 
 
