@@ -7,6 +7,7 @@ import torch
 from test_features_support import HashTextEncoder, TinyImageEncoder, make_probe
 
 import alignkit
+from alignkit.encoders.base import Encoder
 from alignkit.errors import AlignkitError
 from alignkit.features import FeatureSet, extract_features
 from alignkit.probes.base import ProbeRow, ProbeSet
@@ -173,3 +174,34 @@ def test_unreadable_image_names_row_and_file(probe, workers):
         )
     message = str(info.value)
     assert "row 'row0006'" in message and str(bad) in message and "\n" not in message
+
+
+def test_text_encoder_that_needs_fitting_is_fitted_on_every_caption(probe):
+    from alignkit.encoders import create_encoder
+
+    a = create_encoder("tfidf:svd-4", device="cpu")
+    fs = extract_features(a, probe, batch_size=3, cache=False, progress=False)
+    assert a.fitted and a.weights_identity().endswith(f":n={3 * len(probe)}")  # all captions
+    b = create_encoder("tfidf:svd-4", device="cpu")
+    other = extract_features(b, probe, batch_size=11, cache=False, progress=False)
+    assert torch.equal(fs.features, other.features)  # independent of batching
+    assert fs.provenance["weights"] == a.weights_identity()
+    naive = a.encode([row.captions[0] for row in probe.rows])
+    torch.testing.assert_close(fs.features, naive)
+
+
+def test_workers_get_the_model_free_preprocessor_when_the_backend_has_one(probe, monkeypatch):
+    from alignkit.features.extract import _preprocess_fn
+
+    enc = TinyImageEncoder()
+    assert _preprocess_fn(enc) == enc.preprocess  # overrides preprocess itself: use it
+
+    class Backend(TinyImageEncoder):
+        preprocess = Encoder.preprocess  # the base one, which calls self._preprocessor
+
+    backend = Backend()
+    backend._preprocessor = TinyImageEncoder.preprocess.__get__(TinyImageEncoder())
+    assert _preprocess_fn(backend) is backend._preprocessor
+    fs = extract_features(backend, probe, batch_size=4, num_workers=0, cache=False, progress=False)
+    ref = extract_features(enc, probe, batch_size=4, num_workers=0, cache=False, progress=False)
+    assert torch.equal(fs.features, ref.features)

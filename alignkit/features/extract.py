@@ -69,6 +69,9 @@ def extract_features(
     the row is encoded and the row's embeddings averaged, as the reference code of Maniparambil
     et al. 2024 does).
 
+    An encoder fitted on the texts it is given (``needs_fit``, e.g. ``tfidf:``) and not fitted
+    yet is first fitted on every caption of the probe.
+
     With a cache (the default), a finished extraction is returned without any model work, and an
     interrupted one resumes from its last shard. Under ``torchrun`` (or any initialised process
     group) the rows are split across ranks and gathered, and every rank returns the whole set;
@@ -93,6 +96,10 @@ def extract_features(
     """
     enc = _resolve_encoder(encoder, device)
     _check_arguments(enc, probe, batch_size, num_workers, caption_policy)
+    if getattr(enc, "needs_fit", False) and not getattr(enc, "fitted", False):
+        # fitted on the texts it is given (tfidf:): every caption of the probe, before the key
+        # reads its weights identity, so the features do not depend on batching
+        enc.fit([c for row in probe.rows for c in row.captions])
     store = _resolve_cache(cache)
     workers = default_num_workers() if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
@@ -274,6 +281,15 @@ class _Collate:
         return self.collate(items)
 
 
+def _preprocess_fn(enc: Encoder) -> Any:
+    """What workers run per image: the backend's model-free ``preprocessor`` when the encoder
+    uses the base ``preprocess`` (cheap to send to workers), else its own ``preprocess``."""
+    from alignkit.encoders.base import Encoder as Base
+
+    overridden = getattr(type(enc), "preprocess", None) is not Base.preprocess
+    return enc.preprocess if overridden else getattr(enc, "preprocessor", enc.preprocess)
+
+
 def _worker_context() -> str | None:
     """``fork`` on Linux: workers inherit the encoder instead of unpickling it (models with
     native sessions, e.g. onnxruntime, do not pickle; Python 3.14 makes forkserver the default)."""
@@ -405,7 +421,7 @@ class _Job:
         cuda = self.enc.device.type == "cuda"
         workers = min(self.workers, len(batches))
         loader = torch.utils.data.DataLoader(
-            _ImageRows(self.probe.rows, self.enc.preprocess),
+            _ImageRows(self.probe.rows, _preprocess_fn(self.enc)),
             batch_sampler=[list(range(a, b)) for a, b in batches],
             num_workers=workers,
             collate_fn=_Collate(self.enc.collate),
