@@ -7,7 +7,8 @@ underscores), e.g. ``rank.toml``::
     n = 500
     metrics = ["linear_cka_unbiased", "mutual_knn"]
     permutations = 200
-    vision = ["torchvision:mobilenet_v2", { spec = "timm:vit_small_patch14_dinov2", pooling = "cls" }]
+    vision = ["torchvision:mobilenet_v2",
+              { spec = "timm:vit_small_patch14_dinov2", pooling = "cls" }]
     text = ["st:sentence-transformers/all-MiniLM-L6-v2"]
 
 An encoder entry is a spec string, or a table with ``spec`` and the options
@@ -157,7 +158,7 @@ class RankConfig:
         return self.metrics[0]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (encoder entries as spec strings or tables), as a config file has it."""
+        """JSON-friendly form, as a config file has it (encoders as spec strings or tables)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -189,7 +190,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> R
     unknown = sorted(k for k in data if k not in VALID_KEYS)
     if unknown:
         raise AlignkitError(
-            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))}; "
             f"valid keys: {', '.join(VALID_KEYS)}"
         )
     kwargs: dict[str, Any] = {}

@@ -331,7 +331,8 @@ def top_pairs(
     ax = _axes(ax, (7.5, 0.9 + 0.38 * count))
     names = dict(labels) if labels is not None else short_labels([*sub["vision"], *sub["text"]])
     ylabels = [
-        f"{names.get(v, v)}  ×  {names.get(t, t)}" for v, t in zip(sub["vision"], sub["text"])
+        f"{names.get(v, v)}  ×  {names.get(t, t)}"
+        for v, t in zip(sub["vision"], sub["text"], strict=True)
     ]
     score = sub["score"].to_numpy(float)
     pvals = sub["p"].to_numpy(float)
@@ -410,7 +411,8 @@ def layer_heatmap(
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 2 or scores.size == 0:
         raise AlignkitError(
-            f"layer scores must be a non-empty (vision layers, text layers) matrix: got shape {scores.shape}"
+            "layer scores must be a non-empty (vision layers, text layers) matrix: "
+            f"got shape {scores.shape}"
         )
     lv, lt = scores.shape
     ax = _axes(ax, (max(4.8, 2.2 + 0.55 * lt), max(3.6, 1.8 + 0.45 * lv)))

@@ -116,7 +116,8 @@ class Ranking:
         scores: long-form scores, exactly :data:`alignkit.compare.SCORE_COLUMNS`, one row per
             (vision, text, metric) at the last layers.
         metric: the primary metric (orders :attr:`table`); default the first metric in ``scores``.
-        alpha: significance level for "above chance" (permutation p < alpha, not corrected across pairs).
+        alpha: significance level for "above chance" (permutation p < alpha; not corrected
+            across pairs).
         layers: layer x layer results per pair (``--layers all``), else empty.
         metadata: what ``run.json`` holds (command, versions, probe fingerprint, encoders, timings).
         features: ``{encoder label: FeatureSet}`` of the run (not saved; for exploring neighbours).
@@ -296,7 +297,7 @@ class Ranking:
         return f"{what} — {where}"
 
     def plot_heatmap(self, metric: str | None = None, *, ax: Axes | None = None) -> Axes:
-        """Vision x text heatmap of ``metric`` (default the primary); see :func:`alignkit.plots.heatmap`."""
+        """Vision x text heatmap of ``metric`` (default the primary); see :func:`plots.heatmap`."""
         metric = metric or self.metric
         return plots.heatmap(
             self._main,
@@ -370,7 +371,8 @@ class Ranking:
         facts = [
             f"- probe: `{probe.get('name', '?')}`, n = {int(n.iloc[0]) if len(n) else '?'} rows"
             + (f", fingerprint `{probe['fingerprint']}`" if probe.get("fingerprint") else ""),
-            f"- {len(self.vision)} vision × {len(self.text)} text encoders = {len(self.table)} pairs"
+            f"- {len(self.vision)} vision × {len(self.text)} text encoders = "
+            f"{len(self.table)} pairs"
             + (
                 f" (controls: {', '.join(f'`{c}`' for c in self.controls)})"
                 if self.controls
@@ -383,7 +385,8 @@ class Ranking:
         if cfg:
             facts.append(
                 f"- null: {cfg.get('permutations', '?')} permutations of the pairing; intervals: "
-                f"{cfg.get('subsamples', '?')} subsamples; significant = p < {self.alpha:g}; seed {cfg.get('seed', '?')}"
+                f"{cfg.get('subsamples', '?')} subsamples; significant = p < {self.alpha:g}; "
+                f"seed {cfg.get('seed', '?')}"
             )
         total = md.get("timings", {}).get("total_s")
         if total is not None:
@@ -422,7 +425,8 @@ class Ranking:
             for i, a in enumerate(self.metrics):
                 for b in self.metrics[i + 1 :]:
                     lines.append(
-                        f"- {plots.metric_label(a)} vs {plots.metric_label(b)}: τ = {tau.loc[a, b]:.2f}"
+                        f"- {plots.metric_label(a)} vs {plots.metric_label(b)}: "
+                        f"τ = {tau.loc[a, b]:.2f}"
                     )
             dis = self.disagreements(3)
             if len(dis):
@@ -441,7 +445,8 @@ class Ranking:
             if len(ctl) and len(real):
                 lines += [
                     "",
-                    f"Controls: best control pair ranks {int(ctl['rank'].min())} of {len(self.table)}; "
+                    f"Controls: best control pair ranks {int(ctl['rank'].min())} of "
+                    f"{len(self.table)}; "
                     f"worst real pair ranks {int(real['rank'].max())}.",
                 ]
         if self.layers:
@@ -449,7 +454,8 @@ class Ranking:
             lines += ["", "## Best layer pairs (p corrected for the maximum over layer pairs)", ""]
             for r in lt.head(top).itertuples():
                 lines.append(
-                    f"- `{plots.short_label(r.vision)}` L{r.best_vision_layer} × `{plots.short_label(r.text)}` "
+                    f"- `{plots.short_label(r.vision)}` L{r.best_vision_layer} × "
+                    f"`{plots.short_label(r.text)}` "
                     f"L{r.best_text_layer}: {r.best_score:.3f} (last layers {r.last_score:.3f}), "
                     f"p = {r.p_max_corrected:.3g} corrected, {r.p_best_uncorrected:.3g} uncorrected"
                 )
@@ -623,7 +629,8 @@ def check_out_dir(out: Path, *, overwrite: bool) -> None:
         return
     if not (out / RUN_FILE).is_file():
         raise AlignkitError(
-            f"--out {out} is not empty and holds no {RUN_FILE}, so it is not an alignkit run folder; "
+            f"--out {out} is not empty and holds no {RUN_FILE}, so it is not an alignkit run "
+            "folder; "
             "choose an empty or new folder"
         )
     if not overwrite:
@@ -685,7 +692,7 @@ def default_out_dir(probe_name: str, now: float | None = None) -> Path:
 # running
 # ----------------------------------------------------------------------------------------------
 def default_probe() -> str:
-    """``flickr8k:test`` when ``ALIGNKIT_DATA_DIR`` holds Flickr8k, else the built-in ``synthetic``."""
+    """``flickr8k:test`` when ``ALIGNKIT_DATA_DIR`` holds Flickr8k, else built-in ``synthetic``."""
     from alignkit._paths import data_dir
 
     return "flickr8k:test" if (data_dir() / "flickr8k" / "pairs.jsonl").is_file() else "synthetic"
@@ -897,7 +904,7 @@ def _run(
         from alignkit.probes import load_probe
 
         spec = config.probe or default_probe()
-        log.info(
+        log.debug(
             "probe: %s (n=%s)%s", spec, config.n, "" if config.probe else " [built-in default]"
         )
         probe = load_probe(spec, n=config.n, seed=config.seed)

@@ -1,4 +1,4 @@
-"""Every notebook in notebooks/ runs top to bottom (nbclient, kernel ``python3``) on small inputs."""
+"""Every notebook in notebooks/ runs top to bottom (nbclient, kernel ``python3``), small inputs."""
 
 from __future__ import annotations
 

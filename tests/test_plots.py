@@ -121,8 +121,8 @@ def test_top_pairs_draws_bars_in_score_order_with_intervals() -> None:
     np.testing.assert_allclose(widths[::-1], sub["score"].head(5))  # best bar on top
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert (
-        labels[-1]
-        == f"{plots.short_label(sub['vision'].iloc[0])}  ×  {plots.short_label(sub['text'].iloc[0])}"
+        labels[-1] == f"{plots.short_label(sub['vision'].iloc[0])}  ×  "
+        f"{plots.short_label(sub['text'].iloc[0])}"
     )
     assert any(c.__class__.__name__ == "ErrorbarContainer" for c in ax.containers)
     # all 12 pairs: the control pairs (not significant) are grey

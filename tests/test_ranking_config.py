@@ -15,7 +15,10 @@ probe = "flickr8k:test"
 n = 200
 metrics = ["mutual_knn", "linear_cka"]
 permutations = 50
-vision = ["torchvision:mobilenet_v2", { spec = "timm:vit_small_patch14_dinov2", pooling = "cls", layer = "all" }]
+vision = [
+  "torchvision:mobilenet_v2",
+  { spec = "timm:vit_small_patch14_dinov2", pooling = "cls", layer = "all" },
+]
 text = "st:sentence-transformers/all-MiniLM-L6-v2"
 """
 

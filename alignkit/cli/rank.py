@@ -12,12 +12,17 @@ import typer
 
 from alignkit.cli import app
 
-_HELP = """Score every vision x text encoder pair on paired images and captions, rank the pairs, and write the tables and figures to --out.
-
-With no arguments: the offline-small encoder set (with its random-initialised controls) on flickr8k:test (500 rows) when ALIGNKIT_DATA_DIR holds Flickr8k, else on the built-in synthetic probe. Features are cached (ALIGNKIT_CACHE_DIR), so a second run does no model work.
-
-Encoders come from --vision/--text, --set, or a --config file (TOML or YAML, same keys as the options, e.g. `vision = ["torchvision:mobilenet_v2"]`, `permutations = 200`); options given on the command line override the file.
-"""
+_HELP = (
+    "Score every vision x text encoder pair on paired images and captions, rank the pairs, and "
+    "write the tables and figures to --out.\n\n"
+    "With no arguments: the offline-small encoder set (with its random-initialised controls) on "
+    "flickr8k:test (500 rows) when ALIGNKIT_DATA_DIR holds Flickr8k, else on the built-in "
+    "synthetic probe. Features are cached (ALIGNKIT_CACHE_DIR): a second run reads them back "
+    "instead of running the models.\n\n"
+    "Encoders come from --vision/--text, --set, or a --config file (TOML or YAML, same keys as "
+    'the options, e.g. `vision = ["torchvision:mobilenet_v2"]`, `permutations = 200`); options '
+    "given on the command line override the file."
+)
 
 VisionOpt = Annotated[
     list[str] | None,
@@ -25,7 +30,8 @@ VisionOpt = Annotated[
         "--vision",
         "-v",
         metavar="SPEC",
-        help="Vision encoder spec, repeatable (e.g. torchvision:mobilenet_v2). See `alignkit encoders`.",
+        help="Vision encoder spec, repeatable (e.g. torchvision:mobilenet_v2). "
+        "See `alignkit encoders`.",
     ),
 ]
 TextOpt = Annotated[
@@ -42,8 +48,8 @@ SetOpt = Annotated[
     typer.Option(
         "--set",
         metavar="NAME",
-        help="Named encoder set (offline-small, offline-all): its vision, text and control encoders are "
-        "added to --vision/--text. Default offline-small when no encoder is given.",
+        help="Named encoder set (offline-small, offline-all): its vision, text and control "
+        "encoders are added to --vision/--text. Default offline-small when no encoder is given.",
     ),
 ]
 ConfigOpt = Annotated[
@@ -52,7 +58,8 @@ ConfigOpt = Annotated[
         "--config",
         "-c",
         metavar="FILE",
-        help="Run config, .toml or .yaml, with the options' names as keys (set, vision, text, probe, n, "
+        help="Run config, .toml or .yaml, with the options' names as keys (set, vision, text, "
+        "probe, n, "
         "metrics, permutations, ...); encoders may be tables {spec = ..., pooling = ...}. "
         "Unknown keys are an error.",
     ),
@@ -63,7 +70,8 @@ ProbeOpt = Annotated[
         "--probe",
         "-p",
         metavar="SPEC",
-        help="Probe set: flickr8k[:train|dev|test], imagenet-samples, coco-val2017, synthetic, or a "
+        help="Probe set: flickr8k[:train|dev|test], imagenet-samples, coco-val2017, synthetic, "
+        "or a "
         "manifest path. Default flickr8k:test when ALIGNKIT_DATA_DIR holds it, else synthetic.",
     ),
 ]
@@ -108,7 +116,8 @@ LayersOpt = Annotated[
     typer.Option(
         "--layers",
         metavar="last|all",
-        help="'all': also score every vision layer x text layer (first metric), draw a layer x layer "
+        help="'all': also score every vision layer x text layer (first metric), draw a layer x "
+        "layer "
         "heatmap per pair and give the best layer pair with a p-value corrected for picking the "
         "maximum. Default last.",
     ),
@@ -251,7 +260,8 @@ def rank_encoders_command(
         why = (
             "Flickr8k found in ALIGNKIT_DATA_DIR"
             if probe_spec != "synthetic"
-            else "built-in synthetic scenes; set ALIGNKIT_DATA_DIR to a folder with flickr8k/ for real photos"
+            else "built-in synthetic scenes; set ALIGNKIT_DATA_DIR to a folder with flickr8k/ "
+            "for real photos"
         )
         typer.echo(f"probe: {probe_spec} ({rows}) [default: {why}]")
     else:
@@ -280,7 +290,8 @@ def rank_encoders_command(
     md = ranking.metadata
     typer.echo("")
     typer.echo(
-        f"{len(ranking.vision)} vision x {len(ranking.text)} text encoders on {md['probe']['name']} "
+        f"{len(ranking.vision)} vision x {len(ranking.text)} text encoders on "
+        f"{md['probe']['name']} "
         f"(n={md['probe']['n']}), ranked by {ranking.metric}:"
     )
     typer.echo(ranking.format_table(top))
