@@ -5,9 +5,9 @@
 
 Float32 inputs, torch with 2 threads, every case in one process (timings alternate between the
 implementations; the best of a few repeats for fast cases, one run for slow dense ones). Peak
-memory is the high-water mark of the process RSS (``resource.getrusage(...).ru_maxrss``) of a
-fresh subprocess per case, minus its RSS just before the call (after the inputs exist): it counts
-torch's allocations, which ``tracemalloc`` does not see.
+memory is the high-water mark of the RSS of a fresh subprocess per case (VmHWM, reset just before
+the call), minus its RSS at that moment (the inputs already exist): it counts torch's
+allocations, which ``tracemalloc`` does not see.
 
 The naive baselines are written here from their published formulas:
 * dense linear CKA as in the reference code (mayug/freeze-align): Gram matrices, an explicit
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -39,7 +38,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,6 +60,23 @@ def dense_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
     kc, lc = centred_gram(x), centred_gram(y)
     return float((kc * lc).sum() / torch.sqrt((kc * kc).sum() * (lc * lc).sum()))
+
+
+def reference_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The reference code's structure: HSIC(X, Y), HSIC(X, X), HSIC(Y, Y), each building and
+    centring (H K H) its two Gram matrices anew: six centrings, 3x the work of the version above."""
+    n = x.shape[0]
+
+    def centering(k: torch.Tensor) -> torch.Tensor:
+        h = torch.eye(n) - torch.full((n, n), 1.0 / n)
+        return h @ k @ h
+
+    def linear_hsic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (centering(a @ a.T) * centering(b @ b.T)).sum()
+
+    return float(
+        linear_hsic(x, y) / (torch.sqrt(linear_hsic(x, x)) * torch.sqrt(linear_hsic(y, y)))
+    )
 
 
 def dense_unbiased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -155,15 +170,27 @@ CASES = {
 }
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def run_case(name: str, n: int, d: int) -> dict:
-    """Child process: one call, its wall time and its peak RSS above the pre-call RSS."""
+    """Child process: one call, its wall time and its peak RSS above the pre-call RSS.
+
+    The high-water mark is reset just before the call (writing 5 to /proc/self/clear_refs) and
+    read back as VmHWM: ``ru_maxrss`` would also count the parent's RSS, inherited at fork.
+    """
     torch.set_num_threads(THREADS)
     x, y = inputs(n, d, seed=1)
-    before = psutil.Process().memory_info().rss
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS") * 1024
     t = time.perf_counter()
     score = CASES[name](x, y)
     wall = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = _status_kib("VmHWM") * 1024
     return {
         "case": name,
         "n": n,
@@ -189,136 +216,135 @@ def in_subprocess(name: str, n: int, d: int) -> dict:
 # the benchmark
 
 
-def main(quick: bool) -> None:
+def main(quick: bool, only: set[str]) -> None:
     torch.set_num_threads(THREADS)
-    rows: list[
-        tuple[str, str, float, float, str]
-    ] = []  # case, implementation, seconds, floor s, note
+    rows: list[tuple[str, str, float, float, str]] = []  # case, impl, seconds, floor s, note
     rate = gemm_rate(quick)
     print(f"float32 GEMM rate on this machine ({THREADS} threads): {rate / 1e9:.1f} GFLOP/s")
 
     def add(case: str, impl: str, seconds: float, flops: float, note: str = "") -> None:
         rows.append((case, impl, seconds, flops / rate, note))
 
-    # linear CKA ------------------------------------------------------------------------------
     n, d = (1000, 384) if quick else (5000, 384)
     x, y = inputs(n, d, seed=0)
-    case = f"linear CKA n={n} d={d}"
-    t_dense, s_dense = best_time(lambda: dense_linear_cka(x, y), 1)
-    t_dense_u, s_dense_u = best_time(lambda: dense_unbiased_cka(x, y), 1)
-    t_inline, s_inline = best_time(lambda: inline_linear_cka(x, y), 7)
-    t_ours, s_ours = best_time(lambda: linear_cka(x, y), 7)
-    t_ours_u, s_ours_u = best_time(lambda: linear_cka(x, y, unbiased=True), 7)
-    t_inline2, _ = best_time(lambda: inline_linear_cka(x, y), 7)  # again: alternate against noise
-    t_inline = min(t_inline, t_inline2)
-    cka_flops = 2 * n * 3 * d * d
-    add(
-        case,
-        "dense H K H (reference code)",
-        t_dense,
-        cka_flops,
-        f"score {s_dense:.4f}",
-    )
-    add(
-        case,
-        "dense unbiased (platonic-rep)",
-        t_dense_u,
-        cka_flops,
-        f"score {s_dense_u:.4f}",
-    )
-    add(case, "inline ‖YᵀX‖²_F", t_inline, cka_flops, f"score {s_inline:.4f}")
-    add(
-        case,
-        "alignkit linear_cka",
-        t_ours,
-        cka_flops,
-        f"score {s_ours:.4f}; {t_dense / t_ours:.0f}x dense; {t_ours / t_inline:.2f}x inline",
-    )
-    add(
-        case,
-        "alignkit linear_cka unbiased",
-        t_ours_u,
-        cka_flops,
-        f"score {s_ours_u:.4f}; {t_dense_u / t_ours_u:.0f}x dense; "
-        f"{t_ours_u / t_inline:.2f}x inline",
-    )
+
+    # linear CKA ------------------------------------------------------------------------------
+    if "linear" in only:
+        case = f"linear CKA n={n} d={d}"
+        t_ref, s_ref = best_time(lambda: reference_linear_cka(x, y), 1)
+        t_dense, s_dense = best_time(lambda: dense_linear_cka(x, y), 1)
+        t_dense_u, s_dense_u = best_time(lambda: dense_unbiased_cka(x, y), 1)
+        t_inline, s_inline = best_time(lambda: inline_linear_cka(x, y), 7)
+        t_ours, s_ours = best_time(lambda: linear_cka(x, y), 7)
+        t_ours_u, s_ours_u = best_time(lambda: linear_cka(x, y, unbiased=True), 7)
+        t_inline = min(t_inline, best_time(lambda: inline_linear_cka(x, y), 7)[0])  # alternate
+        cka_flops = 2 * n * 3 * d * d
+        add(case, "reference code as written (6 HKH)", t_ref, cka_flops, f"score {s_ref:.4f}")
+        add(case, "dense, HKH once per Gram", t_dense, cka_flops, f"score {s_dense:.4f}")
+        add(
+            case,
+            "dense unbiased (platonic-rep)",
+            t_dense_u,
+            cka_flops,
+            f"score {s_dense_u:.4f}",
+        )
+        add(case, "inline ‖YᵀX‖²_F", t_inline, cka_flops, f"score {s_inline:.4f}")
+        add(
+            case,
+            "alignkit linear_cka",
+            t_ours,
+            cka_flops,
+            f"score {s_ours:.4f}; {t_ref / t_ours:.0f}x reference, {t_dense / t_ours:.0f}x HKH "
+            f"once; {t_ours / t_inline:.2f}x inline",
+        )
+        add(
+            case,
+            "alignkit linear_cka unbiased",
+            t_ours_u,
+            cka_flops,
+            f"score {s_ours_u:.4f}; {t_dense_u / t_ours_u:.0f}x dense; "
+            f"{t_ours_u / t_inline:.2f}x inline",
+        )
 
     # mutual kNN ------------------------------------------------------------------------------
-    case = f"mutual kNN k=10 n={n} d={d}"
-    t_dense_knn, s_dense_knn = best_time(lambda: dense_mutual_knn(x, y), 1 if not quick else 2)
-    t_knn, s_knn = best_time(lambda: mutual_knn(x, y), 3)
-    t_dense_knn = min(t_dense_knn, best_time(lambda: dense_mutual_knn(x, y), 1)[0])
-    mem_dense = in_subprocess("dense_mutual_knn", n, d)["peak_extra_bytes"]
-    mem_ours = in_subprocess("mutual_knn", n, d)["peak_extra_bytes"]
-    knn_flops = 2 * n * n * d  # n²·d per input
-    add(
-        case,
-        "dense masks (platonic-rep)",
-        t_dense_knn,
-        knn_flops,
-        f"score {s_dense_knn:.4f}; peak +{mem_dense / 2**20:.0f} MiB",
-    )
-    add(
-        case,
-        "alignkit mutual_knn",
-        t_knn,
-        knn_flops,
-        f"score {s_knn:.4f}; peak +{mem_ours / 2**20:.0f} MiB; {t_dense_knn / t_knn:.1f}x faster, "
-        f"{mem_dense / max(mem_ours, 1):.1f}x less memory",
-    )
+    if "knn" in only:
+        case = f"mutual kNN k=10 n={n} d={d}"
+        t_dense_knn, s_dense_knn = best_time(lambda: dense_mutual_knn(x, y), 1 if not quick else 2)
+        t_knn, s_knn = best_time(lambda: mutual_knn(x, y), 3)
+        t_dense_knn = min(t_dense_knn, best_time(lambda: dense_mutual_knn(x, y), 1)[0])
+        mem_dense = in_subprocess("dense_mutual_knn", n, d)["peak_extra_bytes"]
+        mem_ours = in_subprocess("mutual_knn", n, d)["peak_extra_bytes"]
+        knn_flops = 2 * n * n * d  # n²·d per input
+        add(
+            case,
+            "dense masks (platonic-rep)",
+            t_dense_knn,
+            knn_flops,
+            f"score {s_dense_knn:.4f}; peak +{mem_dense / 2**20:.0f} MiB",
+        )
+        add(
+            case,
+            "alignkit mutual_knn",
+            t_knn,
+            knn_flops,
+            f"score {s_knn:.4f}; peak +{mem_ours / 2**20:.0f} MiB; "
+            f"{t_dense_knn / t_knn:.1f}x faster, {mem_dense / max(mem_ours, 1):.1f}x less memory",
+        )
 
     # RBF CKA ---------------------------------------------------------------------------------
-    case = f"RBF CKA n={n} d={d}"
-    t_dense_rbf, s_dense_rbf = best_time(lambda: dense_rbf_cka(x, y), 1)
-    t_rbf, s_rbf = best_time(lambda: rbf_cka(x, y), 2)
-    add(
-        case,
-        "dense, exact median, H K H",
-        t_dense_rbf,
-        2 * n * n * d,
-        f"score {s_dense_rbf:.4f}",
-    )
-    add(
-        case,
-        "alignkit rbf_cka",
-        t_rbf,
-        2 * n * n * d,
-        f"score {s_rbf:.4f}; {t_dense_rbf / t_rbf:.1f}x faster (floor: both kernels once)",
-    )
+    if "rbf" in only:
+        case = f"RBF CKA n={n} d={d}"
+        t_dense_rbf, s_dense_rbf = best_time(lambda: dense_rbf_cka(x, y), 1)
+        t_rbf, s_rbf = best_time(lambda: rbf_cka(x, y), 2)
+        add(
+            case,
+            "dense, exact median, H K H",
+            t_dense_rbf,
+            2 * n * n * d,
+            f"score {s_dense_rbf:.4f}",
+        )
+        add(
+            case,
+            "alignkit rbf_cka",
+            t_rbf,
+            2 * n * n * d,
+            f"score {s_rbf:.4f}; {t_dense_rbf / t_rbf:.1f}x faster (floor: both kernels once)",
+        )
 
     # all pairs -------------------------------------------------------------------------------
-    m, b = (3, 10) if quick else (6, 100)
-    n_pairs = m * m
-    vision = {f"v{i}": inputs(n, d, seed=10 + i)[0] for i in range(m)}
-    text = {f"t{i}": inputs(n, d, seed=10 + i)[1] for i in range(m)}
-    metrics = ("linear_cka_unbiased", "linear_cka", "mutual_knn")
-    t = time.perf_counter()
-    score_pairs(vision, text, metrics, n_permutations=b, progress=False)
-    t_pairs = time.perf_counter() - t
-    # independent: each pair and metric from the public per-pair API (permutation_null gives the
-    # observed score and its null). Full run: 6 of the 36 pairs (one per vision encoder), scaled.
-    sample = (
-        [(f"v{i}", f"t{j}") for i in range(m) for j in range(m)]
-        if quick
-        else [(f"v{i}", f"t{i}") for i in range(m)]
-    )
-    t = time.perf_counter()
-    for v, tx in sample:
-        for metric in metrics:
-            permutation_null(metric, vision[v], text[tx], n_permutations=b, seed=0)
-    t_indep = (time.perf_counter() - t) * n_pairs / len(sample)
-    case = f"all pairs {m}x{m} n={n} d={d} B={b}"
-    cka_null_flops = n_pairs * (b + 1) * 2 * n * d * d
-    pair_flops = 2 * m * n * n * d + 2 * m * 2 * n * d * d + cka_null_flops
-    label = f"{n_pairs} independent pairs" + ("" if quick else " (6 timed, x6)")
-    add(case, label, t_indep, pair_flops)
-    add(
-        case,
-        "alignkit score_pairs",
-        t_pairs,
-        pair_flops,
-        f"{t_indep / t_pairs:.1f}x faster than independent pairs",
-    )
+    if "pairs" in only:
+        m, b = (3, 10) if quick else (6, 100)
+        n_pairs = m * m
+        vision = {f"v{i}": inputs(n, d, seed=10 + i)[0] for i in range(m)}
+        text = {f"t{i}": inputs(n, d, seed=10 + i)[1] for i in range(m)}
+        metrics = ("linear_cka_unbiased", "linear_cka", "mutual_knn")
+        t = time.perf_counter()
+        score_pairs(vision, text, metrics, n_permutations=b, progress=False)
+        t_pairs = time.perf_counter() - t
+        # independent: each pair and metric through the public per-pair API (permutation_null
+        # gives the score and its null). Full run: 6 of the 36 pairs (one per vision encoder), x6.
+        sample = (
+            [(f"v{i}", f"t{j}") for i in range(m) for j in range(m)]
+            if quick
+            else [(f"v{i}", f"t{i}") for i in range(m)]
+        )
+        t = time.perf_counter()
+        for v, tx in sample:
+            for metric in metrics:
+                permutation_null(metric, vision[v], text[tx], n_permutations=b, seed=0)
+        t_indep = (time.perf_counter() - t) * n_pairs / len(sample)
+        case = f"all pairs {m}x{m} n={n} d={d} B={b}"
+        cka_null_flops = n_pairs * (b + 1) * 2 * n * d * d
+        pair_flops = 2 * m * n * n * d + 2 * m * 2 * n * d * d + cka_null_flops
+        label = f"{n_pairs} independent pairs" + ("" if quick else " (6 timed, x6)")
+        add(case, label, t_indep, pair_flops)
+        add(
+            case,
+            "alignkit score_pairs",
+            t_pairs,
+            pair_flops,
+            f"{t_indep / t_pairs:.1f}x faster than independent pairs",
+        )
 
     # print -------------------------------------------------------------------------------------
     print()
@@ -328,21 +354,28 @@ def main(quick: bool) -> None:
         print(f"| {case} | {impl} | {seconds:.3f} | {floor:.3f} | {floor / seconds:.0%} | {note} |")
 
     # 100k rows ---------------------------------------------------------------------------------
-    big_n = 10_000 if quick else 100_000
-    res = in_subprocess("mutual_knn", big_n, 768)
-    floor = 2 * big_n * big_n * 768 / rate
-    print()
-    print(
-        f"mutual_knn n={big_n} d=768: {res['seconds']:.1f} s "
-        f"(GEMM floor {floor:.1f} s, {floor / res['seconds']:.0%}), "
-        f"peak RSS +{res['peak_extra_bytes'] / 2**30:.2f} GiB above the inputs "
-        f"(a dense n x n float32 matrix: {big_n**2 * 4 / 2**30:.1f} GiB); score {res['score']:.4f}"
-    )
+    if "big" in only:
+        big_n = 10_000 if quick else 100_000
+        res = in_subprocess("mutual_knn", big_n, 768)
+        floor = 2 * big_n * big_n * 768 / rate
+        print()
+        print(
+            f"mutual_knn n={big_n} d=768: {res['seconds']:.1f} s "
+            f"(GEMM floor {floor:.1f} s, {floor / res['seconds']:.0%}), "
+            f"peak RSS +{res['peak_extra_bytes'] / 2**30:.2f} GiB above the inputs "
+            f"(a dense n x n float32 matrix: {big_n**2 * 4 / 2**30:.1f} GiB); "
+            f"score {res['score']:.4f}"
+        )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    parser.add_argument(
+        "--only",
+        default="linear,knn,rbf,pairs,big",
+        help="comma-separated sections: linear, knn, rbf, pairs, big (default: all)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--d", type=int, help=argparse.SUPPRESS)
@@ -350,4 +383,4 @@ if __name__ == "__main__":
     if args.case:
         print(json.dumps(run_case(args.case, args.n, args.d)))
     else:
-        main(args.quick)
+        main(args.quick, set(args.only.split(",")))
