@@ -44,17 +44,18 @@ def flickr(data_dir: Path) -> list[dict]:
 
 
 # ASSETS.md: about 84% (MobileNetV2) and 89% (EfficientNet-Lite0) top-1 over all 1,000 images.
-# On 120 of them the standard error is about 3.3 points, so 0.70 sits > 4 standard errors below.
+# On 100 of them the standard error is about 3.7 points, so 0.70 sits about 4 standard errors below.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spec", ["torchvision:mobilenet_v2", "efficientnet-lite:efficientnet_lite0"]
 )
 def test_imagenet_top1_of_the_offline_cnns(spec: str, data_dir: Path) -> None:
     _need(spec)
     enc = create_encoder(spec, device="cpu")
-    rows = _imagenet_rows(data_dir, 120)
+    rows = _imagenet_rows(data_dir, 100)
     correct = 0
-    for start in range(0, len(rows), 40):
-        chunk = rows[start : start + 40]
+    for start in range(0, len(rows), 50):
+        chunk = rows[start : start + 50]
         x = enc.collate(
             [enc.preprocess(Image.open(data_dir / "imagenet-samples" / r["image"])) for r in chunk]
         )
@@ -73,33 +74,39 @@ TEXT_ENCODERS = [
 ]
 
 
-def _paraphrase_rate(enc, flickr: list[dict]) -> float:
-    """Share of images whose caption #0 is nearer (cosine) to its own caption #1 than to caption
-    #0 of the next image: two people describing one photo vs a description of another photo."""
-    first = [r["captions"][0] for r in flickr]
-    second = [r["captions"][1] for r in flickr]
-    a = torch.nn.functional.normalize(enc.encode(first), dim=1)
-    b = torch.nn.functional.normalize(enc.encode(second), dim=1)
-    own = (a * b).sum(1)
-    other = (a * a.roll(-1, dims=0)).sum(1)
-    return float((own > other).float().mean())
+def _paraphrase_recall(enc, flickr: list[dict]) -> float:
+    """Recall@1 of paraphrase retrieval: caption #0 of each image must be nearer (cosine) to
+    caption #1 of the same image (another person describing the same photo) than to caption #1 of
+    each of the other 49 images. Chance level is 1/50."""
+    first = torch.nn.functional.normalize(enc.encode([r["captions"][0] for r in flickr]), dim=1)
+    second = torch.nn.functional.normalize(enc.encode([r["captions"][1] for r in flickr]), dim=1)
+    hits = (first @ second.T).argmax(1) == torch.arange(len(flickr))
+    return float(hits.float().mean())
 
 
-@pytest.mark.parametrize("spec", TEXT_ENCODERS)
-def test_sentence_encoders_put_a_paraphrase_nearer_than_another_caption(
+# Measured on these 50 images: 0.88 (WordLlama) to 0.94 (MPNet, paraphrase-MiniLM-L3);
+# random-init MiniLM 0.40, random features 0.00, TF-IDF+SVD 0.60.
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(s, marks=pytest.mark.slow) if "mpnet" in s else s  # MPNet: 420 MB to load
+        for s in TEXT_ENCODERS
+    ],
+)
+def test_sentence_encoders_retrieve_the_paraphrase_among_other_captions(
     spec: str, flickr: list[dict]
 ) -> None:
     _need(spec)
-    rate = _paraphrase_rate(create_encoder(spec, device="cpu"), flickr)
-    assert rate >= 0.8, f"{spec}: paraphrase nearer in only {rate:.2f} of {len(flickr)} images"
+    recall = _paraphrase_recall(create_encoder(spec, device="cpu"), flickr)
+    assert recall >= 0.75, f"{spec}: paraphrase recall@1 {recall:.2f} over {len(flickr)} images"
 
 
 def test_tfidf_and_random_controls_on_the_same_captions(flickr: list[dict]) -> None:
     tfidf = create_encoder("tfidf:svd-256", device="cpu")
     tfidf.fit([c for r in flickr for c in r["captions"]])  # fitted on the probe's captions
-    assert _paraphrase_rate(tfidf, flickr) >= 0.7
-    # pure random features sit at chance (0.5 in expectation; 50 draws: sd 0.07)
-    assert _paraphrase_rate(create_encoder("random:text-384", device="cpu"), flickr) < 0.75
+    assert _paraphrase_recall(tfidf, flickr) >= 0.4  # shared words carry it part of the way
+    # pure random features sit at chance (1/50)
+    assert _paraphrase_recall(create_encoder("random:text-384", device="cpu"), flickr) <= 0.1
 
 
 def test_minilm_st_equals_the_int8_onnx_minilm_up_to_quantisation(flickr: list[dict]) -> None:
@@ -133,11 +140,11 @@ def test_sscd_student_retrieves_its_teachers_embedding(data_dir: Path, flickr: l
 def test_random_init_minilm_loses_the_paraphrase_structure(flickr: list[dict]) -> None:
     _need("st:sentence-transformers/all-MiniLM-L6-v2")
     spec = "random-init:st:sentence-transformers/all-MiniLM-L6-v2"
-    random_rate = _paraphrase_rate(create_encoder(spec, device="cpu"), flickr)
-    trained_rate = _paraphrase_rate(
+    random_rate = _paraphrase_recall(create_encoder(spec, device="cpu"), flickr)
+    trained_rate = _paraphrase_recall(
         create_encoder(spec.removeprefix("random-init:"), device="cpu"), flickr
     )
-    assert random_rate < trained_rate
+    assert random_rate < trained_rate - 0.2
 
 
 def test_weights_identity_of_packaged_models_is_the_package_version() -> None:
