@@ -426,7 +426,7 @@ class _Job:
             num_workers=workers,
             collate_fn=_Collate(self.enc.collate),
             pin_memory=cuda,
-            prefetch_factor=4 if workers else None,
+            prefetch_factor=2 if workers else None,  # batches in flight per worker
             multiprocessing_context=_worker_context() if workers else None,
         )
         for (a, b), batch in zip(batches, loader, strict=True):
