@@ -102,6 +102,10 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _fmt_z(z: float) -> str:
+    return f"z={z:.0f}" if abs(z) >= 10 else f"z={z:.1f}"
+
+
 def score_matrix(
     scores: pd.DataFrame, metric: str, column: str = "score", *, order: str = "mean"
 ) -> pd.DataFrame:
@@ -204,9 +208,9 @@ def heatmap(
             )
             text = _fmt(svals[i, j])
             if np.isfinite(zvals[i, j]):
-                text += f"\nz={zvals[i, j]:.1f}"
-                if np.isfinite(nvals[i, j]):
-                    text += f" · null {nvals[i, j]:.2f}"
+                text += f"\n{_fmt_z(zvals[i, j])}"
+                if np.isfinite(nvals[i, j]) and abs(nvals[i, j]) >= 0.005:
+                    text += f"\nnull {nvals[i, j]:.2f}"  # worth showing: a floor (biased CKA, kNN)
             ax.text(
                 j,
                 i,
@@ -241,8 +245,11 @@ def heatmap(
     ax.tick_params(which="minor", length=0)
     if title is None:
         title = metric_label(metric)
-    if has_null and np.isfinite(pvals).any():
+    n_nonsig = int((np.isfinite(pvals) & (pvals >= alpha)).sum())
+    if has_null and n_nonsig:
         title += f"\nhatched: p ≥ {alpha:g} (not above shuffled pairs)"
+    elif has_null and np.isfinite(pvals).any():
+        title += f"\nevery pair above shuffled pairs (p < {alpha:g})"
     ax.set_title(title, fontsize=10)
     return ax
 

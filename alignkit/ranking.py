@@ -291,7 +291,7 @@ class Ranking:
     def _title(self, what: str) -> str:
         probe = self.metadata.get("probe", {}).get("name")
         n = self._main["n"].dropna()
-        where = f"{probe}" if probe else "probe"
+        where = str(probe).split("[")[0] if probe else "probe"  # "flickr8k:test[n=500,seed=0]"
         if len(n):
             where += f", n={int(n.iloc[0])}"
         return f"{what} — {where}"

@@ -34,7 +34,9 @@ def test_heatmap_writes_every_score_and_hatches_non_significant_cells() -> None:
     texts = _cell_texts(ax)
     assert len(texts) == len(VISION) * len(TEXT)
     for score, z, null in zip(sub["score"], sub["z"], sub["null_mean"], strict=True):
-        assert f"{score:.3f}\nz={z:.1f} · null {null:.2f}" in texts
+        z_text = f"z={z:.0f}" if abs(z) >= 10 else f"z={z:.1f}"
+        null_text = f"\nnull {null:.2f}" if abs(null) >= 0.005 else ""
+        assert f"{score:.3f}\n{z_text}{null_text}" in texts
     hatched = [p for p in ax.patches if p.get_gid() == plots.NONSIG_GID]
     assert len(hatched) == int((sub["p"] >= 0.05).sum()) > 0
     assert all(p.get_hatch() == plots.NONSIG_HATCH for p in hatched)
