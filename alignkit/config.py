@@ -113,7 +113,7 @@ class RankConfig:
     n: int | None = DEFAULT_N
     metrics: tuple[str, ...] = DEFAULT_METRICS
     permutations: int = 100
-    subsamples: int = 20
+    subsamples: int = 10
     layers: str = "last"
     k: int = 10
     seed: int = 0

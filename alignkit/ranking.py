@@ -241,10 +241,12 @@ class Ranking:
         """Kendall τ-b (metric x metric) between the orders the metrics give the pairs."""
         return plots.kendall_tau_matrix(self.table, self.metrics)
 
-    def disagreements(self, top: int = 5) -> pd.DataFrame:
-        """The pairs whose rank moves most between metrics (largest ``max_rank_shift``)."""
+    def disagreements(self, top: int = 5, *, controls: bool = True) -> pd.DataFrame:
+        """The pairs whose rank moves most between metrics (largest ``max_rank_shift``);
+        ``controls=False`` leaves out pairs with a control encoder."""
         cols = ["vision", "text", *[f"rank_{m}" for m in self.metrics], "max_rank_shift"]
-        t = self.table[cols]
+        t = self.table if controls else self.table[~self.table["control"]]
+        t = t[cols]
         return (
             t[t["max_rank_shift"] > 0]
             .sort_values("max_rank_shift", ascending=False, kind="stable")
@@ -428,10 +430,10 @@ class Ranking:
                         f"- {plots.metric_label(a)} vs {plots.metric_label(b)}: "
                         f"τ = {tau.loc[a, b]:.2f}"
                     )
-            dis = self.disagreements(3)
+            dis = self.disagreements(3, controls=False)
             if len(dis):
                 lines.append(
-                    "- largest disagreements: "
+                    "- largest disagreements (real pairs): "
                     + "; ".join(
                         f"`{plots.short_label(r.vision)}` × `{plots.short_label(r.text)}` (ranks "
                         + ", ".join(str(int(getattr(r, f"rank_{mm}"))) for mm in self.metrics)
@@ -822,7 +824,7 @@ def rank_encoders(
     encoder_set: str | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     permutations: int = 100,
-    subsamples: int = 20,
+    subsamples: int = 10,
     layers: str = "last",
     k: int = 10,
     seed: int = 0,

@@ -128,6 +128,9 @@ def test_disagreements_lists_pairs_that_move(ranking: Ranking) -> None:
     assert (dis["max_rank_shift"] > 0).all()
     assert list(dis["max_rank_shift"]) == sorted(dis["max_rank_shift"], reverse=True)
     assert len(dis) == int((ranking.table["max_rank_shift"] > 0).sum())
+    real = ranking.disagreements(top=100, controls=False)
+    assert not real["vision"].str.startswith("random-init:").any()
+    assert len(real) == int(((ranking.table["max_rank_shift"] > 0) & ~ranking.table["control"]).sum())
 
 
 def test_layer_rows_do_not_enter_the_pair_table() -> None:

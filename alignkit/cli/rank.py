@@ -108,7 +108,7 @@ SubOpt = Annotated[
     typer.Option(
         "--subsamples",
         metavar="S",
-        help="Row subsamples (without replacement) for the score intervals. 0 = none. Default 20.",
+        help="Row subsamples (without replacement) for the score intervals. 0 = none. Default 10.",
     ),
 ]
 LayersOpt = Annotated[
