@@ -282,7 +282,7 @@ class HFEncoder(Encoder):
             return pool_tokens(tokens, self._pool_for(n_prefix), n_prefix=n_prefix)
         hidden = self._hidden(out)  # L x (B, T, D)
         n_prefix = hidden[0].shape[1] - n_patch
-        pooling = self._pool_for(n_prefix, intermediate=True)
+        pooling = self._pool_for(n_prefix)
         if self.layer == "all":
             return torch.stack([pool_tokens(h, pooling, n_prefix=n_prefix) for h in hidden])
         return pool_tokens(hidden[self.layer], pooling, n_prefix=n_prefix)
@@ -294,7 +294,8 @@ class HFEncoder(Encoder):
             patch = patch[0]
         return (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
 
-    def _pool_for(self, n_prefix: int, intermediate: bool = False) -> str:
+    def _pool_for(self, n_prefix: int) -> str:
+        """The token pooling to apply; "default" without a pooler head is CLS (or mean without one)."""
         pooling = self.pooling
         if pooling == "default":
             pooling = "cls" if n_prefix > 0 else "mean"
