@@ -14,7 +14,7 @@ Targets (issue #3): extract / bare <= 1.15 for images, <= 1.10 for text. Repetit
 bare and extract so that both see the same machine load; the table gives the ratio of the medians
 and the ratio of the minima. Peak memory is the largest proportional set size (PSS: this process
 plus its DataLoader workers, shared pages split between them) above its level at the start of the
-phase, sampled every 50 ms. The CPU ratio (CPU seconds of the process and its workers) is robust to
+phase, sampled every 250 ms. The CPU ratio (CPU seconds of the process and its workers) is robust to
 other jobs on the machine but blind to overlap; the wall-clock ratio is the target.
 
     python benchmarks/extraction.py [--n 512] [--batch-size 64] [--repeats 3] [--workers 0 1 2]
@@ -89,7 +89,7 @@ class PeakMemory:
         return total
 
     def _watch(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(0.25):  # reading smaps is not free: sample sparsely
             self.peak = max(self.peak, self._rss() - self.base)
 
     def __enter__(self) -> PeakMemory:
