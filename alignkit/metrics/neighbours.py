@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.metrics._checks import ArrayLike, as_pair, check_k, check_min_rows
 from alignkit.metrics import _engine
+from alignkit.metrics._checks import ArrayLike, as_pair, check_k, check_min_rows
 from alignkit.metrics._engine import Engine, Options, evaluate
 
 
@@ -89,7 +89,8 @@ def _running_topk(xn: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]
     diagonal then offers its rows (S_IJ) and its columns (S_IJᵀ) only the entries above their
     current m-th value (found by one comparison pass; few pass once the lists are seeded), merged
     by a sort. The values returned are exact and descending per row; which index of several equal
-    values is kept is unspecified (the caller resolves ties at the boundary). Memory O(n·m + block²).
+    values is kept is unspecified (the caller resolves ties at the boundary).
+    Memory O(n·m + block²).
     """
     n, dev = xn.shape[0], xn.device
     side = max(m + 1, min(n, math.isqrt(_engine.BLOCK_ELEMENTS)))
