@@ -50,7 +50,9 @@ def extract_command(
     ] = "synthetic",
     n: Annotated[
         int | None,
-        typer.Option("--n", "-n", help="seeded, stable subsample of this many rows (under torchrun: -n)"),
+        typer.Option(
+            "--n", "-n", help="seeded, stable subsample of this many rows (under torchrun: -n)"
+        ),
     ] = None,
     split: Annotated[
         str | None, typer.Option(help="keep only this split (train, dev, test)")
@@ -63,7 +65,10 @@ def extract_command(
     ] = "first",
     batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 64,
     workers: Annotated[
-        int | None, typer.Option(help="image decoding worker processes [default: min(2, cores)]")
+        int | None,
+        typer.Option(
+            help="image decoding workers [default: 1 on <= 2 cores, else 2; GPU: up to 8]"
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     skip_bad: Annotated[bool, typer.Option(help="drop unreadable rows instead of failing")] = False,

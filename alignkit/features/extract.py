@@ -33,17 +33,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def default_num_workers() -> int:
-    """DataLoader workers for image decoding and preprocessing: ``min(2, usable cores)``.
+def default_num_workers(device: torch.device | str = "cpu") -> int:
+    """DataLoader workers for image decoding and preprocessing.
 
-    Measured on 2 cores with MobileNetV2 (benchmarks/extraction.py): one or two workers hide
-    JPEG decoding behind the forward pass; more only contend with the model's threads.
+    On a GPU the forward is fast and decoding is the bottleneck: ``min(8, cores)``. On the CPU the
+    model's own threads use every core and decoding a JPEG costs a few percent of a CNN forward,
+    so one worker keeps up and more only contend with the model: 1 worker up to 2 cores, else 2.
+    (benchmarks/extraction.py on 2 loaded cores: CPU work 1.03x bare with 2 workers at load 10,
+    1.20x at load 1-4, where the extra workers make the model's threads wait.)
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(2, cores))
+    if torch.device(device).type == "cuda":
+        return max(1, min(8, cores))
+    return 1 if cores <= 2 else 2
 
 
 # -- public entry point ---------------------------------------------------------------------------
@@ -101,7 +106,7 @@ def extract_features(
         # reads its weights identity, so the features do not depend on batching
         enc.fit([c for row in probe.rows for c in row.captions])
     store = _resolve_cache(cache)
-    workers = default_num_workers() if num_workers is None else num_workers
+    workers = default_num_workers(enc.device) if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
     ids = probe.ids
 
