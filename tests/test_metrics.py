@@ -340,6 +340,25 @@ def test_permutation_null_p_value_and_z():
         )
 
 
+@pytest.mark.parametrize("d1, d2", [(24, 36), (150, 120)])
+@pytest.mark.parametrize("name", ["linear_cka", "linear_cka_unbiased", "rbf_cka"])
+def test_null_samples_match_dense_formulas_in_feature_and_gram_space(name, d1, d2):
+    # (150, 120) at n=100 sends linear CKA's permuted cross terms through the cached (n, n)
+    # Gram matrices (128·n < d1·d2); (24, 36) keeps them in feature space. RBF CKA always
+    # caches its kernels at this n. Each sample must equal the dense formula on y[perm].
+    from alignkit.metrics.cka import _gram_is_cheaper
+
+    assert _gram_is_cheaper(100, d1 * d2) == (d1 * d2 > 128 * 100)
+    x, y = _latent_pair(n=100, d1=d1, d2=d2)
+    r = permutation_null(name, x, y, n_permutations=5, seed=3)
+    hsic = _hsic_unbiased if name == "linear_cka_unbiased" else _hsic_biased
+    gram = _rbf_gram if name == "rbf_cka" else (lambda a: a @ a.T)
+    rng = np.random.default_rng(3)
+    for b in range(5):
+        yp = y[rng.permutation(100)]
+        assert r.samples[b] == pytest.approx(_cka(gram(x), gram(yp), hsic), abs=1e-9)
+
+
 def test_subsample_interval_brackets_subset_scores():
     x, y = _latent_pair(n=120)
     low, high = subsample_interval(
