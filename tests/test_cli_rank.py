@@ -228,3 +228,18 @@ def test_real_run_ranks_controls_last_and_resumes_from_the_cache(
     print(f"re-run {second_s:.1f} s (first complete run {first_s:.1f} s); {timings}")
     new = pd.read_csv(out / "ranking.csv")
     pd.testing.assert_frame_equal(new, table)  # same seed, same features: the same numbers
+
+
+def test_quiet_silences_transformers_weight_loading_bars():
+    # --quiet promises no bars; transformers' own "Loading weights" bar bypasses progress=.
+    from transformers.utils import logging as hf_logging
+
+    from alignkit.cli import silence_third_party_progress
+
+    hf_logging.enable_progress_bar()
+    try:
+        assert hf_logging.is_progress_bar_enabled()
+        silence_third_party_progress()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()

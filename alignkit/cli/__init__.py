@@ -6,6 +6,7 @@ Each command group lives in its own module and registers itself on :data:`app`. 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -28,13 +29,26 @@ def _root() -> None:
     # A callback keeps `alignkit` a command group even while only one command is registered.
 
 
+def silence_third_party_progress() -> None:
+    """``--quiet`` means no bars at all: also turn off transformers' and the hub's own
+    ("Loading weights", download bars), which do not go through alignkit's ``progress=``."""
+    for module, function in (
+        ("transformers.utils.logging", "disable_progress_bar"),
+        ("huggingface_hub.utils", "disable_progress_bars"),
+    ):
+        try:
+            getattr(importlib.import_module(module), function)()
+        except (ImportError, AttributeError):  # an older or absent library has no bar to silence
+            pass
+
+
 # Command modules register themselves on `app` at import.
 from alignkit.cli import encoders as _encoders  # noqa: E402,F401
 from alignkit.cli import extract as _extract  # noqa: E402,F401
 from alignkit.cli import rank as _rank  # noqa: E402,F401
 
 
-def main(argv: "list[str] | None" = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point. Library errors become ``error: <one line>`` on stderr and exit 1.
 
     Tests call ``main([...])`` and read ``SystemExit.code`` and stderr (pytest's ``capsys``).
@@ -46,5 +60,7 @@ def main(argv: "list[str] | None" = None) -> None:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(1)
     except KeyboardInterrupt:
-        typer.secho("interrupted: finished work is kept in the cache; run again to resume", err=True)
+        typer.secho(
+            "interrupted: finished work is kept in the cache; run again to resume", err=True
+        )
         sys.exit(130)

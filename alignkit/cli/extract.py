@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from alignkit.cli import app
+from alignkit.cli import app, silence_third_party_progress
 
 CacheDir = Annotated[
     Path | None,
@@ -101,6 +101,8 @@ def extract_command(
 
     # under torchrun every rank runs this command; only rank 0 reports
     say = typer.echo if os.environ.get("RANK", "0") == "0" else (lambda *args, **kwargs: None)
+    if quiet:
+        silence_third_party_progress()
     if out is not None and len(encoder) != 1:
         raise AlignkitError(f"--out takes the features of one encoder: got {len(encoder)} encoders")
     probe_set = load_probe(

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from alignkit.cli import app
+from alignkit.cli import app, silence_third_party_progress
 
 _HELP = (
     "Score every vision x text encoder pair on paired images and captions, rank the pairs, and "
@@ -269,7 +269,9 @@ def rank_encoders_command(
 
     handler = None
     rank_log = logging.getLogger("alignkit.ranking")
-    if not quiet:
+    if quiet:
+        silence_third_party_progress()
+    else:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         rank_log.addHandler(handler)
