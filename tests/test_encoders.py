@@ -356,6 +356,24 @@ def test_torchvision_local_weights_pre_logits_and_stages(tmp_path: Path) -> None
     torch.testing.assert_close(s[-1, :, :576], pooled, atol=1e-5, rtol=1e-4)  # last stage: 576 ch
 
 
+def test_torchvision_weights_wrapped_or_mismatched(tmp_path: Path) -> None:
+    import torchvision
+
+    torch.manual_seed(1)
+    model = torchvision.models.get_model("mobilenet_v3_small", weights=None).eval()
+    wrapped = tmp_path / "wrapped.pth"  # the {"state_dict": ...} layout of many training scripts
+    torch.save({"state_dict": model.state_dict()}, wrapped)
+    enc = create_encoder("torchvision:mobilenet_v3_small", device="cpu", weights=wrapped)
+    x = enc.collate([enc.preprocess(im) for im in IMAGES[:2]])
+    with torch.no_grad():
+        torch.testing.assert_close(enc.logits(x), model(x), atol=1e-5, rtol=1e-4)
+    other = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.get_model("resnet18", weights=None).state_dict(), other)
+    with pytest.raises(AlignkitError, match="do not fit torchvision's mobilenet_v3_small") as err:
+        create_encoder("torchvision:mobilenet_v3_small", device="cpu", weights=other)
+    assert "\n" not in str(err.value)
+
+
 def test_efficientnet_lite_random_init_layers() -> None:
     pytest.importorskip("efficientnet_lite_pytorch")
     enc = create_encoder("random-init:efficientnet-lite:efficientnet_lite0", device="cpu")

@@ -107,6 +107,19 @@ class CNNEncoder(Encoder):
         }
 
 
+def _load_state(model: nn.Module, weights: str | Path, what: str) -> None:
+    """Load a state-dict file (optionally wrapped as ``{"state_dict": ...}``) strictly into model."""
+    state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise AlignkitError(
+            f"the weights in {weights} do not fit {what}: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
 # ------------------------------------------------------------------------------------------------
 # torchvision
 
@@ -184,16 +197,7 @@ class TorchvisionEncoder(CNNEncoder):
         if random_init:
             self._identity = f"random-init:seed={seed}:torchvision=={torchvision.__version__}"
         else:
-            state = torch.load(str(weights), map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state:
-                state = state["state_dict"]
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise AlignkitError(
-                    f"the weights in {weights} do not fit torchvision's {model_id}: "
-                    f"{str(exc).splitlines()[0]}"
-                ) from exc
+            _load_state(model, weights, f"torchvision's {model_id}")
         self.model = model
         self._stages = _stages(model)
         if self.layer != "last" and not self._stages:
@@ -285,13 +289,7 @@ class EfficientNetLiteEncoder(CNNEncoder):
         if random_init:
             self._identity = f"random-init:seed={seed}:efficientnet-lite-pytorch"
         else:
-            state = torch.load(str(weights), map_location="cpu", weights_only=True)
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise AlignkitError(
-                    f"the weights in {weights} do not fit {name}: {str(exc).splitlines()[0]}"
-                ) from exc
+            _load_state(model, weights, name)
         self.model = model
         self._stages = [*model._blocks, model._conv_head]
         size = LITE_SIZES[model_id]
