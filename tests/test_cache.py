@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -378,3 +379,20 @@ def test_featureset_save_load_roundtrip(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
     with pytest.raises(AlignkitError, match="expected a FeatureSet .safetensors file"):
         FeatureSet.load(tmp_path / "bad.safetensors")
+
+
+def test_a_shard_whose_folder_vanished_is_skipped_not_fatal(tmp_path, monkeypatch):
+    # Two processes extracting one key: the first to finish commits and removes the shard folder
+    # while the other may be writing a shard into it. That write must fail as an OSError, which
+    # extraction treats as "no resume checkpoint", instead of killing the run.
+    from safetensors.torch import save_file as real_save
+
+    from alignkit.features import _io
+
+    def vanish_then_save(tensors, filename, metadata=None):
+        shutil.rmtree(Path(filename).parent)  # the other process's drop_shards, mid-write
+        return real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr("safetensors.torch.save_file", vanish_then_save)
+    with pytest.raises(OSError, match="could not write"):
+        _io.save_tensor(tmp_path / "k.partial" / "rows.safetensors", torch.ones(2, 3), {})

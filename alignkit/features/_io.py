@@ -35,12 +35,19 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 def save_tensor(path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
-    """Write one tensor named ``features`` (float32, CPU) and string ``metadata``, atomically."""
+    """Write one tensor named ``features`` (float32, CPU) and string ``metadata``, atomically.
+
+    Raises OSError when the file cannot be written, whatever layer failed.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensor = tensor.detach().to("cpu", torch.float32).contiguous()
     with atomic_path(Path(path)) as tmp:
-        save_file({"features": tensor}, str(tmp), metadata=metadata)
+        try:
+            save_file({"features": tensor}, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # its I/O failures (a folder removed meanwhile, a full
+            raise OSError(f"could not write {tmp}: {exc}") from exc  # disk) are OSErrors here
         with open(tmp, "rb+") as f:  # durable before the rename makes it visible
             os.fsync(f.fileno())
 
