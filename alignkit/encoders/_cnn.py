@@ -22,6 +22,7 @@ from alignkit.encoders._util import (
     IMAGENET_STD,
     check_layer_index,
     files_identity,
+    freeze,
     image_transform,
     parse_layer,
     require,
@@ -52,7 +53,7 @@ class CNNEncoder(Encoder):
         self.layer = parse_layer(layer)
 
     def _finish(self, stage_dims: list[int], embed_dim: int) -> None:
-        self.model = self.model.eval().to(self.device)
+        self.model = self.model.to(self.device)  # frozen (eval, no grad) since it was loaded
         self._layer_dims = stage_dims
         self.n_layers = len(stage_dims)
         if self.layer == "last":
@@ -198,7 +199,7 @@ class TorchvisionEncoder(CNNEncoder):
             self._identity = f"random-init:seed={seed}:torchvision=={torchvision.__version__}"
         else:
             _load_state(model, weights, f"torchvision's {model_id}")
-        self.model = model
+        self.model = freeze(model)  # before the width probe below runs it
         self._stages = _stages(model)
         if self.layer != "last" and not self._stages:
             raise AlignkitError(
@@ -218,6 +219,10 @@ class TorchvisionEncoder(CNNEncoder):
         self._finish(stage_dims, head.in_features)
 
     def _probe_stage_dims(self, size: int) -> list[int]:
+        """Stage widths from one forward pass of a blank image through the frozen model (in
+        ``eval()``, so BatchNorm reads its running statistics and writes nothing)."""
+        if self.model.training:  # pragma: no cover - freeze() runs first
+            raise AssertionError("the width probe must run on a model in eval mode")
         with torch.inference_mode():
             return [int(o.shape[-1]) for o in self._stage_outputs(torch.zeros(1, 3, size, size))]
 
@@ -290,7 +295,7 @@ class EfficientNetLiteEncoder(CNNEncoder):
             self._identity = f"random-init:seed={seed}:efficientnet-lite-pytorch"
         else:
             _load_state(model, weights, name)
-        self.model = model
+        self.model = freeze(model)
         self._stages = [*model._blocks, model._conv_head]
         size = LITE_SIZES[model_id]
         self._transform = {

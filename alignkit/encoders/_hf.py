@@ -21,6 +21,7 @@ from alignkit.encoders._util import (
     IMAGENET_STD,
     check_layer_index,
     files_identity,
+    freeze,
     image_transform,
     log,
     parse_layer,
@@ -118,7 +119,7 @@ class HFEncoder(Encoder):
             raise AlignkitError(f"could not load the weights of hf:{model_id}: {exc}") from exc
         if two_tower:
             model = model.vision_model if modality == "image" else model.text_model
-        self.model = model.eval().to(self.device)
+        self.model = freeze(model).to(self.device)
         self._hf_config = model.config
 
         if random_init:

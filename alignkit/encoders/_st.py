@@ -20,6 +20,7 @@ from alignkit.encoders import _offline
 from alignkit.encoders._util import (
     check_layer_index,
     files_identity,
+    freeze,
     parse_layer,
     pool_tokens,
     seeded,
@@ -117,7 +118,7 @@ class STEncoder(Encoder):
             )
             identity = f"hub:{model_id}@{commit}"
         self._identity = identity
-        self.model = model.eval()
+        self.model = freeze(model)
         if max_length:
             self.model.max_seq_length = int(max_length)
         self.max_length = int(self.model.max_seq_length)

@@ -101,10 +101,7 @@ def extract_features(
     """
     enc = _resolve_encoder(encoder, device)
     _check_arguments(enc, probe, batch_size, num_workers, caption_policy)
-    if getattr(enc, "needs_fit", False) and not getattr(enc, "fitted", False):
-        # fitted on the texts it is given (tfidf:): every caption of the probe, before the key
-        # reads its weights identity, so the features do not depend on batching
-        enc.fit([c for row in probe.rows for c in row.captions])
+    fit_to_probe(enc, probe)
     store = _resolve_cache(cache)
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
@@ -142,6 +139,19 @@ def extract_features(
         store.drop_shards(key)
     _distributed.barrier(ranks)
     return result
+
+
+def fit_to_probe(encoder: Encoder, probe: ProbeSet) -> Encoder:
+    """Fit an encoder that is fitted on the texts it is given (``needs_fit``, e.g. ``tfidf:``)
+    and not fitted yet on every caption of ``probe``; any other encoder is returned untouched.
+
+    Call it before :func:`~alignkit.features.cache.feature_key`: such an encoder has no weights
+    identity until it is fitted, and fitting on the whole probe (not on the first batch) keeps
+    its features independent of batching. :func:`extract_features` calls it itself.
+    """
+    if getattr(encoder, "needs_fit", False) and not getattr(encoder, "fitted", False):
+        encoder.fit([c for row in probe.rows for c in row.captions])
+    return encoder
 
 
 # -- argument handling ----------------------------------------------------------------------------
