@@ -254,10 +254,17 @@ def _median_sq_dist(
 def _rbf_kernel_block(
     s: _RbfState, i0: int, i1: int, x: torch.Tensor | None = None, sq: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """K[i0:i1, :] with a zero diagonal, ``(i1-i0, n)``; x/sq override for a permuted pairing."""
+    """K[i0:i1, :] in float64 with a zero diagonal, ``(i1-i0, n)``; x/sq override for a permuted
+    pairing.
+
+    Distances come from a GEMM in the input dtype; the kernel entries and every sum over them are
+    float64. The centred HSIC is a small difference of sums of n² entries near the same value
+    (high-dimensional features put every distance close to the median), so float32 sums lose
+    ~1e-4 of it: rbf_cka(x, x) was 1.00035 on float32 ReLU features (issue #8).
+    """
     x = s.x if x is None else x
     sq = s.sq if sq is None else sq
-    k = _sq_dist_block(x, sq, i0, i1).mul_(-0.5 / s.sigma2).exp_()
+    k = _sq_dist_block(x, sq, i0, i1).double().mul_(-0.5 / s.sigma2).exp_()
     rows = torch.arange(i1 - i0, device=k.device)
     k[rows, rows + i0] = 0.0
     return k
@@ -279,9 +286,8 @@ def _rbf_prepare(x: torch.Tensor, opts: Options, name: str) -> _RbfState:
     sq_off = 0.0
     for i0 in range(0, n, block):
         k = _rbf_kernel_block(state, i0, min(n, i0 + block))
-        # block sums in the input dtype (cascaded, ~1e-7 relative in float32), totals in float64
-        row_off[i0 : i0 + k.shape[0]] = k.sum(dim=1)
-        sq_off += float(torch.linalg.vector_norm(k)) ** 2
+        row_off[i0 : i0 + k.shape[0]] = k.sum(dim=1)  # float64 kernel block
+        sq_off += float(torch.dot(k.view(-1), k.view(-1)))
     return _RbfState(name, xc, sq, state.sigma2, row_off, float(row_off.sum()), sq_off)
 
 
@@ -301,7 +307,7 @@ def _rbf_cross(
         i1 = min(n, i0 + block)
         k = _rbf_kernel_block(sx, i0, i1)
         k.mul_(_rbf_kernel_block(sy, i0, i1, y, sq))
-        total += float(k.sum(dim=1).double().sum())  # row sums in the input dtype, then float64
+        total += float(k.sum())  # float64 blocks
     rows = sy.row_off if perm is None else sy.row_off[perm]
     return total, float(sx.row_off @ rows)
 
