@@ -37,7 +37,12 @@ from tqdm.auto import tqdm
 from alignkit.errors import AlignkitError
 from alignkit.metrics._checks import as_features, common_dtype
 from alignkit.metrics._engine import permutations, subsets
-from alignkit.metrics.calibration import check_count, check_fraction, null_summary
+from alignkit.metrics.calibration import (
+    check_count,
+    check_fraction,
+    max_over_cells,
+    null_summary,
+)
 from alignkit.metrics.registry import Metric, get_metric
 
 SCORE_COLUMNS: tuple[str, ...] = (
@@ -362,17 +367,19 @@ class LayerScores:
 
     @property
     def best(self) -> tuple[int, int]:
-        """(vision layer, text layer) indices with the highest score."""
-        i, j = np.unravel_index(int(np.argmax(self.scores)), self.scores.shape)
-        return self.vision_layers[i], self.text_layers[j]
+        """(vision layer, text layer) indices with the highest finite score."""
+        best = max_over_cells(self.scores, None).best
+        if best is None:
+            raise AlignkitError(
+                f"{self.metric} is NaN at every layer pair of {self.vision} x {self.text}"
+            )
+        return self.vision_layers[best[0]], self.text_layers[best[1]]
 
     @property
     def max_p(self) -> float:
-        """p-value of the best layer pair against the max-over-layer-pairs null (NaN if none)."""
-        if self.null.shape[0] == 0:
-            return math.nan
-        maxima = self.null.max(axis=(1, 2))
-        return (1.0 + float((maxima >= self.scores.max()).sum())) / (maxima.size + 1.0)
+        """p-value of the best layer pair against the max-over-layer-pairs null (NaN if none);
+        see :func:`alignkit.metrics.max_over_cells` for the NaN handling."""
+        return max_over_cells(self.scores, self.null).p_max
 
 
 def score_layers(

@@ -8,7 +8,13 @@ subsampling intervals). Every metric takes two ``(n, d)`` feature matrices of th
 
 from __future__ import annotations
 
-from alignkit.metrics.calibration import NullResult, permutation_null, subsample_interval
+from alignkit.metrics.calibration import (
+    MaxOverCells,
+    NullResult,
+    max_over_cells,
+    permutation_null,
+    subsample_interval,
+)
 from alignkit.metrics.cka import linear_cka, minibatch_cka, rbf_cka
 from alignkit.metrics.neighbours import cknna, knn_lists, mutual_knn, mutual_knn_chance
 from alignkit.metrics.registry import METRICS, Metric, get_metric, list_metrics
@@ -16,6 +22,7 @@ from alignkit.metrics.svcca import svcca
 
 __all__ = [
     "METRICS",
+    "MaxOverCells",
     "Metric",
     "NullResult",
     "cknna",
@@ -23,6 +30,7 @@ __all__ = [
     "knn_lists",
     "linear_cka",
     "list_metrics",
+    "max_over_cells",
     "minibatch_cka",
     "mutual_knn",
     "mutual_knn_chance",

@@ -81,8 +81,11 @@ def block_rows(n: int) -> int:
     return max(1, min(n, BLOCK_ELEMENTS // max(n, 1)))
 
 
-def permuted_dot(k: torch.Tensor, l: torch.Tensor, perm: torch.Tensor) -> float:
-    """⟨K, P L Pᵀ⟩ = Σ_ij K_ij L_π(i)π(j) for (n, n) kernels, in O(n²) without forming P L Pᵀ."""
+def permuted_dot(k: torch.Tensor, lk: torch.Tensor, perm: torch.Tensor) -> float:
+    """⟨K, P L Pᵀ⟩ = Σ_ij K_ij L_π(i)π(j) for (n, n) kernels, in O(n²) without forming P L Pᵀ.
+
+    Products in the kernels' dtype, summed in float64.
+    """
     n = k.shape[0]
-    flat = (perm.unsqueeze(1) * n + perm.unsqueeze(0)).view(-1)  # (n²,) where L_π's entries sit in L
-    return float(torch.dot(k.reshape(-1), l.reshape(-1).take(flat)).double())
+    flat = (perm.unsqueeze(1) * n + perm.unsqueeze(0)).view(-1)  # (n²,) where L_π's entries sit
+    return float((k.reshape(-1) * lk.reshape(-1).take(flat)).sum(dtype=torch.float64))

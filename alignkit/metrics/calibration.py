@@ -60,6 +60,80 @@ def null_summary(observed: float, samples: np.ndarray) -> tuple[float, float, fl
     return mean, std, z, p
 
 
+@dataclass(frozen=True)
+class MaxOverCells:
+    """The best cell of a grid of scores, tested against the null of the maximum over the grid.
+
+    Picking the best of L cells (layer pairs) and testing it against its own null overstates
+    significance; the max-null (Westfall & Young 1993, "Resampling-Based Multiple Testing",
+    max-T) compares it with the maximum over the grid under each permutation instead. The same
+    B permutations must have been used for every cell, so the maxima keep the cells' dependence.
+
+    Attributes:
+        best: index of the highest finite score (``(i, j)`` for a 2-D grid); None if none is finite.
+        best_score: its score (NaN if none).
+        p_max: ``(1 + #{b: max_cells null[b] >= best_score}) / (B' + 1)``, the maximum over each
+            permutation's finite cells; B' counts the permutations with at least one finite cell.
+            NaN when B' = 0 (no null, or every null cell NaN) or no score is finite.
+        p_cell: the best cell against its own finite null samples alone (what a raw maximum, as
+            in platonic-rep's layer search, would claim), NaN likewise.
+        null_max_mean: mean of the B' maxima (NaN if B' = 0).
+        n_permutations: B'.
+    """
+
+    best: tuple[int, ...] | None
+    best_score: float
+    p_max: float
+    p_cell: float
+    null_max_mean: float
+    n_permutations: int
+
+
+def max_over_cells(scores: ArrayLike, null: ArrayLike | None) -> MaxOverCells:
+    """Max-over-cells (e.g. layer pairs) permutation correction, NaN-aware.
+
+    Args:
+        scores: ``(...)`` grid of scores on the true pairing, e.g. ``(Lv, Lt)`` layer pairs;
+            NaN cells (a metric undefined at that layer) are skipped.
+        null: ``(B, ...)`` the same grid under B permutations of the pairing, the same
+            permutations for every cell; None or B = 0 for no null. A permutation takes the
+            maximum over its finite cells; one whose cells are all NaN is left out of B.
+
+    Returns:
+        :class:`MaxOverCells`. Raises AlignkitError if ``null``'s trailing shape is not
+        ``scores``' shape.
+    """
+    grid = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(grid)
+    if not finite.any():
+        best, top = None, math.nan
+    else:
+        flat = int(np.argmax(np.where(finite, grid, -np.inf)))
+        best = tuple(int(i) for i in np.unravel_index(flat, grid.shape))
+        top = float(grid[best])
+    if null is None or np.asarray(null).size == 0:
+        return MaxOverCells(best, top, math.nan, math.nan, math.nan, 0)
+    samples = np.asarray(null, dtype=np.float64)
+    if samples.shape[1:] != grid.shape:
+        raise AlignkitError(
+            f"null must have shape (B, {', '.join(map(str, grid.shape))}) to match scores: "
+            f"got {samples.shape}"
+        )
+    flat_null = samples.reshape(samples.shape[0], -1)  # (B, cells)
+    ok = np.isfinite(flat_null)
+    has_any = ok.any(axis=1)  # (B,)
+    maxima = np.where(ok, flat_null, -np.inf).max(axis=1)[has_any]  # (B',)
+    b = int(maxima.size)
+    if b == 0 or best is None:
+        mean = float(maxima.mean()) if b else math.nan
+        return MaxOverCells(best, top, math.nan, math.nan, mean, b)
+    p_max = (1.0 + float((maxima >= top).sum())) / (b + 1.0)
+    cell = samples[(slice(None), *best)]
+    cell = cell[np.isfinite(cell)]
+    p_cell = (1.0 + float((cell >= top).sum())) / (cell.size + 1.0) if cell.size else math.nan
+    return MaxOverCells(best, top, p_max, p_cell, float(maxima.mean()), b)
+
+
 def check_count(value: Any, name: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise AlignkitError(f"{name} must be an integer >= {minimum}: got {value!r}")
