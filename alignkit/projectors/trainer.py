@@ -308,6 +308,39 @@ def _local_batch(
     return image, text, img_slice, txt_slice, image_sizes, text_sizes
 
 
+def batch_loss(
+    model: AlignmentModel,
+    forward: nn.Module,
+    batch: Batch,
+    ctx: DistContext,
+    device: torch.device,
+    dtype: torch.dtype,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, float, tuple[Any, Any]]:
+    """This rank's share of the loss of one global batch, and the global loss's value.
+
+    ``forward`` is ``model`` or its DDP wrapper. Each rank embeds its slice of ``batch``, gathers
+    every rank's embeddings (with gradients), and scores its own rows against all columns; the
+    returned tensor is that share (the shares sum to the one-process loss of the batch; multiply
+    by the world size before ``backward`` under DDP, which averages gradients). Also returns the
+    local inputs (for error messages).
+    """
+    image, text, img_sl, txt_sl, image_sizes, text_sizes = _local_batch(batch, ctx)
+    image, text = to_device(image, device, dtype), to_device(text, device, dtype)
+    t2i = batch.text_to_image.to(device)
+    if amp_dtype is None:
+        autocast = torch.autocast(device.type, enabled=False)
+    else:
+        autocast = torch.autocast("cuda", dtype=amp_dtype)
+    with autocast:
+        img_emb, txt_emb = forward(image, text)  # (b, D), (m, D): this rank's rows
+    img_all = gather_rows(img_emb.to(dtype), image_sizes)  # (B, D): the global batch
+    txt_all = gather_rows(txt_emb.to(dtype), text_sizes)  # (M, D)
+    local = model.loss(img_all, txt_all, t2i, img_sl, txt_sl)  # this rank's terms
+    value = float(ctx.all_sum(local.detach()))  # the global batch's loss
+    return local, value, (image, text)
+
+
 def train_projector(
     config: TrainConfig,
     train: PairedFeatures,
@@ -433,11 +466,6 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    def autocast():
-        if amp_dtype is None:
-            return torch.autocast(device.type, enabled=False)
-        return torch.autocast("cuda", dtype=amp_dtype)
-
     def write_checkpoint(step: int, done: bool) -> None:
         if ckpt is None:
             return
@@ -483,18 +511,12 @@ def _train(
         while step < total and not finished:
             rows, epoch, b = batch_rows(config, train.n_images, step)
             batch = make_batch(train, rows, config.captions, _generator(config.seed, 2, step))
-            image, text, img_sl, txt_sl, image_sizes, text_sizes = _local_batch(batch, ctx)
-            image, text = to_device(image, device, dtype), to_device(text, device, dtype)
-            t2i = batch.text_to_image.to(device)
             lr = learning_rate(config, step, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast():
-                img_emb, txt_emb = ddp_model(image, text)  # (b, D), (m, D): this rank's rows
-            img_all = gather_rows(img_emb.to(dtype), image_sizes)  # (B, D) global batch
-            txt_all = gather_rows(txt_emb.to(dtype), text_sizes)  # (M, D)
-            local = model.loss(img_all, txt_all, t2i, img_sl, txt_sl)  # this rank's terms
-            value = float(ctx.all_sum(local.detach()))  # the global batch's loss
+            local, value, (image, text) = batch_loss(
+                model, ddp_model, batch, ctx, device, dtype, amp_dtype
+            )
             if not math.isfinite(value):
                 bad_input = not all(
                     bool(torch.isfinite(t).all())
