@@ -15,6 +15,7 @@ from __future__ import annotations
 from alignkit.features.cache import FORMAT_VERSION, CacheEntry, FeatureCache, feature_key
 from alignkit.features.extract import default_num_workers, extract_features
 from alignkit.features.featureset import FeatureSet, caption_ids
+from alignkit.features.paired import check_disjoint, paired_features
 from alignkit.features.tokens import TokenFeatureSet, extract_tokens, read_tokens
 
 __all__ = [
@@ -24,9 +25,11 @@ __all__ = [
     "FeatureSet",
     "TokenFeatureSet",
     "caption_ids",
+    "check_disjoint",
     "default_num_workers",
     "extract_features",
     "extract_tokens",
     "feature_key",
+    "paired_features",
     "read_tokens",
 ]

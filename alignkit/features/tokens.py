@@ -333,6 +333,8 @@ def _token_provenance(
         "weights": enc.weights_identity(),
         "config": enc.config(),
         "dtype": "float16",
+        # ViT CLS/register tokens in front of the patch tokens (timm's num_prefix_tokens)
+        "prefix_tokens": 0 if text else int(getattr(enc, "n_prefix", 0) or 0),
         "caption_policy": policy if text else None,
         "seed": int(seed) if text and policy == "random" else None,
         "probe": probe.name,
