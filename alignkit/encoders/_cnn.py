@@ -90,6 +90,19 @@ class CNNEncoder(Encoder):
             return stack_padded(pooled)
         return pooled[self.layer]
 
+    def _forward_tokens(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last stage's feature map as tokens: (B, C, H, W) -> (B, H*W, C), mask all True."""
+        if not self._stages:
+            return super()._forward_tokens(batch)
+        maps: list[torch.Tensor] = []
+        hook = self._stages[-1].register_forward_hook(lambda _m, _i, o: maps.append(o))
+        try:
+            self.model(batch.to(self.device))
+        finally:
+            hook.remove()
+        tokens = maps[-1].flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Classifier logits ``(B, n_classes)`` of preprocessed images ``(B, 3, H, W)``."""
         with inference(self.device, self.precision):

@@ -330,6 +330,29 @@ class HFEncoder(Encoder):
             return torch.stack([pool_tokens(h, pooling, mask=mask) for h in hidden])
         return pool_tokens(hidden[self.layer], pooling, mask=mask)
 
+    def _forward_tokens(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer tokens: text token states and attention mask; ViT prefix + patch tokens;
+        a conv model's last map flattened (B, C, H, W) -> (B, H*W, C)."""
+        if self.modality == "image":
+            out = self.model(pixel_values=batch.to(self.device))
+            tokens = out.last_hidden_state
+            if tokens.ndim == 4:
+                tokens = tokens.flatten(2).transpose(1, 2)
+            return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        enc = self.tokenizer(
+            batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        inputs = {
+            k: v.to(self.device)
+            for k, v in enc.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        if self._causal:
+            mask = inputs["attention_mask"]
+            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.model(**inputs)
+        return out.last_hidden_state, inputs["attention_mask"].bool()
+
     def weights_identity(self) -> str:
         return self._identity
 

@@ -177,6 +177,15 @@ class STEncoder(Encoder):
         index = -1 if self.layer == "last" else self.layer
         return pool(hidden[index])
 
+    def _forward_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer token states (B, T, hidden) and the attention mask (B, T)."""
+        feats = self._tokenize(texts)
+        inputs = {
+            k: feats[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats
+        }
+        out = self._auto(**inputs)
+        return out.last_hidden_state, inputs["attention_mask"].bool()
+
     def weights_identity(self) -> str:
         return self._identity
 

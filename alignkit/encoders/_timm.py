@@ -192,6 +192,14 @@ class TimmEncoder(Encoder):
             pooled = [o.mean(dim=(2, 3)) for o in outs]  # (B, C_stage) per stage
         return pooled[0] if self.layer != "all" else stack_padded(pooled)
 
+    def _forward_tokens(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward_features``: ViT prefix (CLS/register) + patch tokens (B, T, D), or a CNN's
+        last map flattened (B, C, H, W) -> (B, H*W, C); mask all True."""
+        feats = self.model.forward_features(batch.to(self.device))
+        if feats.ndim == 4:
+            feats = feats.flatten(2).transpose(1, 2)
+        return feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+
     def weights_identity(self) -> str:
         return self._identity
 

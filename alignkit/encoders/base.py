@@ -120,6 +120,50 @@ class Encoder(abc.ABC):
         batch = self.collate([self.preprocess(item) for item in items])
         return self.forward(batch).cpu()
 
+    # -- token-level features (additive: backends with tokens override _forward_tokens) ---------
+    @property
+    def has_tokens(self) -> bool:
+        """Whether :meth:`encode_tokens` is available for this backend."""
+        return type(self)._forward_tokens is not Encoder._forward_tokens
+
+    def _forward_tokens(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model work on a collated batch -> ``(tokens (B, T, D), mask (B, T))``."""
+        raise AlignkitError(
+            f"{self.name} has no token-level features ({type(self).__name__}); token features "
+            "exist for torchvision/EfficientNet-Lite CNNs (spatial map), timm and hf image models "
+            "(CLS + patch tokens), st and hf text models (token states); use pooled features"
+        )
+
+    def forward_tokens(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-level output of a collated batch, under ``inference_mode``.
+
+        Returns ``tokens`` float32 ``(B, T, D)`` and ``mask`` bool ``(B, T)`` (True = a real
+        token, False = padding). CNNs give their last feature map flattened (T = H x W, row-major),
+        ViTs their prefix (CLS/register) tokens then patch tokens of the last layer (after the
+        final norm), text models their last-layer token states with the attention mask. ``D``
+        is the model's hidden width, which can differ from :attr:`dim` (e.g. a pooled head).
+        Raises AlignkitError for backends without tokens (see :attr:`has_tokens`).
+        """
+        with inference(self.device, self.precision):
+            tokens, mask = self._forward_tokens(batch)
+        if tokens.ndim != 3 or mask.shape != tokens.shape[:2]:
+            raise AlignkitError(
+                f"{self.name}: token features must be (B, T, D) with a (B, T) mask: got "
+                f"{tuple(tokens.shape)} and {tuple(mask.shape)}"
+            )
+        return tokens.float(), mask.bool()
+
+    def encode_tokens(self, items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw items -> ``(tokens (n, T, D) float32, mask (n, T) bool)`` on the CPU; see
+        :meth:`forward_tokens`."""
+        items = list(items)
+        self._check_items(items)
+        if not items:
+            raise AlignkitError(f"{self.name}.encode_tokens needs at least one item: got none")
+        batch = self.collate([self.preprocess(item) for item in items])
+        tokens, mask = self.forward_tokens(batch)
+        return tokens.cpu(), mask.cpu()
+
     # -- identity, for cache keys and provenance -------------------------------------------------
     @abc.abstractmethod
     def weights_identity(self) -> str:

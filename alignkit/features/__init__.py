@@ -4,6 +4,8 @@
   and provenance.
 * :func:`extract_features` (``extract.py``): batched extraction with DataLoader workers, resumable
   shards and ``torchrun`` sharding across ranks.
+* :func:`extract_tokens` (``tokens.py``): token-level features (float16, memory-mapped) in the
+  same cache; ``caption_policy="all"`` gives one row per caption for both.
 * :class:`FeatureCache` (``cache.py``): safetensors + JSON sidecar entries keyed by a hash of
   everything that changes the numbers, written atomically.
 """
@@ -12,14 +14,22 @@ from __future__ import annotations
 
 from alignkit.features.cache import FORMAT_VERSION, CacheEntry, FeatureCache, feature_key
 from alignkit.features.extract import default_num_workers, extract_features
-from alignkit.features.featureset import FeatureSet
+from alignkit.features.featureset import FeatureSet, caption_ids
+from alignkit.features.paired import check_disjoint, paired_features
+from alignkit.features.tokens import TokenFeatureSet, extract_tokens, read_tokens
 
 __all__ = [
     "FORMAT_VERSION",
     "CacheEntry",
     "FeatureCache",
     "FeatureSet",
+    "TokenFeatureSet",
+    "caption_ids",
+    "check_disjoint",
     "default_num_workers",
     "extract_features",
+    "extract_tokens",
     "feature_key",
+    "paired_features",
+    "read_tokens",
 ]

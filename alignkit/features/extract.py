@@ -23,8 +23,12 @@ import torch
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.features import _distributed
 from alignkit.features.cache import FeatureCache, effective_precision, feature_key
-from alignkit.features.featureset import FeatureSet
+from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.probes.base import CAPTION_POLICIES
+
+#: ``extract_features`` caption policies: the probe's one-row-per-image policies, plus ``all``
+#: (one FeatureSet row per caption; see :attr:`FeatureSet.caption_image`).
+EXTRACT_POLICIES = (*CAPTION_POLICIES, "all")
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -72,7 +76,9 @@ def extract_features(
     ``"random"`` (one caption per row, chosen by :meth:`ProbeSet.captions` from a hash of ``seed``
     and the row id, so the choice does not depend on other rows), or ``"mean"`` (every caption of
     the row is encoded and the row's embeddings averaged, as the reference code of Maniparambil
-    et al. 2024 does).
+    et al. 2024 does), or ``"all"``: one output row per caption, every caption of every row in
+    row order (ids ``"<row id>#<j>"``, :attr:`FeatureSet.caption_image` gives each caption's probe
+    row), for training with several captions per image.
 
     An encoder fitted on the texts it is given (``needs_fit``, e.g. ``tfidf:``) and not fitted
     yet is first fitted on every caption of the probe.
@@ -87,7 +93,7 @@ def extract_features(
         probe: the probe rows.
         batch_size: rows per forward pass (>= 1). Not part of the cache key.
         num_workers: image DataLoader workers; None -> :func:`default_num_workers`, 0 -> in-process.
-        caption_policy: one of ``first``, ``random``, ``mean`` (text encoders only).
+        caption_policy: one of ``first``, ``random``, ``mean``, ``all`` (text encoders only).
         seed: chooses the captions of ``random``.
         cache: True (the default cache), False (no cache), a folder, or a :class:`FeatureCache`.
         device: where a spec-built encoder runs (``"auto"``: CUDA, under torchrun the local rank's
@@ -96,7 +102,8 @@ def extract_features(
 
     Returns:
         FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) float32 CPU features, the
-        probe ids, and provenance (encoder spec, weights identity, config, caption policy, probe
+        probe ids (caption ids for ``all``: n = the number of captions), and provenance
+        (encoder spec, weights identity, config, caption policy, probe
         name and fingerprint, alignkit version, created time, cache key).
     """
     enc = _resolve_encoder(encoder, device)
@@ -105,7 +112,8 @@ def extract_features(
     store = _resolve_cache(cache)
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
-    ids = probe.ids
+    per_caption = enc.modality == "text" and caption_policy == "all"
+    ids = caption_ids(probe) if per_caption else probe.ids
 
     ranks = _distributed.current_ranks(enc.device)
     if store is not None:
@@ -117,7 +125,7 @@ def extract_features(
             log.info("%s on %s: %d rows from the feature cache", enc.name, probe.name, hit.n)
             return hit
 
-    blocks = _distributed.row_blocks(len(probe), batch_size, ranks.world if ranks else 1)
+    blocks = _distributed.row_blocks(len(ids), batch_size, ranks.world if ranks else 1)
     start, stop = blocks[ranks.rank if ranks else 0]
     job = _Job(
         enc=enc,
@@ -204,8 +212,8 @@ def _check_arguments(
         isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
     ):
         raise AlignkitError(f"num_workers must be None or an integer >= 0: got {num_workers!r}")
-    if caption_policy not in CAPTION_POLICIES:
-        raise unknown_key("caption policy", caption_policy, CAPTION_POLICIES)
+    if caption_policy not in EXTRACT_POLICIES:
+        raise unknown_key("caption policy", caption_policy, EXTRACT_POLICIES)
     if enc.modality not in ("image", "text"):
         raise AlignkitError(f"{enc.name}: modality must be 'image' or 'text': got {enc.modality!r}")
     if enc.modality == "text":  # fail before any model work, naming the row
@@ -460,8 +468,10 @@ class _Job:
     def _text_batches(self, batches: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
         rows = self.probe.rows
         mean = self.caption_policy == "mean"
-        # one caption per row; `random` depends on (seed, row id) only (ProbeSet.captions)
-        chosen = None if mean else self.probe.captions(self.caption_policy, self.seed)
+        if self.caption_policy == "all":  # batches index captions, not rows
+            chosen = [c for row in rows for c in row.captions]
+        elif not mean:  # one caption per row; `random` depends on (seed, row id) only
+            chosen = self.probe.captions(self.caption_policy, self.seed)
         for a, b in batches:
             counts = [len(rows[i].captions) for i in range(a, b)] if mean else None
             captions = [c for i in range(a, b) for c in rows[i].captions] if mean else chosen[a:b]
