@@ -127,3 +127,14 @@ def caption_probe(probe: ProbeSet) -> tuple[ProbeSet, list[int]]:
     if not rows:
         raise AlignkitError(f"probe {probe.name} has no captions")
     return ProbeSet(f"{probe.name}:captions", tuple(rows), probe.class_names), index
+
+
+def text_probe(texts: Sequence[str], name: str = "texts") -> ProbeSet:
+    """One text-only row per string (ids ``"0"``, ``"1"``, ...): judged captions, user texts.
+    The fingerprint depends only on the texts and their order."""
+    if not texts:
+        raise AlignkitError("texts must hold one or more strings: got none")
+    rows = tuple(
+        ProbeRow(str(i), _no_image, (t,), None, {}, _text_digest(t)) for i, t in enumerate(texts)
+    )
+    return ProbeSet(name, rows)
