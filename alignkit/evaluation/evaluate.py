@@ -291,6 +291,7 @@ def judgement_correlation(
     cache: Any = True,
     device: str = "cpu",
     progress: bool = False,
+    name: str | None = None,
 ) -> Metrics:
     """Rank correlation between the model's image-caption cosine and human scores.
 
@@ -299,13 +300,16 @@ def judgement_correlation(
     shared space and the human score. Only the images and captions that are judged are encoded
     (through the cache).
 
+    ``name`` labels the keys (default: the file name).
+
     Returns:
         ``{"judgements/<file>/kendall_tau_b": {"value", "n", "chance": 0.0, "p"}, ...}``.
     """
     from scipy import stats
 
     probe = _load(probe)
-    name = Path(judgements).name if not isinstance(judgements, Judgements) else "judgements"
+    if name is None:
+        name = Path(judgements).name if not isinstance(judgements, Judgements) else "judgements"
     if not isinstance(judgements, Judgements):
         judgements = read_judgements(judgements, probe)
     used = sorted(set(judgements.rows))
