@@ -44,6 +44,7 @@ def silence_third_party_progress() -> None:
 
 # Command modules register themselves on `app` at import.
 from alignkit.cli import encoders as _encoders  # noqa: E402,F401
+from alignkit.cli import evaluate as _evaluate  # noqa: E402,F401
 from alignkit.cli import extract as _extract  # noqa: E402,F401
 from alignkit.cli import rank as _rank  # noqa: E402,F401
 

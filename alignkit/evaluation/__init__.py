@@ -1,0 +1,1 @@
+"""Evaluation of aligned encoder pairs: zero-shot classification and image-text retrieval."""

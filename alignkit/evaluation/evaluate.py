@@ -1,0 +1,338 @@
+"""Evaluate an aligned encoder pair: zero-shot classification, retrieval, human judgements.
+
+The frozen encoders' raw features come from :func:`alignkit.extract_features` and so from the
+feature cache (images, captions and prompts alike); only the small projector heads run here.
+An :class:`AlignedPair` holds the two encoder specs and the two heads that map raw features to
+the shared space.
+
+Results are a flat dict ``{key: {"value", "n", "chance"}}`` with keys such as
+``zeroshot/imagenet-samples/top1`` and ``retrieval/flickr8k:test/image_to_text_R@5``; recalls and
+accuracies are fractions in [0, 1], ranks are 1-based.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from alignkit.errors import AlignkitError
+from alignkit.evaluation.prompts import caption_probe, load_templates, prompt_probe, text_probe
+from alignkit.evaluation.retrieval import retrieval
+from alignkit.evaluation.zeroshot import ensemble_classifier, zeroshot
+
+log = logging.getLogger(__name__)
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+Metrics = dict[str, dict[str, Any]]
+
+
+@dataclass
+class AlignedPair:
+    """Two frozen encoders and the heads that map their raw features into one shared space.
+
+    Attributes:
+        vision, text: encoder specs for :func:`alignkit.create_encoder`, or an already built
+            :class:`~alignkit.encoders.Encoder`.
+        image_head, text_head: ``(n, d_encoder) -> (n, d_shared)``; the output is L2-normalised
+            here, so a head need not normalise.
+        name: a label for tables (default ``"<vision> x <text>"``).
+        encoder_options: ``create_encoder`` keyword options per modality (``{"image": {...},
+            "text": {...}}``), e.g. pooling.
+        caption_policy: how the text encoder's features were made for training; evaluation
+            always encodes each caption on its own (``first`` of a one-caption row).
+    """
+
+    vision: Any
+    text: Any
+    image_head: Head
+    text_head: Head
+    name: str = ""
+    encoder_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = f"{_spec(self.vision)} x {_spec(self.text)}"
+
+
+def _spec(encoder: Any) -> str:
+    return encoder if isinstance(encoder, str) else str(getattr(encoder, "name", encoder))
+
+
+class _Features:
+    """Builds each encoder once and takes every feature through the cache."""
+
+    def __init__(self, pair: AlignedPair, cache: Any, device: str, progress: bool) -> None:
+        self.pair, self.cache, self.device, self.progress = pair, cache, device, progress
+        self._built: dict[str, Any] = {}
+
+    def encoder(self, modality: str) -> Any:
+        spec = self.pair.vision if modality == "image" else self.pair.text
+        if not isinstance(spec, str):
+            return spec
+        if modality not in self._built:
+            from alignkit.encoders import create_encoder
+
+            options = dict(self.pair.encoder_options.get(modality, {}))
+            self._built[modality] = create_encoder(spec, device=self.device, **options)
+        return self._built[modality]
+
+    def embed(self, modality: str, probe: Any) -> torch.Tensor:
+        from alignkit.features import extract_features
+
+        fs = extract_features(
+            self.encoder(modality), probe, cache=self.cache, progress=self.progress
+        )
+        head = self.pair.image_head if modality == "image" else self.pair.text_head
+        with torch.no_grad():
+            out = head(fs.features)
+        return F.normalize(out.float(), dim=-1)  # (n, d_shared)
+
+
+def _load(spec: str | Any, **kwargs: Any) -> Any:
+    from alignkit.probes import ProbeSet, load_probe
+
+    return spec if isinstance(spec, ProbeSet) else load_probe(spec, progress=False, **kwargs)
+
+
+def check_zeroshot_probe(probe: Any, class_names: Sequence[str] | None = None) -> list[str]:
+    """The class names of a labelled probe, or a one-line error (cheap: no model work)."""
+    names = list(class_names) if class_names is not None else list(probe.class_names or [])
+    labels = probe.labels
+    if not labels or any(label is None for label in labels):
+        missing = sum(label is None for label in labels)
+        raise AlignkitError(
+            f"zero-shot classification needs a label on every row: probe {probe.name} has "
+            f"{missing} of {len(labels)} rows without one; choose a labelled probe "
+            "(e.g. imagenet-samples)"
+        )
+    if not names:
+        raise AlignkitError(
+            f"probe {probe.name} has labels but no class names; pass class_names "
+            "(one name per label)"
+        )
+    top = max(labels)
+    if top >= len(names):
+        raise AlignkitError(
+            f"probe {probe.name}: labels go up to {top}, so at least {top + 1} class names are "
+            f"needed: got {len(names)}; pass a class-name list that matches the labels"
+        )
+    return names
+
+
+def check_retrieval_probe(probe: Any) -> None:
+    """A retrieval probe needs unique row ids and one or more captions per row."""
+    ids = [row.id for row in probe.rows]
+    if len(set(ids)) != len(ids):  # ProbeSet refuses this; a hand-made row list may not
+        seen: set[str] = set()
+        dups = sorted({i for i in ids if i in seen or seen.add(i)})
+        raise AlignkitError(
+            f"retrieval probe {probe.name} has duplicate row ids ({len(dups)}: "
+            f"{', '.join(dups[:5])}); each image must be one row holding all its captions"
+        )
+    empty = [row.id for row in probe.rows if not row.captions]
+    if empty:
+        raise AlignkitError(
+            f"retrieval probe {probe.name}: {len(empty)} rows have no caption "
+            f"(first: {empty[0]!r}); every image needs one or more captions"
+        )
+
+
+def evaluate_pair(
+    pair: AlignedPair,
+    *,
+    zeroshot_probes: Sequence[Any] = (),
+    retrieval_probes: Sequence[Any] = (),
+    templates: str | Path | Sequence[str] = "imagenet7",
+    class_names: Sequence[str] | None = None,
+    cache: Any = True,
+    device: str = "cpu",
+    progress: bool = False,
+) -> Metrics:
+    """Zero-shot classification and image<->text retrieval of one aligned pair.
+
+    Args:
+        pair: the encoders and heads (:class:`AlignedPair`).
+        zeroshot_probes: labelled probes (specs such as ``"imagenet-samples"`` or ProbeSets).
+        retrieval_probes: captioned probes (``"flickr8k:test"``).
+        templates: prompt templates: ``imagenet80``, ``imagenet7``, ``single``, a file, or a list.
+        class_names: overrides the probes' class names (one per label).
+        cache: feature cache (see :func:`alignkit.extract_features`).
+        device: where the encoders run on a cache miss.
+        progress: extraction progress bars.
+
+    Returns:
+        flat metrics ``{"zeroshot/<probe>/top1": {"value", "n", "chance"}, ...}``.
+
+    Raises:
+        AlignkitError: a probe without labels (zero-shot), class names that do not cover the
+            labels, duplicate retrieval ids: all checked before any model work.
+    """
+    templates = load_templates(templates)
+    zs = [_load(p) for p in zeroshot_probes]
+    rt = [_load(p) for p in retrieval_probes]
+    names = [check_zeroshot_probe(p, class_names) for p in zs]
+    for p in rt:
+        check_retrieval_probe(p)
+    feats = _Features(pair, cache, device, progress)
+    out: Metrics = {}
+    for probe, cls in zip(zs, names, strict=True):
+        images = feats.embed("image", probe)
+        prompts = feats.embed("text", prompt_probe(cls, templates))
+        weights = ensemble_classifier(prompts, len(cls))
+        result = zeroshot(images, weights, [row.label for row in probe.rows])
+        for k, v in result.metrics().items():
+            out[f"zeroshot/{probe.name}/{k}"] = v
+    for probe in rt:
+        images = feats.embed("image", probe)
+        captions, index = caption_probe(probe)
+        texts = feats.embed("text", captions)
+        for k, v in retrieval(images, texts, index).metrics().items():
+            out[f"retrieval/{probe.name}/{k}"] = v
+    return out
+
+
+# -- human judgements (CLIPScore protocol) --------------------------------------------------------
+@dataclass(frozen=True)
+class Judgements:
+    """(image row, caption, human score) triples resolved against a probe."""
+
+    rows: tuple[int, ...]  # probe row index of each judgement
+    captions: tuple[str, ...]
+    scores: tuple[float, ...]
+
+
+def read_judgements(path: str | Path, probe: Any) -> Judgements:
+    """Read a TSV of ``image<TAB>caption<TAB>score`` (an optional header line is skipped).
+
+    ``image`` is a probe row id or an image file name (``123_abc.jpg`` or its stem); ``caption``
+    is the caption text, or a caption id ``<row id>#<k>`` (the k-th caption of that row, as in
+    Flickr8k's files). ``score`` is a number (e.g. the mean of Flickr8k-Expert's three ratings).
+
+    Raises:
+        AlignkitError: a malformed line; images or captions not in the probe (how many, and the
+            first few).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AlignkitError(
+            f"judgements file {path} not found; give a TSV of image, caption, score"
+        )
+    by_id = {row.id: i for i, row in enumerate(probe.rows)}
+    by_file: dict[str, int] = {}
+    for i, row in enumerate(probe.rows):
+        if not callable(row.image):
+            by_file[Path(row.image).name] = i
+            by_file[Path(row.image).stem] = i
+    rows, caps, scores = [], [], []
+    bad_images: list[str] = []
+    bad_captions: list[str] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for lineno, rec in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if not rec or not "".join(rec).strip():
+                continue
+            if len(rec) != 3:
+                raise AlignkitError(
+                    f"{path}:{lineno}: expected 3 tab-separated fields (image, caption, score): "
+                    f"got {len(rec)}"
+                )
+            image, caption, score = (x.strip() for x in rec)
+            try:
+                value = float(score)
+            except ValueError:
+                if lineno == 1:
+                    continue  # a header
+                raise AlignkitError(
+                    f"{path}:{lineno}: the score must be a number: got {score!r}"
+                ) from None
+            i = by_id.get(image, by_file.get(image, by_file.get(Path(image).stem)))
+            if i is None:
+                bad_images.append(image)
+                continue
+            m = re.fullmatch(r"(.+)#(\d+)", caption)
+            if m and m.group(1) in by_id | by_file:
+                j = by_id.get(m.group(1), by_file.get(m.group(1)))
+                k = int(m.group(2))
+                if k >= len(probe.rows[j].captions):
+                    bad_captions.append(caption)
+                    continue
+                caption = probe.rows[j].captions[k]
+            elif m or not caption:
+                bad_captions.append(caption)
+                continue
+            rows.append(i)
+            caps.append(caption)
+            scores.append(value)
+    for what, bad in (("images", bad_images), ("caption ids", bad_captions)):
+        if bad:
+            uniq = list(dict.fromkeys(bad))
+            raise AlignkitError(
+                f"{path}: {len(bad)} judgements name {what} not in probe {probe.name} "
+                f"({len(uniq)} distinct: {', '.join(uniq[:5])}{', ...' if len(uniq) > 5 else ''}); "
+                "give the probe they come from"
+            )
+    if len(rows) < 3:
+        raise AlignkitError(f"{path}: need 3 or more judgements to correlate: got {len(rows)}")
+    return Judgements(tuple(rows), tuple(caps), tuple(scores))
+
+
+def judgement_correlation(
+    pair: AlignedPair,
+    judgements: str | Path | Judgements,
+    probe: Any = "flickr8k",
+    *,
+    cache: Any = True,
+    device: str = "cpu",
+    progress: bool = False,
+    name: str | None = None,
+) -> Metrics:
+    """Rank correlation between the model's image-caption cosine and human scores.
+
+    The CLIPScore protocol (Hessel et al. 2021, Flickr8k-Expert): Kendall tau-b and tau-c and
+    Spearman rho (``scipy.stats``) over all judgements, between ``cos(image, caption)`` in the
+    shared space and the human score. Only the images and captions that are judged are encoded
+    (through the cache).
+
+    ``name`` labels the keys (default: the file name).
+
+    Returns:
+        ``{"judgements/<file>/kendall_tau_b": {"value", "n", "chance": 0.0, "p"}, ...}``.
+    """
+    from scipy import stats
+
+    probe = _load(probe)
+    if name is None:
+        name = Path(judgements).name if not isinstance(judgements, Judgements) else "judgements"
+    if not isinstance(judgements, Judgements):
+        judgements = read_judgements(judgements, probe)
+    used = sorted(set(judgements.rows))
+    where = {r: k for k, r in enumerate(used)}
+    texts = list(dict.fromkeys(judgements.captions))
+    at = {t: k for k, t in enumerate(texts)}
+    feats = _Features(pair, cache, device, progress)
+    images = feats.embed("image", probe.subset(used, name=f"{probe.name}[judged]"))
+    captions = feats.embed("text", text_probe(texts, name=f"{name}:captions"))
+    i = torch.tensor([where[r] for r in judgements.rows])
+    t = torch.tensor([at[c] for c in judgements.captions])
+    cosine = (images[i] * captions[t]).sum(-1).double().numpy()
+    human = judgements.scores
+    tau_b = stats.kendalltau(cosine, human, variant="b")
+    tau_c = stats.kendalltau(cosine, human, variant="c")
+    rho = stats.spearmanr(cosine, human)
+    n = len(human)
+    return {
+        f"judgements/{name}/kendall_tau_b": _corr(tau_b, n),
+        f"judgements/{name}/kendall_tau_c": _corr(tau_c, n),
+        f"judgements/{name}/spearman": _corr(rho, n),
+    }
+
+
+def _corr(result: Any, n: int) -> dict[str, Any]:
+    return {"value": float(result.statistic), "n": n, "chance": 0.0, "p": float(result.pvalue)}
