@@ -63,7 +63,8 @@ def test_extract_out_file_honours_the_umask(tmp_path, capsys, umask, mode):
                 "synthetic",
                 "--n",
                 "8",
-                "--no-cache",
+                "--cache",
+                "off",
                 "--out",
                 str(out),
                 "--quiet",
@@ -95,3 +96,100 @@ def test_wordllama_leaves_the_process_logging_as_it_was():
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", str(30)]  # no handler added; root still at WARNING
     assert "SHOULD-NOT-PRINT" not in done.stderr
+
+
+# -- item 10: one --cache option, naming the cache root, on every command -------------------------
+def _keys(features: Path) -> set[str]:
+    return {p.stem for p in features.glob("*/*.json")}
+
+
+def test_extract_and_cache_list_agree_on_the_cache_root(tmp_path, capsys, caplog):
+    root = tmp_path / "root"
+    argv = ["extract", "-e", "random:text-384", "--probe", "synthetic", "--n", "8", "--quiet"]
+    code, _, err = _run([*argv, "--cache", str(root)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in root.iterdir()) == ["features"]  # nothing else in the root
+    (key,) = _keys(root / "features")
+
+    code, out, _ = _run(["cache", "list", "--cache", str(root)], capsys)
+    assert code == 0 and key[:12] in out and "1 entries" in out
+
+    # the features folder given in place of its root is recognised, with a note
+    code, out, _ = _run(["cache", "list", "--cache", str(root / "features")], capsys)
+    assert code == 0 and key[:12] in out
+    assert "using its parent" in caplog.text
+
+    # the same folder as ALIGNKIT_CACHE_DIR is the same cache: a hit, no second entry
+    os.environ["ALIGNKIT_CACHE_DIR"], old = str(root), os.environ.get("ALIGNKIT_CACHE_DIR")
+    try:
+        code, out, err = _run(argv, capsys)
+        code2, listing, _ = _run(["cache", "list"], capsys)
+    finally:
+        os.environ["ALIGNKIT_CACHE_DIR"] = old or ""
+    assert code == 0 and "from the cache" in out, err
+    assert key[:12] in listing and _keys(root / "features") == {key}
+
+
+def test_rank_encoders_reads_what_extract_wrote_under_the_same_root(tmp_path, capsys):
+    root = tmp_path / "root"
+    common = ["--probe", "synthetic", "--n", "40", "--cache", str(root), "--quiet"]
+    code, _, err = _run(["extract", "-e", "random:image-512", *common], capsys)
+    assert code == 0, err
+    before = _keys(root / "features")
+    code, _, err = _run(
+        [
+            "rank-encoders",
+            "-v",
+            "random:image-512",
+            "-t",
+            "random:text-384",
+            *common,
+            "--permutations",
+            "0",
+            "--subsamples",
+            "0",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    after = _keys(root / "features")
+    assert before < after and len(after) == 2  # the image entry was reused, the text one added
+    assert sorted(p.name for p in root.iterdir()) == ["features"]
+
+
+def test_cache_off_and_the_deprecated_spellings(tmp_path, capsys):
+    root = tmp_path / "root"
+    argv = ["extract", "-e", "random:text-384", "--probe", "synthetic", "--n", "8", "--quiet"]
+    code, out, err = _run([*argv, "--cache", "off"], capsys)
+    assert code == 0 and "not cached" in out, err
+
+    code, _, err = _run([*argv, "--cache-dir", str(root)], capsys)
+    assert code == 0 and "--cache-dir is deprecated" in err
+    assert len(_keys(root / "features")) == 1  # the old spelling now also names the root
+
+    code, out, err = _run([*argv, "--no-cache"], capsys)
+    assert code == 0 and "not cached" in out and "--no-cache is deprecated" in err
+
+    code, _, err = _run([*argv, "--cache", str(root), "--no-cache"], capsys)
+    assert code == 1 and "--cache and --no-cache" in err
+
+    code, _, err = _run(["cache", "list", "--cache", "off"], capsys)
+    assert code == 1 and "pass --cache DIR" in err
+
+
+def test_old_layout_folder_holding_entries_directly_is_still_read(tmp_path, capsys, caplog):
+    from alignkit.features import FeatureCache, locate_cache
+
+    old = tmp_path / "mycache"  # what `rank-encoders --cache mycache` used to fill
+    argv = ["extract", "-e", "random:text-384", "--probe", "synthetic", "--n", "8", "--quiet"]
+    code, _, err = _run([*argv, "--cache", str(tmp_path / "fresh")], capsys)
+    assert code == 0, err
+    (tmp_path / "fresh" / "features").rename(old)
+    where = locate_cache(old)
+    assert where.features == old and where.note
+    assert len(FeatureCache.at(old).list()) == 1
+    code, out, _ = _run([*argv, "--cache", str(old)], capsys)
+    assert code == 0 and "from the cache" in out
+    assert not (old / "features").exists()

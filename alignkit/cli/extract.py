@@ -5,18 +5,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from alignkit.cli import app, silence_third_party_progress
+from alignkit.cli._cache_option import CacheOpt, OldCacheDirOpt, OldNoCacheOpt, cache_setting
 
-CacheDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir", help="feature cache folder [default: $ALIGNKIT_CACHE_DIR/features]"
-    ),
-]
+if TYPE_CHECKING:
+    from alignkit.features import FeatureCache
 
 cache_app = typer.Typer(
     help="Inspect and prune the feature cache (safetensors + JSON sidecar per entry, keyed by a "
@@ -32,6 +29,16 @@ def _size(n_bytes: int) -> str:
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024
     return ""  # unreachable
+
+
+def _store(cache: str | None, cache_dir: Path | None, command: str) -> FeatureCache:
+    from alignkit.errors import AlignkitError
+    from alignkit.features import FeatureCache
+
+    setting = cache_setting(cache, cache_dir=cache_dir)
+    if setting is False:
+        raise AlignkitError(f"cache {command} needs a cache: got --cache off; pass --cache DIR")
+    return FeatureCache.at(setting)
 
 
 @app.command("extract")
@@ -75,10 +82,9 @@ def extract_command(
     data_dir: Annotated[
         Path | None, typer.Option(help="where named probes live [default: $ALIGNKIT_DATA_DIR]")
     ] = None,
-    cache_dir: CacheDir = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="compute without reading or writing the cache")
-    ] = False,
+    cache: CacheOpt = None,
+    cache_dir: OldCacheDirOpt = None,
+    no_cache: OldNoCacheOpt = False,
     out: Annotated[
         Path | None,
         typer.Option(help="also copy the features to this .safetensors file (one encoder)"),
@@ -109,7 +115,8 @@ def extract_command(
         probe, n=n, split=split, seed=seed, skip_bad=skip_bad, data_dir=data_dir, progress=not quiet
     )
     say(f"probe {probe_set.name}: {len(probe_set)} rows, fingerprint {probe_set.fingerprint}")
-    store = None if no_cache else FeatureCache(cache_dir)
+    setting = cache_setting(cache, cache_dir=cache_dir, no_cache=no_cache)
+    store = None if setting is False else FeatureCache.at(setting)
     for spec in encoder:
         started = time.perf_counter()
         gpu = local_cuda_device() if device == "auto" else None  # torchrun: this rank's GPU
@@ -143,12 +150,11 @@ def cache_list_command(
     pattern: Annotated[
         str, typer.Argument(help="glob on encoder spec, probe name or key (prefix)")
     ] = "*",
-    cache_dir: CacheDir = None,
+    cache: CacheOpt = None,
+    cache_dir: OldCacheDirOpt = None,
 ) -> None:
     """List complete cache entries, newest first: key, encoder, probe, rows, dim, size, created."""
-    from alignkit.features import FeatureCache
-
-    store = FeatureCache(cache_dir)
+    store = _store(cache, cache_dir, "list")
     entries = store.list(pattern)
     if not entries:
         typer.echo(f"no cache entries match {pattern!r} in {store.root}")
@@ -179,13 +185,12 @@ def cache_clear_command(
         str,
         typer.Argument(help="glob on encoder spec, probe name or key (prefix); '*' = everything"),
     ] = "*",
-    cache_dir: CacheDir = None,
+    cache: CacheOpt = None,
+    cache_dir: OldCacheDirOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
     """Delete the cache entries that match PATTERN (and, for '*', unfinished extractions)."""
-    from alignkit.features import FeatureCache
-
-    store = FeatureCache(cache_dir)
+    store = _store(cache, cache_dir, "clear")
     entries = store.list(pattern)
     if not entries and pattern != "*":
         typer.echo(f"no cache entries match {pattern!r} in {store.root}")

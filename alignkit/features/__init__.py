@@ -10,16 +10,27 @@
 
 from __future__ import annotations
 
-from alignkit.features.cache import FORMAT_VERSION, CacheEntry, FeatureCache, feature_key
+from alignkit.features.cache import (
+    FORMAT_VERSION,
+    CacheEntry,
+    CacheLocation,
+    FeatureCache,
+    feature_key,
+    locate_cache,
+    resolve_cache_root,
+)
 from alignkit.features.extract import default_num_workers, extract_features
 from alignkit.features.featureset import FeatureSet
 
 __all__ = [
     "FORMAT_VERSION",
     "CacheEntry",
+    "CacheLocation",
     "FeatureCache",
     "FeatureSet",
     "default_num_workers",
     "extract_features",
     "feature_key",
+    "locate_cache",
+    "resolve_cache_root",
 ]

@@ -123,6 +123,82 @@ def feature_key(
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+# -- where the cache is ---------------------------------------------------------------------------
+_ENTRY_DIR = re.compile(r"^[0-9a-f]{2}$")
+_NOTED: set[str] = set()
+
+
+@dataclass(frozen=True)
+class CacheLocation:
+    """Where a cache lives, as :func:`locate_cache` resolved it.
+
+    Attributes:
+        root: the cache root (``$ALIGNKIT_CACHE_DIR``, or what ``--cache`` names).
+        features: the folder of the feature entries, ``root / "features"`` (the folder itself
+            when an old-layout folder holding entries directly was given).
+        note: why the given folder was not taken as the root, or None when it was.
+    """
+
+    root: Path
+    features: Path
+    note: str | None = None
+
+
+def _holds_entries(folder: Path) -> bool:
+    """True when ``folder`` is laid out like a features folder: ``ab/<key>.json|.safetensors``."""
+    try:
+        for child in folder.iterdir():
+            if child.is_dir() and _ENTRY_DIR.match(child.name):
+                if any(p.suffix in (".json", ".safetensors", ".partial") for p in child.iterdir()):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def locate_cache(path: str | Path | None = None) -> CacheLocation:
+    """Resolve a cache location given by a user: ``path`` names the cache ROOT (entries under
+    ``<root>/features``), like ``$ALIGNKIT_CACHE_DIR``; None means ``$ALIGNKIT_CACHE_DIR`` (else
+    ``~/.cache/alignkit``).
+
+    A features folder given in place of its root is recognised and used, with a note (logged once
+    per folder): a folder named ``features`` with no ``features/`` inside stands for its parent,
+    and a folder that holds entries directly (``ab/<key>.json``, the layout an older ``--cache``
+    wrote) is used as the features folder itself. Nothing is created.
+    """
+    if path is None:
+        root = _paths.cache_dir()
+        return CacheLocation(root, root / "features")
+    given = Path(path).expanduser()
+    if given.exists() and not given.is_dir():
+        raise AlignkitError(f"a cache location is a folder: got the file {given}")
+    if (given / "features").is_dir():
+        return CacheLocation(given, given / "features")
+    if given.name == "features":
+        note = f"{given} is a features folder: using its parent {given.parent} as the cache root"
+        return _noted(CacheLocation(given.parent, given, note))
+    if _holds_entries(given):
+        note = (
+            f"{given} holds feature entries directly (the older --cache layout): reading and "
+            "writing them there"
+        )
+        return _noted(CacheLocation(given, given, note))
+    return CacheLocation(given, given / "features")
+
+
+def _noted(location: CacheLocation) -> CacheLocation:
+    if location.note and str(location.features) not in _NOTED:
+        _NOTED.add(str(location.features))
+        log.warning("%s", location.note)
+    return location
+
+
+def resolve_cache_root(path: str | Path | None = None) -> Path:
+    """The cache root that ``path`` stands for (see :func:`locate_cache`); None -> the default,
+    ``$ALIGNKIT_CACHE_DIR`` (else ``~/.cache/alignkit``)."""
+    return locate_cache(path).root
+
+
 # -- small file helpers -------------------------------------------------------------------------
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
@@ -150,8 +226,9 @@ class FeatureCache:
     """Content-addressed store of :class:`FeatureSet` s (safetensors + JSON sidecar).
 
     Args:
-        root: folder of the cache; default ``alignkit._paths.cache_dir() / "features"``
-            (``$ALIGNKIT_CACHE_DIR/features``).
+        root: the folder of the feature entries (the ``features/`` folder of a cache root);
+            default ``$ALIGNKIT_CACHE_DIR/features``. To start from a cache root, as every
+            command's ``--cache`` does, use :meth:`FeatureCache.at`.
         shard_batches: an extraction writes a resumable shard every this many batches.
     """
 
@@ -164,6 +241,13 @@ class FeatureCache:
             raise AlignkitError(f"shard_batches must be a positive integer: got {shard_batches!r}")
         self.root = Path(root).expanduser() if root is not None else _paths.cache_dir() / "features"
         self.shard_batches = shard_batches
+
+    @classmethod
+    def at(cls, cache: str | Path | None = None, **options: Any) -> FeatureCache:
+        """The feature cache of the cache ROOT ``cache`` (None: ``$ALIGNKIT_CACHE_DIR``); a
+        features folder given in its place is recognised (see :func:`locate_cache`).
+        ``options`` go to the constructor."""
+        return cls(locate_cache(cache).features, **options)
 
     def __repr__(self) -> str:
         return f"FeatureCache(root={str(self.root)!r}, shard_batches={self.shard_batches})"
@@ -360,6 +444,8 @@ class FeatureCache:
         if not self.root.is_dir():
             return entries
         for sidecar in self.root.glob("*/*.json"):
+            if not _ENTRY_DIR.match(sidecar.parent.name):
+                continue
             try:
                 side = json.loads(sidecar.read_text())
                 key = str(side["key"])
@@ -419,8 +505,11 @@ def _matches(pattern: str, key: str, *names: str) -> bool:
 __all__ = [
     "FORMAT_VERSION",
     "CacheEntry",
+    "CacheLocation",
     "FeatureCache",
     "effective_precision",
     "feature_key",
     "key_fields",
+    "locate_cache",
+    "resolve_cache_root",
 ]

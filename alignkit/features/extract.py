@@ -89,7 +89,9 @@ def extract_features(
         num_workers: image DataLoader workers; None -> :func:`default_num_workers`, 0 -> in-process.
         caption_policy: one of ``first``, ``random``, ``mean`` (text encoders only).
         seed: chooses the captions of ``random``.
-        cache: True (the default cache), False (no cache), a folder, or a :class:`FeatureCache`.
+        cache: True (the default cache, ``$ALIGNKIT_CACHE_DIR``), False (no cache), a cache root
+            folder (entries under ``<folder>/features``; a features folder is recognised), or a
+            :class:`FeatureCache`.
         device: where a spec-built encoder runs (``"auto"``: CUDA, under torchrun the local rank's
             GPU, else CPU). An encoder instance runs where it is.
         progress: show a tqdm bar with items/s (rank 0 only).
@@ -215,7 +217,7 @@ def _resolve_cache(cache: bool | str | Path | FeatureCache | None) -> FeatureCac
     if isinstance(cache, FeatureCache):
         return cache
     if isinstance(cache, (str, Path)):
-        return FeatureCache(cache)
+        return FeatureCache.at(cache)  # a cache root, like $ALIGNKIT_CACHE_DIR
     raise AlignkitError(
         f"cache must be True, False, a folder or a FeatureCache: got {type(cache).__name__}"
     )

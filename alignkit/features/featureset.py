@@ -72,7 +72,8 @@ class FeatureSet:
         return FeatureSet(self.features[index], self.ids, prov)
 
     def check_same_rows(self, other: FeatureSet) -> None:
-        """Two FeatureSets are comparable only when built on the same probe rows, in the same order."""
+        """Two FeatureSets are comparable only when built on the same probe rows, in the same
+        order."""
         if self.ids != other.ids:
             raise AlignkitError(
                 f"{self.encoder} and {other.encoder} must describe the same probe rows: "
