@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -99,10 +100,8 @@ def extract_command(
 
         alignkit extract --encoder st:sentence-transformers/all-MiniLM-L6-v2 --probe flickr8k:test
     """
-    from alignkit.encoders import create_encoder
     from alignkit.errors import AlignkitError
-    from alignkit.features import FeatureCache, extract_features, feature_key
-    from alignkit.features._distributed import local_cuda_device
+    from alignkit.features import FeatureCache, cached_features, extract_features
     from alignkit.probes import load_probe
 
     # under torchrun every rank runs this command; only rank 0 reports
@@ -111,35 +110,36 @@ def extract_command(
         silence_third_party_progress()
     if out is not None and len(encoder) != 1:
         raise AlignkitError(f"--out takes the features of one encoder: got {len(encoder)} encoders")
+    setting = cache_setting(cache, cache_dir=cache_dir, no_cache=no_cache)
     probe_set = load_probe(
         probe, n=n, split=split, seed=seed, skip_bad=skip_bad, data_dir=data_dir, progress=not quiet
     )
     say(f"probe {probe_set.name}: {len(probe_set)} rows, fingerprint {probe_set.fingerprint}")
-    setting = cache_setting(cache, cache_dir=cache_dir, no_cache=no_cache)
     store = None if setting is False else FeatureCache.at(setting)
     for spec in encoder:
         started = time.perf_counter()
-        gpu = local_cuda_device() if device == "auto" else None  # torchrun: this rank's GPU
-        enc = create_encoder(spec, device=gpu or device)
-        loaded = time.perf_counter()
-        key = feature_key(enc, probe_set, caption_policy, seed)
-        cached = store is not None and key in store
-        fs = extract_features(
-            enc,
-            probe_set,
-            batch_size=batch_size,
-            num_workers=workers,
-            caption_policy=caption_policy,
-            seed=seed,
-            cache=store if store else False,
-            progress=not quiet,
-        )
-        took = time.perf_counter() - loaded
-        where = f"cache {store.path(key)}" if store else "not cached"
-        how = "from the cache" if cached else "extracted"
+        since = datetime.now(timezone.utc).replace(microsecond=0)
+        common = {"caption_policy": caption_policy, "seed": seed, "device": device}
+        fs = cached_features(spec, probe_set, cache=store, **common) if store else None
+        how = "from the cache (encoder not built)"
+        if fs is None:
+            fs = extract_features(
+                spec,
+                probe_set,
+                batch_size=batch_size,
+                num_workers=workers,
+                cache=store if store else False,
+                progress=not quiet,
+                **common,
+            )
+            created = datetime.fromisoformat(str(fs.provenance.get("created")))
+            how = "from the cache" if store and created < since else "extracted"
+        took = time.perf_counter() - started
+        key = str(fs.provenance.get("cache_key", ""))
+        where = f"cache {store.path(key)}" if store and key else "not cached"
         say(
             f"{spec}: {fs.n} rows x {fs.dim}{f' x {fs.n_layers} layers' if fs.layered else ''} "
-            f"{how} in {took:.2f} s (model load {loaded - started:.1f} s; {where})"
+            f"{how} in {took:.2f} s ({where})"
         )
         if out is not None and os.environ.get("RANK", "0") == "0":
             say(f"wrote {fs.save(out)}")

@@ -19,7 +19,7 @@ from alignkit.features.cache import (
     locate_cache,
     resolve_cache_root,
 )
-from alignkit.features.extract import default_num_workers, extract_features
+from alignkit.features.extract import cached_features, default_num_workers, extract_features
 from alignkit.features.featureset import FeatureSet
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "CacheLocation",
     "FeatureCache",
     "FeatureSet",
+    "cached_features",
     "default_num_workers",
     "extract_features",
     "feature_key",

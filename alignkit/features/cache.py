@@ -10,6 +10,8 @@ Layout under ``root`` (default ``<alignkit cache dir>/features``)::
     ab/ab12...ef.partial/           shards of an extraction in progress:
         rows-000000000-000000512.safetensors   rows [0, 512), written when those rows are done
     ab/ab12...ef.lock               serialises the final commit of one key between processes
+    _memo/<lookup>.json             cheap encoder identity -> key (see :func:`lookup_key`): a hit
+                                    without building the encoder
 
 The key is a hash of what changes the numbers and nothing else (see :func:`feature_key`). Every
 file is written to a temporary name in the same folder and renamed into place (``os.replace`` is
@@ -75,11 +77,7 @@ def effective_precision(encoder: Encoder) -> str:
     part of the key; the device itself is not."""
     precision = getattr(encoder, "precision", "auto")
     device = getattr(encoder, "device", torch.device("cpu"))
-    if torch.device(device).type != "cuda" or precision == "fp32":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return str(precision)
+    return _precision(device, precision)
 
 
 def key_fields(
@@ -197,6 +195,43 @@ def resolve_cache_root(path: str | Path | None = None) -> Path:
     """The cache root that ``path`` stands for (see :func:`locate_cache`); None -> the default,
     ``$ALIGNKIT_CACHE_DIR`` (else ``~/.cache/alignkit``)."""
     return locate_cache(path).root
+
+
+def lookup_key(
+    spec: str,
+    options: dict[str, Any],
+    probe: ProbeSet,
+    caption_policy: str = "first",
+    seed: int = 0,
+) -> str | None:
+    """A key (32 hex digits) for :meth:`FeatureCache.recall` found without building the encoder:
+    sha256 of :func:`alignkit.encoders.identity.encoder_identity` (spec, options incl. device,
+    weights, libraries, code), the effective precision, the probe fingerprint, the caption policy
+    and seed. None when the encoder has no cheap identity (it must be built)."""
+    from alignkit._device import resolve_device
+    from alignkit.encoders.identity import encoder_identity
+
+    identity = encoder_identity(spec, **options)
+    if identity is None:
+        return None
+    device = resolve_device(options.get("device", "auto"))
+    fields = {
+        "format": FORMAT_VERSION,
+        "encoder": identity,
+        "precision": _precision(device, options.get("precision", "auto")),
+        "probe": probe.fingerprint,
+        "caption_policy": caption_policy,
+        "seed": int(seed),
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _precision(device: torch.device, precision: str) -> str:
+    if torch.device(device).type != "cuda" or precision == "fp32":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return str(precision)
 
 
 # -- small file helpers -------------------------------------------------------------------------
@@ -436,6 +471,32 @@ class FeatureCache:
         """Remove the shards of ``key`` (after its entry is committed)."""
         shutil.rmtree(self._partial_dir(key), ignore_errors=True)
 
+    # the memo: cheap encoder identity -> full key (a cache hit without building the encoder)
+    def _memo(self, lookup: str) -> Path:
+        return self.root / "_memo" / f"{self._check_key(lookup)}.json"
+
+    def recall(self, lookup: str) -> str | None:
+        """The full key remembered for ``lookup`` (see :func:`lookup_key`), or None.
+
+        The full key needs the built encoder (its ``config()`` and weights identity); the lookup
+        key does not. Only a sound committed entry counts, so a stale memo costs one build."""
+        try:
+            memo = json.loads(self._memo(lookup).read_text())
+            key = self._check_key(str(memo["key"]))
+        except (OSError, ValueError, KeyError, TypeError, AlignkitError):
+            return None
+        return key if memo.get("format") == FORMAT_VERSION else None
+
+    def remember(self, lookup: str, key: str) -> None:
+        """Note that ``lookup`` builds the encoder whose features are stored under ``key``. A
+        failed write only costs a later build, so it is logged, not raised."""
+        memo = {"format": FORMAT_VERSION, "key": self._check_key(key), "created": _now()}
+        try:
+            with atomic_path(self._memo(lookup)) as tmp:
+                tmp.write_text(json.dumps(memo, sort_keys=True))
+        except OSError as exc:
+            log.warning("could not write the feature cache memo %s: %s", lookup, exc)
+
     # listing and clearing
     def list(self, pattern: str = "*") -> list[CacheEntry]:
         """Complete entries whose key, encoder spec or probe name matches the glob ``pattern``,
@@ -482,6 +543,8 @@ class FeatureCache:
                     path.unlink()
             shutil.rmtree(entry.path.with_suffix(".partial"), ignore_errors=True)
             removed += 1
+        if pattern == "*":
+            shutil.rmtree(self.root / "_memo", ignore_errors=True)
         if pattern == "*" and self.root.is_dir():
             for path in self.root.glob("*/*"):
                 if path.suffix == ".partial" and path.is_dir():
@@ -511,5 +574,6 @@ __all__ = [
     "feature_key",
     "key_fields",
     "locate_cache",
+    "lookup_key",
     "resolve_cache_root",
 ]
