@@ -750,16 +750,17 @@ def _extract(
     layer: str | None = None,
 ) -> FeatureSet:
     """Features of one encoder (from the cache when there); ``layer`` overrides the entry's."""
-    from alignkit.encoders import create_encoder
     from alignkit.features import extract_features
 
     options = entry.kwargs
     if layer is not None:
         options["layer"] = layer
-    encoder = create_encoder(entry.spec, device=config.device, **options)
+    # [cache helper, issue 10 item 11] pass the spec and its options, not a built encoder: a cache
+    # hit then needs no model construction (extract_features builds the encoder only on a miss)
     return extract_features(
-        encoder,
+        entry.spec,
         probe,
+        options=options,
         batch_size=config.batch_size,
         caption_policy=config.caption_policy,
         seed=config.seed,

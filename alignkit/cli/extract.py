@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from alignkit.cli import app, silence_third_party_progress
+from alignkit.cli._cache_option import CacheOpt, OldCacheDirOpt, OldNoCacheOpt, cache_setting
 
-CacheDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir", help="feature cache folder [default: $ALIGNKIT_CACHE_DIR/features]"
-    ),
-]
+if TYPE_CHECKING:
+    from alignkit.features import FeatureCache
 
 cache_app = typer.Typer(
     help="Inspect and prune the feature cache (safetensors + JSON sidecar per entry, keyed by a "
@@ -32,6 +30,16 @@ def _size(n_bytes: int) -> str:
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024
     return ""  # unreachable
+
+
+def _store(cache: str | None, cache_dir: Path | None, command: str) -> FeatureCache:
+    from alignkit.errors import AlignkitError
+    from alignkit.features import FeatureCache
+
+    setting = cache_setting(cache, cache_dir=cache_dir)
+    if setting is False:
+        raise AlignkitError(f"cache {command} needs a cache: got --cache off; pass --cache DIR")
+    return FeatureCache.at(setting)
 
 
 @app.command("extract")
@@ -75,10 +83,9 @@ def extract_command(
     data_dir: Annotated[
         Path | None, typer.Option(help="where named probes live [default: $ALIGNKIT_DATA_DIR]")
     ] = None,
-    cache_dir: CacheDir = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="compute without reading or writing the cache")
-    ] = False,
+    cache: CacheOpt = None,
+    cache_dir: OldCacheDirOpt = None,
+    no_cache: OldNoCacheOpt = False,
     out: Annotated[
         Path | None,
         typer.Option(help="also copy the features to this .safetensors file (one encoder)"),
@@ -93,11 +100,8 @@ def extract_command(
 
         alignkit extract --encoder st:sentence-transformers/all-MiniLM-L6-v2 --probe flickr8k:test
     """
-    from alignkit.encoders import create_encoder
     from alignkit.errors import AlignkitError
-    from alignkit.features import FeatureCache, extract_features, feature_key
-    from alignkit.features._distributed import local_cuda_device
-    from alignkit.features.extract import fit_to_probe
+    from alignkit.features import FeatureCache, cached_features, extract_features
     from alignkit.probes import load_probe
 
     # under torchrun every rank runs this command; only rank 0 reports
@@ -106,35 +110,36 @@ def extract_command(
         silence_third_party_progress()
     if out is not None and len(encoder) != 1:
         raise AlignkitError(f"--out takes the features of one encoder: got {len(encoder)} encoders")
+    setting = cache_setting(cache, cache_dir=cache_dir, no_cache=no_cache)
     probe_set = load_probe(
         probe, n=n, split=split, seed=seed, skip_bad=skip_bad, data_dir=data_dir, progress=not quiet
     )
     say(f"probe {probe_set.name}: {len(probe_set)} rows, fingerprint {probe_set.fingerprint}")
-    store = None if no_cache else FeatureCache(cache_dir)
+    store = None if setting is False else FeatureCache.at(setting)
     for spec in encoder:
         started = time.perf_counter()
-        gpu = local_cuda_device() if device == "auto" else None  # torchrun: this rank's GPU
-        enc = create_encoder(spec, device=gpu or device)
-        loaded = time.perf_counter()
-        fit_to_probe(enc, probe_set)  # tfidf: has a weights identity (and a key) once fitted
-        key = feature_key(enc, probe_set, caption_policy, seed)
-        cached = store is not None and key in store
-        fs = extract_features(
-            enc,
-            probe_set,
-            batch_size=batch_size,
-            num_workers=workers,
-            caption_policy=caption_policy,
-            seed=seed,
-            cache=store if store else False,
-            progress=not quiet,
-        )
-        took = time.perf_counter() - loaded
-        where = f"cache {store.path(key)}" if store else "not cached"
-        how = "from the cache" if cached else "extracted"
+        since = datetime.now(timezone.utc).replace(microsecond=0)
+        common = {"caption_policy": caption_policy, "seed": seed, "device": device}
+        fs = cached_features(spec, probe_set, cache=store, **common) if store else None
+        how = "from the cache (encoder not built)"
+        if fs is None:
+            fs = extract_features(
+                spec,
+                probe_set,
+                batch_size=batch_size,
+                num_workers=workers,
+                cache=store if store else False,
+                progress=not quiet,
+                **common,
+            )
+            created = datetime.fromisoformat(str(fs.provenance.get("created")))
+            how = "from the cache" if store and created < since else "extracted"
+        took = time.perf_counter() - started
+        key = str(fs.provenance.get("cache_key", ""))
+        where = f"cache {store.path(key)}" if store and key else "not cached"
         say(
             f"{spec}: {fs.n} rows x {fs.dim}{f' x {fs.n_layers} layers' if fs.layered else ''} "
-            f"{how} in {took:.2f} s (model load {loaded - started:.1f} s; {where})"
+            f"{how} in {took:.2f} s ({where})"
         )
         if out is not None and os.environ.get("RANK", "0") == "0":
             say(f"wrote {fs.save(out)}")
@@ -145,12 +150,11 @@ def cache_list_command(
     pattern: Annotated[
         str, typer.Argument(help="glob on encoder spec, probe name or key (prefix)")
     ] = "*",
-    cache_dir: CacheDir = None,
+    cache: CacheOpt = None,
+    cache_dir: OldCacheDirOpt = None,
 ) -> None:
     """List complete cache entries, newest first: key, encoder, probe, rows, dim, size, created."""
-    from alignkit.features import FeatureCache
-
-    store = FeatureCache(cache_dir)
+    store = _store(cache, cache_dir, "list")
     entries = store.list(pattern)
     if not entries:
         typer.echo(f"no cache entries match {pattern!r} in {store.root}")
@@ -181,13 +185,12 @@ def cache_clear_command(
         str,
         typer.Argument(help="glob on encoder spec, probe name or key (prefix); '*' = everything"),
     ] = "*",
-    cache_dir: CacheDir = None,
+    cache: CacheOpt = None,
+    cache_dir: OldCacheDirOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
     """Delete the cache entries that match PATTERN (and, for '*', unfinished extractions)."""
-    from alignkit.features import FeatureCache
-
-    store = FeatureCache(cache_dir)
+    store = _store(cache, cache_dir, "clear")
     entries = store.list(pattern)
     if not entries and pattern != "*":
         typer.echo(f"no cache entries match {pattern!r} in {store.root}")

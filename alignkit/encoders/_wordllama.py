@@ -4,6 +4,9 @@ caption. The weights ship inside the ``wordllama`` package (``l2_supercat``, 256
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +56,9 @@ class WordLlamaEncoder(Encoder):
                 f"unknown WordLlama model {model_id!r}; expected one of: {', '.join(known)}"
             )
         entry = _offline.OFFLINE_MODELS[registry_spec]
-        package_dir = Path(_offline.resolve(registry_spec))
-        wordllama = require("wordllama", entry.pip)
+        with _root_logging_kept():  # finding the package's folder imports it too
+            package_dir = Path(_offline.resolve(registry_spec))
+            wordllama = require("wordllama", entry.pip)
         # the package's default loader looks in a misnamed folder, then tries the network
         self.model = wordllama.WordLlama.load(
             model_id,
@@ -81,6 +85,22 @@ class WordLlamaEncoder(Encoder):
             "dim": self.dim,
             "normalize": self.normalize,
         }
+
+
+@contextlib.contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    """Contain ``import wordllama``: its ``__init__`` calls ``logging.basicConfig(level=INFO)``,
+    which would turn on INFO logging for the whole process. The root logger's handlers and level
+    are put back as they were."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def create(model_id: str, **options: Any) -> WordLlamaEncoder:

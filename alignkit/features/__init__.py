@@ -12,24 +12,36 @@
 
 from __future__ import annotations
 
-from alignkit.features.cache import FORMAT_VERSION, CacheEntry, FeatureCache, feature_key
-from alignkit.features.extract import default_num_workers, extract_features
+from alignkit.features.cache import (
+    FORMAT_VERSION,
+    CacheEntry,
+    CacheLocation,
+    FeatureCache,
+    feature_key,
+    locate_cache,
+    resolve_cache_root,
+)
+from alignkit.features.extract import cached_features, default_num_workers, extract_features
 from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.features.paired import check_disjoint, paired_features
 from alignkit.features.tokens import TokenFeatureSet, extract_tokens, read_tokens
 
 __all__ = [
-    "FORMAT_VERSION",
     "CacheEntry",
+    "CacheLocation",
+    "FORMAT_VERSION",
     "FeatureCache",
     "FeatureSet",
     "TokenFeatureSet",
+    "cached_features",
     "caption_ids",
     "check_disjoint",
     "default_num_workers",
     "extract_features",
     "extract_tokens",
     "feature_key",
+    "locate_cache",
     "paired_features",
     "read_tokens",
+    "resolve_cache_root",
 ]

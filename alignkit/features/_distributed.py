@@ -36,6 +36,13 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ
 
 
+def in_process_group() -> bool:
+    """True under torchrun or inside an initialised process group (rows are split over ranks)."""
+    import torch.distributed as dist
+
+    return launched_by_torchrun() or (dist.is_available() and dist.is_initialized())
+
+
 def local_cuda_device() -> torch.device | None:
     """``cuda:$LOCAL_RANK`` under torchrun with GPUs, else None."""
     if launched_by_torchrun() and torch.cuda.is_available():

@@ -10,6 +10,8 @@ Layout under ``root`` (default ``<alignkit cache dir>/features``)::
     ab/ab12...ef.partial/           shards of an extraction in progress:
         rows-000000000-000000512.safetensors   rows [0, 512), written when those rows are done
     ab/ab12...ef.lock               serialises the final commit of one key between processes
+    _memo/<lookup>.json             cheap encoder identity -> key (see :func:`lookup_key`): a hit
+                                    without building the encoder
 
 The key is a hash of what changes the numbers and nothing else (see :func:`feature_key`). Every
 file is written to a temporary name in the same folder and renamed into place (``os.replace`` is
@@ -75,11 +77,7 @@ def effective_precision(encoder: Encoder) -> str:
     part of the key; the device itself is not."""
     precision = getattr(encoder, "precision", "auto")
     device = getattr(encoder, "device", torch.device("cpu"))
-    if torch.device(device).type != "cuda" or precision == "fp32":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return str(precision)
+    return _precision(device, precision)
 
 
 def key_fields(
@@ -123,6 +121,119 @@ def feature_key(
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+# -- where the cache is ---------------------------------------------------------------------------
+_ENTRY_DIR = re.compile(r"^[0-9a-f]{2}$")
+_NOTED: set[str] = set()
+
+
+@dataclass(frozen=True)
+class CacheLocation:
+    """Where a cache lives, as :func:`locate_cache` resolved it.
+
+    Attributes:
+        root: the cache root (``$ALIGNKIT_CACHE_DIR``, or what ``--cache`` names).
+        features: the folder of the feature entries, ``root / "features"`` (the folder itself
+            when an old-layout folder holding entries directly was given).
+        note: why the given folder was not taken as the root, or None when it was.
+    """
+
+    root: Path
+    features: Path
+    note: str | None = None
+
+
+def _holds_entries(folder: Path) -> bool:
+    """True when ``folder`` is laid out like a features folder: ``ab/<key>.json|.safetensors``."""
+    try:
+        for child in folder.iterdir():
+            if child.is_dir() and _ENTRY_DIR.match(child.name):
+                if any(p.suffix in (".json", ".safetensors", ".partial") for p in child.iterdir()):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def locate_cache(path: str | Path | None = None) -> CacheLocation:
+    """Resolve a cache location given by a user: ``path`` names the cache ROOT (entries under
+    ``<root>/features``), like ``$ALIGNKIT_CACHE_DIR``; None means ``$ALIGNKIT_CACHE_DIR`` (else
+    ``~/.cache/alignkit``).
+
+    A features folder given in place of its root is recognised and used, with a note (logged once
+    per folder): a folder named ``features`` with no ``features/`` inside stands for its parent,
+    and a folder that holds entries directly (``ab/<key>.json``, the layout an older ``--cache``
+    wrote) is used as the features folder itself. Nothing is created.
+    """
+    if path is None:
+        root = _paths.cache_dir()
+        return CacheLocation(root, root / "features")
+    given = Path(path).expanduser()
+    if given.exists() and not given.is_dir():
+        raise AlignkitError(f"a cache location is a folder: got the file {given}")
+    if (given / "features").is_dir():
+        return CacheLocation(given, given / "features")
+    if given.name == "features":
+        note = f"{given} is a features folder: using its parent {given.parent} as the cache root"
+        return _noted(CacheLocation(given.parent, given, note))
+    if _holds_entries(given):
+        note = (
+            f"{given} holds feature entries directly (the older --cache layout): reading and "
+            "writing them there"
+        )
+        return _noted(CacheLocation(given, given, note))
+    return CacheLocation(given, given / "features")
+
+
+def _noted(location: CacheLocation) -> CacheLocation:
+    if location.note and str(location.features) not in _NOTED:
+        _NOTED.add(str(location.features))
+        log.warning("%s", location.note)
+    return location
+
+
+def resolve_cache_root(path: str | Path | None = None) -> Path:
+    """The cache root that ``path`` stands for (see :func:`locate_cache`); None -> the default,
+    ``$ALIGNKIT_CACHE_DIR`` (else ``~/.cache/alignkit``)."""
+    return locate_cache(path).root
+
+
+def lookup_key(
+    spec: str,
+    options: dict[str, Any],
+    probe: ProbeSet,
+    caption_policy: str = "first",
+    seed: int = 0,
+) -> str | None:
+    """A key (32 hex digits) for :meth:`FeatureCache.recall` found without building the encoder:
+    sha256 of :func:`alignkit.encoders.identity.encoder_identity` (spec, options incl. device,
+    weights, libraries, code), the effective precision, the probe fingerprint, the caption policy
+    and seed. None when the encoder has no cheap identity (it must be built)."""
+    from alignkit._device import resolve_device
+    from alignkit.encoders.identity import encoder_identity
+
+    identity = encoder_identity(spec, **options)
+    if identity is None:
+        return None
+    device = resolve_device(options.get("device", "auto"))
+    fields = {
+        "format": FORMAT_VERSION,
+        "encoder": identity,
+        "precision": _precision(device, options.get("precision", "auto")),
+        "probe": probe.fingerprint,
+        "caption_policy": caption_policy,
+        "seed": int(seed),
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _precision(device: torch.device, precision: str) -> str:
+    if torch.device(device).type != "cuda" or precision == "fp32":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return str(precision)
+
+
 # -- small file helpers -------------------------------------------------------------------------
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
@@ -150,8 +261,9 @@ class FeatureCache:
     """Content-addressed store of :class:`FeatureSet` s (safetensors + JSON sidecar).
 
     Args:
-        root: folder of the cache; default ``alignkit._paths.cache_dir() / "features"``
-            (``$ALIGNKIT_CACHE_DIR/features``).
+        root: the folder of the feature entries (the ``features/`` folder of a cache root);
+            default ``$ALIGNKIT_CACHE_DIR/features``. To start from a cache root, as every
+            command's ``--cache`` does, use :meth:`FeatureCache.at`.
         shard_batches: an extraction writes a resumable shard every this many batches.
     """
 
@@ -164,6 +276,13 @@ class FeatureCache:
             raise AlignkitError(f"shard_batches must be a positive integer: got {shard_batches!r}")
         self.root = Path(root).expanduser() if root is not None else _paths.cache_dir() / "features"
         self.shard_batches = shard_batches
+
+    @classmethod
+    def at(cls, cache: str | Path | None = None, **options: Any) -> FeatureCache:
+        """The feature cache of the cache ROOT ``cache`` (None: ``$ALIGNKIT_CACHE_DIR``); a
+        features folder given in its place is recognised (see :func:`locate_cache`).
+        ``options`` go to the constructor."""
+        return cls(locate_cache(cache).features, **options)
 
     def __repr__(self) -> str:
         return f"FeatureCache(root={str(self.root)!r}, shard_batches={self.shard_batches})"
@@ -352,6 +471,32 @@ class FeatureCache:
         """Remove the shards of ``key`` (after its entry is committed)."""
         shutil.rmtree(self._partial_dir(key), ignore_errors=True)
 
+    # the memo: cheap encoder identity -> full key (a cache hit without building the encoder)
+    def _memo(self, lookup: str) -> Path:
+        return self.root / "_memo" / f"{self._check_key(lookup)}.json"
+
+    def recall(self, lookup: str) -> str | None:
+        """The full key remembered for ``lookup`` (see :func:`lookup_key`), or None.
+
+        The full key needs the built encoder (its ``config()`` and weights identity); the lookup
+        key does not. Only a sound committed entry counts, so a stale memo costs one build."""
+        try:
+            memo = json.loads(self._memo(lookup).read_text())
+            key = self._check_key(str(memo["key"]))
+        except (OSError, ValueError, KeyError, TypeError, AlignkitError):
+            return None
+        return key if memo.get("format") == FORMAT_VERSION else None
+
+    def remember(self, lookup: str, key: str) -> None:
+        """Note that ``lookup`` builds the encoder whose features are stored under ``key``. A
+        failed write only costs a later build, so it is logged, not raised."""
+        memo = {"format": FORMAT_VERSION, "key": self._check_key(key), "created": _now()}
+        try:
+            with atomic_path(self._memo(lookup)) as tmp:
+                tmp.write_text(json.dumps(memo, sort_keys=True))
+        except OSError as exc:
+            log.warning("could not write the feature cache memo %s: %s", lookup, exc)
+
     # listing and clearing
     def list(self, pattern: str = "*") -> list[CacheEntry]:
         """Complete entries whose key, encoder spec or probe name matches the glob ``pattern``,
@@ -360,6 +505,8 @@ class FeatureCache:
         if not self.root.is_dir():
             return entries
         for sidecar in self.root.glob("*/*.json"):
+            if not _ENTRY_DIR.match(sidecar.parent.name):
+                continue
             try:
                 side = json.loads(sidecar.read_text())
                 key = str(side["key"])
@@ -396,6 +543,8 @@ class FeatureCache:
                     path.unlink()
             shutil.rmtree(entry.path.with_suffix(".partial"), ignore_errors=True)
             removed += 1
+        if pattern == "*":
+            shutil.rmtree(self.root / "_memo", ignore_errors=True)
         if pattern == "*" and self.root.is_dir():
             for path in self.root.glob("*/*"):
                 if path.suffix == ".partial" and path.is_dir():
@@ -419,8 +568,12 @@ def _matches(pattern: str, key: str, *names: str) -> bool:
 __all__ = [
     "FORMAT_VERSION",
     "CacheEntry",
+    "CacheLocation",
     "FeatureCache",
     "effective_precision",
     "feature_key",
     "key_fields",
+    "locate_cache",
+    "lookup_key",
+    "resolve_cache_root",
 ]

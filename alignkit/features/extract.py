@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,7 @@ import torch
 
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.features import _distributed
-from alignkit.features.cache import FeatureCache, effective_precision, feature_key
+from alignkit.features.cache import FeatureCache, effective_precision, feature_key, lookup_key
 from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.probes.base import CAPTION_POLICIES
 
@@ -60,6 +60,7 @@ def extract_features(
     encoder: Encoder | str,
     probe: ProbeSet,
     *,
+    options: Mapping[str, Any] | None = None,
     batch_size: int = 64,
     num_workers: int | None = None,
     caption_policy: str = "first",
@@ -84,18 +85,25 @@ def extract_features(
     yet is first fitted on every caption of the probe.
 
     With a cache (the default), a finished extraction is returned without any model work, and an
-    interrupted one resumes from its last shard. Under ``torchrun`` (or any initialised process
+    interrupted one resumes from its last shard. Given a spec string, a cache hit does not even
+    build the encoder: the cache remembers which entry a cheap identity of the spec, its options
+    and its weight files led to (:func:`alignkit.features.cache.lookup_key`), and the encoder is
+    built only on a miss. Under ``torchrun`` (or any initialised process
     group) the rows are split across ranks and gathered, and every rank returns the whole set;
     rank 0 writes the cache.
 
     Args:
         encoder: an :class:`~alignkit.encoders.base.Encoder`, or a spec for ``create_encoder``.
         probe: the probe rows.
+        options: ``create_encoder`` options (``pooling``, ``layer``, backend options) when
+            ``encoder`` is a spec; not allowed with an Encoder instance.
         batch_size: rows per forward pass (>= 1). Not part of the cache key.
         num_workers: image DataLoader workers; None -> :func:`default_num_workers`, 0 -> in-process.
         caption_policy: one of ``first``, ``random``, ``mean``, ``all`` (text encoders only).
         seed: chooses the captions of ``random``.
-        cache: True (the default cache), False (no cache), a folder, or a :class:`FeatureCache`.
+        cache: True (the default cache, ``$ALIGNKIT_CACHE_DIR``), False (no cache), a cache root
+            folder (entries under ``<folder>/features``; a features folder is recognised), or a
+            :class:`FeatureCache`.
         device: where a spec-built encoder runs (``"auto"``: CUDA, under torchrun the local rank's
             GPU, else CPU). An encoder instance runs where it is.
         progress: show a tqdm bar with items/s (rank 0 only).
@@ -106,10 +114,24 @@ def extract_features(
         (encoder spec, weights identity, config, caption policy, probe
         name and fingerprint, alignkit version, created time, cache key).
     """
-    enc = _resolve_encoder(encoder, device)
-    _check_arguments(enc, probe, batch_size, num_workers, caption_policy)
-    fit_to_probe(enc, probe)
+    _check_run(probe, batch_size, num_workers, caption_policy)
     store = _resolve_cache(cache)
+    lookup = None
+    if isinstance(encoder, str):
+        options = {**(options or {}), "device": _spec_device(device)}
+        if store is not None and not _distributed.in_process_group():
+            lookup = lookup_key(encoder, options, probe, caption_policy, seed)
+            hit = _recall(store, lookup, encoder, probe, caption_policy)
+            if hit is not None:
+                return hit
+    elif options:
+        raise AlignkitError(
+            f"options= are create_encoder options for a spec string; build the encoder with "
+            f"them instead: got an Encoder instance and options {sorted(options)}"
+        )
+    enc = _resolve_encoder(encoder, device, options or {})
+    _check_arguments(enc, probe)
+    fit_to_probe(enc, probe)  # tfidf: has a weights identity (and a key) once fitted
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
     per_caption = enc.modality == "text" and caption_policy == "all"
@@ -123,6 +145,8 @@ def extract_features(
             usable = _distributed.all_true(usable, ranks)
         if usable:
             log.info("%s on %s: %d rows from the feature cache", enc.name, probe.name, hit.n)
+            if lookup is not None:
+                store.remember(lookup, key)
             return hit
 
     blocks = _distributed.row_blocks(len(ids), batch_size, ranks.world if ranks else 1)
@@ -145,6 +169,8 @@ def extract_features(
     if store is not None and (ranks is None or ranks.is_main):
         store.put(key, result)
         store.drop_shards(key)
+        if lookup is not None:
+            store.remember(lookup, key)
     _distributed.barrier(ranks)
     return result
 
@@ -162,8 +188,64 @@ def fit_to_probe(encoder: Encoder, probe: ProbeSet) -> Encoder:
     return encoder
 
 
+def cached_features(
+    encoder: str,
+    probe: ProbeSet,
+    *,
+    options: Mapping[str, Any] | None = None,
+    caption_policy: str = "first",
+    seed: int = 0,
+    cache: bool | str | Path | FeatureCache = True,
+    device: str | torch.device = "auto",
+) -> FeatureSet | None:
+    """The cached features :func:`extract_features` would return for the spec ``encoder``, found
+    without building the encoder; None when the cache does not know them that way (then
+    :func:`extract_features` builds the encoder, and remembers the way for next time).
+
+    Arguments as for :func:`extract_features`. Under torchrun this always returns None (every
+    rank must take the same branch).
+    """
+    if not isinstance(encoder, str):
+        raise AlignkitError(f"encoder must be a spec string here: got {type(encoder).__name__}")
+    store = _resolve_cache(cache)
+    if store is None or _distributed.in_process_group():
+        return None
+    options = {**(options or {}), "device": _spec_device(device)}
+    lookup = lookup_key(encoder, options, probe, caption_policy, seed)
+    return _recall(store, lookup, encoder, probe, caption_policy)
+
+
 # -- argument handling ----------------------------------------------------------------------------
-def _resolve_encoder(encoder: Encoder | str, device: str | torch.device) -> Encoder:
+def _spec_device(device: str | torch.device) -> str | torch.device:
+    """The device a spec-built encoder is built on (under torchrun, ``auto`` is the rank's GPU)."""
+    if device == "auto" and _distributed.local_cuda_device() is not None:
+        return _distributed.local_cuda_device()
+    return device
+
+
+def _recall(
+    store: FeatureCache, lookup: str | None, spec: str, probe: ProbeSet, caption_policy: str
+) -> FeatureSet | None:
+    """The cached features a lookup key was remembered to lead to, or None (then build)."""
+    if lookup is None:
+        return None
+    key = store.recall(lookup)
+    hit = store.get(key) if key is not None else None
+    # a text entry of the "all" policy has one row per caption; image entries ignore the policy
+    wanted = {tuple(probe.ids)}
+    if caption_policy == "all":
+        wanted.add(tuple(caption_ids(probe)))
+    if hit is not None and tuple(hit.ids) not in wanted:
+        hit = None
+    if hit is None or hit.provenance.get("encoder") != spec:
+        return None
+    log.info("%s on %s: %d rows from the feature cache (not built)", spec, probe.name, hit.n)
+    return hit
+
+
+def _resolve_encoder(
+    encoder: Encoder | str, device: str | torch.device, options: Mapping[str, Any]
+) -> Encoder:
     from alignkit._device import resolve_device
 
     if isinstance(encoder, str):
@@ -171,9 +253,7 @@ def _resolve_encoder(encoder: Encoder | str, device: str | torch.device) -> Enco
             from alignkit.encoders import create_encoder
         except ImportError as exc:  # pragma: no cover - the encoders package is part of alignkit
             raise AlignkitError(f"cannot build encoder {encoder!r}: {exc}") from exc
-        if device == "auto" and _distributed.local_cuda_device() is not None:
-            device = _distributed.local_cuda_device()
-        return create_encoder(encoder, device=device)
+        return create_encoder(encoder, **{"device": _spec_device(device), **options})
     for attr in ("name", "modality", "dim", "device", "forward", "preprocess", "collate"):
         if not hasattr(encoder, attr):
             raise AlignkitError(
@@ -195,9 +275,10 @@ def _resolve_encoder(encoder: Encoder | str, device: str | torch.device) -> Enco
     return encoder
 
 
-def _check_arguments(
-    enc: Encoder, probe: ProbeSet, batch_size: int, num_workers: int | None, caption_policy: str
+def _check_run(
+    probe: ProbeSet, batch_size: int, num_workers: int | None, caption_policy: str
 ) -> None:
+    """The checks that need no encoder (before a cache lookup or a build)."""
     from alignkit.probes.base import ProbeSet
 
     if not isinstance(probe, ProbeSet):
@@ -214,6 +295,10 @@ def _check_arguments(
         raise AlignkitError(f"num_workers must be None or an integer >= 0: got {num_workers!r}")
     if caption_policy not in EXTRACT_POLICIES:
         raise unknown_key("caption policy", caption_policy, EXTRACT_POLICIES)
+
+
+def _check_arguments(enc: Encoder, probe: ProbeSet) -> None:
+    """The checks that need the built encoder, before any model work."""
     if enc.modality not in ("image", "text"):
         raise AlignkitError(f"{enc.name}: modality must be 'image' or 'text': got {enc.modality!r}")
     if enc.modality == "text":  # fail before any model work, naming the row
@@ -233,7 +318,7 @@ def _resolve_cache(cache: bool | str | Path | FeatureCache | None) -> FeatureCac
     if isinstance(cache, FeatureCache):
         return cache
     if isinstance(cache, (str, Path)):
-        return FeatureCache(cache)
+        return FeatureCache.at(cache)  # a cache root, like $ALIGNKIT_CACHE_DIR
     raise AlignkitError(
         f"cache must be True, False, a folder or a FeatureCache: got {type(cache).__name__}"
     )

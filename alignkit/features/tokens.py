@@ -290,15 +290,21 @@ def extract_tokens(
         AlignkitError: the encoder has no token features, an unknown caption policy, bad
             arguments (checked before any model work).
     """
-    from alignkit.features.extract import _check_arguments, _resolve_cache, _resolve_encoder
+    from alignkit.features.extract import (
+        _check_arguments,
+        _check_run,
+        _resolve_cache,
+        _resolve_encoder,
+    )
 
-    enc = _resolve_encoder(encoder, device)
+    enc = _resolve_encoder(encoder, device, {})
     if caption_policy not in TOKEN_POLICIES:
         raise AlignkitError(
             f"caption_policy for token features must be one of: {', '.join(TOKEN_POLICIES)}: got "
             f"{caption_policy!r} ('mean' averages pooled caption embeddings and has no tokens)"
         )
-    _check_arguments(enc, probe, batch_size, num_workers, caption_policy)
+    _check_run(probe, batch_size, num_workers, caption_policy)
+    _check_arguments(enc, probe)
     if not getattr(enc, "has_tokens", False):
         enc._forward_tokens(None)  # raises the backend's one-line "no token features" error
     store = _resolve_cache(cache)

@@ -170,8 +170,30 @@ def _read_manifest_records(path: Path) -> tuple[list[tuple[int, dict | None]], l
                     columns.update(dict.fromkeys(rec))
                     records.append((lineno, rec))
     except UnicodeDecodeError as exc:
-        raise AlignkitError(f"manifest {path} is not UTF-8 text: {exc.reason}") from None
+        raise AlignkitError(
+            f"manifest {path} is not UTF-8 text: {_where_not_utf8(path, exc)}; save it as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)"
+        ) from None
     return records, list(columns)
+
+
+def _where_not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Line, column and byte offset of the first bytes of ``path`` that are not UTF-8 (the
+    decoder's own offset counts from the start of its read buffer, not of the file)."""
+    offset = 0
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                byte = raw[bad.start : bad.start + 1].hex().upper()
+                column = len(raw[: bad.start].decode("utf-8", errors="replace")) + 1
+                return (
+                    f"line {lineno}, column {column} (byte offset {offset + bad.start}) has the "
+                    f"byte 0x{byte}, {bad.reason}"
+                )
+            offset += len(raw)
+    return str(exc.reason)
 
 
 def _parse_captions(value: Any) -> list[str] | None:
