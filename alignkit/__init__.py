@@ -8,7 +8,7 @@ Public API (imported lazily, so ``import alignkit`` stays cheap)::
     extract_features(encoder, probe)                               # -> FeatureSet (cached)
     linear_cka(x, y), mutual_knn(x, y, k=10), METRICS              # metrics
     score_pairs(vision_features, text_features, metrics)           # -> long-form DataFrame
-    rank_encoders(vision=[...], text=[...], probe="synthetic")     # -> Ranking
+    rank_encoders(RankConfig(...)) or rank_encoders(vision=[...], probe="synthetic")  # -> Ranking
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     # ranking
     "rank_encoders": "alignkit.ranking",
     "Ranking": "alignkit.ranking",
+    "RankConfig": "alignkit.config",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
