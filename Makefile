@@ -38,8 +38,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/extraction.py
 
+LINT_PATHS := alignkit tests benchmarks analyses
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check alignkit tests benchmarks analyses
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 clean-venv:
 	rm -rf $(VENV)

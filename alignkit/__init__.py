@@ -8,7 +8,7 @@ Public API (imported lazily, so ``import alignkit`` stays cheap)::
     extract_features(encoder, probe)                               # -> FeatureSet (cached)
     linear_cka(x, y), mutual_knn(x, y, k=10), METRICS              # metrics
     score_pairs(vision_features, text_features, metrics)           # -> long-form DataFrame
-    rank_encoders(vision=[...], text=[...], probe="synthetic")     # -> Ranking
+    rank_encoders(RankConfig(...)) or rank_encoders(vision=[...], probe="synthetic")  # -> Ranking
     load_aligned("runs/x").similarity(images, texts)               # a trained pair
 """
 
@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     # ranking
     "rank_encoders": "alignkit.ranking",
     "Ranking": "alignkit.ranking",
+    "RankConfig": "alignkit.config",
     # trained pairs
     "load_aligned": "alignkit.aligned",
     "AlignedModel": "alignkit.aligned",

@@ -1,7 +1,13 @@
-"""The run configuration of ``rank_encoders`` / ``alignkit rank-encoders``, and config files.
+"""Run configurations, declared once: the dataclass, the config file and the command line.
 
-A config file (TOML or YAML) uses the same keys as the command's options (dashes become
-underscores), e.g. ``rank.toml``::
+Each setting of a run is one field of a frozen dataclass, declared with :func:`option`: its
+default, its help text, its command-line flag and its config-file key. From that one declaration
+come the API (``RankConfig(n=200)``), the config-file reader (:func:`load_config`; an unknown key
+is an error that suggests the closest valid one) and the command's options
+(:mod:`alignkit.cli._options` turns the fields into typer options). The training and evaluation
+configs declare their fields the same way.
+
+A config file (TOML or YAML) uses the fields' keys, e.g. ``rank.toml``::
 
     probe = "flickr8k:test"
     n = 500
@@ -11,18 +17,20 @@ underscores), e.g. ``rank.toml``::
               { spec = "timm:vit_small_patch14_dinov2", pooling = "cls" }]
     text = ["st:sentence-transformers/all-MiniLM-L6-v2"]
 
-An encoder entry is a spec string, or a table with ``spec`` and the options
-``create_encoder`` takes (``pooling``, ``layer``, backend options). Unknown keys are an error that
-lists the valid ones. Options given on the command line override the file.
+An encoder entry is a spec string, or a table with ``spec`` and the options ``create_encoder``
+takes (``pooling``, ``layer``, backend options). Options given on the command line override the
+file.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alignkit.errors import AlignkitError
 
@@ -31,7 +39,78 @@ DEFAULT_SET = "offline-small"
 DEFAULT_N = 500
 LAYER_MODES = ("last", "all")
 
+C = TypeVar("C")
 
+
+# ----------------------------------------------------------------------------------------------
+# declaring options
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """How one config field appears outside Python (kept in the field's ``metadata``).
+
+    Attributes:
+        help: one or two sentences for ``--help`` (the default is appended automatically).
+        flag: the long command-line flag (default ``--`` + the field name with dashes).
+        short: a one-letter alias such as ``-v``.
+        metavar: the placeholder in ``--help`` (``SPEC``, ``ROWS``).
+        key: the config-file key (default the field name).
+        aliases: other config-file keys accepted for it (e.g. ``metric`` for ``metrics``).
+        type: the command-line value type when the default's type does not say it.
+        from_cli: converts the parsed command-line value to the field's value.
+        repeat: a repeatable flag whose values form the field's tuple.
+        cli: ``False`` keeps the field out of the command line.
+    """
+
+    help: str
+    flag: str | None = None
+    short: str | None = None
+    metavar: str | None = None
+    key: str | None = None
+    aliases: tuple[str, ...] = ()
+    type: type | None = None
+    from_cli: Callable[[Any], Any] | None = None
+    repeat: bool = False
+    cli: bool = True
+
+
+def option(default: Any, help: str, **how: Any) -> Any:
+    """A dataclass field with its :class:`Option` (see there for ``how``)."""
+    return field(default=default, metadata={"option": Option(help, **how)})
+
+
+def declared(cls: type) -> list[tuple[Field[Any], Option]]:
+    """The fields of a config dataclass that carry an :class:`Option`, in declaration order."""
+    return [(f, f.metadata["option"]) for f in fields(cls) if "option" in f.metadata]
+
+
+def file_key(f: Field[Any]) -> str:
+    opt = f.metadata.get("option")
+    return (opt.key if opt is not None and opt.key else None) or f.name
+
+
+def valid_keys(cls: type) -> tuple[str, ...]:
+    """The config-file keys of ``cls`` (aliases left out), sorted."""
+    return tuple(sorted(file_key(f) for f in fields(cls)))
+
+
+def _field_by_key(cls: type) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for f in fields(cls):
+        out[file_key(f)] = f.name
+        opt = f.metadata.get("option")
+        for alias in opt.aliases if opt is not None else ():
+            out[alias] = f.name
+    return out
+
+
+def default_of(f: Field[Any]) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------------
+# encoder entries
+# ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EncoderEntry:
     """One encoder to rank: a spec string plus the options passed to ``create_encoder``.
@@ -83,46 +162,116 @@ class EncoderEntry:
         return f"{self.spec}[{opts}]"
 
 
+def _n_from_cli(value: int) -> int | None:
+    return None if value == 0 else value
+
+
+def _cache_from_cli(value: str) -> str | bool:
+    return False if value.lower() in ("off", "no", "false", "0") else value
+
+
+# ----------------------------------------------------------------------------------------------
+# the ranking run
+# ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RankConfig:
-    """Everything that defines a ranking run. Defaults are the built-in default run.
+    """Everything that defines a ranking run (``rank_encoders``, ``alignkit rank-encoders``).
 
-    Attributes:
-        vision, text: encoders given explicitly (:class:`EncoderEntry`).
-        encoder_set: a key of ``alignkit.encoders.ENCODER_SETS`` whose vision, text and control
-            encoders are added (controls go to the side their modality says). With no encoders
-            and no set, ``"offline-small"`` is used.
-        probe: a probe spec (``"flickr8k:test"``, ``"synthetic"``, a manifest path); ``None``
-            means ``flickr8k:test`` when ``ALIGNKIT_DATA_DIR`` holds it, else ``synthetic``.
-        n: probe rows (a seeded, stable subsample); ``None`` for all rows.
-        metrics: keys of ``alignkit.metrics.METRICS``; the first one orders the ranking.
-        permutations: permutations of the row pairing for the null (0 = no null).
-        subsamples: row subsamples (without replacement) for the score intervals (0 = none).
-        layers: ``"last"``, or ``"all"`` for the layer x layer analysis of every pair.
-        k: neighbourhood size of the neighbourhood metrics (mutual-kNN, CKNNA).
-        seed: seeds the probe subsample, permutations, subsamples and caption policy.
-        batch_size, caption_policy, device, cache: passed to ``extract_features``.
-        alpha: a pair counts as significantly above chance when its permutation p < alpha.
-        keep_going: skip encoders that fail to load (recorded in ``run.json``) instead of stopping.
+    Defaults are the built-in default run. Each field's help text (``alignkit rank-encoders
+    --help``) is its documentation; the notes here are for Python callers:
+    ``vision``/``text`` hold :class:`EncoderEntry` s (strings and ``{"spec": ...}`` mappings are
+    converted); ``n=None`` means all rows; ``cache`` is ``True`` (the default cache folder), a
+    folder, or ``False`` (no cache).
     """
 
-    vision: tuple[EncoderEntry, ...] = ()
-    text: tuple[EncoderEntry, ...] = ()
-    encoder_set: str | None = None
-    probe: str | None = None
-    n: int | None = DEFAULT_N
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    permutations: int = 100
-    subsamples: int = 10
-    layers: str = "last"
-    k: int = 10
-    seed: int = 0
-    batch_size: int = 64
-    caption_policy: str = "first"
-    device: str = "auto"
-    cache: str | bool = True
-    alpha: float = 0.05
-    keep_going: bool = False
+    vision: tuple[EncoderEntry, ...] = option(
+        (),
+        "Vision encoder spec, repeatable (e.g. torchvision:mobilenet_v2); "
+        "`alignkit list-encoders` lists them.",
+        short="-v",
+        metavar="SPEC",
+        repeat=True,
+    )
+    text: tuple[EncoderEntry, ...] = option(
+        (),
+        "Text encoder spec, repeatable (e.g. st:sentence-transformers/all-MiniLM-L6-v2).",
+        short="-t",
+        metavar="SPEC",
+        repeat=True,
+    )
+    encoder_set: str | None = option(
+        None,
+        "Named encoder set (offline-small, offline-all) whose vision, text and control encoders "
+        "are added. With no encoder given, offline-small.",
+        flag="--set",
+        key="set",
+        metavar="NAME",
+        type=str,
+    )
+    probe: str | None = option(
+        None,
+        "Probe set: flickr8k[:train|dev|test], imagenet-samples, coco-val2017, synthetic, or a "
+        "manifest path. Default flickr8k:test when ALIGNKIT_DATA_DIR holds it, else synthetic.",
+        short="-p",
+        metavar="SPEC",
+        type=str,
+    )
+    n: int | None = option(
+        DEFAULT_N,
+        "Probe rows: a seeded, stable subsample (0 on the command line = all rows).",
+        metavar="ROWS",
+        from_cli=_n_from_cli,
+    )
+    metrics: tuple[str, ...] = option(
+        DEFAULT_METRICS,
+        "Metric, repeatable; the first orders the ranking. Choices: linear_cka_unbiased, "
+        "linear_cka (biased, as in the reference code), rbf_cka, mutual_knn, cknna, svcca.",
+        flag="--metric",
+        short="-m",
+        metavar="NAME",
+        aliases=("metric",),
+        repeat=True,
+    )
+    permutations: int = option(
+        100,
+        "Permutations of the image-caption pairing for the null (null mean, z, p); 0 = none. "
+        "The smallest possible p is 1/(B+1).",
+        metavar="B",
+    )
+    subsamples: int = option(
+        10, "Row subsamples (without replacement) for the score intervals; 0 = none.", metavar="S"
+    )
+    layers: str = option(
+        "last",
+        "'all': also score every vision layer x text layer under the first metric, draw a layer "
+        "heatmap per pair and give the best layer pair with a p corrected for picking the maximum.",
+        metavar="last|all",
+    )
+    k: int = option(10, "Neighbours for mutual_knn and cknna.", metavar="K")
+    seed: int = option(0, "Seed of the probe subsample, permutations and subsamples.")
+    batch_size: int = option(64, "Extraction batch size.", metavar="B")
+    caption_policy: str = option(
+        "first",
+        "Which caption a text encoder sees for a row with several: the first, the mean of all "
+        "caption embeddings (as the reference code), or a seeded random one.",
+        metavar="first|mean|random",
+    )
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:N.")
+    cache: str | bool = option(
+        True,
+        "Feature cache folder, or 'off' to recompute. Default ALIGNKIT_CACHE_DIR "
+        "(~/.cache/alignkit).",
+        metavar="DIR|off",
+        type=str,
+        from_cli=_cache_from_cli,
+    )
+    alpha: float = option(
+        0.05, "A pair is significantly above chance when its permutation p < alpha.", metavar="A"
+    )
+    keep_going: bool = option(
+        False,
+        "Skip encoders that fail to load (reported, and listed in run.json) instead of stopping.",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -166,54 +315,82 @@ class RankConfig:
                 value = [e.spec if not e.options else {"spec": e.spec, **e.kwargs} for e in value]
             elif isinstance(value, tuple):
                 value = list(value)
-            out[_FILE_KEYS_BY_FIELD.get(f.name, f.name)] = value
+            out[file_key(f)] = value
         return json.loads(json.dumps(out, default=str))
 
     def replace(self, **changes: Any) -> RankConfig:
         return replace(self, **changes)
 
 
-# A config file says ``set`` where the dataclass says ``encoder_set`` (``set`` is a builtin).
-_FIELD_BY_FILE_KEY = {"set": "encoder_set"}
-_FILE_KEYS_BY_FIELD = {v: k for k, v in _FIELD_BY_FILE_KEY.items()}
-VALID_KEYS: tuple[str, ...] = tuple(
-    sorted(_FILE_KEYS_BY_FIELD.get(f.name, f.name) for f in fields(RankConfig))
-)
+VALID_KEYS: tuple[str, ...] = valid_keys(RankConfig)
 
 
-def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> RankConfig:
-    """Build a :class:`RankConfig` from file-style keys; an unknown key lists the valid ones."""
+# ----------------------------------------------------------------------------------------------
+# config files
+# ----------------------------------------------------------------------------------------------
+def config_from_mapping(
+    data: Mapping[str, Any], *, source: str = "config", cls: type[C] = RankConfig
+) -> C:
+    """Build a ``cls`` (default :class:`RankConfig`) from file-style keys.
+
+    An unknown key is an error that suggests the closest valid key and lists them all.
+    """
     if not isinstance(data, Mapping):
         raise AlignkitError(
             f"{source}: expected a table of settings at the top level, got {type(data).__name__}"
         )
-    unknown = sorted(k for k in data if k not in VALID_KEYS)
+    by_key = _field_by_key(cls)
+    unknown = sorted(k for k in data if k not in by_key)
     if unknown:
+        valid = valid_keys(cls)
+        close = {k: difflib.get_close_matches(k, list(by_key), n=1) for k in unknown}
+        hints = "".join(f" (did you mean {c[0]!r}?)" for k, c in close.items() if c)
         raise AlignkitError(
             f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(map(repr, unknown))}; "
-            f"valid keys: {', '.join(VALID_KEYS)}"
+            f"{', '.join(map(repr, unknown))}{hints}; valid keys: {', '.join(valid)}"
         )
+    names = [by_key[k] for k in data]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise AlignkitError(f"{source}: {', '.join(twice)} given twice (under an alias)")
+    repeated = {f.name for f, opt in declared(cls) if opt.repeat}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        name = _FIELD_BY_FILE_KEY.get(key, key)
-        if name in ("vision", "text", "metrics") and isinstance(value, (str, Mapping)):
-            value = [value]
-        if name in ("vision", "text", "metrics"):
+        name = by_key[key]
+        if name in repeated:
+            if isinstance(value, (str, Mapping)):
+                value = [value]
             if not isinstance(value, Sequence):
                 raise AlignkitError(f"{source}: {key} must be a list, got {type(value).__name__}")
             value = tuple(value)
         kwargs[name] = value
     try:
-        return RankConfig(**kwargs)
+        return cls(**kwargs)
     except AlignkitError as exc:
         raise AlignkitError(f"{source}: {exc}") from None
     except TypeError as exc:  # e.g. a list where a number belongs
         raise AlignkitError(f"{source}: {exc}") from None
 
 
-def load_config(path: str | Path) -> RankConfig:
-    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) run config. See the module docstring."""
+def _toml_loads(text: str) -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError as exc:
+            raise AlignkitError(
+                "reading a .toml config on Python 3.10 needs the tomli package "
+                "(pip install tomli), or use a .yaml config"
+            ) from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def load_config(path: str | Path, cls: type[C] = RankConfig) -> C:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) run config into ``cls``."""
     path = Path(path)
     if not path.is_file():
         raise AlignkitError(f"config file not found: {path}")
@@ -221,13 +398,8 @@ def load_config(path: str | Path) -> RankConfig:
     text = path.read_text(encoding="utf-8")
     if suffix == ".toml":
         try:
-            import tomllib
-        except ImportError:  # Python 3.10: the backport (a dependency there) has the same API
-            import tomli as tomllib
-
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+            data = _toml_loads(text)
+        except ValueError as exc:
             raise AlignkitError(f"{path}: not valid TOML: {exc}") from None
     elif suffix in (".yaml", ".yml"):
         import yaml
@@ -241,16 +413,23 @@ def load_config(path: str | Path) -> RankConfig:
             data = {}
     else:
         raise AlignkitError(f"config file must end in .toml, .yaml or .yml: got {path.name!r}")
-    return config_from_mapping(data, source=str(path))
+    return config_from_mapping(data, source=str(path), cls=cls)
 
 
-def merge(base: RankConfig, **overrides: Any) -> RankConfig:
-    """``base`` with every override that is not ``None`` applied (command-line options win)."""
+def merge(base: C, **overrides: Any) -> C:
+    """``base`` with every override that is not ``None`` applied (command-line options win).
+
+    An empty tuple for a repeated option means "not given", as does ``False`` for a flag.
+    """
     changes = {k: v for k, v in overrides.items() if v is not None}
-    for key in ("vision", "text", "metrics"):
-        if key in changes and not changes[key]:
-            del changes[key]  # an empty repeated option means "not given"
-    return replace(base, **changes) if changes else base
+    for f, opt in declared(type(base)):
+        if f.name not in changes:
+            continue
+        if opt.repeat and not changes[f.name]:
+            del changes[f.name]
+        elif opt.type is None and isinstance(default_of(f), bool) and changes[f.name] is False:
+            del changes[f.name]
+    return replace(base, **changes) if changes else base  # type: ignore[type-var]
 
 
 __all__ = [
@@ -258,9 +437,12 @@ __all__ = [
     "DEFAULT_N",
     "DEFAULT_SET",
     "EncoderEntry",
+    "Option",
     "RankConfig",
     "VALID_KEYS",
     "config_from_mapping",
+    "declared",
     "load_config",
     "merge",
+    "option",
 ]

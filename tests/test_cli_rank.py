@@ -155,7 +155,7 @@ def test_real_run_ranks_controls_last_and_resumes_from_the_cache(
 
     # 1. interrupted half-way (Ctrl-C while the control, the third vision encoder, is extracted):
     #    no output folder, and the two finished encoders stay in the cache
-    import alignkit.ranking as ranking_module
+    import alignkit.ranking.pipeline as ranking_module
 
     real_extract = ranking_module._extract
 

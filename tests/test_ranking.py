@@ -96,16 +96,48 @@ def test_controls_and_significance(ranking: Ranking) -> None:
     assert not table.loc[is_control, "significant"].any()
 
 
-def test_agreement_is_kendall_tau_b_of_the_metric_scores(ranking: Ranking) -> None:
+def test_agreement_is_kendall_tau_b_over_the_real_pairs(ranking: Ranking) -> None:
     tau = ranking.agreement()
     assert list(tau.index) == list(METRICS)
     t = ranking.table
+    real = t[~t["vision"].str.startswith("random-init:")]
+    assert tau.attrs["n_pairs"] == len(real) == 9 and not tau.attrs["too_few"]
+    everything = ranking.agreement(controls=True)
+    assert everything.attrs["n_pairs"] == 12
     for a, b in itertools.combinations(METRICS, 2):
         assert tau.loc[a, b] == pytest.approx(
+            naive_tau_b(real[a].to_numpy(), real[b].to_numpy()), abs=1e-12
+        )
+        assert everything.loc[a, b] == pytest.approx(
             naive_tau_b(t[a].to_numpy(), t[b].to_numpy()), abs=1e-12
         )
         assert tau.loc[a, b] == tau.loc[b, a]
     assert np.allclose(np.diag(tau.to_numpy()), 1.0)
+
+
+def test_controls_do_not_inflate_agreement() -> None:
+    """Two metrics that order the real pairs in exactly opposite ways agree perfectly on putting
+    the controls last: over all pairs τ looks positive, over the real pairs it is -1."""
+    vision = ("torchvision:mobilenet_v2", "onnx:sscd", "random-init:torchvision:mobilenet_v2")
+    text = ("st:a", "st:b", "random:text-384")
+    scores = make_scores(vision=vision, text=text, metrics=("linear_cka", "mutual_knn"))
+    real = ~(scores["vision"].str.startswith("random") | scores["text"].str.startswith("random"))
+    order = {pair: i for i, pair in enumerate([(v, t) for v in vision[:2] for t in text[:2]])}
+    for i in scores.index[real]:
+        rank = order[(scores.at[i, "vision"], scores.at[i, "text"])]
+        up = scores.at[i, "metric"] == "linear_cka"
+        scores.at[i, "score"] = 10.0 + (rank if up else -rank)  # opposite orders, above controls
+    low = {
+        pair: 0.01 * i
+        for i, pair in enumerate(dict.fromkeys(zip(scores["vision"], scores["text"], strict=True)))
+    }
+    for i in scores.index[~real]:  # the same low order of the control pairs under both metrics
+        scores.at[i, "score"] = low[(scores.at[i, "vision"], scores.at[i, "text"])]
+    r = Ranking(scores)
+    assert r.agreement().loc["linear_cka", "mutual_knn"] == pytest.approx(-1.0)
+    assert r.agreement().attrs["n_pairs"] == 4 and r.agreement().attrs["too_few"]
+    assert r.agreement(controls=True).loc["linear_cka", "mutual_knn"] > 0
+    assert "too few pairs" in r.summary() and "4 real pairs" in r.summary()
 
 
 def test_kendall_tau_with_ties_matches_naive() -> None:
@@ -114,12 +146,12 @@ def test_kendall_tau_with_ties_matches_naive() -> None:
         scores.loc[scores["metric"] == "mutual_knn", "score"], 1
     )  # many ties
     r = Ranking(scores)
-    t = r.table
+    t = r.table[~r.table["control"]]
     assert r.agreement().loc["linear_cka", "mutual_knn"] == pytest.approx(
         naive_tau_b(t["linear_cka"].to_numpy(), t["mutual_knn"].to_numpy()), abs=1e-12
     )
     # tied pairs share the best rank
-    ranks = t.groupby("mutual_knn")["rank_mutual_knn"].nunique()
+    ranks = r.table.groupby("mutual_knn")["rank_mutual_knn"].nunique()
     assert (ranks == 1).all()
 
 
@@ -260,7 +292,7 @@ def test_layers_are_saved_and_loaded(
 def test_save_refuses_another_run_without_overwrite(tmp_path: Path) -> None:
     out = _write_small(tmp_path)
     before = (out / "scores.csv").read_bytes()
-    with pytest.raises(AlignkitError, match="--overwrite"):
+    with pytest.raises(AlignkitError, match="pass overwrite=True"):  # the Python argument
         _write_small(tmp_path, seed=5)
     assert (out / "scores.csv").read_bytes() == before
     _write_small(tmp_path, seed=5, overwrite=True)

@@ -124,3 +124,43 @@ def test_command_line_overrides_the_file() -> None:
     assert cfg.vision == (EncoderEntry("onnx:sscd"),)  # an empty repeated option is "not given"
     assert cfg.metrics == ("mutual_knn",)
     assert merge(base) is base
+
+
+def test_one_declaration_feeds_the_file_keys_and_the_command_line() -> None:
+    """Every RankConfig field is a config key and a rank-encoders option, from one declaration:
+    the command's options are exactly the fields' flags plus the command's own five."""
+    import typer.main
+
+    from alignkit.cli import app
+    from alignkit.config import declared
+
+    command = typer.main.get_command(app).commands["rank-encoders"]  # type: ignore[attr-defined]
+    flags = {
+        p.opts[0] for p in command.params if getattr(p, "opts", None) and p.opts[0] != "--help"
+    }
+    from_fields = {opt.flag or "--" + f.name.replace("_", "-") for f, opt in declared(RankConfig)}
+    assert flags == from_fields | {"--config", "--out", "--overwrite", "--top", "--quiet"}
+    assert {"--set", "--metric", "--n", "--keep-going"} <= from_fields
+    assert set(VALID_KEYS) == {
+        "set" if f.name == "encoder_set" else f.name for f, _ in declared(RankConfig)
+    }
+
+
+def test_the_option_name_works_as_a_config_key_and_typos_get_a_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "rank.toml"
+    path.write_text('metric = "mutual_knn"\n')  # the command-line option is --metric
+    assert load_config(path).metrics == ("mutual_knn",)
+    path.write_text("permutaions = 10\n")
+    with pytest.raises(AlignkitError, match="did you mean 'permutations'"):
+        load_config(path)
+    path.write_text('metric = "mutual_knn"\nmetrics = ["linear_cka"]\n')
+    with pytest.raises(AlignkitError, match="metrics given twice"):
+        load_config(path)
+
+
+def test_the_options_table_in_the_docs_is_the_declaration() -> None:
+    from alignkit.cli._options import options_markdown
+
+    doc = (Path(__file__).parents[1] / "docs" / "ranking.md").read_text(encoding="utf-8")
+    table = doc.split("<!-- options:begin -->\n", 1)[1].split("\n<!-- options:end -->", 1)[0]
+    assert table == options_markdown(RankConfig), "regenerate the table in docs/ranking.md"

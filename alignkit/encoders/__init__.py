@@ -34,6 +34,7 @@ class Backend:
     cls: str
     description: str
     random_init: bool = False  # supports the random-init:<spec> control
+    control: bool = False  # its encoders carry no learned semantics (a baseline to rank last)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -60,7 +61,10 @@ BACKENDS: dict[str, Backend] = {
         "alignkit.encoders._tfidf", "TfidfSVDEncoder", "TF-IDF + SVD, fitted on its texts"
     ),
     "random": Backend(
-        "alignkit.encoders._controls", "RandomFeatures", "pure random features (control)"
+        "alignkit.encoders._controls",
+        "RandomFeatures",
+        "pure random features (control)",
+        control=True,
     ),
 }
 RANDOM_INIT = "random-init:"
@@ -76,6 +80,17 @@ def _split(spec: str) -> tuple[str, str]:
     if backend not in BACKENDS:
         raise unknown_key("encoder backend", backend, [*BACKENDS, RANDOM_INIT.rstrip(":")])
     return backend, model_id
+
+
+def is_control(spec: str) -> bool:
+    """Whether ``spec`` names a control: random weights (``random-init:...``) or a backend whose
+    encoders carry no learned semantics (``random:``). Options in brackets are ignored."""
+    if not isinstance(spec, str):
+        return False
+    if spec.startswith(RANDOM_INIT):
+        return True
+    backend = spec.split(":", 1)[0]
+    return backend in BACKENDS and BACKENDS[backend].control
 
 
 def create_encoder(
@@ -390,5 +405,6 @@ __all__ = [
     "OFFLINE_MODELS",
     "POOLINGS",
     "create_encoder",
+    "is_control",
     "list_encoders",
 ]

@@ -8,8 +8,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any
 
 import torch
 
+from alignkit._files import atomic_write_text, file_hash
 from alignkit._paths import cache_dir
 from alignkit.errors import AlignkitError
 from alignkit.images import to_rgb
@@ -168,11 +167,7 @@ def file_sha256(path: str | Path) -> str:
         except (OSError, ValueError):
             index = {}
         if key not in index:
-            digest = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(chunk)
-            index[key] = digest.hexdigest()
+            index[key] = file_hash(path)
             with contextlib.suppress(OSError):
                 atomic_write_text(index_path, json.dumps(index, indent=0, sort_keys=True))
         _HASH_MEMO[key] = index[key]
@@ -185,19 +180,6 @@ def files_identity(paths: Sequence[str | Path]) -> str:
     if len(hashes) == 1:
         return f"sha256:{hashes[0]}"
     return "sha256:" + hashlib.sha256("\n".join(hashes).encode()).hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------

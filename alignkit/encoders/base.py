@@ -44,6 +44,11 @@ class EncoderInfo:
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def control(self) -> bool:
+        """A control (random weights or random features): it should rank last."""
+        return "control" in self.tags
+
 
 class Encoder(abc.ABC):
     """A frozen model that maps images or captions to vectors.

@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from alignkit._files import atomic_path
+from alignkit._files import file_hash as sha256_file
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` when the block succeeds,
-    delete it when it fails. Same folder, so the rename is atomic (``os.replace``)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        yield tmp
-        if tmp.exists():  # temporary files are private (0600); the result honours the umask
-            os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+__all__ = ["atomic_path", "load_tensor", "save_tensor", "sha256_file"]
 
 
 def save_tensor(path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:

@@ -30,7 +30,6 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from alignkit import _paths
+from alignkit._files import file_lock as _file_lock
 from alignkit.errors import AlignkitError
 from alignkit.features._io import atomic_path, load_tensor, save_tensor, sha256_file
 from alignkit.features.featureset import FeatureSet
@@ -235,23 +235,6 @@ def _precision(device: torch.device, precision: str) -> str:
 
 
 # -- small file helpers -------------------------------------------------------------------------
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock between processes (POSIX ``flock``; no lock where unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the atomic renames still keep readers safe
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from alignkit._files import atomic_write_text
 from alignkit._paths import cache_dir
 from alignkit.errors import unknown_key
 from alignkit.probes.base import decode_check, image_bytes_digest
@@ -114,10 +114,7 @@ class _CheckCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             blob = {"version": _CACHE_VERSION, "root": str(self.root), "files": self.entries}
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".checks-", suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(blob, fh)
-            os.replace(tmp, self.path)  # atomic: concurrent loaders never see half a file
+            atomic_write_text(self.path, json.dumps(blob))  # readers never see half a file
         except OSError as exc:  # a read-only cache is not fatal: the checks just run again
             log.debug("could not save probe check cache %s: %s", self.path, exc)
 

@@ -9,8 +9,6 @@ fails with one line naming the file, the expected and the actual value.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import http.client
 import logging
 import os
@@ -22,6 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from alignkit._files import file_hash
+from alignkit._files import file_lock as file_lock  # re-exported for probes.registry
 from alignkit.errors import AlignkitError
 
 log = logging.getLogger("alignkit.probes")
@@ -44,28 +44,7 @@ class RemoteFile:
 
 
 def file_checksum(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock (two processes fetching the same probe wait for each other)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, the atomic renames still keep files whole
-            yield
-            return
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_hash(path, algorithm)
 
 
 def _fetch_once(remote: RemoteFile, part: Path, progress: bool, timeout: float) -> None:

@@ -1,0 +1,127 @@
+"""Command-line options generated from a config dataclass (see :mod:`alignkit.config`).
+
+A command whose settings are a config dataclass declares no option of its own for them::
+
+    @app.command("rank-encoders")
+    @config_options(RankConfig)
+    def rank_encoders_command(cfg_values: dict, out: OutOpt = None, ...):
+        cfg = base.replace(**cfg_values)
+
+:func:`config_options` adds one typer option per :func:`alignkit.config.option` field (its flag,
+short alias, metavar, help text with the default) to the command's own parameters, and hands the
+command the options the user gave as one dict keyed by field name, already converted by each
+option's ``from_cli`` (apply them with ``config.replace(**cfg_values)``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from alignkit.config import declared, default_of, file_key
+
+VALUES = "cfg_values"  # the parameter that receives the config options
+
+
+def _default_text(value: Any) -> str:
+    """The default as ``--help`` shows it; none for flags, empty lists and ``None`` (their help
+    text says what happens)."""
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return "" if value is None or isinstance(value, bool) else str(value)
+
+
+def typer_parameters(cls: type) -> list[inspect.Parameter]:
+    """One keyword-only parameter per declared field of ``cls`` with its ``typer.Option``."""
+    params = []
+    for f, opt in declared(cls):
+        if not opt.cli:
+            continue
+        default = default_of(f)
+        flag = opt.flag or "--" + f.name.replace("_", "-")
+        decls = [flag, *([opt.short] if opt.short else [])]
+        help_text = opt.help
+        shown = _default_text(default)
+        if shown:
+            help_text += f" Default: {shown}."
+        if opt.repeat:
+            kind: Any = list[str] | None
+            value: Any = None
+        elif isinstance(default, bool) and opt.type is None:
+            kind, value = bool, False
+        else:
+            kind = (opt.type or type(default)) | None
+            value = None
+        info = typer.Option(*decls, metavar=opt.metavar, help=help_text, show_default=False)
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=value,
+                annotation=Annotated[kind, info],
+            )
+        )
+    return params
+
+
+def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command so that the fields of ``cls`` become its options (see module doc)."""
+    fields_ = {f.name: opt for f, opt in declared(cls) if opt.cli}
+
+    def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.name != VALUES
+        ]
+        clash = {p.name for p in own} & set(fields_)
+        if clash:  # pragma: no cover - a programming error
+            raise TypeError(f"{command.__name__}: parameters {clash} shadow config fields")
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            values = {}
+            for name, opt in fields_.items():
+                value = kwargs.pop(name)
+                if value is None or value is False or (opt.repeat and not value):
+                    continue  # not given: the config file or the default decides
+                if opt.repeat:
+                    value = tuple(value)
+                elif opt.from_cli is not None:
+                    value = opt.from_cli(value)
+                values[name] = value
+            return command(**{VALUES: values}, **kwargs)
+
+        run.__signature__ = inspect.Signature([*typer_parameters(cls), *own])  # type: ignore[attr-defined]
+        run.__annotations__ = {}
+        del run.__wrapped__  # typer must read the generated signature, not the original's
+        return run
+
+    return wrap
+
+
+def options_markdown(cls: type) -> str:
+    """A markdown table of the command-line options of ``cls`` (for docs/; a test keeps the
+    table in docs/ranking.md equal to this, so the docs cannot drift from the declaration)."""
+    rows = ["| option | config key | meaning |", "|---|---|---|"]
+    for f, opt in declared(cls):
+        if not opt.cli:
+            continue
+        flag = opt.flag or "--" + f.name.replace("_", "-")
+        names = f"`{flag}`" + (f", `{opt.short}`" if opt.short else "")
+        if opt.metavar:
+            names += f" {opt.metavar.replace('|', chr(92) + '|')}"
+        key = f"`{file_key(f)}`" + "".join(f", `{a}`" for a in opt.aliases)
+        text = opt.help
+        shown = _default_text(default_of(f))
+        if shown:
+            text += f" Default: {shown}."
+        rows.append(f"| {names} | {key} | {text.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
+
+
+__all__ = ["config_options", "options_markdown", "typer_parameters"]

@@ -1,0 +1,146 @@
+"""A ranking's run folder: what :meth:`Ranking.save` writes and :meth:`Ranking.load` reads.
+
+    scores.csv            long-form scores (alignkit.compare.SCORE_COLUMNS)
+    ranking.csv           the pair table (Ranking.table)
+    heatmap_<metric>.png/.svg, agreement.png, top_pairs.png
+    layers/<v>__<t>.png, layer_scores.csv, layers_best.csv    with layers="all"
+    summary.md            the markdown report
+    run.json              command, config, versions, probe, encoders, timings, files
+
+The folder is written through :class:`alignkit.runs.RunFolder` (all files or none).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from alignkit import plots
+from alignkit.errors import AlignkitError
+from alignkit.runs import RUN_FILE, RunFolder, read_run_json, write_run_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from alignkit.ranking.result import Ranking
+
+RANKING_FILE = "ranking.csv"
+SCORES_FILE = "scores.csv"
+
+
+def save(
+    r: Ranking,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    formats: Sequence[str] = ("png", "svg"),
+) -> Path:
+    """Write ``r``'s run folder (see the module docstring); returns the folder."""
+    run = RunFolder(out_dir, overwrite=overwrite)
+    with run as tmp:
+        write(r, tmp, formats)
+    return run.out
+
+
+def write(r: Ranking, folder: Path, formats: Sequence[str] = ("png", "svg")) -> None:
+    """Write every file of the run folder into ``folder`` (an existing, empty folder: the
+    temporary one of a :class:`~alignkit.runs.RunFolder`)."""
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+
+    def fig_out(fig: Any, stem: str, fmts: Sequence[str]) -> None:
+        for fmt in fmts:
+            fig.savefig(folder / f"{stem}.{fmt}", dpi=130)
+            written.append(f"{stem}.{fmt}")
+        plt.close(fig)
+
+    r.scores.to_csv(folder / SCORES_FILE, index=False)
+    r.table.to_csv(folder / RANKING_FILE, index=False)
+    written += [SCORES_FILE, RANKING_FILE]
+    for m in r.metrics:
+        fig_out(r.plot_heatmap(m).figure, f"heatmap_{m}", formats)
+    if len(r.metrics) > 1:
+        fig_out(r.plot_agreement().figure, "agreement", ["png"])
+    fig_out(r.plot_top_pairs().figure, "top_pairs", ["png"])
+    if r.layers:
+        (folder / "layers").mkdir()
+        rows = []
+        for lr in r.layers:
+            lv, lt = lr.scores.shape
+            rows += [
+                {
+                    "vision": lr.vision,
+                    "text": lr.text,
+                    "metric": lr.metric,
+                    "vision_layer": i,
+                    "text_layer": j,
+                    "score": lr.scores[i, j],
+                }
+                for i in range(lv)
+                for j in range(lt)
+            ]
+            stem = f"layers/{_slug(lr.vision)}__{_slug(lr.text)}"
+            fig_out(r.plot_layers(lr.vision, lr.text).figure, stem, ["png"])
+        pd.DataFrame(rows).to_csv(folder / "layer_scores.csv", index=False)
+        r.layer_table().to_csv(folder / "layers_best.csv", index=False)
+        written += ["layer_scores.csv", "layers_best.csv"]
+    (folder / "summary.md").write_text(r.summary(), encoding="utf-8")
+    written.append("summary.md")
+    meta = {
+        **r.metadata,
+        "primary_metric": r.metric,
+        "alpha": r.alpha,
+        "files": sorted([*written, RUN_FILE]),
+    }
+    write_run_json(folder, meta)
+
+
+def load(folder: str | Path) -> Ranking:
+    """Read a run folder written by :func:`save` (scores, metadata and layer scores)."""
+    from alignkit.ranking.result import LayerResult, Ranking
+
+    folder = Path(folder)
+    if not (folder / RUN_FILE).is_file() or not (folder / SCORES_FILE).is_file():
+        raise AlignkitError(
+            f"{folder} is not an alignkit run folder: expected {RUN_FILE} and {SCORES_FILE}"
+        )
+    meta = read_run_json(folder)
+    scores = pd.read_csv(folder / SCORES_FILE, keep_default_na=True)
+    scores["options"] = scores["options"].fillna("")
+    layers: list[LayerResult] = []
+    if (folder / "layer_scores.csv").is_file():
+        ls = pd.read_csv(folder / "layer_scores.csv")
+        best = pd.read_csv(folder / "layers_best.csv").set_index(["vision", "text"])
+        for (v, t), g in ls.groupby(["vision", "text"], sort=False):
+            mat = g.pivot(index="vision_layer", columns="text_layer", values="score")
+            b = best.loc[(v, t)]
+            layers.append(
+                LayerResult(
+                    v,
+                    t,
+                    str(g["metric"].iloc[0]),
+                    mat.to_numpy(float),
+                    (int(b["best_vision_layer"]), int(b["best_text_layer"])),
+                    float(b["p_max_corrected"]),
+                    float(b["p_best_uncorrected"]),
+                    float(b["null_max_mean"]),
+                    int(meta.get("config", {}).get("permutations", 0)),
+                )
+            )
+    return Ranking(
+        scores,
+        metric=meta.get("primary_metric"),
+        alpha=float(meta.get("alpha", 0.05)),
+        layers=layers,
+        metadata=meta,
+    )
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", plots.short_label(spec, 60)).strip("_")
+
+
+__all__ = ["RANKING_FILE", "SCORES_FILE", "load", "save", "write"]

@@ -1,0 +1,220 @@
+"""What a :class:`~alignkit.ranking.Ranking` shows people: figures, the console table, summary.md.
+
+Each function takes the Ranking first; the Ranking's methods of the same names call them. Figures
+draw on a given matplotlib Axes (or a new one) and return it (see :mod:`alignkit.plots`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from alignkit import plots
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+
+    from alignkit.ranking.result import Ranking
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def title(r: Ranking, what: str) -> str:
+    """``"<what> — <probe>, n=<rows>"`` for a figure of ``r``."""
+    probe = r.metadata.get("probe", {}).get("name")
+    where = str(probe).split("[")[0] if probe else "probe"  # "flickr8k:test[n=500,seed=0]"
+    if r.n is not None:
+        where += f", n={r.n}"
+    return f"{what} — {where}"
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------------------------
+def plot_heatmap(r: Ranking, metric: str | None = None, *, ax: Axes | None = None) -> Axes:
+    metric = metric or r.metric
+    return plots.heatmap(
+        r.main_scores, metric, ax=ax, alpha=r.alpha, title=title(r, plots.metric_label(metric))
+    )
+
+
+def plot_agreement(r: Ranking, *, ax: Axes | None = None) -> Axes:
+    tau = r.agreement()
+    n_pairs = tau.attrs["n_pairs"]
+    what = f"Metric agreement (Kendall τ) over {n_pairs} real pairs"
+    return plots.agreement_heatmap(
+        tau, ax=ax, n_pairs=n_pairs, title=title(r, what).replace(" — ", "\n")
+    )
+
+
+def plot_top_pairs(
+    r: Ranking, top: int = 10, *, metric: str | None = None, ax: Axes | None = None
+) -> Axes:
+    metric = metric or r.metric
+    what = f"Top pairs by {plots.metric_label(metric)}"
+    return plots.top_pairs(
+        r.main_scores, metric, top=top, ax=ax, alpha=r.alpha, title=title(r, what)
+    )
+
+
+def plot_layers(r: Ranking, vision: str, text: str, *, ax: Axes | None = None) -> Axes:
+    lr = r.layer_result(vision, text)
+    return plots.layer_heatmap(
+        lr.scores, ax=ax, metric=lr.metric, vision=vision, text=text, p_max=lr.p_max
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# text
+# ----------------------------------------------------------------------------------------------
+def format_table(r: Ranking, top: int = 10) -> str:
+    """Fixed-width table of the ``top`` pairs: rank, short names, score, interval, z, p, ranks
+    under the other metrics, and a note (``control`` or ``n.s.``)."""
+    t = r.top(top)
+    names = plots.short_labels([*t["vision"], *t["text"]], max_len=26)
+    m = r.metric
+    rows = []
+    for _, row in t.iterrows():
+        ci = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if np.isfinite(row["ci_low"]) else ""
+        cells = {
+            "#": int(row["rank"]),
+            "vision": names[row["vision"]],
+            "text": names[row["text"]],
+            plots.metric_label(m): f"{row[m]:.3f}",
+            "interval": ci,
+            "z": f"{row[f'{m}_z']:.1f}" if np.isfinite(row[f"{m}_z"]) else "",
+            "p": f"{row[f'{m}_p']:.3f}" if np.isfinite(row[f"{m}_p"]) else "",
+        }
+        for other in r.metrics[1:]:
+            cells[f"rank {plots.metric_label(other)}"] = int(row[f"rank_{other}"])
+        cells[""] = (
+            "control" if row["control"] else ("" if row["significant"] is not False else "n.s.")
+        )
+        rows.append(cells)
+    df = pd.DataFrame(rows)
+    if "interval" in df.columns and not df["interval"].any():
+        df = df.drop(columns=["interval"])
+    return df.to_string(index=False)
+
+
+def _agreement_lines(r: Ranking) -> list[str]:
+    tau = r.agreement()
+    n_pairs = tau.attrs["n_pairs"]
+    head = f"## Metric agreement (Kendall τ between rankings, {n_pairs} real pairs)"
+    lines = ["", head, ""]
+    if tau.attrs["too_few"]:
+        lines.append(
+            f"- too few pairs to judge agreement ({n_pairs} real pairs; τ means little below "
+            f"{_min_pairs()}): rank more encoders"
+        )
+    for i, a in enumerate(r.metrics):
+        for b in r.metrics[i + 1 :]:
+            lines.append(
+                f"- {plots.metric_label(a)} vs {plots.metric_label(b)}: "
+                f"τ = {_num(tau.loc[a, b], 2)}"
+            )
+    dis = r.disagreements(3, controls=False)
+    if len(dis):
+        lines.append(
+            "- largest disagreements (real pairs): "
+            + "; ".join(
+                f"`{plots.short_label(d.vision)}` × `{plots.short_label(d.text)}` (ranks "
+                + ", ".join(str(int(getattr(d, f"rank_{mm}"))) for mm in r.metrics)
+                + ")"
+                for d in dis.itertuples()
+            )
+        )
+    return lines
+
+
+def _min_pairs() -> int:
+    from alignkit.ranking.result import MIN_AGREEMENT_PAIRS
+
+    return MIN_AGREEMENT_PAIRS
+
+
+def summary(r: Ranking, top: int = 10) -> str:
+    """Markdown: the run's facts, the top pairs, agreement, controls, layers, skipped encoders."""
+    md = r.metadata
+    probe = md.get("probe", {})
+    lines = [f"# Encoder ranking: {probe.get('name', 'probe')}", ""]
+    facts = [
+        f"- probe: `{probe.get('name', '?')}`, n = {r.n if r.n is not None else '?'} rows"
+        + (f", fingerprint `{probe['fingerprint']}`" if probe.get("fingerprint") else ""),
+        f"- {len(r.vision)} vision × {len(r.text)} text encoders = {len(r.table)} pairs"
+        + (f" (controls: {', '.join(f'`{c}`' for c in r.controls)})" if r.controls else ""),
+        f"- metrics: {', '.join(plots.metric_label(m) for m in r.metrics)}; ranked by "
+        f"**{plots.metric_label(r.metric)}**",
+    ]
+    cfg = md.get("config", {})
+    if cfg:
+        facts.append(
+            f"- null: {cfg.get('permutations', '?')} permutations of the pairing; intervals: "
+            f"{cfg.get('subsamples', '?')} subsamples; significant = p < {r.alpha:g}; "
+            f"seed {cfg.get('seed', '?')}"
+        )
+    total = md.get("timings", {}).get("total_s")
+    if total is not None:
+        facts.append(f"- time: {total:.1f} s")
+    lines += [*facts, "", f"## Top pairs by {plots.metric_label(r.metric)}", ""]
+    m = r.metric
+    others = [f"rank ({plots.metric_label(o)})" for o in r.metrics[1:]]
+    header = ["#", "vision", "text", "score", "interval", "z", "p", *others]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for _, row in r.top(top).iterrows():
+        ci = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if np.isfinite(row["ci_low"]) else "–"
+        cells = [
+            str(int(row["rank"])),
+            f"`{row['vision']}`",
+            f"`{row['text']}`",
+            f"{row[m]:.3f}",
+            ci,
+            _num(row[f"{m}_z"], 1),
+            _num(row[f"{m}_p"], 3),
+            *[str(int(row[f"rank_{o}"])) for o in r.metrics[1:]],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(r.metrics) > 1:
+        lines += _agreement_lines(r)
+    if r.controls:
+        ctl = r.table[r.table["control"]]
+        real = r.table[~r.table["control"]]
+        if len(ctl) and len(real):
+            lines += [
+                "",
+                f"Controls: best control pair ranks {int(ctl['rank'].min())} of {len(r.table)}; "
+                f"worst real pair ranks {int(real['rank'].max())}.",
+            ]
+    if r.layers:
+        lines += ["", "## Best layer pairs (p corrected for the maximum over layer pairs)", ""]
+        for lr in r.layer_table().head(top).itertuples():
+            lines.append(
+                f"- `{plots.short_label(lr.vision)}` L{lr.best_vision_layer} × "
+                f"`{plots.short_label(lr.text)}` "
+                f"L{lr.best_text_layer}: {lr.best_score:.3f} (last layers {lr.last_score:.3f}), "
+                f"p = {lr.p_max_corrected:.3g} corrected, {lr.p_best_uncorrected:.3g} uncorrected"
+            )
+    failed = md.get("failed_encoders")
+    if failed:
+        lines += [
+            "",
+            "Skipped (failed to load): "
+            + "; ".join(f"`{f['spec']}`: {f['error']}" for f in failed),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "format_table",
+    "plot_agreement",
+    "plot_heatmap",
+    "plot_layers",
+    "plot_top_pairs",
+    "summary",
+    "title",
+]
