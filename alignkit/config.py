@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
@@ -373,9 +372,9 @@ def config_from_mapping(
 
 
 def _toml_loads(text: str) -> Any:
-    if sys.version_info >= (3, 11):
+    try:
         import tomllib
-    else:  # pragma: no cover - Python 3.10
+    except ImportError:  # Python 3.10: the tomli backport (a dependency there) has the same API
         try:
             import tomli as tomllib
         except ImportError as exc:
