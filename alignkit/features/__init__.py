@@ -19,13 +19,19 @@ from alignkit.features.cache import (
     locate_cache,
     resolve_cache_root,
 )
-from alignkit.features.extract import cached_features, default_num_workers, extract_features
+from alignkit.features.extract import (
+    ExtractionInterrupted,
+    cached_features,
+    default_num_workers,
+    extract_features,
+)
 from alignkit.features.featureset import FeatureSet
 
 __all__ = [
     "FORMAT_VERSION",
     "CacheEntry",
     "CacheLocation",
+    "ExtractionInterrupted",
     "FeatureCache",
     "FeatureSet",
     "cached_features",
