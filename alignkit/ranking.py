@@ -892,6 +892,7 @@ def _run(
     t_start = time.perf_counter()
     timings: dict[str, Any] = {}
     vision, text, controls = _resolve_encoders(config)
+    from alignkit._threads import choose_threads, limit_threads
     from alignkit.compare import score_pairs
     from alignkit.metrics import METRICS
 
@@ -981,16 +982,18 @@ def _run(
 
     t0 = time.perf_counter()
     metric_options = {"k": config.k} if any(m in NEIGHBOUR_METRICS for m in config.metrics) else {}
-    scores = score_pairs(
-        as_input(v_labels),
-        as_input(t_labels),
-        metrics=config.metrics,
-        n_permutations=config.permutations,
-        n_subsamples=config.subsamples,
-        seed=config.seed,
-        progress=progress,
-        **metric_options,
-    )
+    # [cache helper, issue 10 item 13] many small (n, n) operations: threads by size and free CPUs
+    with limit_threads(choose_threads(len(probe) ** 2)):
+        scores = score_pairs(
+            as_input(v_labels),
+            as_input(t_labels),
+            metrics=config.metrics,
+            n_permutations=config.permutations,
+            n_subsamples=config.subsamples,
+            seed=config.seed,
+            progress=progress,
+            **metric_options,
+        )
     timings["score_s"] = time.perf_counter() - t0
 
     # -- layer x layer (the main scores above stay those of each encoder's own output)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from alignkit._threads import ENV as THREADS_ENV
 from alignkit.cli import app, silence_third_party_progress
 from alignkit.cli._cache_option import CacheOpt, OldCacheDirOpt, OldNoCacheOpt, cache_setting
 
@@ -98,6 +99,14 @@ def extract_command(
             "(besides every 8 batches), so Ctrl-C keeps the work done",
         ),
     ] = 60.0,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="CPU threads for torch [default: by work size and the CPUs free now; "
+            "$ALIGNKIT_THREADS]",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Extract features of a probe set with one or more encoders into the feature cache.
@@ -119,6 +128,10 @@ def extract_command(
     if out is not None and len(encoder) != 1:
         raise AlignkitError(f"--out takes the features of one encoder: got {len(encoder)} encoders")
     setting = cache_setting(cache, cache_dir=cache_dir, no_cache=no_cache)
+    if threads is not None:
+        if threads < 1:
+            raise AlignkitError(f"--threads takes a positive number: got {threads}")
+        os.environ[THREADS_ENV] = str(threads)  # the library's choice defers to it
     probe_set = load_probe(
         probe, n=n, split=split, seed=seed, skip_bad=skip_bad, data_dir=data_dir, progress=not quiet
     )

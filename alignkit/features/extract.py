@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from alignkit._threads import choose_threads, limit_threads
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.features import _distributed
 from alignkit.features.cache import FeatureCache, effective_precision, feature_key, lookup_key
@@ -163,7 +164,8 @@ def extract_features(
         label=enc.name if ranks is None else f"{enc.name} [rank 0 of {ranks.world}]",
     )
     try:
-        part = job.run(start, stop)  # (..., stop - start, d)
+        with limit_threads(choose_threads()):  # model forwards: large work, the free CPUs
+            part = job.run(start, stop)  # (..., stop - start, d)
     except KeyboardInterrupt as exc:
         note = _interrupted_note(enc.name, probe, store, key, start, stop)
         log.warning("%s", note)
