@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from alignkit._threads import ENV as THREADS_ENV
 from alignkit.cli import app, silence_third_party_progress
 from alignkit.cli._cache_option import CacheOpt, OldCacheDirOpt, OldNoCacheOpt, cache_setting
 
@@ -90,6 +91,22 @@ def extract_command(
         Path | None,
         typer.Option(help="also copy the features to this .safetensors file (one encoder)"),
     ] = None,
+    checkpoint_every: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="save a resumable shard at the first batch boundary after this many seconds "
+            "(besides every 8 batches), so Ctrl-C keeps the work done",
+        ),
+    ] = 60.0,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="CPU threads for torch [default: by work size and the CPUs free now; "
+            "$ALIGNKIT_THREADS]",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Extract features of a probe set with one or more encoders into the feature cache.
@@ -111,38 +128,52 @@ def extract_command(
     if out is not None and len(encoder) != 1:
         raise AlignkitError(f"--out takes the features of one encoder: got {len(encoder)} encoders")
     setting = cache_setting(cache, cache_dir=cache_dir, no_cache=no_cache)
+    if threads is not None:
+        if threads < 1:
+            raise AlignkitError(f"--threads takes a positive number: got {threads}")
+        os.environ[THREADS_ENV] = str(threads)  # the library's choice defers to it
     probe_set = load_probe(
         probe, n=n, split=split, seed=seed, skip_bad=skip_bad, data_dir=data_dir, progress=not quiet
     )
     say(f"probe {probe_set.name}: {len(probe_set)} rows, fingerprint {probe_set.fingerprint}")
-    store = None if setting is False else FeatureCache.at(setting)
-    for spec in encoder:
-        started = time.perf_counter()
-        since = datetime.now(timezone.utc).replace(microsecond=0)
-        common = {"caption_policy": caption_policy, "seed": seed, "device": device}
-        fs = cached_features(spec, probe_set, cache=store, **common) if store else None
-        how = "from the cache (encoder not built)"
-        if fs is None:
-            fs = extract_features(
-                spec,
-                probe_set,
-                batch_size=batch_size,
-                num_workers=workers,
-                cache=store if store else False,
-                progress=not quiet,
-                **common,
-            )
-            created = datetime.fromisoformat(str(fs.provenance.get("created")))
-            how = "from the cache" if store and created < since else "extracted"
-        took = time.perf_counter() - started
-        key = str(fs.provenance.get("cache_key", ""))
-        where = f"cache {store.path(key)}" if store and key else "not cached"
-        say(
-            f"{spec}: {fs.n} rows x {fs.dim}{f' x {fs.n_layers} layers' if fs.layered else ''} "
-            f"{how} in {took:.2f} s ({where})"
+    store = None if setting is False else FeatureCache.at(setting, shard_seconds=checkpoint_every)
+    common = {"caption_policy": caption_policy, "seed": seed, "device": device}
+    finished: list[str] = []
+    try:
+        for spec in encoder:
+            started = time.perf_counter()
+            since = datetime.now(timezone.utc).replace(microsecond=0)
+            fs = cached_features(spec, probe_set, cache=store, **common) if store else None
+            how = "from the cache (encoder not built)"
+            if fs is None:
+                fs = extract_features(
+                    spec,
+                    probe_set,
+                    batch_size=batch_size,
+                    num_workers=workers,
+                    cache=store if store else False,
+                    progress=not quiet,
+                    **common,
+                )
+                created = datetime.fromisoformat(str(fs.provenance.get("created")))
+                how = "from the cache" if store and created < since else "extracted"
+            took = time.perf_counter() - started
+            key = str(fs.provenance.get("cache_key", ""))
+            where = f"cache {store.path(key)}" if store and key else "not cached"
+            layers = f" x {fs.n_layers} layers" if fs.layered else ""
+            say(f"{spec}: {fs.n} rows x {fs.dim}{layers} {how} in {took:.2f} s ({where})")
+            finished.append(spec)
+            if out is not None and os.environ.get("RANK", "0") == "0":
+                say(f"wrote {fs.save(out)}")
+    except KeyboardInterrupt:
+        # what the interrupted encoder kept is logged by the library; say what is complete
+        done = ", ".join(finished) if finished else "none"
+        resume = "; run the same command again to resume" if store else ""
+        typer.secho(
+            f"interrupted: {len(finished)} of {len(encoder)} encoders finished ({done}){resume}",
+            err=True,
         )
-        if out is not None and os.environ.get("RANK", "0") == "0":
-            say(f"wrote {fs.save(out)}")
+        raise typer.Exit(130) from None
 
 
 @cache_app.command("list")

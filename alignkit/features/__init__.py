@@ -21,7 +21,12 @@ from alignkit.features.cache import (
     locate_cache,
     resolve_cache_root,
 )
-from alignkit.features.extract import cached_features, default_num_workers, extract_features
+from alignkit.features.extract import (
+    ExtractionInterrupted,
+    cached_features,
+    default_num_workers,
+    extract_features,
+)
 from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.features.paired import check_disjoint, paired_features
 from alignkit.features.tokens import TokenFeatureSet, extract_tokens, read_tokens
@@ -29,6 +34,7 @@ from alignkit.features.tokens import TokenFeatureSet, extract_tokens, read_token
 __all__ = [
     "CacheEntry",
     "CacheLocation",
+    "ExtractionInterrupted",
     "FORMAT_VERSION",
     "FeatureCache",
     "FeatureSet",

@@ -248,17 +248,35 @@ class FeatureCache:
             default ``$ALIGNKIT_CACHE_DIR/features``. To start from a cache root, as every
             command's ``--cache`` does, use :meth:`FeatureCache.at`.
         shard_batches: an extraction writes a resumable shard every this many batches.
+        shard_seconds: ... and at the first batch boundary after this many seconds without one
+            (default 60), so that an interrupted run keeps its work even when a shard of
+            ``shard_batches`` batches takes minutes. None: by batches only.
     """
 
-    def __init__(self, root: str | Path | None = None, *, shard_batches: int = 8) -> None:
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        shard_batches: int = 8,
+        shard_seconds: float | None = 60.0,
+    ) -> None:
         if (
             isinstance(shard_batches, bool)
             or not isinstance(shard_batches, int)
             or shard_batches < 1
         ):
             raise AlignkitError(f"shard_batches must be a positive integer: got {shard_batches!r}")
+        if shard_seconds is not None and (
+            isinstance(shard_seconds, bool)
+            or not isinstance(shard_seconds, (int, float))
+            or not shard_seconds >= 0
+        ):
+            raise AlignkitError(
+                f"shard_seconds must be None or a number of seconds >= 0: got {shard_seconds!r}"
+            )
         self.root = Path(root).expanduser() if root is not None else _paths.cache_dir() / "features"
         self.shard_batches = shard_batches
+        self.shard_seconds = None if shard_seconds is None else float(shard_seconds)
 
     @classmethod
     def at(cls, cache: str | Path | None = None, **options: Any) -> FeatureCache:
@@ -268,7 +286,10 @@ class FeatureCache:
         return cls(locate_cache(cache).features, **options)
 
     def __repr__(self) -> str:
-        return f"FeatureCache(root={str(self.root)!r}, shard_batches={self.shard_batches})"
+        return (
+            f"FeatureCache(root={str(self.root)!r}, shard_batches={self.shard_batches}, "
+            f"shard_seconds={self.shard_seconds})"
+        )
 
     # paths
     def _check_key(self, key: str) -> str:

@@ -1,10 +1,14 @@
 """Batched feature extraction: probe rows -> encoder -> :class:`FeatureSet`, cached and resumable.
 
 How rows become batches is fixed by the row index alone: batch ``b`` is rows
-``[b * batch_size, (b + 1) * batch_size)``, a cache shard is every ``shard_batches`` batches, and a
+``[b * batch_size, (b + 1) * batch_size)``, a cache shard is every ``shard_batches`` batches (and,
+when that takes long, at the first batch boundary ``shard_seconds`` after the last shard), and a
 ``torchrun`` rank takes a contiguous block of whole batches. So a resumed run, a run on several
 ranks and an uninterrupted single run put every row in the same batch and give bitwise the same
 features (some models' numbers depend on what else is in the batch, e.g. padding in text models).
+
+An interrupted extraction (Ctrl-C) logs what its shards kept and how to resume, then raises
+:class:`ExtractionInterrupted` (a ``KeyboardInterrupt``) carrying that note.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from alignkit._threads import choose_threads, limit_threads
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.features import _distributed
 from alignkit.features.cache import FeatureCache, effective_precision, feature_key, lookup_key
@@ -163,7 +168,13 @@ def extract_features(
         progress=progress and (ranks is None or ranks.is_main),
         label=enc.name if ranks is None else f"{enc.name} [rank 0 of {ranks.world}]",
     )
-    part = job.run(start, stop)  # (..., stop - start, d)
+    try:
+        with limit_threads(choose_threads()):  # model forwards: large work, the free CPUs
+            part = job.run(start, stop)  # (..., stop - start, d)
+    except KeyboardInterrupt as exc:
+        note = _interrupted_note(enc.name, probe, store, key, start, stop)
+        log.warning("%s", note)
+        raise ExtractionInterrupted(note) from exc
     features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
     result = FeatureSet(features, ids, _provenance(enc, probe, caption_policy, seed, key))
     if store is not None and (ranks is None or ranks.is_main):
@@ -186,6 +197,33 @@ def fit_to_probe(encoder: Encoder, probe: ProbeSet) -> Encoder:
     if getattr(encoder, "needs_fit", False) and not getattr(encoder, "fitted", False):
         encoder.fit([c for row in probe.rows for c in row.captions])
     return encoder
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an extraction; ``str(exc)`` says what the cache kept and how to resume."""
+
+
+def _interrupted_note(
+    name: str, probe: ProbeSet, store: FeatureCache | None, key: str, start: int, stop: int
+) -> str:
+    if store is None:
+        return f"interrupted: {name} on {probe.name}: nothing kept (the cache is off)"
+    try:
+        kept = sum(b - a for a, b, _ in store.load_shards(key, start, stop))
+    except OSError:
+        kept = 0
+    where = store._partial_dir(key)
+    if not kept:
+        return (
+            f"interrupted: {name} on {probe.name}: no rows of it were saved yet (a shard is "
+            f"written every {store.shard_batches} batches or {store.shard_seconds or 'inf'} s); "
+            "earlier encoders stay cached"
+        )
+    return (
+        f"interrupted: {name} on {probe.name}: {kept} of {stop - start} rows are kept in {where}; "
+        "run the same command again to resume from there (same batch size: bitwise the same "
+        "features)"
+    )
 
 
 def cached_features(
@@ -467,16 +505,25 @@ class _Job:
             compute = self._image_batches if self.enc.modality == "image" else self._text_batches
             pending = iter(chunks)
             chunk = next(pending, None)
-            held: list[torch.Tensor] = []  # batch outputs of the current chunk
+            held: list[torch.Tensor] = []  # batch outputs since the last shard
+            held_from = chunk[0] if chunk else start  # first row of `held`
+            every = self.store.shard_seconds if self.store is not None else None
+            saved_at = time.monotonic()
             for (lo, hi), out in zip(batches, compute(batches), strict=True):
                 held.append(out)
                 bar.update(hi - lo)
-                if chunk is not None and hi == chunk[1]:  # chunk complete: keep it, save a shard
-                    pieces[chunk[0]] = torch.cat(held, dim=-2)
+                chunk_done = chunk is not None and hi == chunk[1]
+                overdue = every is not None and time.monotonic() - saved_at >= every
+                if chunk_done or overdue:  # keep the rows since the last shard, save them
+                    pieces[held_from] = torch.cat(held, dim=-2)
                     held = []
                     if self.store is not None:
-                        self._save_shard(chunk[0], chunk[1], pieces[chunk[0]])
-                    chunk = next(pending, None)
+                        self._save_shard(held_from, hi, pieces[held_from])
+                    saved_at = time.monotonic()
+                    held_from = hi
+                    if chunk_done:
+                        chunk = next(pending, None)
+                        held_from = chunk[0] if chunk else hi
         finally:
             bar.close()
         log.info(
@@ -490,7 +537,8 @@ class _Job:
         self, start: int, stop: int, pieces: dict[int, torch.Tensor]
     ) -> list[tuple[int, int]]:
         """Row ranges still to compute, cut at global multiples of the shard size so that each
-        is one future shard and batches start where an uninterrupted run starts them."""
+        is one future shard and batches start where an uninterrupted run starts them (a shard
+        saved by time ends on a batch boundary, so the batches after it are the same too)."""
         shard_rows = self.batch_size * (self.store.shard_batches if self.store else 1 << 20)
         covered = sorted((a, a + t.shape[-2]) for a, t in pieces.items())
         gaps, cursor = [], start

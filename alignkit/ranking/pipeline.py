@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alignkit._threads import choose_threads, limit_threads
 from alignkit.config import DEFAULT_SET, EncoderEntry, RankConfig
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.ranking.result import LayerResult, Ranking
@@ -274,16 +275,18 @@ def _run(
 
     t0 = time.perf_counter()
     metric_options = {"k": config.k} if any(m in NEIGHBOUR_METRICS for m in config.metrics) else {}
-    scores = score_pairs(
-        as_input(v_labels),
-        as_input(t_labels),
-        metrics=config.metrics,
-        n_permutations=config.permutations,
-        n_subsamples=config.subsamples,
-        seed=config.seed,
-        progress=progress,
-        **metric_options,
-    )
+    # many small (n, n) operations: threads by their size and the CPUs actually free
+    with limit_threads(choose_threads(len(probe) ** 2)):
+        scores = score_pairs(
+            as_input(v_labels),
+            as_input(t_labels),
+            metrics=config.metrics,
+            n_permutations=config.permutations,
+            n_subsamples=config.subsamples,
+            seed=config.seed,
+            progress=progress,
+            **metric_options,
+        )
     timings["score_s"] = time.perf_counter() - t0
 
     # -- layer x layer (the main scores above stay those of each encoder's own output)

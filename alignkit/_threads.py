@@ -1,0 +1,96 @@
+"""How many CPU threads torch may use, chosen by the size of the work and the CPUs actually free.
+
+torch starts one intra-op thread per core. On a machine other jobs are using, those threads wait
+for each other at every small operation (OpenMP workers spin, then sleep, at each barrier): a fully
+cached ``rank-encoders --n 200`` took 28-81 s with the default threads under load and 10 s with
+one thread. So alignkit runs its own work under :func:`limit_threads` with
+:func:`choose_threads`: one thread for small operations or a busy machine, up to the free CPUs
+for large ones. ``ALIGNKIT_THREADS=N`` (or a command's ``--threads N``) overrides the choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+#: Work (multiply-adds of one operation, roughly) below which a second thread costs more in
+#: synchronisation than it saves; above it, one thread per this much work, up to the free CPUs.
+WORK_PER_THREAD = 1 << 22
+ENV = "ALIGNKIT_THREADS"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or taskset's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def free_cpus(cpus: int | None = None, load: float | None = None) -> int:
+    """Usable CPUs minus the 1-minute load average of everything else, rounded down, at least 1.
+
+    ``load`` counts this process too when it is already running; callers pick threads before
+    their heavy work starts, so the load is the others'. On a machine without ``getloadavg``
+    every usable CPU counts as free.
+    """
+    cpus = usable_cpus() if cpus is None else cpus
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return cpus
+    return max(1, min(cpus, math.floor(cpus - load + 0.5)))
+
+
+def _env_threads() -> int | None:
+    value = os.environ.get(ENV, "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        log.warning("%s=%r is not an integer; choosing threads by work and load", ENV, value)
+        return None
+    return max(1, n)
+
+
+def choose_threads(
+    work: float | None = None, *, cpus: int | None = None, load: float | None = None
+) -> int:
+    """Threads for CPU work of size ``work`` (about the multiply-adds of its typical operation;
+    None: large). ``ALIGNKIT_THREADS`` wins; else ``min(free CPUs, ceil(work / WORK_PER_THREAD))``,
+    at least 1. ``cpus`` and ``load`` default to this machine's (tests pass them).
+    """
+    forced = _env_threads()
+    if forced is not None:
+        return forced
+    free = free_cpus(cpus, load)
+    if work is None:
+        return free
+    return max(1, min(free, math.ceil(max(0.0, float(work)) / WORK_PER_THREAD)))
+
+
+@contextlib.contextmanager
+def limit_threads(n: int) -> Iterator[int]:
+    """Run the block with ``torch.set_num_threads(n)`` (n >= 1), then put the old count back.
+    Only lowers the count: a caller that already asked for fewer threads keeps its choice."""
+    import torch
+
+    before = torch.get_num_threads()
+    n = max(1, min(int(n), before))
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+__all__ = ["ENV", "WORK_PER_THREAD", "choose_threads", "free_cpus", "limit_threads", "usable_cpus"]
