@@ -128,6 +128,7 @@ def extract_command(
             seed=seed,
             cache=store if store else False,
             progress=not quiet,
+            distributed=True,  # under torchrun: split the rows (a group only for this call)
         )
         took = time.perf_counter() - loaded
         where = f"cache {store.path(key)}" if store else "not cached"
