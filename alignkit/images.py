@@ -10,6 +10,9 @@ image checks of probe loading), so an image gets the same pixels whichever way i
   to 255 (see :func:`to_rgb` for the rule);
 * transparency is composited onto white (as browsers on a white page and transformers'
   ``convert_to_rgb`` do), palettes are expanded, CMYK and YCbCr are converted.
+
+A change to the pixels given here changes image features: bump
+:data:`alignkit.features.cache.IMAGE_FEATURES_VERSION` with it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from alignkit.errors import AlignkitError
-
-#: Bumped when the pixels this module gives for some file change; it enters the feature cache key
-#: of every image encoder, so features computed with older decoding are never reused.
-#: 1: ``Image.convert("RGB")`` (EXIF orientation ignored, 16-bit greyscale clipped to white).
-#: 2: this module.
-DECODE_VERSION = 2
 
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -133,4 +130,4 @@ def load_image(source: str | os.PathLike[str] | bytes | IO[bytes]) -> Image.Imag
         return rgb.copy() if rgb is img else rgb
 
 
-__all__ = ["DECODE_VERSION", "MODES", "load_image", "to_rgb", "upright"]
+__all__ = ["MODES", "load_image", "to_rgb", "upright"]

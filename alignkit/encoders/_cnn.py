@@ -38,7 +38,8 @@ POOLINGS = ("default", "mean")
 class CNNEncoder(Encoder):
     """A frozen CNN classifier: pre-logits embedding, per-stage layers, logits kept reachable.
 
-    Subclasses build ``self.model`` and list ``self._stages`` (modules whose outputs are the layers).
+    Subclasses build ``self.model`` and list ``self._stages`` (modules whose outputs are the
+    layers).
     """
 
     modality = "image"
@@ -122,7 +123,8 @@ class CNNEncoder(Encoder):
 
 
 def _load_state(model: nn.Module, weights: str | Path, what: str) -> None:
-    """Load a state-dict file (optionally wrapped as ``{"state_dict": ...}``) strictly into model."""
+    """Load a state-dict file (optionally wrapped as ``{"state_dict": ...}``) strictly into
+    ``model``."""
     state = torch.load(str(weights), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -190,14 +192,15 @@ class TorchvisionEncoder(CNNEncoder):
         archs = torchvision.models.list_models(module=torchvision.models)
         if model_id not in archs:
             raise AlignkitError(
-                f"unknown torchvision architecture {model_id!r}; expected one of: {', '.join(sorted(archs))}"
+                f"unknown torchvision architecture {model_id!r}; "
+                f"expected one of: {', '.join(sorted(archs))}"
             )
         registry_spec = f"torchvision:{model_id}"
         if weights is None and not random_init:
             if registry_spec not in _offline.OFFLINE_MODELS:
                 raise AlignkitError(
-                    f"torchvision:{model_id} needs a local weights file: pass weights=<path to a state "
-                    "dict> (or use random-init:torchvision:{model_id}); offline-shipped: "
+                    f"torchvision:{model_id} needs a local weights file: pass weights=<path to a "
+                    f"state dict> (or use random-init:torchvision:{model_id}); offline-shipped: "
                     + ", ".join(s for s in _offline.OFFLINE_MODELS if s.startswith("torchvision:"))
                 )
             weights = _offline.resolve(registry_spec)
@@ -216,7 +219,8 @@ class TorchvisionEncoder(CNNEncoder):
         self._stages = _stages(model)
         if self.layer != "last" and not self._stages:
             raise AlignkitError(
-                f"layer {layer!r} is not available for {spec}: no stages known; expected layer='last'"
+                f"layer {layer!r} is not available for {spec}: no stages known; "
+                "expected layer='last'"
             )
         head = _last_linear(model)
         self._head = head
@@ -284,7 +288,8 @@ class EfficientNetLiteEncoder(CNNEncoder):
         self._model_id = model_id
         if model_id not in LITE_SIZES:
             raise AlignkitError(
-                f"unknown EfficientNet-Lite model {model_id!r}; expected one of: {', '.join(LITE_SIZES)}"
+                f"unknown EfficientNet-Lite model {model_id!r}; "
+                f"expected one of: {', '.join(LITE_SIZES)}"
             )
         registry_spec = f"efficientnet-lite:{model_id}"
         pip = (

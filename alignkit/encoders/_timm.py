@@ -89,7 +89,8 @@ class TimmEncoder(Encoder):
         except (OSError, RuntimeError, ValueError) as exc:
             if use_hub:
                 raise AlignkitError(
-                    f"could not fetch the pretrained weights of timm:{model_id} ({type(exc).__name__}); "
+                    f"could not fetch the pretrained weights of timm:{model_id} "
+                    f"({type(exc).__name__}); "
                     "with no network pass checkpoint_path=<local file>, or pretrained=False"
                 ) from exc
             raise AlignkitError(f"could not build timm:{model_id}: {exc}") from exc

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +73,7 @@ def extract_features(
     cache: bool | str | Path | FeatureCache = True,
     device: str | torch.device = "auto",
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> FeatureSet:
     """Features of every probe row: images for an image encoder, captions for a text encoder.
 
@@ -93,9 +94,9 @@ def extract_features(
     interrupted one resumes from its last shard. Given a spec string, a cache hit does not even
     build the encoder: the cache remembers which entry a cheap identity of the spec, its options
     and its weight files led to (:func:`alignkit.features.cache.lookup_key`), and the encoder is
-    built only on a miss. Under ``torchrun`` (or any initialised process
-    group) the rows are split across ranks and gathered, and every rank returns the whole set;
-    rank 0 writes the cache.
+    built only on a miss. In an initialised process group, or under ``torchrun`` with
+    ``distributed=True``, the rows are split across ranks and gathered, and every rank returns
+    the whole set; rank 0 writes the cache.
 
     Args:
         encoder: an :class:`~alignkit.encoders.base.Encoder`, or a spec for ``create_encoder``.
@@ -112,6 +113,11 @@ def extract_features(
         device: where a spec-built encoder runs (``"auto"``: CUDA, under torchrun the local rank's
             GPU, else CPU). An encoder instance runs where it is.
         progress: show a tqdm bar with items/s (rank 0 only).
+        distributed: ``None`` (default): split the rows over the initialised default process
+            group if there is one, never create one. ``True``: under torchrun with no group,
+            create one for this call (gloo on CPU, NCCL on GPU) and destroy it before returning,
+            so a trainer started later in the process does not inherit it. ``False``: never
+            split, even in a process group.
 
     Returns:
         FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) float32 CPU features, the
@@ -119,6 +125,8 @@ def extract_features(
         (encoder spec, weights identity, config, caption policy, probe
         name and fingerprint, alignkit version, created time, cache key).
     """
+    if distributed not in (None, True, False):
+        raise AlignkitError(f"distributed must be None, True or False: got {distributed!r}")
     _check_run(probe, batch_size, num_workers, caption_policy)
     store = _resolve_cache(cache)
     lookup = None
@@ -141,8 +149,32 @@ def extract_features(
     key = feature_key(enc, probe, caption_policy, seed)
     per_caption = enc.modality == "text" and caption_policy == "all"
     ids = caption_ids(probe) if per_caption else probe.ids
+    job = _Job(
+        enc=enc,
+        probe=probe,
+        batch_size=batch_size,
+        workers=workers,
+        caption_policy=caption_policy,
+        seed=seed,
+        store=store,
+        key=key,
+        progress=progress,
+        label=enc.name,
+    )
+    if distributed is True:
+        with _distributed.process_group(enc.device) as ranks:
+            return _extract(job, ids, lookup, ranks)
+    ranks = _distributed.current_ranks(enc.device) if distributed is None else None
+    if ranks is None and distributed is None:
+        _distributed.warn_unsharded()
+    return _extract(job, ids, lookup, ranks)
 
-    ranks = _distributed.current_ranks(enc.device)
+
+def _extract(
+    job: _Job, ids: Sequence[str], lookup: str | None, ranks: _distributed.Ranks | None
+) -> FeatureSet:
+    """The extraction itself, over ``ranks`` (None: this process alone)."""
+    enc, probe, store, key = job.enc, job.probe, job.store, job.key
     if store is not None:
         hit = store.get(key, ids=ids)
         usable = hit is not None
@@ -154,20 +186,14 @@ def extract_features(
                 store.remember(lookup, key)
             return hit
 
-    blocks = _distributed.row_blocks(len(ids), batch_size, ranks.world if ranks else 1)
+    blocks = _distributed.row_blocks(len(ids), job.batch_size, ranks.world if ranks else 1)
     start, stop = blocks[ranks.rank if ranks else 0]
-    job = _Job(
-        enc=enc,
-        probe=probe,
-        batch_size=batch_size,
-        workers=workers,
-        caption_policy=caption_policy,
-        seed=seed,
-        store=store,
-        key=key,
-        progress=progress and (ranks is None or ranks.is_main),
-        label=enc.name if ranks is None else f"{enc.name} [rank 0 of {ranks.world}]",
-    )
+    if ranks is not None:  # only rank 0 shows progress
+        job = replace(
+            job,
+            progress=job.progress and ranks.is_main,
+            label=f"{enc.name} [rank 0 of {ranks.world}]",
+        )
     try:
         with limit_threads(choose_threads()):  # model forwards: large work, the free CPUs
             part = job.run(start, stop)  # (..., stop - start, d)
@@ -176,7 +202,9 @@ def extract_features(
         log.warning("%s", note)
         raise ExtractionInterrupted(note) from exc
     features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
-    result = FeatureSet(features, ids, _provenance(enc, probe, caption_policy, seed, key))
+    result = FeatureSet(
+        features, tuple(ids), _provenance(enc, probe, job.caption_policy, job.seed, key)
+    )
     if store is not None and (ranks is None or ranks.is_main):
         store.put(key, result)
         store.drop_shards(key)
