@@ -11,7 +11,10 @@ null_mean      mean of the metric over permutations of the pairing (NaN if none 
 null_std       standard deviation of that null
 z              (score - null_mean) / null_std
 p              (1 + #null >= score) / (B + 1)
-ci_low/high    interval from repeated subsampling of rows without replacement
+ci_low/high    ``level`` confidence interval for the full-n score, symmetric about it: the
+               delete-d jackknife variance of repeated subsampling of rows without replacement
+               and a Student-t quantile (see
+               :func:`alignkit.metrics.calibration.subsample_bounds`); NaN if none run
 chance         analytic chance level where one exists (mutual-kNN: k / (n - 1)), else NaN
 n              probe rows scored
 k              neighbourhood size for neighbourhood metrics, else NaN
@@ -42,6 +45,7 @@ from alignkit.metrics.calibration import (
     check_fraction,
     max_over_cells,
     null_summary,
+    subsample_bounds,
 )
 from alignkit.metrics.registry import Metric, get_metric
 
@@ -258,8 +262,8 @@ def _score_grid(
         sub = np.full((n_m, len(rows), n_v, n_t), math.nan)
         for s, subset in enumerate(rows):
             run(vision, text, subset, sub[:, s], null=False)
-        out["ci"][:, 0] = np.quantile(sub, (1 - level) / 2, axis=1)
-        out["ci"][:, 1] = np.quantile(sub, (1 + level) / 2, axis=1)
+        low, high = subsample_bounds(out["scores"], sub, n, len(rows[0]), level, axis=1)
+        out["ci"][:, 0], out["ci"][:, 1] = low, high
     bar.close()
     return out
 
@@ -289,7 +293,8 @@ def score_pairs(
             permutations (``np.random.default_rng(seed)``) for every pair, metric and layer, so
             each pair's null equals ``permutation_null(metric, x, y, B, seed)``.
         n_subsamples: subsets of rows (without replacement, ``subsample_fraction`` of n) for the
-            ``level`` percentile interval (0: none); the same subsets for every pair.
+            ``level`` confidence interval of each score (0: none; the same subsets for every
+            pair): a delete-d jackknife t-interval, :func:`~alignkit.metrics.subsample_interval`.
         seed: seeds permutations and subsets. progress: show a tqdm bar.
         metric_options: options for the metrics that take them (e.g. ``k=20``); an option no
             selected metric takes is an error.
@@ -313,6 +318,11 @@ def score_pairs(
     vreps, vsets = _reps(vision, "vision")
     treps, tsets = _reps(text, "text")
     n = _check_rows(vreps, treps, [*vsets, *tsets])
+    if s and round(subsample_fraction * n) >= n:
+        raise AlignkitError(
+            f"subsample_fraction={subsample_fraction} of n={n} rows leaves no row out of a "
+            "subset: use a smaller subsample_fraction"
+        )
     grid = _score_grid(vreps, treps, chosen, n, b, s, subsample_fraction, level, seed, progress)
     records = []
     for vi, vr in enumerate(vreps):
