@@ -11,6 +11,7 @@ from __future__ import annotations
 from alignkit.metrics.calibration import (
     MaxOverCells,
     NullResult,
+    analytic_null,
     max_over_cells,
     permutation_null,
     subsample_interval,
@@ -25,6 +26,7 @@ __all__ = [
     "MaxOverCells",
     "Metric",
     "NullResult",
+    "analytic_null",
     "cknna",
     "get_metric",
     "knn_lists",

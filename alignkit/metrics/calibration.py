@@ -22,9 +22,10 @@ import scipy.stats
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.metrics._checks import ArrayLike, as_pair
+from alignkit.metrics import moments as _moments
+from alignkit.metrics._checks import ArrayLike, as_pair, check_min_rows
 from alignkit.metrics._engine import permutations, subsets
-from alignkit.metrics.registry import Metric, get_metric
+from alignkit.metrics.registry import METRICS, Metric, get_metric
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class NullResult:
         p: (1 + #{samples >= observed}) / (B + 1), in (0, 1].
         samples: ``(B,)`` the metric on each permuted pairing, in the seed's order.
         chance: the metric's analytic chance level (mutual-kNN: k/(n-1)), else NaN.
+        method: how mean, std and p were obtained: ``"permutation"`` (Monte Carlo over B
+            permutations, the attributes above), ``"analytic-pearson3"`` (exact moments over all
+            n! re-pairings; p from a Pearson type III law with the exact skewness; ``samples``
+            empty) or ``"analytic-normal"`` (exact mean and variance, normal p: n above
+            :data:`alignkit.metrics.moments.SKEW_MAX_ROWS`).
+        skew: skewness of the null (analytic methods), else NaN.
     """
 
     observed: float
@@ -47,6 +54,61 @@ class NullResult:
     p: float
     samples: np.ndarray
     chance: float = math.nan
+    method: str = "permutation"
+    skew: float = math.nan
+
+
+NULL_METHODS = ("analytic", "permutation", "none")
+"""``null`` choices of :func:`alignkit.metrics.pairs.score_pairs` (``analytic``: exact moments
+for the metrics that have them, permutations for the rest)."""
+
+
+def analytic_summary(
+    moments: tuple[float, float, float], observed: float
+) -> tuple[float, float, float, float, str, float]:
+    """(mean, std, z, p, method, skew) of a score from its exact null moments."""
+    mean, var, skew = moments
+    std = math.sqrt(var) if var > 0 else math.nan
+    z = (observed - mean) / std if std > 0 else math.nan
+    p = _moments.upper_p(observed, mean, std, skew)
+    method = "analytic-normal" if math.isnan(skew) else "analytic-pearson3"
+    return mean, std, z, p, method, skew
+
+
+def analytic_null(metric: str | Metric, x: ArrayLike, y: ArrayLike, **options: Any) -> NullResult:
+    """The metric with its exact permutation null: mean, std and skewness over all n! pairings.
+
+    For the CKA family (``metric.has_analytic_null``); see :mod:`alignkit.metrics.moments` for
+    the formulas and their sources (Kazi-Aoual et al. 1995; Josse, Pagès & Husson 2008). The
+    p-value is P(null >= observed) under a Pearson type III law with those moments (normal for
+    n > SKEW_MAX_ROWS); unlike a B-permutation p it is not floored at 1/(B+1). Costs about as
+    much as the score itself (plus one n x n kernel and an n³ product per input when the
+    skewness is computed).
+
+    Args:
+        metric: a METRICS name or Metric with an analytic null. x: ``(n, d1)``; y: ``(n, d2)``,
+            the same rows, n >= 4. options: metric options.
+
+    Raises:
+        AlignkitError: the metric has no analytic null (use :func:`permutation_null`), or n < 4.
+    """
+    m = get_metric(metric)
+    if m.engine.moments is None:
+        with_null = sorted(k for k, v in METRICS.items() if v.has_analytic_null)
+        raise AlignkitError(
+            f"metric {m.name!r} has no analytic null (metrics with one: {', '.join(with_null)}): "
+            "use permutation_null"
+        )
+    opts = m.options(**options)
+    xt, yt = as_pair(x, y)
+    n = xt.shape[0]
+    check_min_rows(n, 4, "the analytic permutation null")
+    m.engine.check(n, opts)
+    sx, sy = m.engine.prepare(xt, opts, "x"), m.engine.prepare(yt, opts, "y")
+    observed = m.engine.finish(sx, sy, m.engine.cross(sx, sy, None, opts), opts)
+    mean, std, z, p, method, skew = analytic_summary(m.engine.moments(sx, sy, opts), observed)
+    chance = m.chance(n, opts) if m.chance is not None else math.nan
+    return NullResult(observed, mean, std, z, p, np.empty(0), chance, method, skew)
 
 
 def null_summary(observed: float, samples: np.ndarray) -> tuple[float, float, float, float]:

@@ -37,6 +37,11 @@ class Metric:
     chance: Callable[[int, Mapping[str, Any]], float] | None = None
     engine: Engine = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
+    @property
+    def has_analytic_null(self) -> bool:
+        """Whether exact permutation moments exist (the CKA family): see :func:`analytic_null`."""
+        return self.engine is not None and self.engine.moments is not None
+
     def options(self, **overrides: Any) -> dict[str, Any]:
         """The defaults with ``overrides`` applied; an option it does not take is an error."""
         unknown = sorted(set(overrides) - set(self.defaults))
