@@ -133,7 +133,7 @@ class Ranking:
     probe: ProbeSet | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from alignkit.compare import SCORE_COLUMNS
+        from alignkit.metrics import SCORE_COLUMNS
 
         missing = [c for c in SCORE_COLUMNS if c not in self.scores.columns]
         if missing:
@@ -891,8 +891,7 @@ def _run(
     t_start = time.perf_counter()
     timings: dict[str, Any] = {}
     vision, text, controls = _resolve_encoders(config)
-    from alignkit.compare import score_pairs
-    from alignkit.metrics import METRICS
+    from alignkit.metrics import METRICS, score_pairs
 
     for m in config.metrics:
         if m not in METRICS:
@@ -995,7 +994,7 @@ def _run(
     # -- layer x layer (the main scores above stay those of each encoder's own output)
     layer_results: list[LayerResult] = []
     if config.layers == "all":
-        from alignkit.compare import score_layers
+        from alignkit.metrics import score_layers
 
         t0 = time.perf_counter()
         by_label = {e.label: e for e in [*vision, *text, *controls]}

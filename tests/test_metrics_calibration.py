@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from alignkit.compare import LayerScores
 from alignkit.errors import AlignkitError
-from alignkit.metrics import METRICS, max_over_cells, subsample_interval
+from alignkit.metrics import METRICS, LayerScores, max_over_cells, subsample_interval
 
 
 def _naive_max_p(scores: np.ndarray, null: np.ndarray) -> tuple[float, int]:

@@ -218,7 +218,7 @@ def permutation_null(
         metric: a :data:`METRICS` name or a :class:`Metric`.
         x: ``(n, d1)``; y: ``(n, d2)``, the same rows.
         n_permutations: B >= 1. seed: the permutations are ``np.random.default_rng(seed)``'s
-            first B permutations of n, the same ones :func:`alignkit.compare.score_pairs` uses.
+            first B permutations of n, the same ones :func:`alignkit.metrics.score_pairs` uses.
         options: metric options overriding the registry defaults (e.g. ``k=20``).
 
     Cost: one per-representation preparation per input, then B cross terms (linear CKA: one
