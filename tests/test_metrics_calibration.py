@@ -122,3 +122,17 @@ def test_subsample_interval_coverage_by_simulation(name):
         hits += low <= target <= high
     tolerance = 3 * math.sqrt(level * (1 - level) / reps)
     assert abs(hits / reps - level) <= tolerance, hits / reps
+
+
+# ----------------------------------------------------------------------------------------------
+# registry answers: labels and chance levels (issue #9 item 3)
+
+
+def test_every_metric_has_a_label_and_says_its_chance_level():
+    labels = {name: m.label for name, m in METRICS.items()}
+    assert labels["linear_cka_unbiased"] == "linear CKA (unbiased)"
+    assert labels["mutual_knn"] == "mutual kNN"
+    assert len(set(labels.values())) == len(labels)  # distinct, so legends can tell them apart
+    assert METRICS["mutual_knn"].chance_level(201, k=20) == pytest.approx(20 / 200)
+    assert METRICS["mutual_knn"].chance_level(101) == pytest.approx(10 / 100)  # default k
+    assert math.isnan(METRICS["linear_cka"].chance_level(100))
