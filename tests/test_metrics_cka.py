@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from alignkit.compare import score_pairs
-from alignkit.metrics import linear_cka, permutation_null
+from alignkit.metrics import linear_cka, permutation_null, score_pairs
 
 
 @pytest.fixture(autouse=True, scope="module")

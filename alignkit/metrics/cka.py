@@ -25,12 +25,14 @@ so n(n-3)·HSIC_u = ‖YᵀX‖²_F + Σr·Σs / ((n-1)(n-2)) - n/(n-2)·r·s, i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.metrics import moments
 from alignkit.metrics._checks import ArrayLike, as_pair, check_min_rows, check_positive
 from alignkit.metrics._engine import Engine, Options, block_rows, evaluate, permuted_dot
 
@@ -143,6 +145,73 @@ def _linear_finish(
     return hsic / math.sqrt(sx.self_u * sy.self_u)
 
 
+def _skew(third_raw: float, mean: float, var: float) -> float:
+    """Skewness from E T³, E T and Var T."""
+    central = third_raw - 3.0 * mean * var - mean**3
+    return central / var**1.5 if var > 0 else math.nan
+
+
+def _u_centred(k: torch.Tensor) -> np.ndarray:
+    """Székely & Rizzo's U-centring of a kernel, ``(n, n)`` float64 with a zero diagonal: its
+    off-diagonal inner products are n(n-3)·HSIC_u (Song et al. 2012)."""
+    n = k.shape[0]
+    a = k.double().cpu().numpy().copy()
+    np.fill_diagonal(a, 0.0)
+    r = a.sum(axis=1)
+    a -= (r[:, None] + r[None, :]) / (n - 2)
+    a += r.sum() / ((n - 1) * (n - 2))
+    np.fill_diagonal(a, 0.0)
+    return a
+
+
+def _pattern_sums(state, key: str, matrix) -> np.ndarray:
+    """Third-moment pattern sums of one representation's centred kernel, cached on its state."""
+    if key not in state.kernel:
+        state.kernel[key] = moments.pattern_sums(matrix(), 3)
+    return state.kernel[key]
+
+
+def _cka_moments(
+    n: int,
+    unbiased: bool,
+    sides: tuple[tuple[float, float, float], tuple[float, float, float]],
+    sums: tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]] | None,
+) -> tuple[float, float, float]:
+    """(mean, variance, skewness) of a CKA score over all re-pairings.
+
+    ``sides``: per representation (tr A, ‖A‖²_F, Σ A_ii²) of its centred kernel (the U-centred one
+    for the unbiased estimator, whose trace and diagonal are 0); ``sums``: callables giving each
+    side's third-moment pattern sums, or None for no skewness."""
+    (ta, qa, da), (tb, qb, db) = sides
+    if unbiased:
+        mean, var = 0.0, 2.0 / (n * (n - 3))
+    else:
+        mean, var = moments.rv_mean_var(n, ta, qa, da, tb, qb, db)
+    if sums is None or n > moments.SKEW_MAX_ROWS:
+        return mean, var, math.nan
+    scale = math.sqrt(qa * qb)  # score = T / scale
+    third = moments.raw_moment(sums[0](), sums[1](), n, 3)
+    return mean, var, _skew(third, mean * scale, var * scale**2)
+
+
+def _linear_moments(
+    sx: _LinearState, sy: _LinearState, opts: Options
+) -> tuple[float, float, float]:
+    n = sx.xc.shape[0]
+    unbiased = bool(opts.get("unbiased", False))
+    if unbiased:
+        _linear_finish(sx, sy, (0.0, 0.0), opts)  # raises if a self term is not positive
+        sides = ((0.0, sx.self_u, 0.0), (0.0, sy.self_u, 0.0))
+        key, make = "s3_u", lambda s: lambda: _u_centred(s.gram())
+    else:
+        sides = tuple((s.sum_sq, s.gram_norm**2, float(s.sq @ s.sq)) for s in (sx, sy))
+        key, make = "s3_b", lambda s: lambda: s.gram().double().cpu().numpy()
+    if n > moments.SKEW_MAX_ROWS:
+        return _cka_moments(n, unbiased, sides, None)
+    sums = tuple((lambda s=s: _pattern_sums(s, key, make(s))) for s in (sx, sy))
+    return _cka_moments(n, unbiased, sides, sums)
+
+
 def _linear_check(n: int, opts: Options) -> None:
     if opts.get("unbiased", False):
         check_min_rows(n, 4, "unbiased linear CKA")
@@ -150,7 +219,9 @@ def _linear_check(n: int, opts: Options) -> None:
         check_min_rows(n, 2, "linear CKA")
 
 
-LINEAR_ENGINE = Engine("linear", (), _linear_prepare, _linear_cross, _linear_finish, _linear_check)
+LINEAR_ENGINE = Engine(
+    "linear", (), _linear_prepare, _linear_cross, _linear_finish, _linear_check, _linear_moments
+)
 
 
 def linear_cka(x: ArrayLike, y: ArrayLike, unbiased: bool = False) -> float:
@@ -371,12 +442,53 @@ def _rbf_finish(sx: _RbfState, sy: _RbfState, cross: tuple[float, float], opts: 
     return kl / math.sqrt(kk * ll)
 
 
+def _rbf_centred_stats(s: _RbfState) -> tuple[float, float, float]:
+    """(tr A, ‖A‖²_F, Σ A_ii²) of A = HKH, K = K̃ + I, from the row sums: O(n)."""
+    n = s.x.shape[0]
+    rows = s.row_off + 1.0  # K1
+    total = s.sum_off + n  # 1ᵀK1
+    diag = 1.0 - 2.0 * rows / n + total / n**2  # (n,) A_ii
+    tr2 = (s.sq_off + n) - 2.0 / n * float(rows @ rows) + total**2 / n**2  # tr(KHKH)
+    return float(diag.sum()), tr2, float(diag @ diag)
+
+
+def _rbf_self_u(s: _RbfState) -> float:
+    n = s.x.shape[0]
+    return (
+        s.sq_off + s.sum_off**2 / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * float(s.row_off @ s.row_off)
+    )
+
+
+def _rbf_moments(sx: _RbfState, sy: _RbfState, opts: Options) -> tuple[float, float, float]:
+    n = sx.x.shape[0]
+    unbiased = bool(opts.get("unbiased", False))
+    if unbiased:
+        sides = tuple((0.0, _rbf_self_u(s), 0.0) for s in (sx, sy))
+        key, make = "s3_u", lambda s: lambda: _u_centred(s.full_kernel())
+
+    else:
+        sides = tuple(_rbf_centred_stats(s) for s in (sx, sy))
+
+        def centred(s: _RbfState) -> np.ndarray:
+            k = s.full_kernel().cpu().numpy() + np.eye(n)
+            k -= k.mean(axis=0, keepdims=True)
+            return k - k.mean(axis=1, keepdims=True)
+
+        key, make = "s3_b", lambda s: lambda: centred(s)
+    if n > moments.SKEW_MAX_ROWS:
+        return _cka_moments(n, unbiased, sides, None)
+    sums = tuple((lambda s=s: _pattern_sums(s, key, make(s))) for s in (sx, sy))
+    return _cka_moments(n, unbiased, sides, sums)
+
+
 def _rbf_check(n: int, opts: Options) -> None:
     check_min_rows(n, 4 if opts.get("unbiased", False) else 3, "RBF CKA")
     opts["sigma_scale"] = check_positive(opts["sigma_scale"], "sigma_scale")
 
 
-RBF_ENGINE = Engine("rbf", ("sigma_scale",), _rbf_prepare, _rbf_cross, _rbf_finish, _rbf_check)
+RBF_ENGINE = Engine(
+    "rbf", ("sigma_scale",), _rbf_prepare, _rbf_cross, _rbf_finish, _rbf_check, _rbf_moments
+)
 
 
 def rbf_cka(x: ArrayLike, y: ArrayLike, sigma_scale: float = 1.0, unbiased: bool = False) -> float:

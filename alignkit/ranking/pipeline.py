@@ -186,7 +186,7 @@ def _run(
     from alignkit.runs import versions
 
     vision, text, controls = _resolve_encoders(config)
-    from alignkit.compare import score_pairs
+    from alignkit.metrics import score_pairs
     from alignkit.metrics import METRICS
 
     for m in config.metrics:
@@ -292,7 +292,7 @@ def _run(
     # -- layer x layer (the main scores above stay those of each encoder's own output)
     layer_results: list[LayerResult] = []
     if config.layers == "all":
-        from alignkit.compare import score_layers
+        from alignkit.metrics import score_layers
 
         t0 = time.perf_counter()
         by_label = {e.label: e for e in [*vision, *text, *controls]}

@@ -106,7 +106,7 @@ class Ranking:
     probe: ProbeSet | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from alignkit.compare import SCORE_COLUMNS
+        from alignkit.metrics import SCORE_COLUMNS
 
         missing = [c for c in SCORE_COLUMNS if c not in self.scores.columns]
         if missing:
