@@ -22,7 +22,16 @@ from alignkit.metrics.calibration import (
     subsample_interval,
 )
 from alignkit.metrics.cka import linear_cka, minibatch_cka, rbf_cka
-from alignkit.metrics.neighbours import cknna, knn_lists, mutual_knn, mutual_knn_chance
+from alignkit.metrics.neighbours import (
+    MutualKnnResult,
+    NeighbourResult,
+    cknna,
+    knn_graph,
+    knn_lists,
+    mutual_knn,
+    mutual_knn_chance,
+    mutual_knn_detail,
+)
 from alignkit.metrics.registry import METRICS, Metric, get_metric, list_metrics
 from alignkit.metrics.svcca import svcca
 
@@ -30,10 +39,13 @@ __all__ = [
     "METRICS",
     "MaxOverCells",
     "Metric",
+    "MutualKnnResult",
+    "NeighbourResult",
     "NullResult",
     "analytic_null",
     "cknna",
     "get_metric",
+    "knn_graph",
     "knn_lists",
     "linear_cka",
     "list_metrics",
@@ -41,6 +53,7 @@ __all__ = [
     "minibatch_cka",
     "mutual_knn",
     "mutual_knn_chance",
+    "mutual_knn_detail",
     "permutation_null",
     "rbf_cka",
     "subsample_interval",
