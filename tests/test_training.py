@@ -239,3 +239,16 @@ def test_a_killed_process_resumes_to_bitwise_the_same_weights(tmp_path):
     resumed = train_projector(config, synthetic_pairs(64), out_dir=out, progress=False)
     whole = train_projector(config, synthetic_pairs(64), out_dir=tmp_path / "whole", progress=False)
     _assert_bitwise_equal(_weights(whole), _weights(resumed))
+
+
+def test_plot_history_draws_on_the_axes_it_is_given():
+    from matplotlib.figure import Figure
+
+    from alignkit.projectors import plot_history
+
+    train, val = synthetic_pairs(64), synthetic_pairs(20, seed=2, id_prefix="v")
+    result = train_projector(dataclasses.replace(FAST, epochs=2), train, val, progress=False)
+    ax = Figure().add_subplot()
+    assert plot_history(result.history, ax=ax) is ax
+    assert [line.get_label() for line in ax.get_lines()] == ["train loss", "val loss"]
+    assert list(ax.get_lines()[0].get_xdata()) == list(result.history["step"])
