@@ -70,7 +70,8 @@ class PredictivityConfig:
         val_probe, val_n: early-stopping split (None: no validation; train for all epochs).
         train_captions: ``first`` (one caption per image) or ``all`` (every caption, as positives
             of its image).
-        zeroshot, retrieval: evaluation probes; eval_n: a seeded subsample of each (None: all).
+        zeroshot, retrieval: evaluation probes; eval_n: a seeded subsample
+            of each (None: all; or ``{probe: n}`` per probe).
         templates: zero-shot prompt templates (``imagenet80``, ``imagenet7``, ``single``, a file).
         metrics: pre-training metrics (``alignkit.METRICS`` keys); permutations: null size (for z);
             k: neighbourhood size.
@@ -91,7 +92,7 @@ class PredictivityConfig:
     train_captions: str = "first"
     zeroshot: tuple[str, ...] = ("imagenet-samples",)
     retrieval: tuple[str, ...] = ("flickr8k:test",)
-    eval_n: int | None = None
+    eval_n: int | None | Mapping[str, int | None] = None
     templates: str = "single"
     metrics: tuple[str, ...] = ("linear_cka_unbiased", "linear_cka", "mutual_knn")
     permutations: int = 100
@@ -109,6 +110,8 @@ class PredictivityConfig:
                 value = (value,)
             object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "train", dict(self.train))
+        if isinstance(self.eval_n, Mapping):
+            object.__setattr__(self, "eval_n", dict(self.eval_n))
         if len(self.vision) < 1 or len(self.text) < 1 or len(self.vision) * len(self.text) < 3:
             raise AlignkitError(
                 "a predictivity grid needs 3 or more pairs to correlate: got "
@@ -296,8 +299,11 @@ def run_predictivity(
             f"the validation probe {val_probe.name} shares rows with the training probe "
             f"{train_probe.name}; choose disjoint splits"
         )
-    zs_probes = [load(spec, config.eval_n) for spec in config.zeroshot]
-    rt_probes = [load(spec, config.eval_n) for spec in config.retrieval]
+    def eval_n(spec: str) -> int | None:
+        return config.eval_n.get(spec) if isinstance(config.eval_n, Mapping) else config.eval_n
+
+    zs_probes = [load(spec, eval_n(spec)) for spec in config.zeroshot]
+    rt_probes = [load(spec, eval_n(spec)) for spec in config.retrieval]
     for probe in zs_probes:
         check_zeroshot_probe(probe)
     for probe in rt_probes:
