@@ -70,7 +70,8 @@ class PredictivityConfig:
         val_probe, val_n: early-stopping split (None: no validation; train for all epochs).
         train_captions: ``first`` (one caption per image) or ``all`` (every caption, as positives
             of its image).
-        zeroshot, retrieval: evaluation probes.
+        zeroshot, retrieval: evaluation probes; eval_n: a seeded subsample
+            of each (None: all; or ``{probe: n}`` per probe).
         templates: zero-shot prompt templates (``imagenet80``, ``imagenet7``, ``single``, a file).
         metrics: pre-training metrics (``alignkit.METRICS`` keys); permutations: null size (for z);
             k: neighbourhood size.
@@ -91,6 +92,7 @@ class PredictivityConfig:
     train_captions: str = "first"
     zeroshot: tuple[str, ...] = ("imagenet-samples",)
     retrieval: tuple[str, ...] = ("flickr8k:test",)
+    eval_n: int | None | Mapping[str, int | None] = None
     templates: str = "single"
     metrics: tuple[str, ...] = ("linear_cka_unbiased", "linear_cka", "mutual_knn")
     permutations: int = 100
@@ -108,6 +110,8 @@ class PredictivityConfig:
                 value = (value,)
             object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "train", dict(self.train))
+        if isinstance(self.eval_n, Mapping):
+            object.__setattr__(self, "eval_n", dict(self.eval_n))
         if len(self.vision) < 1 or len(self.text) < 1 or len(self.vision) * len(self.text) < 3:
             raise AlignkitError(
                 "a predictivity grid needs 3 or more pairs to correlate: got "
@@ -295,10 +299,15 @@ def run_predictivity(
             f"the validation probe {val_probe.name} shares rows with the training probe "
             f"{train_probe.name}; choose disjoint splits"
         )
-    for spec in config.zeroshot:
-        check_zeroshot_probe(load(spec, None))
-    for spec in config.retrieval:
-        check_retrieval_probe(load(spec, None))
+    def eval_n(spec: str) -> int | None:
+        return config.eval_n.get(spec) if isinstance(config.eval_n, Mapping) else config.eval_n
+
+    zs_probes = [load(spec, eval_n(spec)) for spec in config.zeroshot]
+    rt_probes = [load(spec, eval_n(spec)) for spec in config.retrieval]
+    for probe in zs_probes:
+        check_zeroshot_probe(probe)
+    for probe in rt_probes:
+        check_retrieval_probe(probe)
     train_cfg = config.train_config()
 
     encoders: dict[str, Any] = {}
@@ -341,12 +350,14 @@ def run_predictivity(
     # 3 + 4. train and evaluate every pair
     from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
     from alignkit.evaluation.prompts import caption_probe
+    from alignkit.evaluation.runs import write_run_config
     from alignkit.projectors import train_projector
 
     t1 = time.perf_counter()
     eval_key = config.stage_key(
         "zeroshot",
         "retrieval",
+        "eval_n",
         "templates",
         "train",
         "train_probe",
@@ -372,13 +383,14 @@ def run_predictivity(
                     train_cfg, train, val, out_dir=folder, device=device, progress=progress
                 )
                 model = result.model.to("cpu").eval()
+                write_run_config(folder, v, t, extra={"train": train_cfg.to_dict()})
                 pair = AlignedPair(
                     encoder(v), encoder(t), model.encode_image, model.encode_text, name=f"{v} x {t}"
                 )
                 metrics = evaluate_pair(
                     pair,
-                    zeroshot_probes=list(config.zeroshot),
-                    retrieval_probes=list(config.retrieval),
+                    zeroshot_probes=zs_probes,
+                    retrieval_probes=rt_probes,
                     templates=config.templates,
                     cache=cache,
                     device=device,
@@ -538,7 +550,7 @@ def _short(spec: str) -> str:
     control = spec.startswith(CONTROL_PREFIXES)
     base = spec.split(":", 1)[1] if not control else spec.split(":", 2)[-1]
     base = base.rsplit("/", 1)[-1].split(":")[-1]
-    return ("rand-" if control else "") + base
+    return ("rand-init " if control else "") + base
 
 
 def plot_predictivity(
