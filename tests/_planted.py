@@ -4,8 +4,9 @@
 ``sqrt(s) * Z[i] @ Q + sqrt(1 - s) * N[i]`` where ``Z`` (rows x LATENT) is one latent shared by
 every encoder (seeded by the row's index), ``Q`` (LATENT x DIM) an orthonormal map scaled to
 unit variance and ``N`` (rows x DIM) standard normal noise, both seeded by the spec: ``s`` is the
-share of the features' variance that is shared. A larger ``s`` puts more of the shared latent in the features, so by
-construction a pair ranks above another when both of its strengths are at least as large.
+share of the features' variance that is shared. A larger ``s`` puts more of the shared latent in
+the features, so by construction a pair ranks above another when both of its shares are at least
+as large.
 
 The encoder recognises a row by content (the image's pixels, the caption's text) through the
 table :func:`register` builds from the probe, so it runs through the ordinary extraction.
