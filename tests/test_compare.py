@@ -76,9 +76,10 @@ def test_score_pairs_equals_independent_pair_calls():
         assert "k" not in json.loads(row.options)
     # the random text encoder is at chance; the latent-sharing ones are not
     unb = df[df.metric == "linear_cka_unbiased"].set_index(["vision", "text"])
-    assert unb.loc[("v-small", "t-c"), "p"] > 0.05 and unb.loc[
-        ("v-small", "t-a"), "p"
-    ] == pytest.approx(1 / 16)
+    # (p >= 1/16 for any input with 15 permutations: at chance means inside the null, off the floor)
+    at_chance = unb.loc[("v-small", "t-c")]
+    assert abs(at_chance["z"]) < 3 and at_chance["p"] >= 3 / 16, tuple(at_chance[["z", "p"]])
+    assert unb.loc[("v-small", "t-a"), "p"] == pytest.approx(1 / 16)
 
 
 def test_score_pairs_without_calibration_has_nan_columns_and_no_bar(capsys):

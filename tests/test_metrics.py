@@ -283,8 +283,12 @@ def test_registry_properties(name, pair):
     # a shuffled pairing is not significant, and sits at the analytic chance level where one exists
     shuffled = y[g.permutation(y.shape[0])]
     null = permutation_null(metric, x, shuffled, n_permutations=30, seed=4)
-    assert null.p > 0.01
-    assert score > null.mean + 5 * null.std  # the true pairing is
+    assert null.p == pytest.approx((1 + np.sum(null.samples >= null.observed)) / 31)
+    # (p >= 1/31 for any input: the shuffled pairing must sit inside its null, not at the floor)
+    assert abs(null.z) < 3 and null.p >= 3 / 31, (null.z, null.p)
+    assert score > null.mean + 5 * null.std  # the true pairing is significant
+    true = permutation_null(metric, x, y, n_permutations=30, seed=4)
+    assert true.p == pytest.approx(1 / 31)  # ... and beats every one of the 30 permutations
     if metric.chance is not None:
         chance = metric.chance(x.shape[0], metric.defaults)
         assert abs(null.observed - chance) < 5 * null.std
