@@ -24,18 +24,14 @@ from pathlib import Path
 
 
 def _items(modality: str, n: int, data_dir: Path) -> list:
-    from PIL import Image
+    from alignkit.images import load_image
 
     rows = [
         json.loads(line)
         for line in (data_dir / "flickr8k" / "pairs.jsonl").read_text().splitlines()
     ][:n]
     if modality == "image":
-        out = []
-        for r in rows:
-            with Image.open(data_dir / "flickr8k" / r["image"]) as im:
-                out.append(im.convert("RGB"))
-        return out
+        return [load_image(data_dir / "flickr8k" / r["image"]) for r in rows]
     return [r["captions"][0] for r in rows]
 
 
@@ -125,10 +121,14 @@ def main() -> None:
         print(f"  measured {spec}", file=sys.stderr)
 
     print(
-        f"\n{args.n} real Flickr8k items per encoder, batch {args.batch_size}, best of {args.repeats}, "
-        f"torch threads {args.threads or 'default'} on {os.cpu_count()} cores; baseline RSS (python + torch + alignkit) {baseline:.0f} MiB\n"
+        f"\n{args.n} real Flickr8k items per encoder, batch {args.batch_size}, "
+        f"best of {args.repeats}, torch threads {args.threads or 'default'} on "
+        f"{os.cpu_count()} cores; baseline RSS (python + torch + alignkit) {baseline:.0f} MiB\n"
     )
-    header = f"{'spec':55s} {'modality':8s} {'dim':>5s} {'load s':>7s} {'items/s':>9s} {'peak RSS MiB':>13s}"
+    header = (
+        f"{'spec':55s} {'modality':8s} {'dim':>5s} {'load s':>7s} {'items/s':>9s} "
+        f"{'peak RSS MiB':>13s}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

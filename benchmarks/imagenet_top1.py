@@ -102,6 +102,7 @@ def measure(spec: str, data_dir: Path, n: int, batch_size: int) -> dict:
         (own[k].double() - v.double()).abs().max().item() for k, v in state.items() if v.numel()
     )
     tracked = [int(own[k]) for k in own if k.endswith("num_batches_tracked")]
+    own_head = enc.model.classifier if hasattr(enc.model, "classifier") else enc.model._fc
 
     ours, theirs, cos = [], [], []
     t_ours = t_ref = 0.0
@@ -112,9 +113,9 @@ def measure(spec: str, data_dir: Path, n: int, batch_size: int) -> dict:
             with Image.open(data_dir / "imagenet-samples" / r["image"]) as im:
                 images.append(im.convert("RGB"))
         t0 = time.perf_counter()
-        x = enc.collate([enc.preprocess(im) for im in images])
-        emb = enc.encode(images)
-        ours.append(enc.logits(x).argmax(1))
+        emb = enc.encode(images)  # (B, 1280) pre-logits
+        with torch.inference_mode():  # the classifier's input is the embedding
+            ours.append(own_head(emb).argmax(1))
         t_ours += time.perf_counter() - t0
         t0 = time.perf_counter()
         with torch.inference_mode():

@@ -111,7 +111,7 @@ _store: list = []  # this process's connection to the torchrun store, made once
 _groups_made = 0
 
 
-def _fresh_store(rank: int, world: int):
+def _fresh_store(rank: int, world: int) -> torch.distributed.PrefixStore:
     """A key space of the torchrun store that no earlier group of this process used.
 
     A group created from the environment writes its members' addresses under fixed keys, so a

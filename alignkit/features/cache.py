@@ -95,8 +95,7 @@ def key_fields(
     Encoder spec, weights identity, ``encoder.config()`` (pooling, layer, preprocessing), the
     effective precision, the probe fingerprint and the feature format version; for image encoders
     :data:`IMAGE_FEATURES_VERSION`; for text encoders the caption policy, plus the seed when the
-    policy is ``random``. Not the batch size, device,
-    worker count or progress bar.
+    policy is ``random``. Not the batch size, device, worker count or progress bar.
     """
     fields: dict[str, Any] = {
         "format": FORMAT_VERSION,
