@@ -100,6 +100,7 @@ SUB_TILE = 256
 n·SUB_TILE/2 entries in all, not n·TILE/2."""
 
 _FAN = 4  # the max-filter's cells are _FAN x _FAN entries
+_OPEN_SHARE = 0.05  # above this share of cells to open, a block's plain topk is cheaper
 
 
 def _running_topk(xn: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,19 +176,26 @@ def _offer(
     inf = torch.full((max(0, off),), math.inf, dtype=vals.dtype, device=vals.device)
     thr_r = vals[r0 : r0 + b, m - 1]  # (b,)
     thr_c = torch.cat([inf, vals[own_from : c0 + w, m - 1]])  # (w,); +inf: not ours to offer
-    if bool(torch.isneginf(thr_r).any()):  # lists not full yet: the plain top-m of the block
+    rows_dense = bool(torch.isneginf(thr_r).any())  # lists not full yet
+    cols_dense = off < w and bool(torch.isneginf(thr_c).any())
+    thr_r = torch.full_like(thr_r, math.inf) if rows_dense else thr_r  # +inf: offered by topk
+    thr_c = torch.full_like(thr_c, math.inf) if cols_dense else thr_c
+    big = small = torch.zeros(0, dtype=torch.int64, device=s.device)
+    if not (rows_dense and (cols_dense or off >= w)):
+        cell = s.view(q, b // q, w).amax(0)  # (b/4, w): max over rows R + t·b/4
+        cell = torch.nn.functional.max_pool1d(cell.unsqueeze(1), q, q).squeeze(1)  # (b/4, w/4)
+        low_r = thr_r.view(q, b // q).amin(0)  # (b/4,)
+        low_c = thr_c.view(w // q, q).amin(1)  # (w/4,)
+        big, small = torch.nonzero(cell > torch.minimum(low_r.unsqueeze(1), low_c), as_tuple=True)
+        if big.numel() > _OPEN_SHARE * cell.numel():  # thresholds still weak: topk is cheaper
+            rows_dense, cols_dense = True, off < w
+            big = big[:0]
+    if rows_dense:  # the plain top-m of each row of the block
         v, p = torch.topk(s, min(m, w), dim=1)
         _merge_dense(vals, idx, r0, v, p + c0)
-        thr_r = torch.full_like(thr_r, math.inf)
-    if off < w and bool(torch.isneginf(thr_c).any()):
+    if cols_dense:
         v, p = torch.topk(s[:, off:].T.contiguous(), min(m, b), dim=1)  # topk on dim 0 is slow
         _merge_dense(vals, idx, own_from, v, p + r0)
-        thr_c = torch.full_like(thr_c, math.inf)
-    cell = s.view(q, b // q, w).amax(0)  # (b/4, w): max over rows R + t·b/4
-    cell = torch.nn.functional.max_pool1d(cell.unsqueeze(1), q, q).squeeze(1)  # (b/4, w/4)
-    low_r = thr_r.view(q, b // q).amin(0)  # (b/4,)
-    low_c = thr_c.view(w // q, q).amin(1)  # (w/4,)
-    big, small = torch.nonzero(cell > torch.minimum(low_r.unsqueeze(1), low_c), as_tuple=True)
     if not big.numel():
         return
     fan = torch.arange(q, device=s.device)
