@@ -100,7 +100,7 @@ SUB_TILE = 256
 n·SUB_TILE/2 entries in all, not n·TILE/2."""
 
 _FAN = 4  # the max-filter's cells are _FAN x _FAN entries
-_OPEN_SHARE = 0.05  # above this share of cells to open, a block's plain topk is cheaper
+_OPEN_SHARE = 0.15  # above this share of cells to open, a block's plain topk is cheaper
 
 
 def _running_topk(xn: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
