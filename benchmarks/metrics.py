@@ -266,7 +266,8 @@ def knn_table(sizes: list[tuple[int, int]], ann: list[tuple[int, int]], dense_ma
             memory = dense["peak_extra_bytes"] / max(ours["peak_extra_bytes"], 1)
             note = f"{speed:.1f}x faster, {memory:.1f}x less memory than dense"
         else:
-            note = f"dense not run (n > {dense_max}: its n x n arrays need {n * n * 20 / 2**30:.0f} GiB)"
+            need = n * n * 20 / 2**30  # float32 S and two masks, int64 argsort
+            note = f"dense not run (n > {dense_max}: its n x n arrays need {need:.0f} GiB)"
         row(case, "alignkit mutual_knn", ours, f"score {ours['score']:.4f}; {note}")
     for n, d in ann:
         res = in_subprocess("mutual_knn_faiss", n, d)
