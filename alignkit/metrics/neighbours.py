@@ -8,11 +8,24 @@ its code (minyoungg/platonic-rep, ``metrics.py`` and ``measure_alignment.py``):
 * ties at the k-th place go to the smaller row index (platonic-rep leaves them to ``argsort``),
   so results are deterministic.
 
-Neighbour lists are found with a blockwise running top-k over square blocks of the similarity
-matrix; since it is symmetric only the blocks on and above the diagonal are multiplied (n²·d
-FLOPs instead of 2·n²·d) and each updates both its rows and its columns. Memory O(n·k + block²),
-never an n x n matrix. A permutation of the pairing only relabels y's lists (O(n·k)), so
-permutation nulls and all-pairs scoring never redo a neighbour search.
+Exact neighbour lists (:func:`knn_lists`) come from a blocked search over the similarity matrix
+S = X̂X̂ᵀ that never holds it: S is symmetric, so only blocks on and above the diagonal are
+multiplied (n²·d FLOPs per input, half of a full product, plus n·SUB_TILE·d for the diagonal
+strips), and each block offers its entries to the running top-(k+1) lists of both its rows and
+its columns. After the first tile almost no entry beats a row's current (k+1)-th value, so each
+block is first reduced to maxima over 4 x 4 cells and only the cells that can change a list are
+opened (blocks with weak thresholds take a plain ``topk``). Memory O(n·k + BLOCK_ELEMENTS).
+
+Ties: the values are exact as the GEMM computed them; a row whose k-th and (k+1)-th values are
+equal is recomputed and sorted stably, so ties at the k-th place go to the smaller row index,
+in float32 and float64 alike (tested against a dense stable sort).
+
+A permutation of the pairing only relabels y's lists (O(n·k), :func:`_relabel`), so permutation
+nulls and all-pairs scoring never redo a neighbour search.
+
+Past one machine's patience (n beyond about 100,000), ``backend="faiss"`` finds approximate lists
+with an inverted-file index and reports their recall against exact search on a sample of rows
+(:func:`knn_graph`, :class:`NeighbourResult`, :func:`mutual_knn_detail`).
 """
 
 from __future__ import annotations
@@ -61,10 +74,11 @@ def knn_lists(x: torch.Tensor, k: int, name: str = "x") -> tuple[torch.Tensor, t
     if tied.numel():
         # a tie across the k-th place: recompute those rows; a stable descending sort keeps
         # index order among equal values, so the smaller index wins
-        s = xn[tied] @ xn.T  # (t, n)
-        s[torch.arange(tied.numel(), device=x.device), tied] = -math.inf
-        srt = torch.sort(s, dim=1, descending=True, stable=True)
-        vals[tied], idx[tied] = srt.values[:, : k + 1], srt.indices[:, : k + 1]
+        for rows in tied.split(_engine.block_rows(n)):  # (c, n) blocks of bounded size
+            s = xn[rows] @ xn.T  # (c, n)
+            s[torch.arange(rows.numel(), device=x.device), rows] = -math.inf
+            srt = torch.sort(s, dim=1, descending=True, stable=True)
+            vals[rows], idx[rows] = srt.values[:, : k + 1], srt.indices[:, : k + 1]
     idx, order = idx[:, :k].sort(dim=1)
     return idx, vals[:, :k].gather(1, order).double()
 
@@ -164,11 +178,12 @@ def _offer(
     """Merge block s = S[r0:r0+b, c0:c0+w] into the running lists, in place: every entry into
     its row's list, and the entries of columns >= own_from into their column's list.
 
-    Rows whose lists are not yet full take the block's ``topk`` (the first tile only). The rest
-    go through a cell filter: the block's maxima over cells of 4 x 4 entries (rows R + t·b/4,
-    columns 4C .. 4C+3: one vectorised pass over the block, one over a quarter of it) are
-    compared with the lowest threshold of the 8 rows a cell can offer to, and only passing
-    cells are opened (typically a few per cent, read as 16-byte runs).
+    Cell filter: the block's maxima over cells of 4 x 4 entries (rows R + t·b/4, columns
+    4C .. 4C+3: one vectorised pass over the block, one over a quarter of it) are compared with
+    the lowest threshold of the 8 rows a cell can offer to; only passing cells are read (as
+    16-byte runs), compared entry by entry and merged. A direction whose lists are not full
+    yet, or a block with more than _OPEN_SHARE of its cells to open (thresholds still weak),
+    takes a plain ``topk`` of the block instead.
     """
     b, w = s.shape
     m, q = vals.shape[1], _FAN
