@@ -22,15 +22,18 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(params=["default tiles", "small tiles"])
+@pytest.fixture(params=["default tiles", "small tiles", "small tiles, filter only"])
 def tiles(request, monkeypatch):
     """Default tile sizes (one tile at these n), and tiles of 64 rows with strips of 32 and
-    column chunks of 96, so that the diagonal strips, the chunks, the cell filter, the sparse
-    merges and the last short tile all run."""
-    if request.param == "small tiles":
+    column chunks of 96, so that the diagonal strips, the chunks, the last short tile and
+    the cell filter all run; "filter only" opens cells however many pass, so that the sparse
+    merges run too (by default weak thresholds send a block to topk instead)."""
+    if request.param != "default tiles":
         monkeypatch.setattr(nb, "TILE", 64)
         monkeypatch.setattr(nb, "SUB_TILE", 32)
         monkeypatch.setattr("alignkit.metrics._engine.BLOCK_ELEMENTS", 64 * 96)
+    if request.param == "small tiles, filter only":
+        monkeypatch.setattr(nb, "_OPEN_SHARE", 1.0)
     return request.param
 
 
@@ -64,7 +67,7 @@ def test_knn_lists_equal_a_dense_stable_sort(n, k, dtype, tiles, monkeypatch):
     np.testing.assert_allclose(
         sim.numpy(), np.einsum("id,ikd->ik", xn, xn[expected]), rtol=0, atol=1e-5
     )
-    if tiles == "small tiles" and n > 200:
+    if tiles == "small tiles, filter only" and n > 200:
         assert calls, "the cell filter's sparse merge never ran"
 
 

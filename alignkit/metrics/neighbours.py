@@ -8,11 +8,24 @@ its code (minyoungg/platonic-rep, ``metrics.py`` and ``measure_alignment.py``):
 * ties at the k-th place go to the smaller row index (platonic-rep leaves them to ``argsort``),
   so results are deterministic.
 
-Neighbour lists are found with a blockwise running top-k over square blocks of the similarity
-matrix; since it is symmetric only the blocks on and above the diagonal are multiplied (n²·d
-FLOPs instead of 2·n²·d) and each updates both its rows and its columns. Memory O(n·k + block²),
-never an n x n matrix. A permutation of the pairing only relabels y's lists (O(n·k)), so
-permutation nulls and all-pairs scoring never redo a neighbour search.
+Exact neighbour lists (:func:`knn_lists`) come from a blocked search over the similarity matrix
+S = X̂X̂ᵀ that never holds it: S is symmetric, so only blocks on and above the diagonal are
+multiplied (n²·d FLOPs per input, half of a full product, plus n·SUB_TILE·d for the diagonal
+strips), and each block offers its entries to the running top-(k+1) lists of both its rows and
+its columns. After the first tile almost no entry beats a row's current (k+1)-th value, so each
+block is first reduced to maxima over 4 x 4 cells and only the cells that can change a list are
+opened (blocks with weak thresholds take a plain ``topk``). Memory O(n·k + BLOCK_ELEMENTS).
+
+Ties: the values are exact as the GEMM computed them; a row whose k-th and (k+1)-th values are
+equal is recomputed and sorted stably, so ties at the k-th place go to the smaller row index,
+in float32 and float64 alike (tested against a dense stable sort).
+
+A permutation of the pairing only relabels y's lists (O(n·k), :func:`_relabel`), so permutation
+nulls and all-pairs scoring never redo a neighbour search.
+
+Past one machine's patience (n beyond about 100,000), ``backend="faiss"`` finds approximate lists
+with an inverted-file index and reports their recall against exact search on a sample of rows
+(:func:`knn_graph`, :class:`NeighbourResult`, :func:`mutual_knn_detail`).
 """
 
 from __future__ import annotations
@@ -61,10 +74,11 @@ def knn_lists(x: torch.Tensor, k: int, name: str = "x") -> tuple[torch.Tensor, t
     if tied.numel():
         # a tie across the k-th place: recompute those rows; a stable descending sort keeps
         # index order among equal values, so the smaller index wins
-        s = xn[tied] @ xn.T  # (t, n)
-        s[torch.arange(tied.numel(), device=x.device), tied] = -math.inf
-        srt = torch.sort(s, dim=1, descending=True, stable=True)
-        vals[tied], idx[tied] = srt.values[:, : k + 1], srt.indices[:, : k + 1]
+        for rows in tied.split(_engine.block_rows(n)):  # (c, n) blocks of bounded size
+            s = xn[rows] @ xn.T  # (c, n)
+            s[torch.arange(rows.numel(), device=x.device), rows] = -math.inf
+            srt = torch.sort(s, dim=1, descending=True, stable=True)
+            vals[rows], idx[rows] = srt.values[:, : k + 1], srt.indices[:, : k + 1]
     idx, order = idx[:, :k].sort(dim=1)
     return idx, vals[:, :k].gather(1, order).double()
 
@@ -100,6 +114,7 @@ SUB_TILE = 256
 n·SUB_TILE/2 entries in all, not n·TILE/2."""
 
 _FAN = 4  # the max-filter's cells are _FAN x _FAN entries
+_OPEN_SHARE = 0.15  # above this share of cells to open, a block's plain topk is cheaper
 
 
 def _running_topk(xn: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,11 +178,12 @@ def _offer(
     """Merge block s = S[r0:r0+b, c0:c0+w] into the running lists, in place: every entry into
     its row's list, and the entries of columns >= own_from into their column's list.
 
-    Rows whose lists are not yet full take the block's ``topk`` (the first tile only). The rest
-    go through a cell filter: the block's maxima over cells of 4 x 4 entries (rows R + t·b/4,
-    columns 4C .. 4C+3: one vectorised pass over the block, one over a quarter of it) are
-    compared with the lowest threshold of the 8 rows a cell can offer to, and only passing
-    cells are opened (typically a few per cent, read as 16-byte runs).
+    Cell filter: the block's maxima over cells of 4 x 4 entries (rows R + t·b/4, columns
+    4C .. 4C+3: one vectorised pass over the block, one over a quarter of it) are compared with
+    the lowest threshold of the 8 rows a cell can offer to; only passing cells are read (as
+    16-byte runs), compared entry by entry and merged. A direction whose lists are not full
+    yet, or a block with more than _OPEN_SHARE of its cells to open (thresholds still weak),
+    takes a plain ``topk`` of the block instead.
     """
     b, w = s.shape
     m, q = vals.shape[1], _FAN
@@ -175,19 +191,26 @@ def _offer(
     inf = torch.full((max(0, off),), math.inf, dtype=vals.dtype, device=vals.device)
     thr_r = vals[r0 : r0 + b, m - 1]  # (b,)
     thr_c = torch.cat([inf, vals[own_from : c0 + w, m - 1]])  # (w,); +inf: not ours to offer
-    if bool(torch.isneginf(thr_r).any()):  # lists not full yet: the plain top-m of the block
+    rows_dense = bool(torch.isneginf(thr_r).any())  # lists not full yet
+    cols_dense = off < w and bool(torch.isneginf(thr_c).any())
+    thr_r = torch.full_like(thr_r, math.inf) if rows_dense else thr_r  # +inf: offered by topk
+    thr_c = torch.full_like(thr_c, math.inf) if cols_dense else thr_c
+    big = small = torch.zeros(0, dtype=torch.int64, device=s.device)
+    if not (rows_dense and (cols_dense or off >= w)):
+        cell = s.view(q, b // q, w).amax(0)  # (b/4, w): max over rows R + t·b/4
+        cell = torch.nn.functional.max_pool1d(cell.unsqueeze(1), q, q).squeeze(1)  # (b/4, w/4)
+        low_r = thr_r.view(q, b // q).amin(0)  # (b/4,)
+        low_c = thr_c.view(w // q, q).amin(1)  # (w/4,)
+        big, small = torch.nonzero(cell > torch.minimum(low_r.unsqueeze(1), low_c), as_tuple=True)
+        if big.numel() > _OPEN_SHARE * cell.numel():  # thresholds still weak: topk is cheaper
+            rows_dense, cols_dense = True, off < w
+            big = big[:0]
+    if rows_dense:  # the plain top-m of each row of the block
         v, p = torch.topk(s, min(m, w), dim=1)
         _merge_dense(vals, idx, r0, v, p + c0)
-        thr_r = torch.full_like(thr_r, math.inf)
-    if off < w and bool(torch.isneginf(thr_c).any()):
+    if cols_dense:
         v, p = torch.topk(s[:, off:].T.contiguous(), min(m, b), dim=1)  # topk on dim 0 is slow
         _merge_dense(vals, idx, own_from, v, p + r0)
-        thr_c = torch.full_like(thr_c, math.inf)
-    cell = s.view(q, b // q, w).amax(0)  # (b/4, w): max over rows R + t·b/4
-    cell = torch.nn.functional.max_pool1d(cell.unsqueeze(1), q, q).squeeze(1)  # (b/4, w/4)
-    low_r = thr_r.view(q, b // q).amin(0)  # (b/4,)
-    low_c = thr_c.view(w // q, q).amin(1)  # (w/4,)
-    big, small = torch.nonzero(cell > torch.minimum(low_r.unsqueeze(1), low_c), as_tuple=True)
     if not big.numel():
         return
     fan = torch.arange(q, device=s.device)
