@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
@@ -32,17 +33,36 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def free_cpus(cpus: int | None = None, load: float | None = None) -> int:
-    """Usable CPUs minus the 1-minute load average of everything else, rounded down, at least 1.
+def _own_load() -> float:
+    """This process's own share of the 1-minute load average: the load average is an exponential
+    average over about 60 s, so a process that has run ``t`` seconds at ``u`` busy CPUs adds about
+    ``u * (1 - exp(-t / 60))``. Read from /proc (Linux); 0 elsewhere."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        elapsed = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+    if elapsed <= 0:
+        return 0.0
+    busy = time.process_time() / elapsed  # CPUs this process kept busy on average
+    return busy * (1.0 - math.exp(-elapsed / 60.0))
 
-    ``load`` counts this process too when it is already running; callers pick threads before
-    their heavy work starts, so the load is the others'. On a machine without ``getloadavg``
-    every usable CPU counts as free.
+
+def free_cpus(cpus: int | None = None, load: float | None = None) -> int:
+    """Usable CPUs minus the 1-minute load average of everything else, rounded to the nearest
+    integer, at least 1.
+
+    ``load`` given: the others' load. Not given: ``os.getloadavg()`` minus this process's own
+    share of it (:func:`_own_load`), so a long run does not count itself as another job. On a
+    machine without ``getloadavg`` every usable CPU counts as free.
     """
     cpus = usable_cpus() if cpus is None else cpus
     if load is None:
         try:
-            load = os.getloadavg()[0]
+            load = max(0.0, os.getloadavg()[0] - _own_load())
         except (AttributeError, OSError):
             return cpus
     return max(1, min(cpus, math.floor(cpus - load + 0.5)))

@@ -100,7 +100,7 @@ def test_wordllama_leaves_the_process_logging_as_it_was():
 
 # -- item 10: one --cache option, naming the cache root, on every command -------------------------
 def _keys(features: Path) -> set[str]:
-    return {p.stem for p in features.glob("[0-9a-f][0-9a-f]/*.json")}  # entries, not the _memo
+    return {p.stem for p in features.glob("[0-9a-f][0-9a-f]/*.json")}  # not the _memo folder
 
 
 def test_extract_and_cache_list_agree_on_the_cache_root(tmp_path, capsys, caplog):

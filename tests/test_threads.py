@@ -94,3 +94,12 @@ def test_extract_runs_one_thread_on_a_busy_machine_and_honours_threads(
     finally:
         torch.set_num_threads(before)
         os.environ.pop("ALIGNKIT_THREADS", None)
+
+
+def test_a_long_run_does_not_count_itself_as_load(monkeypatch):
+    monkeypatch.setattr(_threads, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(_threads, "_own_load", lambda: 1.0)  # the load is this process's own
+    assert free_cpus() == 2
+    monkeypatch.setattr(_threads, "_own_load", lambda: 0.0)  # another job's
+    assert free_cpus() == 1
