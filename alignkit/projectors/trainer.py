@@ -435,18 +435,20 @@ def _train(
         model.load_state_dict(
             {k[6:]: v.to(device, dtype) for k, v in tensors.items() if k.startswith("model.")}
         )
-        _load_optimizer(
-            optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}
+        _load_optimizer(  # AdamW keeps its step counts on the CPU
+            optimizer,
+            {
+                k: v if k.endswith(".step") else v.to(device)
+                for k, v in tensors.items()
+                if k.startswith("optim.")
+            },
         )
         if "scaler" in meta:
             scaler.load_state_dict(meta["scaler"])
-        torch.set_rng_state(
-            tensors[f"rng.cpu.{ctx.rank}"]
-            if f"rng.cpu.{ctx.rank}" in tensors
-            else tensors["rng.cpu.0"]
-        )
-        if device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+        rank = ctx.rank if f"rng.cpu.{ctx.rank}" in tensors else 0  # same seed stream if the
+        torch.set_rng_state(tensors[f"rng.cpu.{rank}"])  # world size changed (not bitwise then)
+        if device.type == "cuda" and f"rng.cuda.{rank}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], device)
         start, history, best, finished = (
             meta["step"],
             meta["history"],
@@ -470,20 +472,20 @@ def _train(
         if ckpt is None:
             return
         # every rank's dropout RNG state: rank 0 writes them all
-        rng = torch.get_rng_state()
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        states: list[Any] = [rng]
         if ctx.active:
-            states = [torch.empty_like(rng) for _ in range(ctx.world)]
+            states = [None] * ctx.world
             torch.distributed.all_gather_object(states, rng)
-        else:
-            states = [rng]
         if ctx.rank == 0:
             tensors = {
                 f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
             }
             tensors.update(_optimizer_tensors(optimizer))
-            tensors.update({f"rng.cpu.{r}": s for r, s in enumerate(states)})
-            if device.type == "cuda":
-                tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+            for r, state in enumerate(states):
+                tensors.update({f"rng.{kind}.{r}": t.cpu() for kind, t in state.items()})
             meta = {
                 "config": config.to_dict(),
                 "spec": spec.__dict__,
