@@ -17,6 +17,7 @@ Files in ``out_dir`` (rank 0 writes them, atomically)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -420,6 +421,11 @@ def _train(
     finished = False
     best_state: dict[str, Tensor] | None = None
     ckpt = out_dir / CHECKPOINT if out_dir else None
+    data_rows = {  # which training rows: a resumed run must see the same ones
+        "n_images": train.n_images,
+        "n_texts": train.n_texts,
+        "ids_sha1": hashlib.sha1("\n".join(train.image_ids).encode()).hexdigest(),
+    }
     if ckpt is not None and resume and ckpt.exists():
         tensors, meta = _read_checkpoint(ckpt)
         saved = TrainConfig.from_dict(meta["config"])
@@ -432,6 +438,13 @@ def _train(
                 "out_dir, or resume=False to start over"
             )
         ModelSpec(**meta["spec"]).check_matches(spec, f"the checkpoint in {out_dir}")
+        if meta.get("data", data_rows) != data_rows:
+            raise AlignkitError(
+                f"{out_dir} holds a run on other training rows ({meta['data']['n_images']} images, "
+                f"{meta['data']['n_texts']} captions; got {data_rows['n_images']} and "
+                f"{data_rows['n_texts']}, or other ids); pass the same training features, another "
+                "out_dir, or resume=False"
+            )
         model.load_state_dict(
             {k[6:]: v.to(device, dtype) for k, v in tensors.items() if k.startswith("model.")}
         )
@@ -489,6 +502,7 @@ def _train(
             meta = {
                 "config": config.to_dict(),
                 "spec": spec.__dict__,
+                "data": data_rows,
                 "step": step,
                 "history": history,
                 "best": best,
