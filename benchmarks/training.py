@@ -160,6 +160,7 @@ def _row(label: str, pairs: int, clock: Clock, flops: float, rate: tuple[float, 
         "floor_pairs_per_s": pairs / (flops / rate[0]),
         "time_over_floor": clock.wall / (flops / rate[0]),
         "pairs_per_cpu_s": pairs / clock.cpu,
+        "floor_pairs_per_cpu_s": pairs / (flops / rate[1]),
         "cpu_time_over_floor": clock.cpu / (flops / rate[1]),
         "seconds": clock.wall,
     }
@@ -249,6 +250,7 @@ def _rescore(row: dict, old: tuple[float, float], new: tuple[float, float]) -> d
         "floor_pairs_per_s": row["floor_pairs_per_s"] * new[0] / old[0],
         "time_over_floor": row["time_over_floor"] * new[0] / old[0],
         "cpu_time_over_floor": row["cpu_time_over_floor"] * new[1] / old[1],
+        "floor_pairs_per_cpu_s": row["floor_pairs_per_cpu_s"] * new[1] / old[1],
     }
 
 
@@ -288,13 +290,13 @@ def main() -> None:
         f"{before[0] / 1e9:.1f} -> {after[0] / 1e9:.1f} GFLOP/s per wall s, "
         f"{before[1] / 1e9:.1f} -> {after[1] / 1e9:.1f} GFLOP/s per CPU s (before -> after)"
     )
-    head = ("case", "pairs/s", "floor", "x floor", "pairs/cpu-s", "x floor")
-    print("{:68s} {:>8s} {:>8s} {:>7s} {:>11s} {:>7s}".format(*head))
+    head = ("case", "pairs/s", "floor", "x floor", "pairs/cpu-s", "floor", "x floor")
+    print("{:68s} {:>8s} {:>8s} {:>7s} {:>11s} {:>8s} {:>7s}".format(*head))
     for r in rows:
         print(
             f"{r['case']:68s} {r['pairs_per_s']:8.0f} {r['floor_pairs_per_s']:8.0f} "
             f"{r['time_over_floor']:7.2f} {r['pairs_per_cpu_s']:11.0f} "
-            f"{r['cpu_time_over_floor']:7.2f}"
+            f"{r['floor_pairs_per_cpu_s']:8.0f} {r['cpu_time_over_floor']:7.2f}"
         )
     if not args.skip_memory:
         m = memory_case(args)

@@ -90,13 +90,22 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="global batch (default 16384 / 1024)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="run the same code on the CPU at tiny sizes (a check)",
+    )
     args = p.parse_args()
+    if args.cpu_smoke:
+        args.n, args.batch, args.image_dim, args.text_dim, args.width = 256, 64, 32, 24, 16
+        args.image_tokens, args.text_tokens, args.epochs, args.precision = 9, 5, 1, "fp32"
     args.n = args.n or (16384 if args.tokens else 262144)
     args.batch = args.batch or (1024 if args.tokens else 16384)
     projector = args.projector or ("residual" if args.tokens else "mlp")
 
-    device = check_device(args.precision)
+    device = torch.device("cpu") if args.cpu_smoke else check_device(args.precision)
     data = synthetic(args, device)
+    cuda = device.type == "cuda"
     config = TrainConfig(
         projector=projector,
         width=args.width,
@@ -110,15 +119,17 @@ def main() -> None:
     # warm-up (CUDA context, kernels, torch._dynamo's import): one epoch, not timed
     warm = TrainConfig(**{**config.to_dict(), "epochs": 1})
     train_projector(warm, data, progress=False, device=device)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     train_projector(config, data, progress=False, device=device)
-    torch.cuda.synchronize(device)
+    if cuda:
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     steps = args.epochs * max(1, args.n // args.batch)
     result = {
-        "device": torch.cuda.get_device_name(device),
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke run)",
         "world_size": int(os.environ.get("WORLD_SIZE", 1)),
         "tokens": args.tokens,
         "projector": projector,
@@ -127,7 +138,7 @@ def main() -> None:
         "steps": steps,
         "seconds": seconds,
         "pairs_per_s": steps * args.batch / seconds,
-        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         "feature_memory_gib": sum(
             t.numel() * t.element_size()
             for t in (

@@ -129,6 +129,9 @@ def test_resume_refuses_another_config_or_other_features(tmp_path):
     wider = synthetic_pairs(64, d_image=20)
     with pytest.raises(AlignkitError, match="image_dim 12 \\(data: 20\\)"):
         train_projector(FAST, wider, out_dir=tmp_path, progress=False)
+    other_rows = synthetic_pairs(64, id_prefix="other")
+    with pytest.raises(AlignkitError, match="holds a run on other training rows"):
+        train_projector(FAST, other_rows, out_dir=tmp_path, progress=False)
     # resume=False starts over
     fresh = train_projector(FAST, wider, out_dir=tmp_path, progress=False, resume=False)
     assert fresh.steps == 12

@@ -17,6 +17,7 @@ Files in ``out_dir`` (rank 0 writes them, atomically)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -420,6 +421,11 @@ def _train(
     finished = False
     best_state: dict[str, Tensor] | None = None
     ckpt = out_dir / CHECKPOINT if out_dir else None
+    data_rows = {  # which training rows: a resumed run must see the same ones
+        "n_images": train.n_images,
+        "n_texts": train.n_texts,
+        "ids_sha1": hashlib.sha1("\n".join(train.image_ids).encode()).hexdigest(),
+    }
     if ckpt is not None and resume and ckpt.exists():
         tensors, meta = _read_checkpoint(ckpt)
         saved = TrainConfig.from_dict(meta["config"])
@@ -432,21 +438,30 @@ def _train(
                 "out_dir, or resume=False to start over"
             )
         ModelSpec(**meta["spec"]).check_matches(spec, f"the checkpoint in {out_dir}")
+        if meta.get("data", data_rows) != data_rows:
+            raise AlignkitError(
+                f"{out_dir} holds a run on other training rows ({meta['data']['n_images']} images, "
+                f"{meta['data']['n_texts']} captions; got {data_rows['n_images']} and "
+                f"{data_rows['n_texts']}, or other ids); pass the same training features, another "
+                "out_dir, or resume=False"
+            )
         model.load_state_dict(
             {k[6:]: v.to(device, dtype) for k, v in tensors.items() if k.startswith("model.")}
         )
-        _load_optimizer(
-            optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}
+        _load_optimizer(  # AdamW keeps its step counts on the CPU
+            optimizer,
+            {
+                k: v if k.endswith(".step") else v.to(device)
+                for k, v in tensors.items()
+                if k.startswith("optim.")
+            },
         )
         if "scaler" in meta:
             scaler.load_state_dict(meta["scaler"])
-        torch.set_rng_state(
-            tensors[f"rng.cpu.{ctx.rank}"]
-            if f"rng.cpu.{ctx.rank}" in tensors
-            else tensors["rng.cpu.0"]
-        )
-        if device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+        rank = ctx.rank if f"rng.cpu.{ctx.rank}" in tensors else 0  # same seed stream if the
+        torch.set_rng_state(tensors[f"rng.cpu.{rank}"])  # world size changed (not bitwise then)
+        if device.type == "cuda" and f"rng.cuda.{rank}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], device)
         start, history, best, finished = (
             meta["step"],
             meta["history"],
@@ -470,23 +485,24 @@ def _train(
         if ckpt is None:
             return
         # every rank's dropout RNG state: rank 0 writes them all
-        rng = torch.get_rng_state()
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        states: list[Any] = [rng]
         if ctx.active:
-            states = [torch.empty_like(rng) for _ in range(ctx.world)]
+            states = [None] * ctx.world
             torch.distributed.all_gather_object(states, rng)
-        else:
-            states = [rng]
         if ctx.rank == 0:
             tensors = {
                 f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
             }
             tensors.update(_optimizer_tensors(optimizer))
-            tensors.update({f"rng.cpu.{r}": s for r, s in enumerate(states)})
-            if device.type == "cuda":
-                tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+            for r, state in enumerate(states):
+                tensors.update({f"rng.{kind}.{r}": t.cpu() for kind, t in state.items()})
             meta = {
                 "config": config.to_dict(),
                 "spec": spec.__dict__,
+                "data": data_rows,
                 "step": step,
                 "history": history,
                 "best": best,
