@@ -45,3 +45,62 @@ def synthetic_pairs(
     img_tok = tokenise(image, 5)
     img_tok = TokenFeatures(img_tok.tokens, img_tok.mask, image.to(dtype))
     return PairedFeatures(img_tok, tokenise(text, 4), t2i, ids)
+
+
+def uneven_pairs(tokens: bool = False) -> PairedFeatures:
+    """9 images with 1, 2 or 3 captions each (float64): ranks get different caption counts."""
+    g = torch.Generator().manual_seed(11)
+    t2i = torch.arange(9).repeat_interleave(torch.tensor([1, 2, 3] * 3))
+    image = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    text = torch.randn(len(t2i), 5, generator=g, dtype=torch.float64)
+    if tokens:
+        mask = torch.rand(9, 4, generator=g) < 0.7
+        mask[:, 0] = True
+        cls = torch.randn(9, 6, generator=g, dtype=torch.float64)
+        image = TokenFeatures(torch.randn(9, 4, 6, generator=g, dtype=torch.float64), mask, cls)
+    return PairedFeatures(image, text, t2i, [f"u{i}" for i in range(9)])
+
+
+def ddp_cases() -> dict:
+    """{name: (config, data, global batch)}: the cases the 2-rank gradient test compares."""
+    from alignkit.projectors import TrainConfig
+    from alignkit.projectors.data import make_batch
+
+    rows = torch.tensor([0, 1, 2, 4, 5, 6, 8])  # 7 images: ranks hold 3 and 4
+    cases = {}
+    for loss in ("clip", "siglip"):
+        for captions in ("one", "all"):
+            config = TrainConfig(projector="mlp", width=4, loss=loss, captions=captions)
+            data = uneven_pairs()
+            cases[f"{loss}-{captions}"] = (
+                config,
+                data,
+                make_batch(data, rows, captions, torch.Generator().manual_seed(3)),
+            )
+    config = TrainConfig(projector="residual", width=4, loss="clip", captions="all")
+    data = uneven_pairs(tokens=True)
+    cases["clip-all-tokens"] = (
+        config,
+        data,
+        make_batch(data, rows, "all", torch.Generator().manual_seed(3)),
+    )
+    return cases
+
+
+def ddp_train_config() -> dict:
+    """A short fp64 run (7 images per global step: 3 + 4 on two ranks) with all captions."""
+    return dict(
+        projector="residual",
+        width=8,
+        batch_size=7,
+        epochs=2,
+        lr=3e-3,
+        precision="fp64",
+        captions="all",
+        eval_every=2,
+        patience=None,
+    )
+
+
+def ddp_train_set() -> PairedFeatures:
+    return synthetic_pairs(30, captions=2, dtype=torch.float64, seed=4)

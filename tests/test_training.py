@@ -194,3 +194,61 @@ def test_callers_rng_is_left_alone():
     torch.manual_seed(123)
     train_projector(dataclasses.replace(FAST, epochs=1), synthetic_pairs(64), progress=False)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+KILLED_RUN = """
+import sys, dataclasses
+sys.path.insert(0, {tests!r})
+from _training_support import synthetic_pairs
+from alignkit.projectors import TrainConfig, train_projector
+config = TrainConfig(**{config!r})
+train_projector(config, synthetic_pairs(64), out_dir={out!r}, progress=False, device="cpu")
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_process_resumes_to_bitwise_the_same_weights(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    config = dataclasses.replace(FAST, epochs=100, eval_every=1, dropout=0.1, projector="residual")
+    out = tmp_path / "killed"
+    code = KILLED_RUN.format(
+        tests=str(Path(__file__).parent), config=config.to_dict(), out=str(out)
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    ckpt = out / "checkpoint.safetensors"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # a few more steps: the kill lands mid-epoch, maybe mid-write
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert ckpt.exists(), err.decode()[-2000:]
+    with safe_open(str(ckpt), framework="pt") as f:
+        step = json.loads(f.metadata()["step"])
+    assert 0 < step < 200, "the run must be cut before its end for this test to mean anything"
+    resumed = train_projector(config, synthetic_pairs(64), out_dir=out, progress=False)
+    whole = train_projector(config, synthetic_pairs(64), out_dir=tmp_path / "whole", progress=False)
+    _assert_bitwise_equal(_weights(whole), _weights(resumed))
+
+
+def test_plot_history_draws_on_the_axes_it_is_given():
+    from matplotlib.figure import Figure
+
+    from alignkit.projectors import plot_history
+
+    train, val = synthetic_pairs(64), synthetic_pairs(20, seed=2, id_prefix="v")
+    result = train_projector(dataclasses.replace(FAST, epochs=2), train, val, progress=False)
+    ax = Figure().add_subplot()
+    assert plot_history(result.history, ax=ax) is ax
+    assert [line.get_label() for line in ax.get_lines()] == ["train loss", "val loss"]
+    assert list(ax.get_lines()[0].get_xdata()) == list(result.history["step"])

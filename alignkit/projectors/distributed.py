@@ -78,6 +78,9 @@ class DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)  # before NCCL binds the process to a device
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
         return cls(
             dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True

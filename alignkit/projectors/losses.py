@@ -63,7 +63,10 @@ def clip_loss(
     logits = image[image_rows] @ text.T / temperature  # (b, M)
     pos = _positives(text_to_image, n_images, image_rows).to(logits.dtype)  # (b, M)
     i2t = -(F.log_softmax(logits, dim=1) * pos).sum(dim=1) / pos.sum(dim=1)  # (b,)
-    logits_t = text[text_rows] @ image.T / temperature  # (m, B)
+    if image_rows == ALL and text_rows == ALL:
+        logits_t = logits.T  # one process: the same (B, M) scores, one GEMM
+    else:
+        logits_t = text[text_rows] @ image.T / temperature  # (m, B)
     t2i = F.cross_entropy(logits_t, text_to_image[text_rows], reduction="none")  # (m,)
     return 0.5 * (i2t.sum() / n_images + t2i.sum() / n_texts)
 
