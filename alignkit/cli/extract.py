@@ -97,6 +97,7 @@ def extract_command(
     from alignkit.errors import AlignkitError
     from alignkit.features import FeatureCache, extract_features, feature_key
     from alignkit.features._distributed import local_cuda_device
+    from alignkit.features.extract import fit_to_probe
     from alignkit.probes import load_probe
 
     # under torchrun every rank runs this command; only rank 0 reports
@@ -115,6 +116,7 @@ def extract_command(
         gpu = local_cuda_device() if device == "auto" else None  # torchrun: this rank's GPU
         enc = create_encoder(spec, device=gpu or device)
         loaded = time.perf_counter()
+        fit_to_probe(enc, probe_set)  # tfidf: has a weights identity (and a key) once fitted
         key = feature_key(enc, probe_set, caption_policy, seed)
         cached = store is not None and key in store
         fs = extract_features(
@@ -126,6 +128,7 @@ def extract_command(
             seed=seed,
             cache=store if store else False,
             progress=not quiet,
+            distributed=True,  # under torchrun: split the rows (a group only for this call)
         )
         took = time.perf_counter() - loaded
         where = f"cache {store.path(key)}" if store else "not cached"

@@ -21,6 +21,7 @@ from alignkit.encoders._util import (
     IMAGENET_STD,
     check_layer_index,
     files_identity,
+    freeze,
     image_transform,
     log,
     parse_layer,
@@ -40,7 +41,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def _is_causal(config: Any) -> bool:
-    """Decoder LM: its type has a causal-LM head class and no masked-LM one (BERT/RoBERTa have both)."""
+    """Decoder LM: its type has a causal-LM head class and no masked-LM one (BERT/RoBERTa have
+    both)."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -118,7 +120,7 @@ class HFEncoder(Encoder):
             raise AlignkitError(f"could not load the weights of hf:{model_id}: {exc}") from exc
         if two_tower:
             model = model.vision_model if modality == "image" else model.text_model
-        self.model = model.eval().to(self.device)
+        self.model = freeze(model).to(self.device)
         self._hf_config = model.config
 
         if random_init:
@@ -295,7 +297,8 @@ class HFEncoder(Encoder):
         return (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
 
     def _pool_for(self, n_prefix: int) -> str:
-        """The token pooling to apply; "default" without a pooler head is CLS (or mean without one)."""
+        """The token pooling to apply; "default" without a pooler head is CLS (or mean without
+        a class token)."""
         pooling = self.pooling
         if pooling == "default":
             pooling = "cls" if n_prefix > 0 else "mean"

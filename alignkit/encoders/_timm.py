@@ -18,6 +18,7 @@ from alignkit.encoders._util import (
     ToRGB,
     check_layer_index,
     files_identity,
+    freeze,
     parse_layer,
     pool_tokens,
     seeded,
@@ -88,11 +89,12 @@ class TimmEncoder(Encoder):
         except (OSError, RuntimeError, ValueError) as exc:
             if use_hub:
                 raise AlignkitError(
-                    f"could not fetch the pretrained weights of timm:{model_id} ({type(exc).__name__}); "
+                    f"could not fetch the pretrained weights of timm:{model_id} "
+                    f"({type(exc).__name__}); "
                     "with no network pass checkpoint_path=<local file>, or pretrained=False"
                 ) from exc
             raise AlignkitError(f"could not build timm:{model_id}: {exc}") from exc
-        self.model = model.eval().to(self.device)
+        self.model = freeze(model).to(self.device)
         if random_init or not (use_hub or checkpoint_path):
             self._identity = f"random-init:seed={seed}:timm=={timm.__version__}"
         elif checkpoint_path is not None:

@@ -53,7 +53,8 @@ class Encoder(abc.ABC):
         modality: ``"image"`` or ``"text"``.
         dim: width of one output vector (for ``pooling="cls+mean"`` twice the hidden width).
         device: where :meth:`forward` runs.
-        pooling: one of :data:`POOLINGS` (backends that cannot pool differently accept ``"default"`` only).
+        pooling: one of :data:`POOLINGS` (backends that cannot pool differently accept
+            ``"default"`` only).
         layer: ``"last"``, ``"all"`` or an int index.
         n_layers: how many layers ``layer="all"`` returns (1 for backends without layers).
     """
@@ -99,19 +100,22 @@ class Encoder(abc.ABC):
 
     @abc.abstractmethod
     def _forward(self, batch: Any) -> torch.Tensor:
-        """Model work on a collated batch; inputs already checked. Returns (B, dim) or (L, B, dim)."""
+        """Model work on a collated batch; inputs already checked. Returns (B, dim) or
+        (L, B, dim)."""
 
     def forward(self, batch: Any) -> torch.Tensor:
         """Run the model on a collated batch under ``inference_mode`` (and autocast on GPU).
 
-        Returns float32 on CPU-or-device ``(B, dim)``, or ``(n_layers, B, dim)`` for ``layer="all"``.
+        Returns float32 on CPU-or-device ``(B, dim)``, or ``(n_layers, B, dim)`` for
+        ``layer="all"``.
         """
         with inference(self.device, self.precision):
             out = self._forward(batch)
         return out.float()
 
     def encode(self, items: Sequence[Any]) -> torch.Tensor:
-        """Raw items (PIL images or strings) -> ``(n, dim)`` float32 CPU tensor (``(L, n, dim)`` for all layers)."""
+        """Raw items (PIL images or strings) -> ``(n, dim)`` float32 CPU tensor (``(L, n, dim)``
+        for all layers)."""
         items = list(items)
         self._check_items(items)
         if not items:
@@ -167,10 +171,12 @@ class Encoder(abc.ABC):
     # -- identity, for cache keys and provenance -------------------------------------------------
     @abc.abstractmethod
     def weights_identity(self) -> str:
-        """A string that changes whenever the weights change: a file hash, a hub revision, a seed."""
+        """A string that changes whenever the weights change: a file hash, a hub revision, a
+        seed."""
 
     def config(self) -> dict[str, Any]:
-        """Every option that changes the numbers (pooling, layer, preprocessing), JSON-serialisable."""
+        """Every option that changes the numbers (pooling, layer, preprocessing),
+        JSON-serialisable."""
         return {"pooling": self.pooling, "layer": self.layer}
 
     # -- checks ----------------------------------------------------------------------------------
@@ -189,7 +195,8 @@ class Encoder(abc.ABC):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, dim={self.dim}, "
+            f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, "
+            f"dim={self.dim}, "
             f"pooling={self.pooling!r}, layer={self.layer!r}, device={str(self.device)!r})"
         )
 
@@ -202,7 +209,8 @@ def check_pooling(pooling: str, allowed: Sequence[str], spec: str) -> str:
     """Validate a pooling option against what a backend supports."""
     if pooling not in allowed:
         raise AlignkitError(
-            f"pooling {pooling!r} is not available for {spec}; expected one of: {', '.join(allowed)}"
+            f"pooling {pooling!r} is not available for {spec}; "
+            f"expected one of: {', '.join(allowed)}"
         )
     return pooling
 

@@ -67,6 +67,7 @@ def extract_features(
     cache: bool | str | Path | FeatureCache = True,
     device: str | torch.device = "auto",
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> FeatureSet:
     """Features of every probe row: images for an image encoder, captions for a text encoder.
 
@@ -84,9 +85,9 @@ def extract_features(
     yet is first fitted on every caption of the probe.
 
     With a cache (the default), a finished extraction is returned without any model work, and an
-    interrupted one resumes from its last shard. Under ``torchrun`` (or any initialised process
-    group) the rows are split across ranks and gathered, and every rank returns the whole set;
-    rank 0 writes the cache.
+    interrupted one resumes from its last shard. In an initialised process group, or under
+    ``torchrun`` with ``distributed=True``, the rows are split across ranks and gathered, and
+    every rank returns the whole set; rank 0 writes the cache.
 
     Args:
         encoder: an :class:`~alignkit.encoders.base.Encoder`, or a spec for ``create_encoder``.
@@ -99,6 +100,11 @@ def extract_features(
         device: where a spec-built encoder runs (``"auto"``: CUDA, under torchrun the local rank's
             GPU, else CPU). An encoder instance runs where it is.
         progress: show a tqdm bar with items/s (rank 0 only).
+        distributed: ``None`` (default): split the rows over the initialised default process
+            group if there is one, never create one. ``True``: under torchrun with no group,
+            create one for this call (gloo on CPU, NCCL on GPU) and destroy it before returning,
+            so a trainer started later in the process does not inherit it. ``False``: never
+            split, even in a process group.
 
     Returns:
         FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) float32 CPU features, the
@@ -106,19 +112,42 @@ def extract_features(
         (encoder spec, weights identity, config, caption policy, probe
         name and fingerprint, alignkit version, created time, cache key).
     """
+    if distributed not in (None, True, False):
+        raise AlignkitError(f"distributed must be None, True or False: got {distributed!r}")
     enc = _resolve_encoder(encoder, device)
     _check_arguments(enc, probe, batch_size, num_workers, caption_policy)
-    if getattr(enc, "needs_fit", False) and not getattr(enc, "fitted", False):
-        # fitted on the texts it is given (tfidf:): every caption of the probe, before the key
-        # reads its weights identity, so the features do not depend on batching
-        enc.fit([c for row in probe.rows for c in row.captions])
+    fit_to_probe(enc, probe)
     store = _resolve_cache(cache)
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
+    if distributed is True:
+        with _distributed.process_group(enc.device) as ranks:
+            return _extract(
+                enc, probe, store, key, ranks, batch_size, workers, caption_policy, seed, progress
+            )
+    ranks = _distributed.current_ranks(enc.device) if distributed is None else None
+    if ranks is None and distributed is None:
+        _distributed.warn_unsharded()
+    return _extract(
+        enc, probe, store, key, ranks, batch_size, workers, caption_policy, seed, progress
+    )
+
+
+def _extract(
+    enc: Encoder,
+    probe: ProbeSet,
+    store: FeatureCache | None,
+    key: str,
+    ranks: _distributed.Ranks | None,
+    batch_size: int,
+    workers: int,
+    caption_policy: str,
+    seed: int,
+    progress: bool,
+) -> FeatureSet:
+    """The extraction itself, over ``ranks`` (None: this process alone)."""
     per_caption = enc.modality == "text" and caption_policy == "all"
     ids = caption_ids(probe) if per_caption else probe.ids
-
-    ranks = _distributed.current_ranks(enc.device)
     if store is not None:
         hit = store.get(key, ids=ids)
         usable = hit is not None
@@ -150,6 +179,19 @@ def extract_features(
         store.drop_shards(key)
     _distributed.barrier(ranks)
     return result
+
+
+def fit_to_probe(encoder: Encoder, probe: ProbeSet) -> Encoder:
+    """Fit an encoder that is fitted on the texts it is given (``needs_fit``, e.g. ``tfidf:``)
+    and not fitted yet on every caption of ``probe``; any other encoder is returned untouched.
+
+    Call it before :func:`~alignkit.features.cache.feature_key`: such an encoder has no weights
+    identity until it is fitted, and fitting on the whole probe (not on the first batch) keeps
+    its features independent of batching. :func:`extract_features` calls it itself.
+    """
+    if getattr(encoder, "needs_fit", False) and not getattr(encoder, "fitted", False):
+        encoder.fit([c for row in probe.rows for c in row.captions])
+    return encoder
 
 
 # -- argument handling ----------------------------------------------------------------------------
