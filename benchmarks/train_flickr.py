@@ -46,7 +46,7 @@ def features(vision: str, text: str, split: str, n: int | None, cache_only: bool
         probe = probe.subset(range(n), name=f"{probe.name}[:{n}]")  # a prefix: cache reuse
     kw = dict(progress=False, cache=True)
     if cache_only:
-        from alignkit.cli.train import require_cached
+        from alignkit.train_pair import require_cached
 
         require_cached([vision, text], probe)
     img = extract_features(vision, probe, **kw)
