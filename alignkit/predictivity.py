@@ -299,6 +299,7 @@ def run_predictivity(
             f"the validation probe {val_probe.name} shares rows with the training probe "
             f"{train_probe.name}; choose disjoint splits"
         )
+
     def eval_n(spec: str) -> int | None:
         return config.eval_n.get(spec) if isinstance(config.eval_n, Mapping) else config.eval_n
 
@@ -383,7 +384,13 @@ def run_predictivity(
                     train_cfg, train, val, out_dir=folder, device=device, progress=progress
                 )
                 model = result.model.to("cpu").eval()
-                write_run_config(folder, v, t, extra={"train": train_cfg.to_dict()})
+                write_run_config(
+                    folder,
+                    encoder(v),
+                    encoder(t),
+                    dims=(train.image_dim, train.text_dim),
+                    train_config=train_cfg.to_dict(),
+                )
                 pair = AlignedPair(
                     encoder(v), encoder(t), model.encode_image, model.encode_text, name=f"{v} x {t}"
                 )
