@@ -254,8 +254,12 @@ def run_predictivity(
     cache: Any = True,
     device: str = "cpu",
     progress: bool = False,
-) -> PredictivityResult:
+    stop_after: str | None = None,
+) -> PredictivityResult | None:
     """Run (or resume) the whole experiment into ``out_dir``; see the module docstring.
+
+    ``stop_after="scores"`` stops once ``scores.csv`` is written (returns None): score a grid
+    while the training features are still being extracted elsewhere.
 
     Writes ``config.json``, ``scores.csv``, ``pairs/<pair>/`` (training run + ``metrics.json``),
     then ``pairs.csv`` and ``correlations.csv`` (atomically, only once every pair is done) and
@@ -347,6 +351,10 @@ def run_predictivity(
         scores["stage_key"] = key
         _atomic_csv(scores_path, scores)
     timings["scores_s"] = time.perf_counter() - t0
+    if stop_after == "scores":
+        return None
+    if stop_after is not None:
+        raise AlignkitError(f"stop_after must be None or 'scores': got {stop_after!r}")
 
     # 3 + 4. train and evaluate every pair
     from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
