@@ -254,8 +254,12 @@ def run_predictivity(
     cache: Any = True,
     device: str = "cpu",
     progress: bool = False,
-) -> PredictivityResult:
+    stop_after: str | None = None,
+) -> PredictivityResult | None:
     """Run (or resume) the whole experiment into ``out_dir``; see the module docstring.
+
+    ``stop_after="scores"`` stops once ``scores.csv`` is written (returns None): score a grid
+    while the training features are still being extracted elsewhere.
 
     Writes ``config.json``, ``scores.csv``, ``pairs/<pair>/`` (training run + ``metrics.json``),
     then ``pairs.csv`` and ``correlations.csv`` (atomically, only once every pair is done) and
@@ -299,6 +303,7 @@ def run_predictivity(
             f"the validation probe {val_probe.name} shares rows with the training probe "
             f"{train_probe.name}; choose disjoint splits"
         )
+
     def eval_n(spec: str) -> int | None:
         return config.eval_n.get(spec) if isinstance(config.eval_n, Mapping) else config.eval_n
 
@@ -346,6 +351,10 @@ def run_predictivity(
         scores["stage_key"] = key
         _atomic_csv(scores_path, scores)
     timings["scores_s"] = time.perf_counter() - t0
+    if stop_after == "scores":
+        return None
+    if stop_after is not None:
+        raise AlignkitError(f"stop_after must be None or 'scores': got {stop_after!r}")
 
     # 3 + 4. train and evaluate every pair
     from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
@@ -383,7 +392,13 @@ def run_predictivity(
                     train_cfg, train, val, out_dir=folder, device=device, progress=progress
                 )
                 model = result.model.to("cpu").eval()
-                write_run_config(folder, v, t, extra={"train": train_cfg.to_dict()})
+                write_run_config(
+                    folder,
+                    encoder(v),
+                    encoder(t),
+                    dims=(train.image_dim, train.text_dim),
+                    train_config=train_cfg.to_dict(),
+                )
                 pair = AlignedPair(
                     encoder(v), encoder(t), model.encode_image, model.encode_text, name=f"{v} x {t}"
                 )

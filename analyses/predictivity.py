@@ -90,11 +90,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/predictivity"))
     parser.add_argument("--docs", type=Path, default=Path(__file__).resolve().parents[1] / "docs")
     parser.add_argument("--no-docs", action="store_true", help="do not copy results into docs/")
+    parser.add_argument("--scores-only", action="store_true", help="stop after scoring the pairs")
     args = parser.parse_args()
 
     config = PredictivityConfig(**GRIDS[args.grid], **COMMON)
     t0 = time.perf_counter()
-    result = run_predictivity(config, args.out, device="cpu", progress=False)
+    result = run_predictivity(
+        config,
+        args.out,
+        device="cpu",
+        progress=False,
+        stop_after="scores" if args.scores_only else None,
+    )
+    if result is None:
+        print(f"scores written to {args.out / 'scores.csv'} in {time.perf_counter() - t0:.0f} s")
+        return
     wall = time.perf_counter() - t0
     summary = {"grid": args.grid, "wall_s_this_call": round(wall, 1), **result.timings}
     (args.out / "timing.json").write_text(json.dumps(summary, indent=2))

@@ -46,8 +46,8 @@ class AlignedPair:
         name: a label for tables (default ``"<vision> x <text>"``).
         encoder_options: ``create_encoder`` keyword options per modality (``{"image": {...},
             "text": {...}}``), e.g. pooling.
-        caption_policy: how the text encoder's features were made for training; evaluation
-            always encodes each caption on its own (``first`` of a one-caption row).
+        weights: the encoders' ``weights_identity()`` at training time, per modality; a built
+            encoder with other weights is refused (its features would be nonsense to the heads).
     """
 
     vision: Any
@@ -56,6 +56,7 @@ class AlignedPair:
     text_head: Head
     name: str = ""
     encoder_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    weights: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -81,7 +82,14 @@ class _Features:
             from alignkit.encoders import create_encoder
 
             options = dict(self.pair.encoder_options.get(modality, {}))
-            self._built[modality] = create_encoder(spec, device=self.device, **options)
+            enc = create_encoder(spec, device=self.device, **options)
+            want = self.pair.weights.get(modality)
+            if want and enc.weights_identity() != want:
+                raise AlignkitError(
+                    f"{spec}: its weights ({enc.weights_identity()}) are not the ones the "
+                    f"projector was trained on ({want}); install those weights or retrain"
+                )
+            self._built[modality] = enc
         return self._built[modality]
 
     def embed(self, modality: str, probe: Any) -> torch.Tensor:

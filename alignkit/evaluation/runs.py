@@ -36,6 +36,12 @@ def _encoder_entry(cfg: Mapping[str, Any], modality: str, path: Path) -> tuple[s
         if isinstance(value, str):
             return value, {}
         if isinstance(value, Mapping) and isinstance(value.get("spec"), str):
+            if value.get("tokens"):
+                raise AlignkitError(
+                    f"{path}: the {key} projector was trained on token-level features; "
+                    "alignkit evaluate reads pooled features only: evaluate a pooled run, or use "
+                    "alignkit.load_aligned(run_dir) on raw images and texts"
+                )
             return value["spec"], dict(value.get("options", {}))
     raise AlignkitError(
         f"{path} names no {keys[0]} encoder (expected a {keys[0]!r} key with a spec string or "
@@ -46,18 +52,33 @@ def _encoder_entry(cfg: Mapping[str, Any], modality: str, path: Path) -> tuple[s
 
 def write_run_config(
     folder: str | Path,
-    vision: str,
-    text: str,
+    vision: Any,
+    text: Any,
     *,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    dims: tuple[int, int] | None = None,
+    train_config: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``config.json`` naming the encoders of a trained pair (atomically)."""
+    """Write ``config.json`` naming the encoders of a trained pooled-feature pair (atomically),
+    in the layout :func:`alignkit.load_aligned` reads. ``vision``/``text``: spec strings or built
+    encoders (then their weights identity is recorded and checked at evaluation)."""
     options = options or {}
+
+    def record(encoder: Any, modality: str, dim: int | None) -> dict[str, Any]:
+        spec = encoder if isinstance(encoder, str) else encoder.name
+        rec = {"spec": spec, "options": dict(options.get(modality, {})), "tokens": False}
+        if not isinstance(encoder, str):
+            rec["weights"] = encoder.weights_identity()
+        if dim is not None:
+            rec["dim"] = int(dim)
+        return rec
+
     data = {
         "format": RUN_FORMATS[0],
-        "vision": {"spec": vision, "options": dict(options.get("image", {}))},
-        "text": {"spec": text, "options": dict(options.get("text", {}))},
+        "vision": record(vision, "image", dims[0] if dims else None),
+        "text": record(text, "text", dims[1] if dims else None),
+        "train_config": dict(train_config or {}),
         **dict(extra or {}),
     }
     path = Path(folder) / "config.json"
@@ -110,6 +131,12 @@ def load_pair(run_dir: str | Path, device: str = "cpu") -> AlignedPair:
         ) from exc
     model, *_ = load_model(run / "projector.safetensors", device="cpu")
     model.eval()
+    holder = cfg.get("encoders", cfg)
+    weights = {
+        m: holder[k]["weights"]
+        for m, k in (("image", "vision"), ("text", "text"))
+        if isinstance(holder.get(k), Mapping) and holder[k].get("weights")
+    }
     return AlignedPair(
         vision,
         text,
@@ -117,6 +144,7 @@ def load_pair(run_dir: str | Path, device: str = "cpu") -> AlignedPair:
         model.encode_text,
         name=run.name,
         encoder_options={"image": v_opts, "text": t_opts},
+        weights=weights,
     )
 
 
