@@ -138,6 +138,8 @@ def test_controls_do_not_inflate_agreement() -> None:
     assert r.agreement().attrs["n_pairs"] == 4 and r.agreement().attrs["too_few"]
     assert r.agreement(controls=True).loc["linear_cka", "mutual_knn"] > 0
     assert "too few pairs" in r.summary() and "4 real pairs" in r.summary()
+    title = r.plot_agreement().get_title()
+    assert "over 4 real pairs" in title and "too few pairs to judge" in title
 
 
 def test_kendall_tau_with_ties_matches_naive() -> None:
