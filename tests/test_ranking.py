@@ -46,6 +46,11 @@ def naive_tau_b(x: np.ndarray, y: np.ndarray) -> float:
     return (conc - disc) / math.sqrt((pairs - tie_x) * (pairs - tie_y))
 
 
+def scores_by_pair(scores: pd.DataFrame, metric: str, column: str) -> dict[tuple[str, str], float]:
+    sub = scores[scores["metric"] == metric]
+    return dict(zip(zip(sub["vision"], sub["text"], strict=True), sub[column], strict=True))
+
+
 @pytest.fixture
 def ranking() -> Ranking:
     return Ranking(
@@ -91,8 +96,9 @@ def test_controls_and_significance(ranking: Ranking) -> None:
     assert ranking.controls == ["random-init:torchvision:mobilenet_v2"]
     # the made-up table puts the controls at the null, below every real pair
     assert table.loc[is_control, "rank"].min() > table.loc[~is_control, "rank"].max()
-    expected = table["linear_cka_unbiased_p"] < 0.05
-    assert list(table["significant"]) == list(expected)
+    p = scores_by_pair(make_scores(), "linear_cka_unbiased", "p")
+    expected = [p[(v, t)] < 0.05 for v, t in zip(table["vision"], table["text"], strict=True)]
+    assert list(table["significant"]) == expected
     assert not table.loc[is_control, "significant"].any()
 
 
@@ -330,9 +336,12 @@ def test_console_table_lists_top_pairs_with_short_names(ranking: Ranking) -> Non
     text = ranking.format_table(top=4)
     lines = text.splitlines()
     assert len(lines) == 5  # header + 4 pairs
-    top = ranking.table.iloc[0]
-    assert "efficientnet_lite0" in text or "mobilenet_v2" in text or "sscd" in text
-    assert f"{top['linear_cka_unbiased']:.3f}" in lines[1]
+    scores = make_scores()  # the 4 best pairs by the primary metric, from the long table
+    best = scores[scores["metric"] == "linear_cka_unbiased"].nlargest(4, "score")
+    short = {s: s.rsplit(":", 1)[-1].rsplit("/", 1)[-1] for s in [*VISION, *TEXT]}
+    for line, row in zip(lines[1:], best.itertuples(), strict=True):
+        assert f"{row.score:.3f}" in line
+        assert short[row.vision] in line and short[row.text] in line
     assert "st:sentence-transformers" not in text
 
 
