@@ -45,8 +45,8 @@ _EXPORTS: dict[str, str] = {
     "svcca": "alignkit.metrics",
     "permutation_null": "alignkit.metrics",
     "subsample_interval": "alignkit.metrics",
-    "score_pairs": "alignkit.compare",
-    "SCORE_COLUMNS": "alignkit.compare",
+    "score_pairs": "alignkit.metrics",
+    "SCORE_COLUMNS": "alignkit.metrics",
     # ranking
     "rank_encoders": "alignkit.ranking",
     "Ranking": "alignkit.ranking",

@@ -38,6 +38,7 @@ DEFAULT_METRICS: tuple[str, ...] = ("linear_cka_unbiased", "linear_cka", "mutual
 DEFAULT_SET = "offline-small"
 DEFAULT_N = 500
 LAYER_MODES = ("last", "all")
+NULL_METHODS = ("analytic", "permutation", "none")  # as alignkit.metrics.score_pairs takes them
 
 C = TypeVar("C")
 
@@ -238,6 +239,13 @@ class RankConfig:
         "The smallest possible p is 1/(B+1).",
         metavar="B",
     )
+    null: str = option(
+        "analytic",
+        "How each score's null (mean, z, p) is found: analytic = exact permutation moments for the "
+        "CKA family (p far below 1/(B+1) resolvable), the B permutations for the other metrics; "
+        "permutation = B permutations for every metric; none.",
+        metavar="analytic|permutation|none",
+    )
     subsamples: int = option(
         10, "Row subsamples (without replacement) for the score intervals; 0 = none.", metavar="S"
     )
@@ -289,6 +297,8 @@ class RankConfig:
             raise AlignkitError(
                 f"layers must be one of {', '.join(LAYER_MODES)}: got {self.layers!r}"
             )
+        if self.null not in NULL_METHODS:
+            raise AlignkitError(f"null must be one of {', '.join(NULL_METHODS)}: got {self.null!r}")
         for name, low in (("permutations", 0), ("subsamples", 0), ("k", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from alignkit.compare import SCORE_COLUMNS
+from alignkit.metrics import SCORE_COLUMNS
 
 VISION = (
     "torchvision:mobilenet_v2",

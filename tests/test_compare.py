@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from alignkit.compare import SCORE_COLUMNS, LayerScores, score_layers, score_pairs
 from alignkit.errors import AlignkitError
 from alignkit.features import FeatureSet
-from alignkit.metrics import METRICS, permutation_null, subsample_interval
+from alignkit.metrics import METRICS, analytic_null, permutation_null, subsample_interval
+from alignkit.metrics.pairs import SCORE_COLUMNS, LayerScores, score_layers, score_pairs
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,9 +40,18 @@ def test_score_pairs_equals_independent_pair_calls():
     vision, text = _encoders()
     metrics = ["linear_cka_unbiased", "linear_cka", "mutual_knn", "cknna", "rbf_cka", "svcca"]
     df = score_pairs(
-        vision, text, metrics, n_permutations=15, n_subsamples=4, seed=3, progress=False, k=5
+        vision,
+        text,
+        metrics,
+        n_permutations=15,
+        null="permutation",
+        n_subsamples=4,
+        seed=3,
+        progress=False,
+        k=5,
     )
     assert tuple(df.columns) == SCORE_COLUMNS
+    assert (df.null_method == "permutation").all()
     assert len(df) == 2 * 3 * len(metrics)
     for row in df.itertuples():
         x, y = vision[row.vision], text[row.text]
@@ -75,10 +84,36 @@ def test_score_pairs_equals_independent_pair_calls():
 
 def test_score_pairs_without_calibration_has_nan_columns_and_no_bar(capsys):
     vision, text = _encoders()
-    df = score_pairs(vision, text, progress=False)
+    df = score_pairs(vision, text, null="none", n_permutations=5, progress=False)
     assert list(df.metric.unique()) == ["linear_cka_unbiased", "linear_cka", "mutual_knn"]
     assert df[["null_mean", "null_std", "z", "p", "ci_low", "ci_high"]].isna().all().all()
+    assert (df.null_method == "none").all()
     assert capsys.readouterr().err == ""
+
+
+def test_score_pairs_analytic_null_by_default_and_permutations_for_the_rest():
+    vision, text = _encoders()
+    metrics = ["linear_cka_unbiased", "linear_cka", "rbf_cka", "mutual_knn"]
+    df = score_pairs(vision, text, metrics, n_permutations=9, seed=1, progress=False)
+    for row in df.itertuples():
+        x, y = vision[row.vision], text[row.text]
+        if row.metric == "mutual_knn":  # no exact moments: the 9 permutations
+            ref = permutation_null(row.metric, x, y, n_permutations=9, seed=1)
+            assert row.null_method == "permutation"
+        else:
+            ref = analytic_null(row.metric, x, y)
+            assert row.null_method == ref.method == "analytic-pearson3"
+        assert (row.null_mean, row.null_std, row.z, row.p) == pytest.approx(
+            (ref.mean, ref.std, ref.z, ref.p), abs=1e-12
+        )
+    # analytic p resolves far below 1/(B+1) for the latent-sharing pair; the random one is null
+    unb = df[df.metric == "linear_cka_unbiased"].set_index(["vision", "text"])
+    assert unb.loc[("v-small", "t-a"), "p"] < 1e-6 and unb.loc[("v-small", "t-c"), "p"] > 0.05
+    # without permutations the metrics without exact moments have no null
+    df0 = score_pairs(vision, text, metrics, progress=False)
+    knn = df0[df0.metric == "mutual_knn"]
+    assert knn.p.isna().all() and (knn.null_method == "none").all()
+    assert df0[df0.metric != "mutual_knn"].p.notna().all()
 
 
 def _feature_set(name: str, feats: torch.Tensor, ids: tuple[str, ...]) -> FeatureSet:
@@ -111,6 +146,7 @@ def test_score_pairs_accepts_feature_sets_and_checks_their_rows():
         ),
         ({"n_permutations": -1}, "n_permutations must be an integer >= 0"),
         ({"n_subsamples": 1}, "n_subsamples must be 0 or >= 2"),
+        ({"null": "exact"}, "null must be one of analytic, permutation, none: got 'exact'"),
     ],
 )
 def test_score_pairs_bad_arguments(kwargs, match):

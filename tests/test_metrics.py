@@ -363,18 +363,23 @@ def test_null_samples_match_dense_formulas_in_feature_and_gram_space(name, d1, d
         assert r.samples[b] == pytest.approx(_cka(gram(x), gram(yp), hsic), abs=1e-9)
 
 
-def test_subsample_interval_brackets_subset_scores():
+def test_subsample_interval_is_the_delete_d_jackknife_t_interval():
+    # recomputed here from its definition: subset scores on the seed's subsets, their variance
+    # scaled by m/(n-m), a t quantile on S-1 degrees of freedom, around the full-n score
+    from scipy.stats import t
+
     x, y = _latent_pair(n=120)
     low, high = subsample_interval(
         "linear_cka", x, y, n_subsamples=40, fraction=0.7, level=0.9, seed=3
     )
-    assert low < high
     rng = np.random.default_rng([3, 1])
     scores = [
         linear_cka(x[r], y[r])
         for r in (np.sort(rng.choice(120, 84, replace=False)) for _ in range(40))
     ]
-    assert (low, high) == pytest.approx(tuple(np.quantile(scores, [0.05, 0.95])), abs=1e-12)
+    half = t.ppf(0.95, 39) * math.sqrt(84 / 36 * np.var(scores, ddof=1))
+    full = linear_cka(x, y)
+    assert (low, high) == pytest.approx((full - half, full + half), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------

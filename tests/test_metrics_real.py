@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignkit.compare import score_pairs
+from alignkit.metrics import score_pairs
 
 
 @pytest.fixture(scope="module")

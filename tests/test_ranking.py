@@ -18,10 +18,10 @@ import pytest
 import torch
 from _ranking_tables import METRICS, TEXT, VISION, make_scores
 
-from alignkit.compare import SCORE_COLUMNS
 from alignkit.config import RankConfig
 from alignkit.errors import AlignkitError
 from alignkit.features import FeatureSet
+from alignkit.metrics import SCORE_COLUMNS
 from alignkit.probes.base import ProbeRow, ProbeSet
 from alignkit.ranking import LayerResult, Ranking, check_probe_size, default_probe
 

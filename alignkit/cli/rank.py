@@ -165,42 +165,23 @@ def rank_encoders_command(
 
 def _command(cfg: RankConfig, out: Path, top: int, probe: str) -> list[str]:
     """The run as one explicit command line (every option resolved), for run.json."""
+    from alignkit.config import EncoderEntry, declared
+
     argv = ["alignkit", "rank-encoders"]
-    if cfg.encoder_set:
-        argv += ["--set", cfg.encoder_set]
-    for e in cfg.vision:
-        argv += ["--vision", e.spec]
-    for e in cfg.text:
-        argv += ["--text", e.spec]
-    argv += ["--probe", probe, "--n", str(cfg.n or 0)]
-    for m in cfg.metrics:
-        argv += ["--metric", m]
-    argv += [
-        "--permutations",
-        str(cfg.permutations),
-        "--subsamples",
-        str(cfg.subsamples),
-        "--layers",
-        cfg.layers,
-        "--k",
-        str(cfg.k),
-        "--seed",
-        str(cfg.seed),
-        "--batch-size",
-        str(cfg.batch_size),
-        "--caption-policy",
-        cfg.caption_policy,
-        "--device",
-        cfg.device,
-        "--out",
-        str(out),
-        "--top",
-        str(top),
-    ]
-    if cfg.cache is False:
-        argv += ["--cache", "off"]
-    elif isinstance(cfg.cache, str):
-        argv += ["--cache", cfg.cache]
-    if cfg.keep_going:
-        argv.append("--keep-going")
+    for f, opt in declared(RankConfig):
+        value = probe if f.name == "probe" else getattr(cfg, f.name)
+        flag = opt.flag or "--" + f.name.replace("_", "-")
+        if opt.repeat:
+            for item in value:
+                argv += [flag, item.label if isinstance(item, EncoderEntry) else str(item)]
+        elif f.name == "n":
+            argv += [flag, str(value or 0)]
+        elif isinstance(value, bool):
+            if f.name == "cache" and value is False:
+                argv += [flag, "off"]
+            elif value is True and f.name != "cache":
+                argv.append(flag)
+        elif value is not None:
+            argv += [flag, str(value)]
+    argv += ["--out", str(out), "--top", str(top)]
     return [shlex.quote(a) if " " in a else a for a in argv]

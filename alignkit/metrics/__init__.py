@@ -4,11 +4,23 @@ Conventions are in the module docstrings: :mod:`.cka` (linear, RBF and minibatch
 :mod:`.neighbours` (mutual-kNN, CKNNA), :mod:`.svcca`, :mod:`.calibration` (permutation nulls,
 subsampling intervals). Every metric takes two ``(n, d)`` feature matrices of the same probe rows
 (torch tensors or numpy arrays, any float dtype, any device) and returns a float.
+:mod:`.pairs` scores every vision x text pair with them (:func:`score_pairs`, imported lazily:
+it needs pandas).
 """
 
 from __future__ import annotations
 
-from alignkit.metrics.calibration import NullResult, permutation_null, subsample_interval
+import importlib
+from typing import Any
+
+from alignkit.metrics.calibration import (
+    MaxOverCells,
+    NullResult,
+    analytic_null,
+    max_over_cells,
+    permutation_null,
+    subsample_interval,
+)
 from alignkit.metrics.cka import linear_cka, minibatch_cka, rbf_cka
 from alignkit.metrics.neighbours import cknna, knn_lists, mutual_knn, mutual_knn_chance
 from alignkit.metrics.registry import METRICS, Metric, get_metric, list_metrics
@@ -16,13 +28,16 @@ from alignkit.metrics.svcca import svcca
 
 __all__ = [
     "METRICS",
+    "MaxOverCells",
     "Metric",
     "NullResult",
+    "analytic_null",
     "cknna",
     "get_metric",
     "knn_lists",
     "linear_cka",
     "list_metrics",
+    "max_over_cells",
     "minibatch_cka",
     "mutual_knn",
     "mutual_knn_chance",
@@ -30,4 +45,19 @@ __all__ = [
     "rbf_cka",
     "subsample_interval",
     "svcca",
+    "DEFAULT_METRICS",
+    "LayerScores",
+    "SCORE_COLUMNS",
+    "score_layers",
+    "score_pairs",
 ]
+
+_PAIRS = ("DEFAULT_METRICS", "LayerScores", "SCORE_COLUMNS", "score_layers", "score_pairs")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PAIRS:
+        value = getattr(importlib.import_module("alignkit.metrics.pairs"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'alignkit.metrics' has no attribute {name!r}")

@@ -10,7 +10,9 @@ A metric's cost divides into
   for the true pairing, or a ``(n,)`` permutation: row ``i`` of x is then paired with row
   ``perm[i]`` of y. Metrics of one family (biased and unbiased linear CKA; mutual-kNN and CKNNA
   with the same k) share one ``cross`` result;
-* ``finish(sx, sy, cross, opts)``: the few scalar operations that turn it into a score.
+* ``finish(sx, sy, cross, opts)``: the few scalar operations that turn it into a score;
+* ``moments(sx, sy, opts)`` (CKA family only): the exact mean, variance and skewness of the score
+  over all n! re-pairings of the rows, from per-representation invariants (:mod:`.moments`).
 
 Inputs to all three are already validated (see ``_checks``).
 """
@@ -35,6 +37,8 @@ class Engine:
     cross: Callable[[Any, Any, torch.Tensor | None, Options], Any]
     finish: Callable[[Any, Any, Any, Options], float]
     check: Callable[[int, Options], None]  # option checks that depend on n (k < n, n >= 4)
+    # exact (mean, variance, skewness) of the score over all re-pairings, or None (see .moments)
+    moments: Callable[[Any, Any, Options], tuple[float, float, float]] | None = None
 
     def key(self, opts: Options) -> tuple:
         """States and cross terms can be shared between metrics with the same key."""
@@ -81,8 +85,11 @@ def block_rows(n: int) -> int:
     return max(1, min(n, BLOCK_ELEMENTS // max(n, 1)))
 
 
-def permuted_dot(k: torch.Tensor, l: torch.Tensor, perm: torch.Tensor) -> float:
-    """⟨K, P L Pᵀ⟩ = Σ_ij K_ij L_π(i)π(j) for (n, n) kernels, in O(n²) without forming P L Pᵀ."""
+def permuted_dot(k: torch.Tensor, lk: torch.Tensor, perm: torch.Tensor) -> float:
+    """⟨K, P L Pᵀ⟩ = Σ_ij K_ij L_π(i)π(j) for (n, n) kernels, in O(n²) without forming P L Pᵀ.
+
+    Products in the kernels' dtype, summed in float64.
+    """
     n = k.shape[0]
-    flat = (perm.unsqueeze(1) * n + perm.unsqueeze(0)).view(-1)  # (n²,) where L_π's entries sit in L
-    return float(torch.dot(k.reshape(-1), l.reshape(-1).take(flat)).double())
+    flat = (perm.unsqueeze(1) * n + perm.unsqueeze(0)).view(-1)  # (n²,) where L_π's entries sit
+    return float((k.reshape(-1) * lk.reshape(-1).take(flat)).sum(dtype=torch.float64))

@@ -25,12 +25,14 @@ so n(n-3)·HSIC_u = ‖YᵀX‖²_F + Σr·Σs / ((n-1)(n-2)) - n/(n-2)·r·s, i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.metrics import moments
 from alignkit.metrics._checks import ArrayLike, as_pair, check_min_rows, check_positive
 from alignkit.metrics._engine import Engine, Options, block_rows, evaluate, permuted_dot
 
@@ -62,19 +64,23 @@ def _centre(x: torch.Tensor) -> torch.Tensor:
 
 
 def _linear_prepare(x: torch.Tensor, opts: Options, name: str) -> _LinearState:
-    n = x.shape[0]
+    (n, d) = x.shape
     xc = _centre(x)
     sq = torch.linalg.vector_norm(xc, dim=1).double().square_()  # (n,)
-    gram_sq = float(torch.linalg.vector_norm(xc.T @ xc, dtype=torch.float64)) ** 2  # ‖XᵀX‖²_F
+    state = _LinearState(name, xc, sq, float(sq.sum()), 0.0, math.nan)
+    if _gram_form(n, d, d):  # ‖XᵀX‖²_F = ‖XXᵀ‖²_F: n²·d instead of n·d² multiply-adds
+        gram_sq = float(torch.linalg.vector_norm(state.gram(), dtype=torch.float64)) ** 2
+    else:
+        gram_sq = float(torch.linalg.vector_norm(xc.T @ xc, dtype=torch.float64)) ** 2  # (d, d)
     if gram_sq == 0.0:
         raise AlignkitError(
             f"{name} is a constant representation (every row is the same vector): CKA is undefined"
         )
-    sum_sq = float(sq.sum())
+    sum_sq = state.sum_sq
     self_u = math.nan
     if n >= 4:
         self_u = gram_sq + sum_sq**2 / ((n - 1) * (n - 2)) - n / (n - 2) * float(sq @ sq)
-    return _LinearState(name, xc, sq, sum_sq, math.sqrt(gram_sq), self_u)
+    return _LinearState(name, xc, sq, sum_sq, math.sqrt(gram_sq), self_u, state.kernel)
 
 
 def _linear_cross(
@@ -82,10 +88,14 @@ def _linear_cross(
 ) -> tuple[float, float]:
     """(‖Y_πᵀ X‖²_F, r·s_π): the only pairing-dependent terms, shared by biased and unbiased.
 
-    For a permuted pairing of a small probe the first term is taken in Gram space,
-    ‖Y_πᵀX‖²_F = ⟨K, P L Pᵀ⟩: O(n²) per permutation once K and L exist, instead of O(n·d1·d2).
+    ‖Y_πᵀX‖²_F = ⟨K, P L Pᵀ⟩ with K = X_cX_cᵀ, L = Y_cY_cᵀ. The true pairing takes the Gram form
+    when n²·(d1 + d2) < n·d1·d2 (features wider than the probe: the Grams are built once per
+    representation, then each pair is one O(n²) dot); a permuted pairing of a small probe takes it
+    when n² gathered entries cost less than an n·d1·d2 GEMM (see :func:`_gram_is_cheaper`).
     """
     (n, d1), d2 = sx.xc.shape, sy.xc.shape[1]
+    if perm is None and _gram_form(n, d1, d2):
+        return _dot64(sx.gram(), sy.gram()), float(sx.sq @ sy.sq)
     if perm is not None and _gram_is_cheaper(n, d1 * d2):
         frob_sq = permuted_dot(sx.gram(), sy.gram(), perm)
         return frob_sq, float(sx.sq @ sy.sq[perm])
@@ -94,8 +104,20 @@ def _linear_cross(
     return float(torch.linalg.vector_norm(cross, dtype=torch.float64)) ** 2, float(sx.sq @ s)
 
 
+def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
+    """⟨A, B⟩ = Σ_ij A_ij B_ij of two (n, n) matrices, summed in float64."""
+    return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
+
+
 GRAM_MAX_ROWS = 4096
-"""Largest n for which permutation nulls keep (n, n) kernels per representation (64 MiB in float32)."""
+"""Largest n for which a representation keeps its (n, n) Gram matrix (64 MiB in float32)."""
+
+
+def _gram_form(n: int, d1: int, d2: int) -> bool:
+    """Whether ‖YᵀX‖²_F is cheaper as ⟨XXᵀ, YYᵀ⟩: n²·(d1 + d2) against n·d1·d2 multiply-adds
+    (issue #8: n=64, d=16,384 × 4,096 took 9.6 s and 3.8 GB in feature space). Self terms use it
+    with d1 = d2 = d, i.e. when d > 2n."""
+    return n <= GRAM_MAX_ROWS and n * (d1 + d2) < d1 * d2
 
 
 def _gram_is_cheaper(n: int, feature_work: int) -> bool:
@@ -123,6 +145,73 @@ def _linear_finish(
     return hsic / math.sqrt(sx.self_u * sy.self_u)
 
 
+def _skew(third_raw: float, mean: float, var: float) -> float:
+    """Skewness from E T³, E T and Var T."""
+    central = third_raw - 3.0 * mean * var - mean**3
+    return central / var**1.5 if var > 0 else math.nan
+
+
+def _u_centred(k: torch.Tensor) -> np.ndarray:
+    """Székely & Rizzo's U-centring of a kernel, ``(n, n)`` float64 with a zero diagonal: its
+    off-diagonal inner products are n(n-3)·HSIC_u (Song et al. 2012)."""
+    n = k.shape[0]
+    a = k.double().cpu().numpy().copy()
+    np.fill_diagonal(a, 0.0)
+    r = a.sum(axis=1)
+    a -= (r[:, None] + r[None, :]) / (n - 2)
+    a += r.sum() / ((n - 1) * (n - 2))
+    np.fill_diagonal(a, 0.0)
+    return a
+
+
+def _pattern_sums(state, key: str, matrix) -> np.ndarray:
+    """Third-moment pattern sums of one representation's centred kernel, cached on its state."""
+    if key not in state.kernel:
+        state.kernel[key] = moments.pattern_sums(matrix(), 3)
+    return state.kernel[key]
+
+
+def _cka_moments(
+    n: int,
+    unbiased: bool,
+    sides: tuple[tuple[float, float, float], tuple[float, float, float]],
+    sums: tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]] | None,
+) -> tuple[float, float, float]:
+    """(mean, variance, skewness) of a CKA score over all re-pairings.
+
+    ``sides``: per representation (tr A, ‖A‖²_F, Σ A_ii²) of its centred kernel (the U-centred one
+    for the unbiased estimator, whose trace and diagonal are 0); ``sums``: callables giving each
+    side's third-moment pattern sums, or None for no skewness."""
+    (ta, qa, da), (tb, qb, db) = sides
+    if unbiased:
+        mean, var = 0.0, 2.0 / (n * (n - 3))
+    else:
+        mean, var = moments.rv_mean_var(n, ta, qa, da, tb, qb, db)
+    if sums is None or n > moments.SKEW_MAX_ROWS:
+        return mean, var, math.nan
+    scale = math.sqrt(qa * qb)  # score = T / scale
+    third = moments.raw_moment(sums[0](), sums[1](), n, 3)
+    return mean, var, _skew(third, mean * scale, var * scale**2)
+
+
+def _linear_moments(
+    sx: _LinearState, sy: _LinearState, opts: Options
+) -> tuple[float, float, float]:
+    n = sx.xc.shape[0]
+    unbiased = bool(opts.get("unbiased", False))
+    if unbiased:
+        _linear_finish(sx, sy, (0.0, 0.0), opts)  # raises if a self term is not positive
+        sides = ((0.0, sx.self_u, 0.0), (0.0, sy.self_u, 0.0))
+        key, make = "s3_u", lambda s: lambda: _u_centred(s.gram())
+    else:
+        sides = tuple((s.sum_sq, s.gram_norm**2, float(s.sq @ s.sq)) for s in (sx, sy))
+        key, make = "s3_b", lambda s: lambda: s.gram().double().cpu().numpy()
+    if n > moments.SKEW_MAX_ROWS:
+        return _cka_moments(n, unbiased, sides, None)
+    sums = tuple((lambda s=s: _pattern_sums(s, key, make(s))) for s in (sx, sy))
+    return _cka_moments(n, unbiased, sides, sums)
+
+
 def _linear_check(n: int, opts: Options) -> None:
     if opts.get("unbiased", False):
         check_min_rows(n, 4, "unbiased linear CKA")
@@ -130,11 +219,13 @@ def _linear_check(n: int, opts: Options) -> None:
         check_min_rows(n, 2, "linear CKA")
 
 
-LINEAR_ENGINE = Engine("linear", (), _linear_prepare, _linear_cross, _linear_finish, _linear_check)
+LINEAR_ENGINE = Engine(
+    "linear", (), _linear_prepare, _linear_cross, _linear_finish, _linear_check, _linear_moments
+)
 
 
 def linear_cka(x: ArrayLike, y: ArrayLike, unbiased: bool = False) -> float:
-    """Linear CKA of two representations of the same n rows, computed in feature space.
+    """Linear CKA of two representations of the same n rows, in feature or Gram form.
 
     Args:
         x: ``(n, d1)`` features (torch tensor or numpy array, any float dtype, any device).
@@ -148,7 +239,10 @@ def linear_cka(x: ArrayLike, y: ArrayLike, unbiased: bool = False) -> float:
 
     Returns:
         The score as a float; 1 for identical inputs. Invariant to orthogonal rotations,
-        isotropic scaling and translations of either input. O(n·d1·d2) time, O(d1·d2) extra memory;
+        isotropic scaling and translations of either input. Cost: the cheaper of the feature
+        form ‖Y_cᵀX_c‖²_F (n·d1·d2 time, d1·d2 memory, plus n·d² per self term) and the Gram
+        form ⟨X_cX_cᵀ, Y_cY_cᵀ⟩ (n²·(d1 + d2) time, n² memory), chosen by those counts, so
+        features wider than the probe (a flattened conv activation) never build d x d matrices.
         GEMMs in float32 for float32 input (float64 otherwise), sums in float64.
     """
     xt, yt = as_pair(x, y)
@@ -254,10 +348,17 @@ def _median_sq_dist(
 def _rbf_kernel_block(
     s: _RbfState, i0: int, i1: int, x: torch.Tensor | None = None, sq: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """K[i0:i1, :] with a zero diagonal, ``(i1-i0, n)``; x/sq override for a permuted pairing."""
+    """K[i0:i1, :] in float64 with a zero diagonal, ``(i1-i0, n)``; x/sq override for a permuted
+    pairing.
+
+    Distances come from a GEMM in the input dtype; the kernel entries and every sum over them are
+    float64. The centred HSIC is a small difference of sums of n² entries near the same value
+    (high-dimensional features put every distance close to the median), so float32 sums lose
+    ~1e-4 of it: rbf_cka(x, x) was 1.00035 on float32 ReLU features (issue #8).
+    """
     x = s.x if x is None else x
     sq = s.sq if sq is None else sq
-    k = _sq_dist_block(x, sq, i0, i1).mul_(-0.5 / s.sigma2).exp_()
+    k = _sq_dist_block(x, sq, i0, i1).double().mul_(-0.5 / s.sigma2).exp_()
     rows = torch.arange(i1 - i0, device=k.device)
     k[rows, rows + i0] = 0.0
     return k
@@ -279,9 +380,8 @@ def _rbf_prepare(x: torch.Tensor, opts: Options, name: str) -> _RbfState:
     sq_off = 0.0
     for i0 in range(0, n, block):
         k = _rbf_kernel_block(state, i0, min(n, i0 + block))
-        # block sums in the input dtype (cascaded, ~1e-7 relative in float32), totals in float64
-        row_off[i0 : i0 + k.shape[0]] = k.sum(dim=1)
-        sq_off += float(torch.linalg.vector_norm(k)) ** 2
+        row_off[i0 : i0 + k.shape[0]] = k.sum(dim=1)  # float64 kernel block
+        sq_off += float(torch.dot(k.view(-1), k.view(-1)))
     return _RbfState(name, xc, sq, state.sigma2, row_off, float(row_off.sum()), sq_off)
 
 
@@ -301,7 +401,7 @@ def _rbf_cross(
         i1 = min(n, i0 + block)
         k = _rbf_kernel_block(sx, i0, i1)
         k.mul_(_rbf_kernel_block(sy, i0, i1, y, sq))
-        total += float(k.sum(dim=1).double().sum())  # row sums in the input dtype, then float64
+        total += float(k.sum())  # float64 blocks
     rows = sy.row_off if perm is None else sy.row_off[perm]
     return total, float(sx.row_off @ rows)
 
@@ -342,12 +442,53 @@ def _rbf_finish(sx: _RbfState, sy: _RbfState, cross: tuple[float, float], opts: 
     return kl / math.sqrt(kk * ll)
 
 
+def _rbf_centred_stats(s: _RbfState) -> tuple[float, float, float]:
+    """(tr A, ‖A‖²_F, Σ A_ii²) of A = HKH, K = K̃ + I, from the row sums: O(n)."""
+    n = s.x.shape[0]
+    rows = s.row_off + 1.0  # K1
+    total = s.sum_off + n  # 1ᵀK1
+    diag = 1.0 - 2.0 * rows / n + total / n**2  # (n,) A_ii
+    tr2 = (s.sq_off + n) - 2.0 / n * float(rows @ rows) + total**2 / n**2  # tr(KHKH)
+    return float(diag.sum()), tr2, float(diag @ diag)
+
+
+def _rbf_self_u(s: _RbfState) -> float:
+    n = s.x.shape[0]
+    return (
+        s.sq_off + s.sum_off**2 / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * float(s.row_off @ s.row_off)
+    )
+
+
+def _rbf_moments(sx: _RbfState, sy: _RbfState, opts: Options) -> tuple[float, float, float]:
+    n = sx.x.shape[0]
+    unbiased = bool(opts.get("unbiased", False))
+    if unbiased:
+        sides = tuple((0.0, _rbf_self_u(s), 0.0) for s in (sx, sy))
+        key, make = "s3_u", lambda s: lambda: _u_centred(s.full_kernel())
+
+    else:
+        sides = tuple(_rbf_centred_stats(s) for s in (sx, sy))
+
+        def centred(s: _RbfState) -> np.ndarray:
+            k = s.full_kernel().cpu().numpy() + np.eye(n)
+            k -= k.mean(axis=0, keepdims=True)
+            return k - k.mean(axis=1, keepdims=True)
+
+        key, make = "s3_b", lambda s: lambda: centred(s)
+    if n > moments.SKEW_MAX_ROWS:
+        return _cka_moments(n, unbiased, sides, None)
+    sums = tuple((lambda s=s: _pattern_sums(s, key, make(s))) for s in (sx, sy))
+    return _cka_moments(n, unbiased, sides, sums)
+
+
 def _rbf_check(n: int, opts: Options) -> None:
     check_min_rows(n, 4 if opts.get("unbiased", False) else 3, "RBF CKA")
     opts["sigma_scale"] = check_positive(opts["sigma_scale"], "sigma_scale")
 
 
-RBF_ENGINE = Engine("rbf", ("sigma_scale",), _rbf_prepare, _rbf_cross, _rbf_finish, _rbf_check)
+RBF_ENGINE = Engine(
+    "rbf", ("sigma_scale",), _rbf_prepare, _rbf_cross, _rbf_finish, _rbf_check, _rbf_moments
+)
 
 
 def rbf_cka(x: ArrayLike, y: ArrayLike, sigma_scale: float = 1.0, unbiased: bool = False) -> float:

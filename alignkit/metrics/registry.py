@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -24,8 +25,10 @@ class Metric:
         symmetric: f(x, y) == f(y, x).
         invariances: transformations of either input that leave the score unchanged, from
             ``"rotation"`` (orthogonal), ``"scaling"`` (isotropic), ``"translation"``.
-        chance: the analytic expected score under a random pairing, ``chance(n, options)``,
-            where one exists (mutual-kNN: k/(n-1)); None otherwise (use a permutation null).
+        chance: the analytic expected score under a random pairing, ``chance(n, options)``
+            with the metric's full options (so mutual-kNN's k/(n-1) reads ``options["k"]``),
+            where one exists; None otherwise (use the null: :meth:`chance_level` says NaN).
+        label: readable name for tables and figures (``"linear CKA (unbiased)"``).
     """
 
     name: str
@@ -36,6 +39,23 @@ class Metric:
     invariances: frozenset[str] = frozenset()
     chance: Callable[[int, Mapping[str, Any]], float] | None = None
     engine: Engine = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name.replace("_", " "))
+
+    def chance_level(self, n: int, **options: Any) -> float:
+        """The analytic chance level at n rows with these options (defaults filled in), or NaN
+        when the metric has none."""
+        if self.chance is None:
+            return math.nan
+        return float(self.chance(n, self.options(**options)))
+
+    @property
+    def has_analytic_null(self) -> bool:
+        """Whether exact permutation moments exist (the CKA family): see :func:`analytic_null`."""
+        return self.engine is not None and self.engine.moments is not None
 
     def options(self, **overrides: Any) -> dict[str, Any]:
         """The defaults with ``overrides`` applied; an option it does not take is an error."""
@@ -62,6 +82,7 @@ METRICS: dict[str, Metric] = {
         "biased linear CKA (Kornblith et al. 2019), the reference code's estimator",
         invariances=_ALL,
         engine=cka.LINEAR_ENGINE,
+        label="linear CKA (biased)",
     ),
     "linear_cka_unbiased": Metric(
         "linear_cka_unbiased",
@@ -70,6 +91,7 @@ METRICS: dict[str, Metric] = {
         "linear CKA with Song et al. (2012) unbiased HSIC; about 0 for unrelated features",
         invariances=_ALL,
         engine=cka.LINEAR_ENGINE,
+        label="linear CKA (unbiased)",
     ),
     "rbf_cka": Metric(
         "rbf_cka",
@@ -78,6 +100,7 @@ METRICS: dict[str, Metric] = {
         "RBF-kernel CKA, sigma^2 = median squared distance x sigma_scale^2",
         invariances=_ALL,
         engine=cka.RBF_ENGINE,
+        label="RBF CKA",
     ),
     "mutual_knn": Metric(
         "mutual_knn",
@@ -87,6 +110,7 @@ METRICS: dict[str, Metric] = {
         invariances=_ABOUT_ORIGIN,
         chance=lambda n, opts: neighbours.mutual_knn_chance(n, opts["k"]),
         engine=neighbours.MUTUAL_KNN_ENGINE,
+        label="mutual kNN",
     ),
     "cknna": Metric(
         "cknna",
@@ -96,6 +120,7 @@ METRICS: dict[str, Metric] = {
         symmetric=False,
         invariances=_ABOUT_ORIGIN,
         engine=neighbours.CKNNA_ENGINE,
+        label="CKNNA",
     ),
     "svcca": Metric(
         "svcca",
@@ -104,6 +129,7 @@ METRICS: dict[str, Metric] = {
         "mean canonical correlation after SVD reduction to 99% variance (Raghu et al. 2017)",
         invariances=_ALL,
         engine=svcca.SVCCA_ENGINE,
+        label="SVCCA",
     ),
 }
 """Registered metrics by name. Add a variant with a new entry (other defaults), not a branch."""

@@ -1,6 +1,6 @@
 """A ranking's run folder: what :meth:`Ranking.save` writes and :meth:`Ranking.load` reads.
 
-    scores.csv            long-form scores (alignkit.compare.SCORE_COLUMNS)
+    scores.csv            long-form scores (alignkit.metrics.SCORE_COLUMNS)
     ranking.csv           the pair table (Ranking.table)
     heatmap_<metric>.png/.svg, agreement.png, top_pairs.png
     layers/<v>__<t>.png, layer_scores.csv, layers_best.csv    with layers="all"

@@ -185,8 +185,7 @@ def _run(
     from alignkit.runs import versions
 
     vision, text, controls = _resolve_encoders(config)
-    from alignkit.compare import score_pairs
-    from alignkit.metrics import METRICS
+    from alignkit.metrics import METRICS, score_pairs
 
     for m in config.metrics:
         if m not in METRICS:
@@ -279,6 +278,7 @@ def _run(
         as_input(t_labels),
         metrics=config.metrics,
         n_permutations=config.permutations,
+        null=config.null,
         n_subsamples=config.subsamples,
         seed=config.seed,
         progress=progress,
@@ -289,7 +289,7 @@ def _run(
     # -- layer x layer (the main scores above stay those of each encoder's own output)
     layer_results: list[LayerResult] = []
     if config.layers == "all":
-        from alignkit.compare import score_layers
+        from alignkit.metrics import score_layers
 
         t0 = time.perf_counter()
         by_label = {e.label: e for e in [*vision, *text, *controls]}

@@ -1,6 +1,6 @@
 """The result of a ranking run: the scores and the tables read from them.
 
-:class:`Ranking` holds the long-form scores (``alignkit.compare.SCORE_COLUMNS``), the layer x
+:class:`Ranking` holds the long-form scores (``alignkit.metrics.SCORE_COLUMNS``), the layer x
 layer results and the run's metadata; everything else (the pair table, ranks under each metric,
 agreement between metrics, nearest neighbours of a row) is computed from those on demand. Its
 figures and text reports are in :mod:`alignkit.ranking.report`, its folder I/O in
@@ -38,8 +38,8 @@ class LayerResult:
         best: ``(i, j)`` of the maximum.
         p_max: permutation p of the maximum against the null of the maximum over all layer pairs,
             ``(1 + #{b: max_ij null[b, i, j] >= max_ij scores}) / (B + 1)`` — the correction for
-            having picked the best of ``Lv * Lt`` layer pairs (the same B permutations for every
-            cell, so the max-null keeps their dependence; Westfall & Young 1993 max-T).
+            having picked the best of ``Lv * Lt`` layer pairs (Westfall & Young 1993 max-T; see
+            :func:`alignkit.metrics.max_over_cells`, which computes it).
         p_best_uncorrected: the best cell's p against its own null alone (what a raw maximum,
             as in platonic-rep's layer search, would claim).
         null_max_mean: mean over permutations of the maximum over layer pairs.
@@ -67,18 +67,21 @@ class LayerResult:
     def from_null(
         cls, vision: str, text: str, metric: str, scores: np.ndarray, null: np.ndarray | None
     ) -> LayerResult:
-        """Build from ``scores (Lv, Lt)`` and ``null (B, Lv, Lt)`` (B may be 0 or ``None``)."""
+        """Build from ``scores (Lv, Lt)`` and ``null (B, Lv, Lt)`` (B may be 0 or ``None``).
+
+        The correction is :func:`alignkit.metrics.max_over_cells` (NaN cells skipped; a
+        permutation whose cells are all NaN is left out). Raises AlignkitError when no score
+        is finite."""
+        from alignkit.metrics import max_over_cells
+
         scores = np.asarray(scores, dtype=float)
-        best = tuple(int(i) for i in np.unravel_index(np.nanargmax(scores), scores.shape))
-        top = scores[best]
-        if null is None or np.asarray(null).size == 0:
-            return cls(vision, text, metric, scores, best, math.nan, math.nan, math.nan, 0)
-        null = np.asarray(null, dtype=float)
-        b = null.shape[0]
-        null_max = np.nanmax(null.reshape(b, -1), axis=1)  # (B,) max over layer pairs
-        p_max = (1 + int((null_max >= top).sum())) / (b + 1)
-        p_cell = (1 + int((null[:, best[0], best[1]] >= top).sum())) / (b + 1)
-        return cls(vision, text, metric, scores, best, p_max, p_cell, float(null_max.mean()), b)
+        m = max_over_cells(scores, null)
+        if m.best is None:
+            raise AlignkitError(f"{metric} is NaN at every layer pair of {vision} x {text}")
+        best = (int(m.best[0]), int(m.best[1]))
+        return cls(
+            vision, text, metric, scores, best, m.p_max, m.p_cell, m.null_max_mean, m.n_permutations
+        )
 
 
 @dataclass
@@ -86,7 +89,7 @@ class Ranking:
     """The result of :func:`rank_encoders`: tables, figures and the run folder.
 
     Attributes:
-        scores: long-form scores, exactly :data:`alignkit.compare.SCORE_COLUMNS`, one row per
+        scores: long-form scores, exactly :data:`alignkit.metrics.SCORE_COLUMNS`, one row per
             (vision, text, metric) at the last layers.
         metric: the primary metric (orders :attr:`table`); default the first metric in ``scores``.
         alpha: significance level for "above chance" (permutation p < alpha; not corrected
@@ -106,7 +109,7 @@ class Ranking:
     probe: ProbeSet | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from alignkit.compare import SCORE_COLUMNS
+        from alignkit.metrics import SCORE_COLUMNS
 
         missing = [c for c in SCORE_COLUMNS if c not in self.scores.columns]
         if missing:
