@@ -367,12 +367,16 @@ def test_neighbours_are_cosine_nearest_rows_without_self() -> None:
 
 
 def test_probe_size_checks() -> None:
-    cfg = RankConfig(metrics=("linear_cka_unbiased", "mutual_knn"), k=10, permutations=100)
+    cfg = RankConfig(metrics=("linear_cka_unbiased", "mutual_knn"), k=10, subsamples=0)
     with pytest.raises(AlignkitError, match="k=10 neighbours need n >= k \\+ 2; got n=11"):
         check_probe_size(11, cfg)
     check_probe_size(12, cfg)
-    small = RankConfig(metrics=("linear_cka",), permutations=100)
-    with pytest.raises(AlignkitError, match="only 24 orderings"):
+    # the interval subsamples keep round(0.8 n) rows, and k=10 needs 12 of them
+    with pytest.raises(AlignkitError, match="each of the 10 subsamples keeps 10 of the n=12 rows"):
+        check_probe_size(12, cfg.replace(subsamples=10))
+    check_probe_size(15, cfg.replace(subsamples=10))  # keeps 12
+    small = RankConfig(metrics=("linear_cka",), permutations=100, subsamples=0)
+    with pytest.raises(AlignkitError, match="only 24 orderings; lower permutations"):
         check_probe_size(4, small)
     with pytest.raises(AlignkitError, match="n >= 4; got n=3"):
         check_probe_size(3, small.replace(permutations=0))
@@ -394,3 +398,30 @@ def test_no_vision_or_text_encoder_is_an_error() -> None:
         rank_encoders(text=["st:sentence-transformers/all-MiniLM-L6-v2"], probe="synthetic", n=20)
     with pytest.raises(AlignkitError, match="no text encoder given"):
         rank_encoders(vision=["torchvision:mobilenet_v2"], probe="synthetic", n=20)
+
+
+def test_summary_says_p_at_floor_ties_with_the_best_and_recommends() -> None:
+    scores = make_scores()
+    r = Ranking(scores, metadata={"config": {"permutations": 100}})
+    md = r.summary()
+    # p at its floor 1/(B+1): counted here from the long table
+    floor = (scores["p"] - 1 / 101).abs() < 1e-12
+    assert f"{int(floor.sum())} of the scores have p = 1/(B+1) = 0.0099" in md
+    # ties: real pairs whose interval [score - 0.02, score + 0.02] reaches the best real pair's
+    unb = scores[
+        (scores["metric"] == "linear_cka_unbiased") & ~scores["vision"].str.startswith("random")
+    ]
+    best = unb.loc[unb["score"].idxmax()]
+    tied = unb[(unb.index != best.name) & (unb["score"] + 0.02 >= best["score"] - 0.02)]
+    assert len(r.tied_with_best()) == len(tied)
+    assert {
+        (v, t)
+        for v, t in zip(r.tied_with_best()["vision"], r.tied_with_best()["text"], strict=True)
+    } == {(v, t) for v, t in zip(tied["vision"], tied["text"], strict=True)}
+    assert "**Recommendation**: align" in md
+    if len(tied):
+        assert "statistically tied with the best" in md
+    # without intervals nothing can be called tied
+    no_ci = scores.assign(ci_low=np.nan, ci_high=np.nan)
+    assert Ranking(no_ci).tied_with_best().empty
+    assert "ties cannot be judged" in Ranking(no_ci).summary()

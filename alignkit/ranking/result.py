@@ -248,6 +248,29 @@ class Ranking:
         tau.attrs["too_few"] = len(t) < MIN_AGREEMENT_PAIRS
         return tau
 
+    def tied_with_best(self) -> pd.DataFrame:
+        """Real pairs whose interval under the primary metric overlaps the best real pair's.
+
+        These pairs are not statistically distinguishable from the best at this n (the best
+        pair itself is left out). Empty when the run has no intervals (``subsamples=0``).
+        """
+        real = self.table[~self.table["control"]]
+        if real.empty or not np.isfinite(real["ci_low"].iloc[0]):
+            return real.iloc[0:0]
+        best = real.iloc[0]
+        rest = real.iloc[1:]
+        return rest[rest["ci_high"] >= best["ci_low"]]
+
+    def p_at_floor(self) -> pd.DataFrame:
+        """Rows of :attr:`scores` (last layers) whose permutation p is the smallest possible,
+        1/(B+1): the permutations cannot say how much smaller it really is."""
+        s = self.main_scores
+        b = int(self.metadata.get("config", {}).get("permutations", 0) or 0)
+        if not b:
+            return s.iloc[0:0]
+        perm = s["null_method"].astype(str) == "permutation"
+        return s[perm & np.isclose(s["p"].astype(float), 1.0 / (b + 1))]
+
     def disagreements(self, top: int = 5, *, controls: bool = True) -> pd.DataFrame:
         """The pairs whose rank moves most between metrics (largest ``max_rank_shift``);
         ``controls=False`` leaves out pairs with a control encoder."""
@@ -305,6 +328,11 @@ class Ranking:
         ``row``, ``id``, ``caption`` (first caption), ``cosine``. Comparing the lists of a vision
         and a text encoder shows what mutual-kNN counts.
         """
+        if not self.features:
+            raise AlignkitError(
+                "this Ranking holds no features (a run read back with Ranking.load); read it "
+                "with Ranking.load(folder, features=True) to explore neighbours"
+            )
         if encoder not in self.features:
             raise unknown_key("encoder with features in this run", encoder, list(self.features))
         fs = self.features[encoder]
@@ -388,8 +416,10 @@ class Ranking:
         return folder.save(self, out_dir, overwrite=overwrite, formats=formats)
 
     @classmethod
-    def load(cls, folder: str | Path) -> Ranking:
-        """Read a run folder written by :meth:`save` (scores, metadata and layer scores)."""
+    def load(cls, folder: str | Path, *, features: bool = False) -> Ranking:
+        """Read a run folder written by :meth:`save` (scores, metadata and layer scores);
+        ``features=True`` also brings back the probe and the features (from the feature cache)
+        that :meth:`neighbours` needs."""
         from alignkit.ranking import folder as _folder
 
-        return _folder.load(folder)
+        return _folder.load(folder, features=features)
