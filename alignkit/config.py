@@ -37,6 +37,8 @@ DEFAULT_METRICS: tuple[str, ...] = ("linear_cka_unbiased", "linear_cka", "mutual
 DEFAULT_SET = "offline-small"
 DEFAULT_N = 500
 LAYER_MODES = ("last", "all")
+NULL_METHODS = ("analytic", "permutation", "none")  # as alignkit.metrics.score_pairs takes them
+CAPTION_POLICIES = ("first", "mean", "random")  # as alignkit.probes.ProbeSet.captions takes them
 
 C = TypeVar("C")
 
@@ -161,10 +163,6 @@ class EncoderEntry:
         return f"{self.spec}[{opts}]"
 
 
-def _n_from_cli(value: int) -> int | None:
-    return None if value == 0 else value
-
-
 def _cache_from_cli(value: str) -> str | bool:
     return False if value.lower() in ("off", "no", "false", "0") else value
 
@@ -179,8 +177,8 @@ class RankConfig:
     Defaults are the built-in default run. Each field's help text (``alignkit rank-encoders
     --help``) is its documentation; the notes here are for Python callers:
     ``vision``/``text`` hold :class:`EncoderEntry` s (strings and ``{"spec": ...}`` mappings are
-    converted); ``n=None`` means all rows; ``cache`` is ``True`` (the default cache folder), a
-    folder, or ``False`` (no cache).
+    converted); ``n=None`` means all rows up to 500, ``n=0`` all rows; ``cache`` is ``True``
+    (the default cache folder), a folder, or ``False`` (no cache).
     """
 
     vision: tuple[EncoderEntry, ...] = option(
@@ -216,10 +214,11 @@ class RankConfig:
         type=str,
     )
     n: int | None = option(
-        DEFAULT_N,
-        "Probe rows: a seeded, stable subsample (0 on the command line = all rows).",
+        None,
+        f"Probe rows: a seeded, stable subsample; 0 = all rows. Not given: all rows up to "
+        f"{DEFAULT_N} (the same rows n={DEFAULT_N} picks).",
         metavar="ROWS",
-        from_cli=_n_from_cli,
+        type=int,
     )
     metrics: tuple[str, ...] = option(
         DEFAULT_METRICS,
@@ -236,6 +235,13 @@ class RankConfig:
         "Permutations of the image-caption pairing for the null (null mean, z, p); 0 = none. "
         "The smallest possible p is 1/(B+1).",
         metavar="B",
+    )
+    null: str = option(
+        "analytic",
+        "How each score's null (mean, z, p) is found: analytic = exact permutation moments for the "
+        "CKA family (p far below 1/(B+1) resolvable), the B permutations for the other metrics; "
+        "permutation = B permutations for every metric; none.",
+        metavar="analytic|permutation|none",
     )
     subsamples: int = option(
         10, "Row subsamples (without replacement) for the score intervals; 0 = none.", metavar="S"
@@ -271,6 +277,11 @@ class RankConfig:
         False,
         "Skip encoders that fail to load (reported, and listed in run.json) instead of stopping.",
     )
+    skip_bad: bool = option(
+        False,
+        "Skip probe rows with a missing or unreadable image or an empty caption (listed in "
+        "run.json and summary.md) instead of stopping at the first.",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -288,15 +299,23 @@ class RankConfig:
             raise AlignkitError(
                 f"layers must be one of {', '.join(LAYER_MODES)}: got {self.layers!r}"
             )
+        if self.null not in NULL_METHODS:
+            raise AlignkitError(f"null must be one of {', '.join(NULL_METHODS)}: got {self.null!r}")
         for name, low in (("permutations", 0), ("subsamples", 0), ("k", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise AlignkitError(f"{name} must be an integer >= {low}: got {value!r}")
         if self.n is not None and (
-            not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1
+            not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 0
         ):
             raise AlignkitError(
-                f"n must be a positive integer (or None for all rows): got {self.n!r}"
+                f"n must be a number of rows (0 = all; None = all up to {DEFAULT_N}): "
+                f"got {self.n!r}"
+            )
+        if self.caption_policy not in CAPTION_POLICIES:
+            raise AlignkitError(
+                f"caption_policy must be one of {', '.join(CAPTION_POLICIES)}: "
+                f"got {self.caption_policy!r}"
             )
         if not 0.0 < float(self.alpha) < 1.0:
             raise AlignkitError(f"alpha must be in (0, 1): got {self.alpha!r}")

@@ -100,6 +100,10 @@ class RunFolder:
                     "pass overwrite=True to replace them"
                 )
         parent = _existing_ancestor(out.parent)
+        if not parent.is_dir():
+            raise AlignkitError(
+                f"cannot create the output folder {out}: {parent} is a file; choose another folder"
+            )
         if not os.access(parent, os.W_OK | os.X_OK):
             raise AlignkitError(
                 f"cannot write the output folder {out}: {parent} is not writable; "

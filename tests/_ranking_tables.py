@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from alignkit.compare import SCORE_COLUMNS
+from alignkit.metrics import SCORE_COLUMNS
 
 VISION = (
     "torchvision:mobilenet_v2",
@@ -51,6 +51,7 @@ def make_scores(
                         "null_std": sd if null else np.nan,
                         "z": z,
                         "p": p,
+                        "null_method": "permutation" if null else "none",
                         "ci_low": score - 0.02,
                         "ci_high": score + 0.02,
                         "chance": 10 / (n - 1) if m == "mutual_knn" else np.nan,

@@ -31,6 +31,9 @@ OPTIONS = (
     "--out",
     "--overwrite",
     "--keep-going",
+    "--skip-bad",
+    "--null",
+    "--alpha",
     "--top",
     "--quiet",
 )
@@ -97,7 +100,8 @@ def test_out_holding_a_run_is_refused_before_any_work(tmp_path: Path, capsys) ->
             "probe too small: k=10 neighbours need n >= k + 2",
         ),
         (
-            ["--vision", "a:b", "--text", "c:d", "--n", "4", "--metric", "linear_cka"],
+            ["--vision", "a:b", "--text", "c:d", "--n", "4", "--metric", "linear_cka"]
+            + ["--subsamples", "0"],
             "probe too small for 100 permutations: n=4 rows have only 24 orderings",
         ),
         (["--set", "no-such-set"], "unknown encoder set 'no-such-set'; expected one of:"),

@@ -25,66 +25,99 @@ def _cell_texts(ax) -> list[str]:
     return [t.get_text() for t in ax.texts]
 
 
+# short names written out here (not computed by plots.short_label) to read the axes back
+SHORT = {
+    "torchvision:mobilenet_v2": "mobilenet_v2",
+    "efficientnet-lite:efficientnet_lite0": "efficientnet_lite0",
+    "onnx:sscd": "sscd",
+    "random-init:torchvision:mobilenet_v2": "rand-init mobilenet_v2",
+    "st:sentence-transformers/all-MiniLM-L6-v2": "all-MiniLM-L6-v2",
+    "st:sentence-transformers/all-mpnet-base-v2": "all-mpnet-base-v2",
+    "wordllama:l2_supercat": "l2_supercat",
+}
+
+
+def _expected(scores, metric: str, column: str) -> dict[tuple[str, str], float]:
+    """``{(short vision, short text): value}`` straight from the long table."""
+    sub = scores[scores["metric"] == metric]
+    return {
+        (SHORT[v], SHORT[t]): float(x)
+        for v, t, x in zip(sub["vision"], sub["text"], sub[column], strict=True)
+    }
+
+
+def _axes_cells(ax) -> tuple[list[str], list[str]]:
+    """Row (vision) and column (text) names as the heatmap's tick labels show them."""
+    return [t.get_text() for t in ax.get_yticklabels()], [
+        t.get_text() for t in ax.get_xticklabels()
+    ]
+
+
+def _colour_values(ax) -> dict[tuple[str, str], float]:
+    rows, cols = _axes_cells(ax)
+    arr = np.ma.filled(np.asarray(ax.images[0].get_array(), dtype=float), np.nan)
+    return {(r, c): arr[i, j] for i, r in enumerate(rows) for j, c in enumerate(cols)}
+
+
 def test_heatmap_writes_every_score_and_hatches_non_significant_cells() -> None:
     scores = make_scores()
-    sub = scores[scores["metric"] == "linear_cka"]
     fig, ax = plt.subplots()
     out = plots.heatmap(scores, "linear_cka", ax=ax, alpha=0.05)
     assert out is ax
-    texts = _cell_texts(ax)
-    assert len(texts) == len(VISION) * len(TEXT)
-    for score, z, null in zip(sub["score"], sub["z"], sub["null_mean"], strict=True):
-        z_text = f"z={z:.0f}" if abs(z) >= 10 else f"z={z:.1f}"
-        null_text = f"\nnull {null:.2f}" if abs(null) >= 0.005 else ""
-        assert f"{score:.3f}\n{z_text}{null_text}" in texts
-    hatched = [p for p in ax.patches if p.get_gid() == plots.NONSIG_GID]
-    assert len(hatched) == int((sub["p"] >= 0.05).sum()) > 0
-    assert all(p.get_hatch() == plots.NONSIG_HATCH for p in hatched)
-    # hatched cells sit exactly on the non-significant (vision, text) cells
-    mat = plots.score_matrix(scores, "linear_cka", "p")
-    expected = {
-        (j, i) for i in range(mat.shape[0]) for j in range(mat.shape[1]) if mat.iat[i, j] >= 0.05
-    }
-    got = {(round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in hatched}
-    assert got == expected
+    rows, cols = _axes_cells(ax)
+    assert sorted(rows) == sorted(SHORT[v] for v in VISION)
+    assert sorted(cols) == sorted(SHORT[t] for t in TEXT)
+    score = _expected(scores, "linear_cka", "score")
+    z = _expected(scores, "linear_cka", "z")
+    null = _expected(scores, "linear_cka", "null_mean")
+    p = _expected(scores, "linear_cka", "p")
+    assert len(ax.texts) == len(VISION) * len(TEXT)
+    for text in ax.texts:  # each cell's text sits on its own (vision, text) cell
+        j, i = text.get_position()
+        cell = (rows[round(i)], cols[round(j)])
+        z_text = f"z={z[cell]:.0f}" if abs(z[cell]) >= 10 else f"z={z[cell]:.1f}"
+        null_text = f"\nnull {null[cell]:.2f}" if abs(null[cell]) >= 0.005 else ""
+        assert text.get_text() == f"{score[cell]:.3f}\n{z_text}{null_text}", cell
+    hatched = [q for q in ax.patches if q.get_gid() == plots.NONSIG_GID]
+    assert all(q.get_hatch() == plots.NONSIG_HATCH for q in hatched)
+    got = {(rows[round(q.get_y() + 0.5)], cols[round(q.get_x() + 0.5)]) for q in hatched}
+    assert got == {cell for cell, value in p.items() if value >= 0.05} != set()
 
 
 def test_heatmap_colour_is_centred_on_the_null() -> None:
-    ax = plots.heatmap(make_scores(), "linear_cka")
-    image = ax.images[0]
-    assert image.norm(0.0) == pytest.approx(
-        0.5
-    )  # z = 0 (shuffled-pair level) is the neutral colour
-    np.testing.assert_allclose(
-        np.asarray(image.get_array()), plots.score_matrix(make_scores(), "linear_cka", "z")
-    )
+    scores = make_scores()
+    ax = plots.heatmap(scores, "linear_cka")
+    assert ax.images[0].norm(0.0) == pytest.approx(0.5)  # z = 0 (shuffled pairs) is neutral
+    z = _expected(scores, "linear_cka", "z")
+    for cell, value in _colour_values(ax).items():
+        assert value == pytest.approx(z[cell]), cell
     assert "chance" in ax.figure.axes[-1].get_ylabel()
 
 
 def test_heatmap_without_null_centres_on_chance_or_shows_scores() -> None:
     scores = make_scores(null=False)
     ax = plots.heatmap(scores, "mutual_knn")
-    mat = plots.score_matrix(scores, "mutual_knn")
-    chance = plots.score_matrix(scores, "mutual_knn", "chance")
-    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), mat - chance)
-    assert not [p for p in ax.patches if p.get_gid() == plots.NONSIG_GID]
+    score = _expected(scores, "mutual_knn", "score")
+    for cell, value in _colour_values(ax).items():
+        assert value == pytest.approx(score[cell] - 10 / 199), cell  # chance k/(n-1), n = 200
+    assert not [q for q in ax.patches if q.get_gid() == plots.NONSIG_GID]
     ax2 = plots.heatmap(scores, "linear_cka")
     assert "no null" in ax2.figure.axes[-1].get_ylabel()
-    np.testing.assert_allclose(
-        np.asarray(ax2.images[0].get_array()), plots.score_matrix(scores, "linear_cka")
-    )
+    score = _expected(scores, "linear_cka", "score")
+    for cell, value in _colour_values(ax2).items():
+        assert value == pytest.approx(score[cell]), cell
 
 
-def test_heatmap_sorts_rows_by_mean_and_shortens_labels() -> None:
+def test_heatmap_sorts_rows_and_columns_by_mean_score() -> None:
     scores = make_scores()
     ax = plots.heatmap(scores, "linear_cka_unbiased")
-    rows = [t.get_text() for t in ax.get_yticklabels()]
-    cols = [t.get_text() for t in ax.get_xticklabels()]
+    rows, cols = _axes_cells(ax)
+    sub = scores[scores["metric"] == "linear_cka_unbiased"]
+    by_vision = sub.groupby("vision")["score"].mean().sort_values(ascending=False)
+    by_text = sub.groupby("text")["score"].mean().sort_values(ascending=False)
+    assert rows == [SHORT[v] for v in by_vision.index]
+    assert cols == [SHORT[t] for t in by_text.index]
     assert rows[-1] == "rand-init mobilenet_v2"  # the control has the lowest mean
-    assert set(cols) == {"all-MiniLM-L6-v2", "all-mpnet-base-v2", "l2_supercat"}
-    mat = plots.score_matrix(scores, "linear_cka_unbiased")
-    means = mat.mean(axis=1).to_numpy()
-    assert np.all(np.diff(means) <= 0)
 
 
 def test_heatmap_skips_missing_cells_and_unknown_metric() -> None:
@@ -107,9 +140,24 @@ def test_agreement_heatmap_writes_tau_values() -> None:
         [[1.0, 0.5, -0.2], [0.5, 1.0, 0.1], [-0.2, 0.1, 1.0]], index=METRICS, columns=METRICS
     )
     fig, ax = plt.subplots()
-    assert plots.agreement_heatmap(tau, ax=ax) is ax
-    assert sorted(_cell_texts(ax)) == sorted(f"{v:.2f}" for v in tau.to_numpy().ravel())
+    assert plots.agreement_heatmap(tau, ax=ax, n_pairs=12) is ax
+    assert sorted(_cell_texts(ax)) == sorted(
+        ["1.00", "1.00", "1.00", "0.50", "0.50", "-0.20", "-0.20", "0.10", "0.10"]
+    )
     assert ax.images[0].norm.vmin == -1 and ax.images[0].norm.vmax == 1
+    assert "12 pairs" in ax.get_title() and "too few" not in ax.get_title()
+    assert {t.get_fontstyle() for t in ax.texts} == {"normal"}
+
+
+def test_agreement_over_too_few_pairs_is_marked() -> None:
+    import pandas as pd
+
+    tau = pd.DataFrame([[1.0, 1.0], [1.0, 1.0]], index=METRICS[:2], columns=METRICS[:2])
+    tau.attrs["n_pairs"] = 2  # as Ranking.agreement() records it
+    ax = plots.agreement_heatmap(tau)
+    assert "too few pairs to judge agreement (2 < 5)" in ax.get_title()
+    assert {t.get_fontstyle() for t in ax.texts} == {"italic"}
+    assert ax.images[0].get_alpha() < 1
 
 
 def test_top_pairs_draws_bars_in_score_order_with_intervals() -> None:

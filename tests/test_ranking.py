@@ -18,10 +18,10 @@ import pytest
 import torch
 from _ranking_tables import METRICS, TEXT, VISION, make_scores
 
-from alignkit.compare import SCORE_COLUMNS
 from alignkit.config import RankConfig
 from alignkit.errors import AlignkitError
 from alignkit.features import FeatureSet
+from alignkit.metrics import SCORE_COLUMNS
 from alignkit.probes.base import ProbeRow, ProbeSet
 from alignkit.ranking import LayerResult, Ranking, check_probe_size, default_probe
 
@@ -44,6 +44,11 @@ def naive_tau_b(x: np.ndarray, y: np.ndarray) -> float:
             disc += 1
     pairs = len(x) * (len(x) - 1) // 2
     return (conc - disc) / math.sqrt((pairs - tie_x) * (pairs - tie_y))
+
+
+def scores_by_pair(scores: pd.DataFrame, metric: str, column: str) -> dict[tuple[str, str], float]:
+    sub = scores[scores["metric"] == metric]
+    return dict(zip(zip(sub["vision"], sub["text"], strict=True), sub[column], strict=True))
 
 
 @pytest.fixture
@@ -91,8 +96,9 @@ def test_controls_and_significance(ranking: Ranking) -> None:
     assert ranking.controls == ["random-init:torchvision:mobilenet_v2"]
     # the made-up table puts the controls at the null, below every real pair
     assert table.loc[is_control, "rank"].min() > table.loc[~is_control, "rank"].max()
-    expected = table["linear_cka_unbiased_p"] < 0.05
-    assert list(table["significant"]) == list(expected)
+    p = scores_by_pair(make_scores(), "linear_cka_unbiased", "p")
+    expected = [p[(v, t)] < 0.05 for v, t in zip(table["vision"], table["text"], strict=True)]
+    assert list(table["significant"]) == expected
     assert not table.loc[is_control, "significant"].any()
 
 
@@ -138,6 +144,8 @@ def test_controls_do_not_inflate_agreement() -> None:
     assert r.agreement().attrs["n_pairs"] == 4 and r.agreement().attrs["too_few"]
     assert r.agreement(controls=True).loc["linear_cka", "mutual_knn"] > 0
     assert "too few pairs" in r.summary() and "4 real pairs" in r.summary()
+    title = r.plot_agreement().get_title()
+    assert "over 4 real pairs" in title and "too few pairs to judge" in title
 
 
 def test_kendall_tau_with_ties_matches_naive() -> None:
@@ -328,9 +336,12 @@ def test_console_table_lists_top_pairs_with_short_names(ranking: Ranking) -> Non
     text = ranking.format_table(top=4)
     lines = text.splitlines()
     assert len(lines) == 5  # header + 4 pairs
-    top = ranking.table.iloc[0]
-    assert "efficientnet_lite0" in text or "mobilenet_v2" in text or "sscd" in text
-    assert f"{top['linear_cka_unbiased']:.3f}" in lines[1]
+    scores = make_scores()  # the 4 best pairs by the primary metric, from the long table
+    best = scores[scores["metric"] == "linear_cka_unbiased"].nlargest(4, "score")
+    short = {s: s.rsplit(":", 1)[-1].rsplit("/", 1)[-1] for s in [*VISION, *TEXT]}
+    for line, row in zip(lines[1:], best.itertuples(), strict=True):
+        assert f"{row.score:.3f}" in line
+        assert short[row.vision] in line and short[row.text] in line
     assert "st:sentence-transformers" not in text
 
 
@@ -356,12 +367,16 @@ def test_neighbours_are_cosine_nearest_rows_without_self() -> None:
 
 
 def test_probe_size_checks() -> None:
-    cfg = RankConfig(metrics=("linear_cka_unbiased", "mutual_knn"), k=10, permutations=100)
+    cfg = RankConfig(metrics=("linear_cka_unbiased", "mutual_knn"), k=10, subsamples=0)
     with pytest.raises(AlignkitError, match="k=10 neighbours need n >= k \\+ 2; got n=11"):
         check_probe_size(11, cfg)
     check_probe_size(12, cfg)
-    small = RankConfig(metrics=("linear_cka",), permutations=100)
-    with pytest.raises(AlignkitError, match="only 24 orderings"):
+    # the interval subsamples keep round(0.8 n) rows, and k=10 needs 12 of them
+    with pytest.raises(AlignkitError, match="each of the 10 subsamples keeps 10 of the n=12 rows"):
+        check_probe_size(12, cfg.replace(subsamples=10))
+    check_probe_size(15, cfg.replace(subsamples=10))  # keeps 12
+    small = RankConfig(metrics=("linear_cka",), permutations=100, subsamples=0)
+    with pytest.raises(AlignkitError, match="only 24 orderings; lower permutations"):
         check_probe_size(4, small)
     with pytest.raises(AlignkitError, match="n >= 4; got n=3"):
         check_probe_size(3, small.replace(permutations=0))
@@ -383,3 +398,30 @@ def test_no_vision_or_text_encoder_is_an_error() -> None:
         rank_encoders(text=["st:sentence-transformers/all-MiniLM-L6-v2"], probe="synthetic", n=20)
     with pytest.raises(AlignkitError, match="no text encoder given"):
         rank_encoders(vision=["torchvision:mobilenet_v2"], probe="synthetic", n=20)
+
+
+def test_summary_says_p_at_floor_ties_with_the_best_and_recommends() -> None:
+    scores = make_scores()
+    r = Ranking(scores, metadata={"config": {"permutations": 100}})
+    md = r.summary()
+    # p at its floor 1/(B+1): counted here from the long table
+    floor = (scores["p"] - 1 / 101).abs() < 1e-12
+    assert f"{int(floor.sum())} of the scores have p = 1/(B+1) = 0.0099" in md
+    # ties: real pairs whose interval [score - 0.02, score + 0.02] reaches the best real pair's
+    unb = scores[
+        (scores["metric"] == "linear_cka_unbiased") & ~scores["vision"].str.startswith("random")
+    ]
+    best = unb.loc[unb["score"].idxmax()]
+    tied = unb[(unb.index != best.name) & (unb["score"] + 0.02 >= best["score"] - 0.02)]
+    assert len(r.tied_with_best()) == len(tied)
+    assert {
+        (v, t)
+        for v, t in zip(r.tied_with_best()["vision"], r.tied_with_best()["text"], strict=True)
+    } == {(v, t) for v, t in zip(tied["vision"], tied["text"], strict=True)}
+    assert "**Recommendation**: align" in md
+    if len(tied):
+        assert "statistically tied with the best" in md
+    # without intervals nothing can be called tied
+    no_ci = scores.assign(ci_low=np.nan, ci_high=np.nan)
+    assert Ranking(no_ci).tied_with_best().empty
+    assert "ties cannot be judged" in Ranking(no_ci).summary()

@@ -87,7 +87,9 @@ def test_unknown_key_lists_the_valid_keys(tmp_path: Path) -> None:
     [
         ("permutations = -1", "permutations must be an integer >= 0: got -1"),
         ("layers = 'some'", "layers must be one of last, all: got 'some'"),
-        ("n = 0", "n must be a positive integer"),
+        ("n = -1", "n must be a number of rows"),
+        ("caption_policy = 'meen'", "caption_policy must be one of first, mean, random"),
+        ("null = 'exact'", "null must be one of analytic, permutation, none"),
         ("metrics = []", "at least one metric"),
         ("metrics = ['mutual_knn', 'mutual_knn']", "each metric once"),
         ("vision = [{ pooling = 'cls' }]", "needs a 'spec' key"),

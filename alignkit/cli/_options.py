@@ -124,4 +124,25 @@ def options_markdown(cls: type) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["config_options", "options_markdown", "typer_parameters"]
+def cli_words(message: str, cls: type, extra: dict[str, str] | None = None) -> str:
+    """A library message in the command's words: ``keep_going=True`` -> ``--keep-going``,
+    ``or subsamples=0`` -> ``or --subsamples 0`` (after pass/or/use/set only, so facts such as
+    ``n=12 rows`` stay), ``(n)`` -> ``(--n)``, ``caption_policy must`` -> ``--caption-policy
+    must`` for the fields of ``cls``
+    (and ``extra``: ``{"overwrite": "--overwrite"}``)."""
+    import re
+
+    flags = {f.name: opt.flag or "--" + f.name.replace("_", "-") for f, opt in declared(cls)}
+    flags.update(extra or {})
+    for name, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+        message = re.sub(rf"\b{name}=True\b", flag, message)
+        advice = (
+            r"(?:(?<=pass )|(?<=or )|(?<=use )|(?<=set ))"  # "or subsamples=0", not "n=12 rows"
+        )
+        message = re.sub(rf"{advice}{name}=(?=\S)", flag + " ", message)
+        message = re.sub(rf"\({name}\)", f"({flag})", message)
+        message = re.sub(rf"(?<![\w.-]){name}(?= must\b)", flag, message)
+    return message
+
+
+__all__ = ["cli_words", "config_options", "options_markdown", "typer_parameters"]

@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from alignkit.cli import app, silence_third_party_progress
-from alignkit.cli._options import config_options
-from alignkit.config import RankConfig
+from alignkit.cli._options import cli_words, config_options
+from alignkit.config import DEFAULT_N, RankConfig
 from alignkit.errors import AlignkitError
 
 _HELP = (
@@ -78,6 +78,16 @@ def rank_encoders_command(
     quiet: QuietOpt = False,
 ) -> None:
     """The options of RankConfig (alignkit/config.py) are added by @config_options."""
+    try:
+        _rank(cfg_values, config, out, overwrite, top, quiet)
+    except AlignkitError as exc:  # the library names Python arguments; say them as flags
+        words = cli_words(str(exc), RankConfig, {"overwrite": "--overwrite"})
+        raise AlignkitError(words) from exc
+
+
+def _rank(
+    cfg_values: dict, config: Path | None, out: Path | None, overwrite: bool, top: int, quiet: bool
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never open a window
@@ -85,7 +95,7 @@ def rank_encoders_command(
     from alignkit.config import load_config
     from alignkit.ranking import default_probe, rank_encoders
     from alignkit.ranking.folder import write as write_folder
-    from alignkit.runs import OutputExistsError, RunFolder, default_run_dir
+    from alignkit.runs import RunFolder, default_run_dir
 
     started = time.perf_counter()
     base = load_config(config) if config is not None else RankConfig()
@@ -93,12 +103,9 @@ def rank_encoders_command(
 
     probe_spec = cfg.probe or default_probe()
     out_dir = out if out is not None else default_run_dir(probe_spec)
-    try:
-        run_folder = RunFolder(out_dir, overwrite=overwrite)  # refuse before any work
-    except OutputExistsError as exc:
-        raise AlignkitError(str(exc).replace("pass overwrite=True", "pass --overwrite")) from None
+    run_folder = RunFolder(out_dir, overwrite=overwrite)  # refuse before any work
 
-    rows = "all rows" if cfg.n is None else f"n={cfg.n}"
+    rows = {None: f"all rows up to {DEFAULT_N}", 0: "all rows"}.get(cfg.n, f"n={cfg.n}")
     if cfg.probe is None:
         why = (
             "Flickr8k found in ALIGNKIT_DATA_DIR"
@@ -139,7 +146,8 @@ def rank_encoders_command(
     typer.echo(
         f"{len(ranking.vision)} vision x {len(ranking.text)} text encoders on "
         f"{md['probe']['name']} "
-        f"(n={md['probe']['n']}), ranked by {ranking.metric}:"
+        f"(n={md['probe']['n']} of {md['probe'].get('rows_available', md['probe']['n'])} rows), "
+        f"ranked by {ranking.metric}:"
     )
     typer.echo(ranking.format_table(top))
     if ranking.layers:
@@ -160,47 +168,36 @@ def rank_encoders_command(
         )
     for f in md.get("failed_encoders", []):
         typer.secho(f"skipped {f['spec']}: {f['error']}", err=True, fg=typer.colors.YELLOW)
+    skipped_rows = md["probe"].get("skipped_rows", [])
+    if skipped_rows:
+        ids = ", ".join(d["id"] for d in skipped_rows[:5]) + (
+            ", ..." if len(skipped_rows) > 5 else ""
+        )
+        typer.secho(
+            f"skipped {len(skipped_rows)} bad probe rows ({ids}); see run.json",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     typer.echo(f"\nwrote {folder}  ({elapsed:.1f} s)")
 
 
 def _command(cfg: RankConfig, out: Path, top: int, probe: str) -> list[str]:
     """The run as one explicit command line (every option resolved), for run.json."""
+    from alignkit.config import EncoderEntry, declared
+
     argv = ["alignkit", "rank-encoders"]
-    if cfg.encoder_set:
-        argv += ["--set", cfg.encoder_set]
-    for e in cfg.vision:
-        argv += ["--vision", e.spec]
-    for e in cfg.text:
-        argv += ["--text", e.spec]
-    argv += ["--probe", probe, "--n", str(cfg.n or 0)]
-    for m in cfg.metrics:
-        argv += ["--metric", m]
-    argv += [
-        "--permutations",
-        str(cfg.permutations),
-        "--subsamples",
-        str(cfg.subsamples),
-        "--layers",
-        cfg.layers,
-        "--k",
-        str(cfg.k),
-        "--seed",
-        str(cfg.seed),
-        "--batch-size",
-        str(cfg.batch_size),
-        "--caption-policy",
-        cfg.caption_policy,
-        "--device",
-        cfg.device,
-        "--out",
-        str(out),
-        "--top",
-        str(top),
-    ]
-    if cfg.cache is False:
-        argv += ["--cache", "off"]
-    elif isinstance(cfg.cache, str):
-        argv += ["--cache", cfg.cache]
-    if cfg.keep_going:
-        argv.append("--keep-going")
+    for f, opt in declared(RankConfig):
+        value = probe if f.name == "probe" else getattr(cfg, f.name)
+        flag = opt.flag or "--" + f.name.replace("_", "-")
+        if opt.repeat:
+            for item in value:
+                argv += [flag, item.label if isinstance(item, EncoderEntry) else str(item)]
+        elif isinstance(value, bool):
+            if f.name == "cache" and value is False:
+                argv += [flag, "off"]
+            elif value is True and f.name != "cache":
+                argv.append(flag)
+        elif value is not None:
+            argv += [flag, str(value)]
+    argv += ["--out", str(out), "--top", str(top)]
     return [shlex.quote(a) if " " in a else a for a in argv]

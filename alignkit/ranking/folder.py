@@ -1,6 +1,6 @@
 """A ranking's run folder: what :meth:`Ranking.save` writes and :meth:`Ranking.load` reads.
 
-    scores.csv            long-form scores (alignkit.compare.SCORE_COLUMNS)
+    scores.csv            long-form scores (alignkit.metrics.SCORE_COLUMNS)
     ranking.csv           the pair table (Ranking.table)
     heatmap_<metric>.png/.svg, agreement.png, top_pairs.png
     layers/<v>__<t>.png, layer_scores.csv, layers_best.csv    with layers="all"
@@ -98,8 +98,13 @@ def write(r: Ranking, folder: Path, formats: Sequence[str] = ("png", "svg")) -> 
     write_run_json(folder, meta)
 
 
-def load(folder: str | Path) -> Ranking:
-    """Read a run folder written by :func:`save` (scores, metadata and layer scores)."""
+def load(folder: str | Path, *, features: bool = False, progress: bool = False) -> Ranking:
+    """Read a run folder written by :func:`save` (scores, metadata and layer scores).
+
+    ``features=True`` also brings back the probe and every encoder's features (from the
+    feature cache when they are there, else by extracting them again), so that
+    :meth:`Ranking.neighbours` works; the probe must still have the run's fingerprint.
+    """
     from alignkit.ranking.result import LayerResult, Ranking
 
     folder = Path(folder)
@@ -130,13 +135,37 @@ def load(folder: str | Path) -> Ranking:
                     int(meta.get("config", {}).get("permutations", 0)),
                 )
             )
-    return Ranking(
+    ranking = Ranking(
         scores,
         metric=meta.get("primary_metric"),
         alpha=float(meta.get("alpha", 0.05)),
         layers=layers,
         metadata=meta,
     )
+    if features:
+        ranking.probe, ranking.features = _features_of(meta, folder, progress)
+    return ranking
+
+
+def _features_of(meta: dict[str, Any], folder: Path, progress: bool) -> tuple[Any, dict]:
+    """The probe and features of a saved run, rebuilt from its run.json."""
+    from alignkit.config import EncoderEntry, config_from_mapping
+    from alignkit.ranking.checks import load_ranking_probe
+    from alignkit.ranking.pipeline import _extract
+
+    cfg = config_from_mapping(meta.get("config") or {}, source=str(folder / RUN_FILE))
+    probe, _ = load_ranking_probe(cfg)
+    want = meta.get("probe", {}).get("fingerprint")
+    if want and probe.fingerprint != want:
+        raise AlignkitError(
+            f"the probe of {folder} has changed since the run (fingerprint {probe.fingerprint}, "
+            f"the run had {want}): its features cannot be matched to the saved scores"
+        )
+    feats = {}
+    for e in meta.get("encoders", []):
+        entry = EncoderEntry.parse({"spec": e["spec"], **(e.get("options") or {})})
+        feats[e["label"]] = _extract(entry, probe, cfg, progress)
+    return probe, feats
 
 
 def _slug(spec: str) -> str:

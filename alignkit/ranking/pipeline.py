@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignkit._threads import choose_threads, limit_threads
-from alignkit.config import DEFAULT_SET, EncoderEntry, RankConfig
+from alignkit.config import EncoderEntry, RankConfig
 from alignkit.errors import AlignkitError, unknown_key
+from alignkit.ranking.checks import (
+    NEIGHBOUR_METRICS,
+    SUBSAMPLE_FRACTION,
+    check_probe_size,
+    check_settings,
+    default_probe,
+    load_ranking_probe,
+)
 from alignkit.ranking.result import LayerResult, Ranking
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,8 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from alignkit.probes import ProbeSet
 
 log = logging.getLogger("alignkit.ranking")
-
-NEIGHBOUR_METRICS = ("mutual_knn", "cknna")
 
 
 def rank_encoders(
@@ -81,55 +86,6 @@ def rank_encoders(
     if options:
         config = config.replace(**options)
     return _run(config, probe=loaded, progress=progress, command=command)
-
-
-def default_probe() -> str:
-    """``flickr8k:test`` when ``ALIGNKIT_DATA_DIR`` holds Flickr8k, else built-in ``synthetic``."""
-    from alignkit._paths import data_dir
-
-    return "flickr8k:test" if (data_dir() / "flickr8k" / "pairs.jsonl").is_file() else "synthetic"
-
-
-def check_probe_size(n_rows: int, config: RankConfig) -> None:
-    """A probe must be large enough for k, the unbiased estimators and the permutations."""
-    need = 4
-    why = "the unbiased CKA estimators need n >= 4"
-    if any(m in NEIGHBOUR_METRICS for m in config.metrics) and config.k + 2 > need:
-        need, why = config.k + 2, f"k={config.k} neighbours need n >= k + 2"
-    if n_rows < need:
-        raise AlignkitError(f"probe too small: {why}; got n={n_rows} rows")
-    if config.permutations and n_rows <= 12 and math.factorial(n_rows) <= config.permutations:
-        raise AlignkitError(
-            f"probe too small for {config.permutations} permutations: n={n_rows} rows have only "
-            f"{math.factorial(n_rows)} orderings; lower --permutations or use more rows"
-        )
-
-
-def _resolve_encoders(
-    config: RankConfig,
-) -> tuple[list[EncoderEntry], list[EncoderEntry], list[EncoderEntry]]:
-    vision, text, controls = list(config.vision), list(config.text), []
-    set_name = config.encoder_set
-    if set_name is None and not vision and not text:
-        set_name = DEFAULT_SET
-    if set_name is not None:
-        from alignkit.encoders import ENCODER_SETS
-
-        if set_name not in ENCODER_SETS:
-            raise unknown_key("encoder set", set_name, list(ENCODER_SETS))
-        es = ENCODER_SETS[set_name]
-        vision += [EncoderEntry(s) for s in es.vision]
-        text += [EncoderEntry(s) for s in es.text]
-        controls += [EncoderEntry(s) for s in es.controls]
-    vision, text = list(dict.fromkeys(vision)), list(dict.fromkeys(text))
-    controls = [c for c in dict.fromkeys(controls) if c not in vision and c not in text]
-    if not vision and not controls:
-        raise AlignkitError(
-            "no vision encoder given: pass --vision SPEC (repeatable) or --set NAME"
-        )
-    if not text and not controls:
-        raise AlignkitError("no text encoder given: pass --text SPEC (repeatable) or --set NAME")
-    return vision, text, controls
 
 
 def _extract(
@@ -185,26 +141,15 @@ def _run(
     from alignkit.encoders import is_control
     from alignkit.runs import versions
 
-    vision, text, controls = _resolve_encoders(config)
+    vision, text, controls = check_settings(config)  # before anything is loaded
     from alignkit.metrics import score_pairs
-    from alignkit.metrics import METRICS
-
-    for m in config.metrics:
-        if m not in METRICS:
-            raise unknown_key("metric", m, list(METRICS))
-    if config.n is not None:
-        check_probe_size(config.n, config)  # fail before any loading when n alone is too small
 
     # -- probe
     t0 = time.perf_counter()
     if probe is None:
-        from alignkit.probes import load_probe
-
-        spec = config.probe or default_probe()
-        log.debug(
-            "probe: %s (n=%s)%s", spec, config.n, "" if config.probe else " [built-in default]"
-        )
-        probe = load_probe(spec, n=config.n, seed=config.seed)
+        probe, probe_note = load_ranking_probe(config)
+    else:
+        probe_note = {"n_given": None, "rows_available": len(probe), "skipped_rows": []}
     check_probe_size(len(probe), config)
     timings["probe_s"] = time.perf_counter() - t0
 
@@ -228,7 +173,7 @@ def _run(
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             message = f"encoder {entry.label} failed: {type(exc).__name__}: {reason}"
             if not config.keep_going:
-                raise AlignkitError(message + " (pass --keep-going to rank the others)") from exc
+                raise AlignkitError(message + " (keep_going=True ranks the others)") from exc
             log.warning("%s; skipping it (--keep-going)", message)
             failed.append({"spec": entry.label, "error": f"{type(exc).__name__}: {reason}"})
             continue
@@ -282,7 +227,9 @@ def _run(
             as_input(t_labels),
             metrics=config.metrics,
             n_permutations=config.permutations,
+            null=config.null,
             n_subsamples=config.subsamples,
+            subsample_fraction=SUBSAMPLE_FRACTION,
             seed=config.seed,
             progress=progress,
             **metric_options,
@@ -327,6 +274,7 @@ def _run(
             "n": len(probe),
             "fingerprint": probe.fingerprint,
             "default": config.probe is None,
+            **probe_note,
         },
         "encoders": encoders_meta,
         "controls": [e["label"] for e in encoders_meta if e["control"]],
@@ -334,7 +282,7 @@ def _run(
         "timings": timings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return Ranking(
+    ranking = Ranking(
         scores,
         metric=config.primary_metric,
         alpha=config.alpha,
@@ -343,6 +291,17 @@ def _run(
         features={lbl: feats[lbl] for lbl in feats},
         probe=probe,
     )
+    real = int((~ranking.table["control"]).sum())
+    tied = len(ranking.tied_with_best())
+    if tied >= max(2, real // 2):
+        log.warning(
+            "n=%d is small for %d pairs: %d of them cannot be told apart from the best "
+            "(overlapping intervals); rank on more rows",
+            len(probe),
+            real,
+            tied,
+        )
+    return ranking
 
 
 def _bar(items: list[Any], progress: bool, desc: str) -> Any:
@@ -353,4 +312,4 @@ def _bar(items: list[Any], progress: bool, desc: str) -> Any:
     return tqdm(items, desc=desc, unit="pair", leave=False)
 
 
-__all__ = ["check_probe_size", "default_probe", "rank_encoders"]
+__all__ = ["check_probe_size", "default_probe", "rank_encoders"]  # re-exported from checks

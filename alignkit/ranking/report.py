@@ -131,6 +131,50 @@ def _agreement_lines(r: Ranking) -> list[str]:
     return lines
 
 
+def _verdict_lines(r: Ranking) -> list[str]:
+    """p at its floor, the pairs tied with the best, and a one-line recommendation."""
+    lines = [""]
+    floor = r.p_at_floor()
+    b = int(r.metadata.get("config", {}).get("permutations", 0) or 0)
+    if len(floor):
+        lines.append(
+            f"- p at its floor: {len(floor)} of the scores have p = 1/(B+1) = {1 / (b + 1):.3g}, "
+            f"the smallest {b} permutations can give; more permutations (or the analytic null "
+            "of the CKA family) resolve smaller p."
+        )
+    real = r.table[~r.table["control"]]
+    if real.empty:
+        return lines
+    best = real.iloc[0]
+    name = f"`{plots.short_label(best['vision'])}` × `{plots.short_label(best['text'])}`"
+    tied = r.tied_with_best()
+    if len(tied):
+        names = ", ".join(
+            f"`{plots.short_label(v)}` × `{plots.short_label(t)}`"
+            for v, t in zip(tied["vision"], tied["text"], strict=True)
+        )
+        lines.append(f"- statistically tied with the best (intervals overlap {name}'s): {names}")
+    if len(tied) >= max(2, len(real) // 2):
+        lines.append(
+            f"- n = {r.n} is small for this many pairs: {len(tied)} of {len(real)} real pairs "
+            "cannot be told apart from the best; rank on more rows."
+        )
+    significant = best["significant"] is not False
+    if not significant:
+        advice = "no real pair is above chance here: check the probe and the encoders"
+    elif len(tied):
+        advice = (
+            f"align {name} or one of the {len(tied)} pairs tied with it; a short training run "
+            "on each breaks the tie"
+        )
+    elif not np.isfinite(best["ci_low"]):
+        advice = f"align {name} (no intervals were computed, so ties cannot be judged)"
+    else:
+        advice = f"align {name}: it is ahead of every other pair beyond their intervals"
+    lines.append(f"- **Recommendation**: {advice}.")
+    return lines
+
+
 def _min_pairs() -> int:
     from alignkit.ranking.result import MIN_AGREEMENT_PAIRS
 
@@ -179,6 +223,7 @@ def summary(r: Ranking, top: int = 10) -> str:
             *[str(int(row[f"rank_{o}"])) for o in r.metrics[1:]],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _verdict_lines(r)
     if len(r.metrics) > 1:
         lines += _agreement_lines(r)
     if r.controls:
@@ -199,6 +244,14 @@ def summary(r: Ranking, top: int = 10) -> str:
                 f"L{lr.best_text_layer}: {lr.best_score:.3f} (last layers {lr.last_score:.3f}), "
                 f"p = {lr.p_max_corrected:.3g} corrected, {lr.p_best_uncorrected:.3g} uncorrected"
             )
+    skipped = probe.get("skipped_rows") or []
+    if skipped:
+        lines += [
+            "",
+            f"Skipped {len(skipped)} bad probe rows (skip_bad): "
+            + "; ".join(f"`{d['id']}`: {d.get('reason', '?')}" for d in skipped[:20])
+            + ("; ..." if len(skipped) > 20 else ""),
+        ]
     failed = md.get("failed_encoders")
     if failed:
         lines += [

@@ -1,6 +1,6 @@
 """The result of a ranking run: the scores and the tables read from them.
 
-:class:`Ranking` holds the long-form scores (``alignkit.compare.SCORE_COLUMNS``), the layer x
+:class:`Ranking` holds the long-form scores (``alignkit.metrics.SCORE_COLUMNS``), the layer x
 layer results and the run's metadata; everything else (the pair table, ranks under each metric,
 agreement between metrics, nearest neighbours of a row) is computed from those on demand. Its
 figures and text reports are in :mod:`alignkit.ranking.report`, its folder I/O in
@@ -38,8 +38,8 @@ class LayerResult:
         best: ``(i, j)`` of the maximum.
         p_max: permutation p of the maximum against the null of the maximum over all layer pairs,
             ``(1 + #{b: max_ij null[b, i, j] >= max_ij scores}) / (B + 1)`` — the correction for
-            having picked the best of ``Lv * Lt`` layer pairs (the same B permutations for every
-            cell, so the max-null keeps their dependence; Westfall & Young 1993 max-T).
+            having picked the best of ``Lv * Lt`` layer pairs (Westfall & Young 1993 max-T; see
+            :func:`alignkit.metrics.max_over_cells`, which computes it).
         p_best_uncorrected: the best cell's p against its own null alone (what a raw maximum,
             as in platonic-rep's layer search, would claim).
         null_max_mean: mean over permutations of the maximum over layer pairs.
@@ -67,18 +67,21 @@ class LayerResult:
     def from_null(
         cls, vision: str, text: str, metric: str, scores: np.ndarray, null: np.ndarray | None
     ) -> LayerResult:
-        """Build from ``scores (Lv, Lt)`` and ``null (B, Lv, Lt)`` (B may be 0 or ``None``)."""
+        """Build from ``scores (Lv, Lt)`` and ``null (B, Lv, Lt)`` (B may be 0 or ``None``).
+
+        The correction is :func:`alignkit.metrics.max_over_cells` (NaN cells skipped; a
+        permutation whose cells are all NaN is left out). Raises AlignkitError when no score
+        is finite."""
+        from alignkit.metrics import max_over_cells
+
         scores = np.asarray(scores, dtype=float)
-        best = tuple(int(i) for i in np.unravel_index(np.nanargmax(scores), scores.shape))
-        top = scores[best]
-        if null is None or np.asarray(null).size == 0:
-            return cls(vision, text, metric, scores, best, math.nan, math.nan, math.nan, 0)
-        null = np.asarray(null, dtype=float)
-        b = null.shape[0]
-        null_max = np.nanmax(null.reshape(b, -1), axis=1)  # (B,) max over layer pairs
-        p_max = (1 + int((null_max >= top).sum())) / (b + 1)
-        p_cell = (1 + int((null[:, best[0], best[1]] >= top).sum())) / (b + 1)
-        return cls(vision, text, metric, scores, best, p_max, p_cell, float(null_max.mean()), b)
+        m = max_over_cells(scores, null)
+        if m.best is None:
+            raise AlignkitError(f"{metric} is NaN at every layer pair of {vision} x {text}")
+        best = (int(m.best[0]), int(m.best[1]))
+        return cls(
+            vision, text, metric, scores, best, m.p_max, m.p_cell, m.null_max_mean, m.n_permutations
+        )
 
 
 @dataclass
@@ -86,7 +89,7 @@ class Ranking:
     """The result of :func:`rank_encoders`: tables, figures and the run folder.
 
     Attributes:
-        scores: long-form scores, exactly :data:`alignkit.compare.SCORE_COLUMNS`, one row per
+        scores: long-form scores, exactly :data:`alignkit.metrics.SCORE_COLUMNS`, one row per
             (vision, text, metric) at the last layers.
         metric: the primary metric (orders :attr:`table`); default the first metric in ``scores``.
         alpha: significance level for "above chance" (permutation p < alpha; not corrected
@@ -245,6 +248,29 @@ class Ranking:
         tau.attrs["too_few"] = len(t) < MIN_AGREEMENT_PAIRS
         return tau
 
+    def tied_with_best(self) -> pd.DataFrame:
+        """Real pairs whose interval under the primary metric overlaps the best real pair's.
+
+        These pairs are not statistically distinguishable from the best at this n (the best
+        pair itself is left out). Empty when the run has no intervals (``subsamples=0``).
+        """
+        real = self.table[~self.table["control"]]
+        if real.empty or not np.isfinite(real["ci_low"].iloc[0]):
+            return real.iloc[0:0]
+        best = real.iloc[0]
+        rest = real.iloc[1:]
+        return rest[rest["ci_high"] >= best["ci_low"]]
+
+    def p_at_floor(self) -> pd.DataFrame:
+        """Rows of :attr:`scores` (last layers) whose permutation p is the smallest possible,
+        1/(B+1): the permutations cannot say how much smaller it really is."""
+        s = self.main_scores
+        b = int(self.metadata.get("config", {}).get("permutations", 0) or 0)
+        if not b:
+            return s.iloc[0:0]
+        perm = s["null_method"].astype(str) == "permutation"
+        return s[perm & np.isclose(s["p"].astype(float), 1.0 / (b + 1))]
+
     def disagreements(self, top: int = 5, *, controls: bool = True) -> pd.DataFrame:
         """The pairs whose rank moves most between metrics (largest ``max_rank_shift``);
         ``controls=False`` leaves out pairs with a control encoder."""
@@ -302,6 +328,11 @@ class Ranking:
         ``row``, ``id``, ``caption`` (first caption), ``cosine``. Comparing the lists of a vision
         and a text encoder shows what mutual-kNN counts.
         """
+        if not self.features:
+            raise AlignkitError(
+                "this Ranking holds no features (a run read back with Ranking.load); read it "
+                "with Ranking.load(folder, features=True) to explore neighbours"
+            )
         if encoder not in self.features:
             raise unknown_key("encoder with features in this run", encoder, list(self.features))
         fs = self.features[encoder]
@@ -385,8 +416,10 @@ class Ranking:
         return folder.save(self, out_dir, overwrite=overwrite, formats=formats)
 
     @classmethod
-    def load(cls, folder: str | Path) -> Ranking:
-        """Read a run folder written by :meth:`save` (scores, metadata and layer scores)."""
+    def load(cls, folder: str | Path, *, features: bool = False) -> Ranking:
+        """Read a run folder written by :meth:`save` (scores, metadata and layer scores);
+        ``features=True`` also brings back the probe and the features (from the feature cache)
+        that :meth:`neighbours` needs."""
         from alignkit.ranking import folder as _folder
 
-        return _folder.load(folder)
+        return _folder.load(folder, features=features)

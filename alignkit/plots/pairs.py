@@ -1,25 +1,8 @@
-"""Figures of a ranking: pair heatmaps, metric agreement, top pairs, layer x layer heatmaps.
-
-Every function draws on the ``ax`` it is given (or a new figure's Axes) and returns that Axes,
-so notebooks and the CLI draw the same figures. matplotlib is imported lazily; the CLI selects
-the Agg backend before it draws.
-
-**Colour keeps chance visible.** A raw score misleads: biased linear CKA of unrelated features
-sits far above 0 at small n (DESIGN.md), and mutual-kNN's chance level is about k/(n-1). So the
-pair heatmap colours each cell by its z-score against the permutation null,
-``z = (score - null_mean) / null_std``, on a diverging scale centred at 0: white is "no better
-than shuffled pairs", red is above chance, blue below. The cell text is the raw score (what the
-metric says), with the z below it. Cells whose permutation p is not below ``alpha`` are hatched
-and their text is grey. Without a null (``permutations=0``) the colour is the score minus the
-analytic chance level where the metric has one (white = chance), else the raw score on a
-sequential scale, and the colour bar says which.
-"""
+"""Pair figures: the vision x text heatmap of one metric and the top-pairs bar chart."""
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,80 +13,16 @@ from alignkit.errors import AlignkitError
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-METRIC_LABELS: dict[str, str] = {
-    "linear_cka": "linear CKA (biased)",
-    "linear_cka_unbiased": "linear CKA (unbiased)",
-    "rbf_cka": "RBF CKA",
-    "mutual_knn": "mutual kNN",
-    "cknna": "CKNNA",
-    "svcca": "SVCCA",
-}
-
-NONSIG_HATCH = "////"
-NONSIG_GID = "nonsignificant"
-BEST_GID = "best-layer-pair"
-
-
-def metric_label(metric: str) -> str:
-    """Readable name of a metric key (``linear_cka_unbiased`` -> ``linear CKA (unbiased)``)."""
-    return METRIC_LABELS.get(metric, metric.replace("_", " "))
-
-
-def short_label(spec: str, max_len: int = 28) -> str:
-    """A readable short name for an encoder spec.
-
-    ``st:sentence-transformers/all-MiniLM-L6-v2`` -> ``all-MiniLM-L6-v2``;
-    ``random-init:torchvision:mobilenet_v2`` -> ``rand-init mobilenet_v2``;
-    ``random:image-512`` -> ``random image-512``. Options in brackets are kept. Names longer than
-    ``max_len`` lose their middle.
-    """
-    m = re.match(r"^(.*?)(\[.*\])?$", spec)
-    base, opts = (m.group(1), m.group(2) or "") if m else (spec, "")
-    prefix = ""
-    if base.startswith("random-init:"):
-        prefix, base = "rand-init ", base[len("random-init:") :]
-    elif base.startswith("random:"):
-        prefix, base = "random ", base[len("random:") :]
-    name = base.rsplit(":", 1)[-1].rsplit("/", 1)[-1] or base
-    label = f"{prefix}{name}{opts}"
-    if len(label) > max_len:
-        keep = max_len - 1
-        label = label[: (keep + 1) // 2] + "…" + label[len(label) - keep // 2 :]
-    return label
-
-
-def short_labels(specs: Sequence[str], max_len: int = 28) -> dict[str, str]:
-    """``{spec: short label}``; specs whose short labels would collide keep more of their spec."""
-    labels = {s: short_label(s, max_len) for s in specs}
-    counts: dict[str, int] = {}
-    for label in labels.values():
-        counts[label] = counts.get(label, 0) + 1
-    for spec, label in labels.items():
-        if counts[label] > 1:
-            labels[spec] = spec if len(spec) <= 2 * max_len else short_label(spec, 2 * max_len)
-    return labels
-
-
-def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
-
-    _, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return ax
-
-
-def _text_colour(rgba: Sequence[float]) -> str:
-    r, g, b = rgba[:3]
-    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _fmt_z(z: float) -> str:
-    return f"z={z:.0f}" if abs(z) >= 10 else f"z={z:.1f}"
+from alignkit.plots._style import (
+    NONSIG_GID,
+    NONSIG_HATCH,
+    _axes,
+    _fmt,
+    _fmt_z,
+    _text_colour,
+    metric_label,
+    short_labels,
+)
 
 
 def score_matrix(
@@ -147,7 +66,7 @@ def heatmap(
     """Vision x text heatmap of one metric: score (and z, null mean) in each cell, colour = z.
 
     Args:
-        scores: long-form table with :data:`alignkit.compare.SCORE_COLUMNS`.
+        scores: long-form table with :data:`alignkit.metrics.SCORE_COLUMNS`.
         metric: which metric to draw.
         alpha: cells with permutation ``p >= alpha`` are hatched (not significantly above chance).
         labels: ``{spec: display name}``; default :func:`short_labels`.
@@ -254,63 +173,6 @@ def heatmap(
     return ax
 
 
-def kendall_tau_matrix(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """Kendall τ-b between the pair orderings of each two metrics (columns of ``table``)."""
-    from scipy.stats import kendalltau
-
-    tau = pd.DataFrame(np.eye(len(metrics)), index=list(metrics), columns=list(metrics))
-    for i, a in enumerate(metrics):
-        for b in metrics[i + 1 :]:
-            x, y = table[a].to_numpy(float), table[b].to_numpy(float)
-            ok = np.isfinite(x) & np.isfinite(y)
-            value = kendalltau(x[ok], y[ok]).statistic if ok.sum() >= 2 else math.nan
-            tau.loc[a, b] = tau.loc[b, a] = value
-    return tau
-
-
-def agreement_heatmap(
-    tau: pd.DataFrame,
-    *,
-    ax: Axes | None = None,
-    title: str | None = None,
-    n_pairs: int | None = None,
-) -> Axes:
-    """Metric x metric matrix of Kendall τ between the rankings the metrics give the pairs.
-
-    τ = 1: the two metrics order every pair the same way; 0: unrelated orders; -1: reversed.
-    """
-    import matplotlib.pyplot as plt
-
-    m = len(tau)
-    ax = _axes(ax, (2.8 + 1.2 * m, 1.4 + 1.0 * m))
-    cmap = plt.get_cmap("RdBu_r")
-    values = tau.to_numpy(dtype=float)
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1, vmax=1)
-    bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    bar.set_label("Kendall τ")
-    for i in range(m):
-        for j in range(m):
-            v = values[i, j]
-            ax.text(
-                j,
-                i,
-                _fmt(v, 2),
-                ha="center",
-                va="center",
-                fontsize=10,
-                color="black" if not np.isfinite(v) else _text_colour(cmap((v + 1) / 2)),
-            )
-    names = [metric_label(k) for k in tau.index]
-    ax.set_xticks(range(m), names, rotation=30, ha="right")
-    ax.set_yticks(range(m), names)
-    if title is None:
-        title = "Do the metrics rank the pairs alike?"
-        if n_pairs:
-            title += f"\nKendall τ over {n_pairs} pairs"
-    ax.set_title(title, fontsize=10)
-    return ax
-
-
 def top_pairs(
     table: pd.DataFrame,
     metric: str,
@@ -392,93 +254,3 @@ def top_pairs(
         ax.legend(loc="lower right", fontsize=7.5, frameon=True)
     ax.set_title(title or f"Top {count} pairs by {metric_label(metric)}", fontsize=10)
     return ax
-
-
-def layer_heatmap(
-    scores: np.ndarray,
-    *,
-    ax: Axes | None = None,
-    metric: str = "",
-    vision: str = "vision",
-    text: str = "text",
-    p_max: float | None = None,
-    title: str | None = None,
-    annotate: bool | None = None,
-) -> Axes:
-    """Layer x layer heatmap of one pair: ``scores`` is ``(Lv, Lt)`` (vision layers on rows).
-
-    The best cell is outlined (a patch with ``gid == "best-layer-pair"``); ``p_max`` is the
-    permutation p-value of that maximum against the null of the maximum over all layer pairs,
-    which corrects for having picked the best of ``Lv * Lt`` cells. Values are written in the
-    cells when ``annotate`` (default: when there are at most 144 cells).
-    """
-    import matplotlib.patches as mpatches
-    import matplotlib.pyplot as plt
-
-    scores = np.asarray(scores, dtype=float)
-    if scores.ndim != 2 or scores.size == 0:
-        raise AlignkitError(
-            "layer scores must be a non-empty (vision layers, text layers) matrix: "
-            f"got shape {scores.shape}"
-        )
-    lv, lt = scores.shape
-    ax = _axes(ax, (max(4.8, 2.2 + 0.55 * lt), max(3.6, 1.8 + 0.45 * lv)))
-    cmap = plt.get_cmap("viridis")
-    image = ax.imshow(np.ma.masked_invalid(scores), cmap=cmap, origin="lower", aspect="auto")
-    bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
-    bar.set_label(metric_label(metric) if metric else "score")
-    if annotate is None:
-        annotate = lv * lt <= 144
-    if annotate:
-        for i in range(lv):
-            for j in range(lt):
-                v = scores[i, j]
-                if np.isfinite(v):
-                    ax.text(
-                        j,
-                        i,
-                        f"{v:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color=_text_colour(cmap(image.norm(v))),
-                    )
-    if np.isfinite(scores).any():
-        bi, bj = np.unravel_index(np.nanargmax(scores), scores.shape)
-        ax.add_patch(
-            mpatches.Rectangle(
-                (bj - 0.5, bi - 0.5),
-                1,
-                1,
-                fill=False,
-                edgecolor="#e74c3c",
-                linewidth=2.2,
-                gid=BEST_GID,
-            )
-        )
-    ax.set_xlabel(f"{short_label(text)} layer")
-    ax.set_ylabel(f"{short_label(vision)} layer")
-    ax.set_xticks(range(lt))
-    ax.set_yticks(range(lv))
-    if title is None:
-        title = f"{short_label(vision)} × {short_label(text)}"
-        if np.isfinite(scores).any():
-            title += f"\nbest L{bi}×L{bj} = {scores[bi, bj]:.3f}"
-            if p_max is not None and np.isfinite(p_max):
-                title += f", p(max, corrected) = {p_max:.3g}"
-    ax.set_title(title, fontsize=9.5)
-    return ax
-
-
-__all__ = [
-    "METRIC_LABELS",
-    "agreement_heatmap",
-    "heatmap",
-    "kendall_tau_matrix",
-    "layer_heatmap",
-    "metric_label",
-    "score_matrix",
-    "short_label",
-    "short_labels",
-    "top_pairs",
-]

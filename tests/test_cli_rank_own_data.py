@@ -1,0 +1,167 @@
+"""`alignkit rank-encoders` on a user's own manifest: sizes, bad rows, early errors, --out.
+
+Each test drives the command a user types (``alignkit.cli.main``) on a small JSONL manifest
+written here, with model-free encoders (``random:``), so they run in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from alignkit.cli import main
+
+FAST = ["-v", "random:image-16", "-t", "random:text-16", "--metric", "linear_cka_unbiased"]
+FAST += ["--permutations", "5", "--subsamples", "0", "--cache", "off", "--quiet"]
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(["rank-encoders", *argv])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(info.value.code or 0), out.out, out.err
+
+
+def write_manifest(folder: Path, rows: int, bad: int = 0) -> Path:
+    """``rows`` pairs of a small coloured PNG and a caption; the last ``bad`` images missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(rows):
+        name = f"img{i:03d}.png"
+        if i < rows - bad:
+            Image.new("RGB", (8, 8), (i * 4 % 256, 255 - i * 4 % 256, i % 7 * 30)).save(
+                folder / name
+            )
+        lines.append(json.dumps({"id": f"r{i}", "image": name, "caption": f"picture number {i}"}))
+    path = folder / "manifest.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_without_n_a_60_row_manifest_is_ranked_on_all_its_rows(tmp_path: Path, capsys) -> None:
+    manifest = write_manifest(tmp_path / "data", 60)
+    out = tmp_path / "run"
+    code, stdout, err = run_cli([*FAST, "--probe", str(manifest), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "all rows up to 500" in stdout and "n=60 of 60 rows" in stdout
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["probe"]["n"] == 60 and meta["probe"]["n_given"] is None
+    # an explicit --n larger than the probe stays an error
+    code, _, err = run_cli([*FAST, "--probe", str(manifest), "--n", "100"], capsys)
+    assert code == 1 and "n=100 is more rows than probe" in err
+
+
+def test_size_limits_of_subsamples_fail_before_any_encoder_loads(tmp_path: Path, capsys) -> None:
+    argv = ["-v", "nope:never-loaded", "-t", "random:text-16", "--probe", "synthetic"]
+    argv += ["--n", "12", "--out", str(tmp_path / "o")]  # 10 subsamples keep 10 rows; k = 10
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1
+    assert "each of the 10 subsamples keeps 10 of the n=12 rows" in err
+    assert "--subsamples 0" in err and "--n" in err  # the fix in the command's own words
+    assert "nope:never-loaded" not in err  # no encoder was loaded
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (["--device", "cuda:7"], "CUDA is not available"),
+        (["--caption-policy", "meen"], "--caption-policy must be one of first, mean, random"),
+    ],
+)
+def test_run_wide_options_are_checked_before_anything_loads(
+    tmp_path: Path, capsys, flag: list[str], message: str, monkeypatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["-v", "nope:never-loaded", "-t", "nope:never", "--probe", "synthetic", *flag]
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and message in err, err
+    assert "never-loaded" not in err and "--keep-going" not in err
+
+
+def test_skip_bad_ranks_the_good_rows_and_lists_the_bad_ones(tmp_path: Path, capsys) -> None:
+    manifest = write_manifest(tmp_path / "data", 30, bad=2)
+    out = tmp_path / "run"
+    argv = [*FAST, "--probe", str(manifest), "--out", str(out)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and "--skip-bad" in err and "skip_bad=True" not in err
+    code, stdout, err = run_cli([*argv, "--skip-bad"], capsys)
+    assert code == 0, err
+    assert "skipped 2 bad probe rows (r28, r29)" in err
+    meta = json.loads((out / "run.json").read_text())
+    assert [d["id"] for d in meta["probe"]["skipped_rows"]] == ["r28", "r29"]
+    assert meta["probe"]["n"] == 28
+    assert "Skipped 2 bad probe rows" in (out / "summary.md").read_text()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_work(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli([*FAST, "--probe", "synthetic", "--out", str(blocker / "run")], capsys)
+    assert code == 1 and "is a file" in err and str(blocker) in err
+
+
+def test_a_failed_swap_says_where_the_finished_results_are(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "run"
+    real_rename = Path.rename
+
+    def refuse(self: Path, target):
+        if Path(target) == out:
+            raise PermissionError(13, "Permission denied")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refuse)
+    code, _, err = run_cli([*FAST, "--probe", "synthetic", "--n", "20", "--out", str(out)], capsys)
+    assert code == 1 and "they are complete in" in err
+    kept = Path(err.split("they are complete in ")[1].split()[0])
+    assert (kept / "run.json").is_file() and (kept / "scores.csv").is_file()
+
+
+def test_library_errors_name_arguments_and_the_cli_names_flags(tmp_path: Path) -> None:
+    from alignkit.errors import AlignkitError
+    from alignkit.ranking import Ranking, rank_encoders
+
+    with pytest.raises(AlignkitError) as info:
+        rank_encoders(vision=["nope:model"], text=["random:text-8"], probe="synthetic", n=20)
+    assert "keep_going=True" in str(info.value) and "--" not in str(info.value)
+    with pytest.raises(AlignkitError) as info:
+        rank_encoders(text=["random:text-8"], probe="synthetic", n=20)
+    assert "vision=SPEC" in str(info.value) and "--vision" not in str(info.value)
+    from _ranking_tables import make_scores
+
+    r = Ranking(make_scores(metrics=("linear_cka",)))
+    r.save(tmp_path / "run", formats=("png",))
+    with pytest.raises(AlignkitError) as info:
+        r.save(tmp_path / "run", formats=("png",))
+    assert "overwrite=True" in str(info.value) and "--overwrite" not in str(info.value)
+
+
+def test_a_loaded_run_explores_neighbours_from_the_cache(tmp_path: Path, monkeypatch) -> None:
+    from alignkit.errors import AlignkitError
+    from alignkit.ranking import Ranking, rank_encoders
+
+    monkeypatch.setenv("ALIGNKIT_CACHE_DIR", str(tmp_path / "cache"))
+    r = rank_encoders(
+        vision=["random:image-16"],
+        text=["random:text-16"],
+        probe="synthetic",
+        n=24,
+        metrics=["linear_cka_unbiased"],
+        permutations=5,
+        subsamples=0,
+        progress=False,
+    )
+    r.save(tmp_path / "run", formats=("png",))
+    with pytest.raises(AlignkitError, match="features=True"):
+        Ranking.load(tmp_path / "run").neighbours(0, "random:image-16")
+    loaded = Ranking.load(tmp_path / "run", features=True)
+    for encoder in ("random:image-16", "random:text-16"):
+        got, want = loaded.neighbours(3, encoder, k=4), r.neighbours(3, encoder, k=4)
+        assert list(got["id"]) == list(want["id"]) and list(got["caption"]) == list(want["caption"])
