@@ -41,6 +41,10 @@ def test_recall_matches_a_loop_over_queries():
         assert got[f"i2t_r{k}"] == pytest.approx(100 * hits / 7)
         hits = sum(int(t2i[j]) in torch.topk(s[:, j], k).indices.tolist() for j in range(12))
         assert got[f"t2i_r{k}"] == pytest.approx(100 * hits / 12)
+    # ties count against the query: every score equal -> only R@k with k >= all candidates hits
+    flat = retrieval_recall(torch.ones(3, 2), torch.ones(3, 2), torch.arange(3), ks=(1, 3))
+    assert flat["i2t_r1"] == 0.0 and flat["t2i_r1"] == 0.0
+    assert flat["i2t_r3"] == 100.0 and flat["t2i_r3"] == 100.0
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine():

@@ -143,7 +143,8 @@ def retrieval_recall(
     image: Tensor, text: Tensor, text_to_image: Tensor, ks: tuple[int, ...] = RECALL_KS
 ) -> dict[str, float]:
     """Recall@k in % for image→text (an image is a hit when any of its captions is in its top k)
-    and text→image (a caption is a hit when its image is in its top k); ties count as hits.
+    and text→image (a caption is a hit when its image is in its top k); ties count against the
+    query (pessimistic ranks: a wrong candidate scoring the same as the right one ranks first).
 
     image (n_images, D), text (n_texts, D) embeddings (cosine scores when L2-normalised);
     text_to_image (n_texts,). Keys ``i2t_r{k}``, ``t2i_r{k}`` and ``mean_recall`` (their mean).
@@ -157,11 +158,12 @@ def retrieval_recall(
         scores = image[s : s + chunk] @ text.T  # (c, n_texts)
         pos = text_to_image[None, :] == torch.arange(s, s + scores.shape[0])[:, None]
         best = scores.masked_fill(~pos, -math.inf).max(dim=1).values  # (c,)
-        i2t_rank[s : s + chunk] = (scores > best[:, None]).sum(dim=1)
+        wrong = scores.masked_fill(pos, -math.inf)  # (c, n_texts): other images' captions
+        i2t_rank[s : s + chunk] = (wrong >= best[:, None]).sum(dim=1)
     for s in range(0, text.shape[0], chunk):  # captions against every image
         scores = text[s : s + chunk] @ image.T  # (c, n_images)
         own = scores.gather(1, text_to_image[s : s + chunk, None])  # (c, 1)
-        t2i_rank[s : s + chunk] = (scores > own).sum(dim=1)
+        t2i_rank[s : s + chunk] = (scores >= own).sum(dim=1) - 1  # the own image not counted
     out = {}
     for name, rank in (("i2t", i2t_rank), ("t2i", t2i_rank)):
         for k in ks:
