@@ -21,8 +21,9 @@ from alignkit.metrics.calibration import (
     permutation_null,
     subsample_interval,
 )
-from alignkit.metrics.cka import linear_cka, minibatch_cka, rbf_cka
+from alignkit.metrics.cka import linear_cka, minibatch_cka
 from alignkit.metrics.neighbours import cknna, knn_lists, mutual_knn, mutual_knn_chance
+from alignkit.metrics.rbf import rbf_cka
 from alignkit.metrics.registry import METRICS, Metric, get_metric, list_metrics
 from alignkit.metrics.svcca import svcca
 
