@@ -26,7 +26,7 @@ from alignkit.metrics import (
     subsample_interval,
     svcca,
 )
-from alignkit.metrics.cka import _median_sq_dist
+from alignkit.metrics.rbf import _median_sq_dist
 
 
 @pytest.fixture(autouse=True, scope="module")

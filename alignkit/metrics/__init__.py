@@ -21,7 +21,7 @@ from alignkit.metrics.calibration import (
     permutation_null,
     subsample_interval,
 )
-from alignkit.metrics.cka import linear_cka, minibatch_cka, rbf_cka
+from alignkit.metrics.cka import linear_cka, minibatch_cka
 from alignkit.metrics.neighbours import (
     MutualKnnResult,
     NeighbourResult,
@@ -32,6 +32,7 @@ from alignkit.metrics.neighbours import (
     mutual_knn_chance,
     mutual_knn_detail,
 )
+from alignkit.metrics.rbf import rbf_cka
 from alignkit.metrics.registry import METRICS, Metric, get_metric, list_metrics
 from alignkit.metrics.svcca import svcca
 

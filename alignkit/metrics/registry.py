@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from alignkit.errors import AlignkitError, unknown_key
-from alignkit.metrics import cka, neighbours, svcca
+from alignkit.metrics import cka, neighbours, rbf, svcca
 from alignkit.metrics._engine import Engine
 
 
@@ -95,11 +95,11 @@ METRICS: dict[str, Metric] = {
     ),
     "rbf_cka": Metric(
         "rbf_cka",
-        cka.rbf_cka,
+        rbf.rbf_cka,
         MappingProxyType({"sigma_scale": 1.0, "unbiased": False}),
         "RBF-kernel CKA, sigma^2 = median squared distance x sigma_scale^2",
         invariances=_ALL,
-        engine=cka.RBF_ENGINE,
+        engine=rbf.RBF_ENGINE,
         label="RBF CKA",
     ),
     "mutual_knn": Metric(
