@@ -172,6 +172,7 @@ def train_pair(
     *,
     val: str | ProbeSet | None = None,
     n: int | None = None,
+    val_n: int | None = None,
     tokens: bool = False,
     vision_options: dict[str, Any] | None = None,
     text_options: dict[str, Any] | None = None,
@@ -193,7 +194,7 @@ def train_pair(
         config: the :class:`~alignkit.projectors.TrainConfig`.
         out_dir: the run folder (see the module docstring for refuse / resume / overwrite).
         val: validation probe for early stopping, disjoint from ``probe`` by id and image content.
-        n: train on a seeded subsample of this many probe rows.
+        n: train on a seeded subsample of this many probe rows (``val_n``: of validation rows).
         tokens: token-level features (memory-mapped float16) instead of pooled ones.
         cache_only: fail (one line) when a feature set is not already cached.
         batch_size: extraction batch size (rows per encoder forward).
@@ -222,6 +223,8 @@ def train_pair(
     val_probe = None
     if val is not None:
         val_probe = load_probe(val) if isinstance(val, str) else val
+        if val_n is not None:
+            val_probe = val_probe.subsample(val_n)
         check_disjoint(train_probe, val_probe)
     if cache_only:
         for p in (train_probe, val_probe):

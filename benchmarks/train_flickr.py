@@ -76,6 +76,8 @@ def run(name: str, config, train, val, test) -> dict:
         "train_s": round(seconds, 1),
         **{k: round(v, 1) for k, v in rec.items()},
         "dev_mean_recall": round(result.metrics.get("mean_recall", float("nan")), 1),
+        "n_train": train.n_images,
+        "n_val": val.n_images,
     }
     print(json.dumps(row), flush=True)
     return row
@@ -103,7 +105,16 @@ def main() -> None:
     parser.add_argument("--text", default=BEST_PAIR[1])
     parser.add_argument("--grid", nargs="*", default=GRID, help="projector:loss entries")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--baseline-pair",
+        nargs=2,
+        default=list(BASELINE_PAIR),
+        metavar=("VISION", "TEXT"),
+        help="pair of the baseline recipe (default: the issue's MobileNetV2 x MiniLM-L6)",
+    )
     parser.add_argument("--n-train", type=int, default=None, help="first N train images only")
+    parser.add_argument("--n-val", type=int, default=None, help="first N dev images only")
+    parser.add_argument("--only-baseline", action="store_true")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -117,12 +128,14 @@ def main() -> None:
     from alignkit.projectors import TrainConfig
 
     rows = []
-    pairs = [] if args.no_baseline else [("baseline", BASELINE_PAIR, ["linear:clip"], "one")]
-    pairs.append(("grid", (args.vision, args.text), args.grid, "all"))
+    base = tuple(args.baseline_pair)
+    pairs = [] if args.no_baseline else [("baseline", base, ["linear:clip"], "one")]
+    if not args.only_baseline:
+        pairs.append(("grid", (args.vision, args.text), args.grid, "all"))
     for label, (vision, text), grid, captions in pairs:
         t0 = time.perf_counter()
         train = features(vision, text, "train", args.n_train, args.cache_only)
-        val = features(vision, text, "dev", None, args.cache_only)
+        val = features(vision, text, "dev", args.n_val, args.cache_only)
         test = features(vision, text, "test", None, args.cache_only)
         print(
             f"# {label}: {vision} x {text}: train {train.n_images} images / {train.n_texts} "

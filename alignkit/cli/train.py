@@ -55,7 +55,7 @@ _FIELDS_HELP = {
     "patience": "stop after this many validations without improvement; 0 = never (default: 5)",
     "early_stop_metric": "mean_recall, i2t_r1/5/10, t2i_r1/5/10 or val_loss (default: mean_recall)",
 }
-_RUN_KEYS = ("vision", "text", "probe", "val", "n", "tokens", "out")
+_RUN_KEYS = ("vision", "text", "probe", "val", "n", "val_n", "tokens", "out")
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -149,6 +149,9 @@ def train_command(
         ),
     ] = None,
     n: Annotated[int | None, _opt("train on a seeded subsample of N probe rows", "--n")] = None,
+    val_n: Annotated[
+        int | None, _opt("validate on a seeded subsample of N --val rows", "--val-n")
+    ] = None,
     tokens: Annotated[
         bool | None,
         typer.Option(
@@ -217,7 +220,8 @@ def train_command(
 
     values: dict[str, Any] = _read_file(config) if config is not None else {}
     given = {
-        "vision": vision, "text": text, "probe": probe, "val": val, "n": n, "tokens": tokens,
+        "vision": vision, "text": text, "probe": probe, "val": val, "n": n, "val_n": val_n,
+        "tokens": tokens,
         "out": out, "projector": projector, "text_head": text_head, "width": width,
         "hidden": hidden, "dropout": dropout, "loss": loss, "captions": captions,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
@@ -261,6 +265,7 @@ def train_command(
             folder,
             val=values.get("val"),
             n=values.get("n"),
+            val_n=values.get("val_n"),
             tokens=bool(values.get("tokens")),
             cache=cache_value,
             cache_only=cache_only,
