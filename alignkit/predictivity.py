@@ -333,7 +333,7 @@ def run_predictivity(
     key = config.stage_key("vision", "text", "score_probe", "score_n", "metrics", "permutations")
     key += f"-{score_probe.fingerprint}-k{config.k}-s{config.seed}"
     scores = _read_stage_csv(scores_path, key)
-    if scores is None:
+    if scores is None and only is None:  # `only` runs train and evaluate, nothing else
         vis = [
             ak.extract_features(encoder(v), score_probe, cache=cache, progress=progress)
             for v in config.vision
