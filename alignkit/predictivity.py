@@ -255,11 +255,14 @@ def run_predictivity(
     device: str = "cpu",
     progress: bool = False,
     stop_after: str | None = None,
+    only: Sequence[tuple[str, str]] | None = None,
 ) -> PredictivityResult | None:
     """Run (or resume) the whole experiment into ``out_dir``; see the module docstring.
 
     ``stop_after="scores"`` stops once ``scores.csv`` is written (returns None): score a grid
-    while the training features are still being extracted elsewhere.
+    while the training features are still being extracted elsewhere. ``only``: train and
+    evaluate just these ``(vision, text)`` pairs and return None (several processes can share
+    one grid this way; a last call without ``only`` reuses their folders and writes the tables).
 
     Writes ``config.json``, ``scores.csv``, ``pairs/<pair>/`` (training run + ``metrics.json``),
     then ``pairs.csv`` and ``correlations.csv`` (atomically, only once every pair is done) and
@@ -330,7 +333,7 @@ def run_predictivity(
     key = config.stage_key("vision", "text", "score_probe", "score_n", "metrics", "permutations")
     key += f"-{score_probe.fingerprint}-k{config.k}-s{config.seed}"
     scores = _read_stage_csv(scores_path, key)
-    if scores is None:
+    if scores is None and only is None:  # `only` runs train and evaluate, nothing else
         vis = [
             ak.extract_features(encoder(v), score_probe, cache=cache, progress=progress)
             for v in config.vision
@@ -377,55 +380,60 @@ def run_predictivity(
         "seed",
     )
     rows = []
-    for v in config.vision:
-        for t in config.text:
-            folder = out / "pairs" / _slug(v, t)
-            metrics_path = folder / "metrics.json"
-            metrics = _read_stage_json(metrics_path, eval_key)
-            if metrics is None:
-                train = _paired(config, train_probe, v, t, features, caption_probe)
-                val = (
-                    _paired(config, val_probe, v, t, features, caption_probe) if val_probe else None
-                )
-                folder.mkdir(parents=True, exist_ok=True)
-                result = train_projector(
-                    train_cfg, train, val, out_dir=folder, device=device, progress=progress
-                )
-                model = result.model.to("cpu").eval()
-                write_run_config(
-                    folder,
-                    encoder(v),
-                    encoder(t),
-                    dims=(train.image_dim, train.text_dim),
-                    train_config=train_cfg.to_dict(),
-                )
-                pair = AlignedPair(
-                    encoder(v), encoder(t), model.encode_image, model.encode_text, name=f"{v} x {t}"
-                )
-                metrics = evaluate_pair(
-                    pair,
-                    zeroshot_probes=zs_probes,
-                    retrieval_probes=rt_probes,
-                    templates=config.templates,
-                    cache=cache,
-                    device=device,
-                    progress=progress,
-                )
-                _atomic_text(
-                    metrics_path,
-                    json.dumps(
-                        {
-                            "stage_key": eval_key,
-                            "vision": v,
-                            "text": t,
-                            "train_steps": result.steps,
-                            "metrics": metrics,
-                        },
-                        indent=2,
-                    ),
-                )
-            rows.append({"vision": v, "text": t, "metrics": metrics})
+    todo = [(v, t) for v in config.vision for t in config.text]
+    if only is not None:
+        unknown = [p for p in only if tuple(p) not in todo]
+        if unknown:
+            raise AlignkitError(f"only names pairs outside the grid: {unknown}")
+        todo = [tuple(p) for p in only]
+    for v, t in todo:
+        folder = out / "pairs" / _slug(v, t)
+        metrics_path = folder / "metrics.json"
+        metrics = _read_stage_json(metrics_path, eval_key)
+        if metrics is None:
+            train = _paired(config, train_probe, v, t, features, caption_probe)
+            val = _paired(config, val_probe, v, t, features, caption_probe) if val_probe else None
+            folder.mkdir(parents=True, exist_ok=True)
+            result = train_projector(
+                train_cfg, train, val, out_dir=folder, device=device, progress=progress
+            )
+            model = result.model.to("cpu").eval()
+            write_run_config(
+                folder,
+                encoder(v),
+                encoder(t),
+                dims=(train.image_dim, train.text_dim),
+                train_config=train_cfg.to_dict(),
+            )
+            pair = AlignedPair(
+                encoder(v), encoder(t), model.encode_image, model.encode_text, name=f"{v} x {t}"
+            )
+            metrics = evaluate_pair(
+                pair,
+                zeroshot_probes=zs_probes,
+                retrieval_probes=rt_probes,
+                templates=config.templates,
+                cache=cache,
+                device=device,
+                progress=progress,
+            )
+            _atomic_text(
+                metrics_path,
+                json.dumps(
+                    {
+                        "stage_key": eval_key,
+                        "vision": v,
+                        "text": t,
+                        "train_steps": result.steps,
+                        "metrics": metrics,
+                    },
+                    indent=2,
+                ),
+            )
+        rows.append({"vision": v, "text": t, "metrics": metrics})
     timings["train_eval_s"] = time.perf_counter() - t1
+    if only is not None:
+        return None
 
     pairs = pair_table(scores, rows, config)
     correlations = correlate(pairs, config)

@@ -46,8 +46,9 @@ GRIDS = {
         ),
     },
     # what 2 heavily shared cores allowed on the day (see docs/evaluation.md): EfficientNet-Lite0
-    # and MPNet-base left out, both controls kept
+    # and MPNet-base left out, both controls kept; retrieval only (no zero-shot)
     "reduced": {
+        "zeroshot": (),
         "vision": (MOBILENET, "onnx:sscd_distilled", f"random-init:{MOBILENET}"),
         "text": (
             MINILM,
@@ -91,9 +92,12 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=Path(__file__).resolve().parents[1] / "docs")
     parser.add_argument("--no-docs", action="store_true", help="do not copy results into docs/")
     parser.add_argument("--scores-only", action="store_true", help="stop after scoring the pairs")
+    parser.add_argument(
+        "--only-vision", help="train and evaluate only this vision encoder's pairs (parallel runs)"
+    )
     args = parser.parse_args()
 
-    config = PredictivityConfig(**GRIDS[args.grid], **COMMON)
+    config = PredictivityConfig(**{**COMMON, **GRIDS[args.grid]})
     t0 = time.perf_counter()
     result = run_predictivity(
         config,
