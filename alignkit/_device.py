@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 from alignkit.errors import AlignkitError
 
 
-def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device:
-    """``"auto"`` (or None) picks CUDA when available, else CPU; anything else is parsed by torch."""
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) picks CUDA when available, else CPU; torch parses anything else."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise AlignkitError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N': got {device!r}") from exc
+        raise AlignkitError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N': got {device!r}"
+        ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise AlignkitError(f"device {device!r} was asked for but CUDA is not available here")
     return resolved
@@ -26,7 +28,8 @@ def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast on GPU only; a no-op on CPU so CPU numbers stay float32-exact.
 
-    ``precision``: ``"auto"`` (bf16 where supported, else fp16, on CUDA), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+    ``precision``: ``"auto"`` (bf16 where supported, else fp16, on CUDA), ``"fp32"``, ``"bf16"``,
+    ``"fp16"``.
     """
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()

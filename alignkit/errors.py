@@ -1,4 +1,4 @@
-"""The one error type the library raises for bad input; the CLI turns it into one line and exit 1."""
+"""The one error type the library raises for bad input; the CLI makes it one line and exit 1."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ class AlignkitError(Exception):
     """
 
 
-def unknown_key(kind: str, key: str, valid: "list[str] | tuple[str, ...]") -> AlignkitError:
+def unknown_key(kind: str, key: str, valid: list[str] | tuple[str, ...]) -> AlignkitError:
     """Error for a lookup in a registry that failed, listing the valid choices."""
     choices = ", ".join(sorted(valid)) or "(none)"
     return AlignkitError(f"unknown {kind} {key!r}; expected one of: {choices}")

@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Each test session gets its own feature cache unless ALIGNKIT_CACHE_DIR is set (CI sets it)."""
+    """Each test session gets its own feature cache unless ALIGNKIT_CACHE_DIR is set (CI does)."""
     if "ALIGNKIT_CACHE_DIR" not in os.environ:
         os.environ["ALIGNKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("alignkit-cache"))
     return Path(os.environ["ALIGNKIT_CACHE_DIR"])

@@ -165,3 +165,12 @@ def test_a_loaded_run_explores_neighbours_from_the_cache(tmp_path: Path, monkeyp
     for encoder in ("random:image-16", "random:text-16"):
         got, want = loaded.neighbours(3, encoder, k=4), r.neighbours(3, encoder, k=4)
         assert list(got["id"]) == list(want["id"]) and list(got["caption"]) == list(want["caption"])
+
+
+def test_a_misspelt_encoder_gets_the_closest_names_first(tmp_path: Path, capsys) -> None:
+    argv = ["-v", "torchvision:mobilenetv2", "-t", "random:text-8", "--probe", "synthetic"]
+    argv += ["--n", "20", "--subsamples", "0", "--quiet", "--out", str(tmp_path / "o")]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1
+    assert "did you mean: torchvision:mobilenet_v2 (loads offline)?" in err
+    assert len(err) < 600  # not the backend's list of every architecture

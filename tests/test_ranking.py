@@ -425,3 +425,51 @@ def test_summary_says_p_at_floor_ties_with_the_best_and_recommends() -> None:
     no_ci = scores.assign(ci_low=np.nan, ci_high=np.nan)
     assert Ranking(no_ci).tied_with_best().empty
     assert "ties cannot be judged" in Ranking(no_ci).summary()
+
+
+def test_every_heatmap_of_a_run_has_one_order_with_controls_marked(ranking: Ranking) -> None:
+    import matplotlib.pyplot as plt
+
+    orders = []
+    for m in METRICS:
+        ax = ranking.plot_heatmap(m)
+        rows = [t.get_text() for t in ax.get_yticklabels()]
+        cols = [t.get_text() for t in ax.get_xticklabels()]
+        orders.append((rows, cols))
+        assert rows[-1] == "rand-init mobilenet_v2 (control)"  # controls last, said in words
+        assert ax.get_yticklabels()[-1].get_fontstyle() == "italic"
+        assert "chance" in [t.get_text() for t in ax.figure.axes[-1].texts]
+        plt.close(ax.figure)
+    assert all(o == orders[0] for o in orders)  # cells line up across metrics
+    # the order is the primary metric's mean score per encoder, from the long table
+    scores = make_scores()
+    unb = scores[scores["metric"] == "linear_cka_unbiased"]
+    real = unb[~unb["vision"].str.startswith("random")]
+    by_mean = real.groupby("vision")["score"].mean().sort_values(ascending=False).index
+    short = {v: v.rsplit(":", 1)[-1] for v in VISION}
+    assert orders[0][0][:-1] == [short[v] for v in by_mean]
+
+
+def test_layer_plots_share_one_colour_scale_and_mark_chance() -> None:
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(3)
+    strong = LayerResult.from_null(
+        VISION[0], TEXT[0], "mutual_knn", 0.3 + rng.random((3, 2)) / 2, None
+    )
+    weak = LayerResult.from_null(
+        VISION[3], TEXT[0], "mutual_knn", 0.05 + rng.random((3, 2)) / 50, None
+    )
+    r = Ranking(make_scores(), layers=[strong, weak])
+    limits = []
+    for lr in (strong, weak):
+        ax = r.plot_layers(lr.vision, lr.text)
+        limits.append(ax.images[0].get_clim())
+        bar = ax.figure.axes[-1]
+        assert "scale shared by all pairs" in bar.get_ylabel()
+        assert "chance" in [t.get_text() for t in bar.texts]
+        assert "0 = first block, 2 = last" in ax.get_ylabel()
+        plt.close(ax.figure)
+    lo = min(strong.scores.min(), weak.scores.min())
+    hi = max(strong.scores.max(), weak.scores.max())
+    assert limits[0] == limits[1] == pytest.approx((lo, hi))

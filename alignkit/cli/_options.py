@@ -7,7 +7,7 @@ A command whose settings are a config dataclass declares no option of its own fo
     def rank_encoders_command(cfg_values: dict, out: OutOpt = None, ...):
         cfg = base.replace(**cfg_values)
 
-:func:`config_options` adds one typer option per :func:`alignkit.config.option` field (its flag,
+:func:`config_options` adds one typer option per :func:`alignkit.options.option` field (its flag,
 short alias, metavar, help text with the default) to the command's own parameters, and hands the
 command the options the user gave as one dict keyed by field name, already converted by each
 option's ``from_cli`` (apply them with ``config.replace(**cfg_values)``).
@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from alignkit.config import declared, default_of, file_key
+from alignkit.options import declared, default_of, file_key
 
 VALUES = "cfg_values"  # the parameter that receives the config options
 

@@ -24,6 +24,9 @@ def layer_heatmap(
     p_max: float | None = None,
     title: str | None = None,
     annotate: bool | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    chance: float | None = None,
 ) -> Axes:
     """Layer x layer heatmap of one pair: ``scores`` is ``(Lv, Lt)`` (vision layers on rows).
 
@@ -31,6 +34,11 @@ def layer_heatmap(
     permutation p-value of that maximum against the null of the maximum over all layer pairs,
     which corrects for having picked the best of ``Lv * Lt`` cells. Values are written in the
     cells when ``annotate`` (default: when there are at most 144 cells).
+
+    ``vmin``/``vmax`` fix the colour scale (``Ranking.plot_layers`` passes one scale for every
+    pair, so a control's low scores look low); ``chance`` (the metric's chance level, where it
+    has one) is marked on the colour bar. Layer i is the output of the encoder's i-th block
+    (0 = the first, the last index = the encoder's final layer).
     """
     import matplotlib.patches as mpatches
     import matplotlib.pyplot as plt
@@ -44,9 +52,15 @@ def layer_heatmap(
     lv, lt = scores.shape
     ax = _axes(ax, (max(4.8, 2.2 + 0.55 * lt), max(3.6, 1.8 + 0.45 * lv)))
     cmap = plt.get_cmap("viridis")
-    image = ax.imshow(np.ma.masked_invalid(scores), cmap=cmap, origin="lower", aspect="auto")
+    image = ax.imshow(
+        np.ma.masked_invalid(scores), cmap=cmap, origin="lower", aspect="auto", vmin=vmin, vmax=vmax
+    )
     bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
-    bar.set_label(metric_label(metric) if metric else "score")
+    shared = " (scale shared by all pairs)" if vmin is not None and vmax is not None else ""
+    bar.set_label((metric_label(metric) if metric else "score") + shared)
+    if chance is not None and np.isfinite(chance):
+        bar.ax.axhline(chance, color="white", linewidth=1.5, linestyle="--")
+        bar.ax.text(1.6, chance, "chance", transform=bar.ax.get_yaxis_transform(), va="center")
     if annotate is None:
         annotate = lv * lt <= 144
     if annotate:
@@ -76,8 +90,8 @@ def layer_heatmap(
                 gid=BEST_GID,
             )
         )
-    ax.set_xlabel(f"{short_label(text)} layer")
-    ax.set_ylabel(f"{short_label(vision)} layer")
+    ax.set_xlabel(f"{short_label(text)} layer (0 = first block, {lt - 1} = last)")
+    ax.set_ylabel(f"{short_label(vision)} layer (0 = first block, {lv - 1} = last)")
     ax.set_xticks(range(lt))
     ax.set_yticks(range(lv))
     if title is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,6 +62,8 @@ def heatmap(
     title: str | None = None,
     labels: Mapping[str, str] | None = None,
     colorbar: bool = True,
+    order: tuple[Sequence[str], Sequence[str]] | None = None,
+    controls: Sequence[str] = (),
 ) -> Axes:
     """Vision x text heatmap of one metric: score (and z, null mean) in each cell, colour = z.
 
@@ -70,15 +72,25 @@ def heatmap(
         metric: which metric to draw.
         alpha: cells with permutation ``p >= alpha`` are hatched (not significantly above chance).
         labels: ``{spec: display name}``; default :func:`short_labels`.
+        order: ``(vision, text)`` row and column order, so that heatmaps of several metrics can
+            be compared cell by cell (``Ranking.plot_heatmap`` passes one order for all);
+            default: by mean score, best first.
+        controls: encoders that are controls: their tick labels are grey, italic and end in
+            "(control)", and a dashed line sets their rows / columns apart when they are last.
     Returns:
         the Axes; the cell texts are ``ax.texts`` (one per cell with a score), and each hatched
-        cell is a patch with ``gid == "nonsignificant"``.
+        cell is a patch with ``gid == "nonsignificant"``. The colour bar marks chance (z = 0,
+        or score = chance level) with a tick labelled "chance".
     """
     import matplotlib.colors as mcolors
     import matplotlib.patches as mpatches
     import matplotlib.pyplot as plt
 
     score = score_matrix(scores, metric, "score")
+    if order is not None:
+        rows = [v for v in order[0] if v in score.index]
+        cols = [t for t in order[1] if t in score.columns]
+        score = score.reindex(index=rows, columns=cols)
     z = score_matrix(scores, metric, "z").reindex_like(score)
     null_mean = score_matrix(scores, metric, "null_mean").reindex_like(score)
     p = score_matrix(scores, metric, "p").reindex_like(score)
@@ -111,6 +123,9 @@ def heatmap(
     if colorbar:
         bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
         bar.set_label(cbar_label)
+        if norm is not None:  # z = 0 / score = chance level: where "no relation" sits
+            bar.ax.axhline(0.0, color="black", linewidth=1.2)
+            bar.ax.text(1.6, 0.0, "chance", transform=bar.ax.get_yaxis_transform(), va="center")
     pvals = p.to_numpy(dtype=float)
     zvals = z.to_numpy(dtype=float)
     nvals = null_mean.to_numpy(dtype=float)
@@ -154,8 +169,26 @@ def heatmap(
                     )
                 )
     names = dict(labels) if labels is not None else short_labels([*score.index, *score.columns])
-    ax.set_xticks(range(nt), [names.get(t, t) for t in score.columns], rotation=35, ha="right")
-    ax.set_yticks(range(nv), [names.get(v, v) for v in score.index])
+    control_set = set(controls)
+
+    def tick(spec: str) -> str:
+        return names.get(spec, spec) + (" (control)" if spec in control_set else "")
+
+    ax.set_xticks(range(nt), [tick(t) for t in score.columns], rotation=35, ha="right")
+    ax.set_yticks(range(nv), [tick(v) for v in score.index])
+    for label, spec in [
+        *zip(ax.get_xticklabels(), score.columns, strict=True),
+        *zip(ax.get_yticklabels(), score.index, strict=True),
+    ]:
+        if spec in control_set:
+            label.set_color("0.45")
+            label.set_fontstyle("italic")
+    for i, spec in enumerate(score.index):  # a dashed rule above the first control row
+        if spec in control_set and i and score.index[i - 1] not in control_set:
+            ax.axhline(i - 0.5, color="0.2", linestyle="--", linewidth=1.2)
+    for j, spec in enumerate(score.columns):
+        if spec in control_set and j and score.columns[j - 1] not in control_set:
+            ax.axvline(j - 0.5, color="0.2", linestyle="--", linewidth=1.2)
     ax.set_xlabel("text encoder")
     ax.set_ylabel("vision encoder")
     ax.set_xticks(np.arange(-0.5, nt, 1), minor=True)

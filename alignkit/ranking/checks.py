@@ -84,6 +84,28 @@ def check_probe_size(n_rows: int, config: RankConfig) -> None:
         )
 
 
+def suggest_specs(spec: str, n: int = 3) -> str:
+    """``"did you mean: a (loads offline), b?"`` for the known encoder specs closest to
+    ``spec`` (difflib), or ``""`` when none is close. Nothing is loaded."""
+    import difflib
+
+    from alignkit.encoders import list_encoders
+
+    try:
+        infos = {i.spec: i for i in list_encoders()}
+    except Exception:  # noqa: BLE001 - a suggestion must never replace the real error
+        return ""
+    if spec in infos:
+        return ""
+    candidates = [s for s in infos if spec.startswith("random") or not infos[s].control]
+    close = difflib.get_close_matches(spec, candidates, n=n, cutoff=0.75)
+    if not close:
+        return ""
+    close.sort(key=lambda s: not infos[s].offline)  # what loads here first
+    named = [f"{s} (loads offline)" if infos[s].offline else s for s in close]
+    return "did you mean: " + ", ".join(named) + "?"
+
+
 def resolve_encoders(config: RankConfig) -> Encoders:
     """The explicit encoders plus those of ``encoder_set`` (``offline-small`` when none is
     given), without duplicates; the set's controls go to the side their modality says."""
@@ -149,4 +171,5 @@ __all__ = [
     "default_probe",
     "load_ranking_probe",
     "resolve_encoders",
+    "suggest_specs",
 ]

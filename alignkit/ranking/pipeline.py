@@ -33,6 +33,7 @@ from alignkit.ranking.checks import (
     check_settings,
     default_probe,
     load_ranking_probe,
+    suggest_specs,
 )
 from alignkit.ranking.result import LayerResult, Ranking
 
@@ -171,10 +172,13 @@ def _run(
             raise
         except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            close = suggest_specs(entry.spec)
+            if close:  # a typo: the closest known names first, the backend's long list cut short
+                reason = (reason[:160] + " …" if len(reason) > 160 else reason) + f"; {close}"
             message = f"encoder {entry.label} failed: {type(exc).__name__}: {reason}"
             if not config.keep_going:
                 raise AlignkitError(message + " (keep_going=True ranks the others)") from exc
-            log.warning("%s; skipping it (--keep-going)", message)
+            log.warning("%s; skipping it (keep_going)", message)
             failed.append({"spec": entry.label, "error": f"{type(exc).__name__}: {reason}"})
             continue
         timings["extract_s"][entry.label] = time.perf_counter() - t0

@@ -35,10 +35,30 @@ def title(r: Ranking, what: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # figures
 # ----------------------------------------------------------------------------------------------
+def heatmap_order(r: Ranking) -> tuple[list[str], list[str]]:
+    """One row and column order for every metric's heatmap: encoders by their mean score under
+    the primary metric (best first), real encoders before controls."""
+    main = r.main_scores[r.main_scores["metric"] == r.metric]
+    controls = set(r.controls)
+
+    def ordered(side: str) -> list[str]:
+        means = main.groupby(side, sort=False)["score"].mean().sort_values(ascending=False)
+        names = list(means.index)
+        return [e for e in names if e not in controls] + [e for e in names if e in controls]
+
+    return ordered("vision"), ordered("text")
+
+
 def plot_heatmap(r: Ranking, metric: str | None = None, *, ax: Axes | None = None) -> Axes:
     metric = metric or r.metric
     return plots.heatmap(
-        r.main_scores, metric, ax=ax, alpha=r.alpha, title=title(r, plots.metric_label(metric))
+        r.main_scores,
+        metric,
+        ax=ax,
+        alpha=r.alpha,
+        title=title(r, plots.metric_label(metric)),
+        order=heatmap_order(r),
+        controls=r.controls,
     )
 
 
@@ -62,9 +82,29 @@ def plot_top_pairs(
 
 
 def plot_layers(r: Ranking, vision: str, text: str, *, ax: Axes | None = None) -> Axes:
+    """One pair's layer x layer heatmap on the colour scale shared by all pairs of the run,
+    with the metric's chance level marked where it has one."""
+    from alignkit.metrics import METRICS
+
     lr = r.layer_result(vision, text)
+    values = np.concatenate([x.scores.ravel() for x in r.layers])
+    values = values[np.isfinite(values)]
+    low, high = (float(values.min()), float(values.max())) if values.size else (None, None)
+    chance = None
+    if lr.metric in METRICS and r.n:
+        k = r.main_scores["k"].dropna()
+        options = {"k": int(k.iloc[0])} if len(k) and "k" in METRICS[lr.metric].defaults else {}
+        chance = METRICS[lr.metric].chance_level(r.n, **options)
     return plots.layer_heatmap(
-        lr.scores, ax=ax, metric=lr.metric, vision=vision, text=text, p_max=lr.p_max
+        lr.scores,
+        ax=ax,
+        metric=lr.metric,
+        vision=vision,
+        text=text,
+        p_max=lr.p_max,
+        vmin=low,
+        vmax=high,
+        chance=chance,
     )
 
 
