@@ -122,7 +122,7 @@ def _features(widths: list[int], n: int, seed: int, shared) -> dict:
     return out
 
 
-def pairs_rows(alignkit_path: Path, quick: bool) -> None:
+def pairs_rows(alignkit_path: Path, quick: bool, which: str = "all-pairs") -> None:
     """score_pairs with no null, the analytic null and a B = 100 permutation null, in one process
     (the modes alternate, best of two)."""
     sys.path.insert(0, str(alignkit_path))
@@ -132,15 +132,13 @@ def pairs_rows(alignkit_path: Path, quick: bool) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", str(THREADS))))
     from alignkit.metrics import score_pairs
 
-    cases = (
-        [("all-pairs 3x3", 300, 3, ("linear_cka", "linear_cka_unbiased"), 0)]
-        if quick
-        else [
-            ("all-pairs 6x6", 1000, 6, ("linear_cka", "linear_cka_unbiased"), 0),
-            ("all-pairs 6x6", 2000, 6, ("linear_cka", "linear_cka_unbiased"), 0),
-            ("default run", 500, 3, ("linear_cka_unbiased", "linear_cka", "mutual_knn"), 10),
-        ]
-    )
+    cka = ("linear_cka", "linear_cka_unbiased")
+    if which == "default":  # the scoring step of the default ranking (3 x 3 encoders, n = 500)
+        cases = [("default run", 500, 3, ("linear_cka_unbiased", "linear_cka", "mutual_knn"), 10)]
+    elif quick:
+        cases = [("all-pairs 3x3", 300, 3, cka, 0)]
+    else:
+        cases = [("all-pairs 6x6", 1000, 6, cka, 0), ("all-pairs 6x6", 2000, 6, cka, 0)]
     print("\nall-pairs scoring: no null vs analytic null vs B=100 permutations (seconds)")
     print(f"{'case':>14} {'n':>5} {'metrics':>28} {'none':>8} {'analytic':>9} {'perm100':>9}")
     for label, n, k, metrics, subsamples in cases:
@@ -174,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--alignkit", type=Path, default=ROOT, help="checkout whose code to time")
-    parser.add_argument("--rows", default="wide,all-pairs")
+    parser.add_argument("--rows", default="wide,all-pairs,default")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 1)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,8 +183,9 @@ def main() -> None:
     rows = args.rows.split(",")
     if "wide" in rows:
         wide_rows(args.alignkit.resolve(), args.quick)
-    if "all-pairs" in rows:
-        pairs_rows(args.alignkit.resolve(), args.quick)
+    for which in ("all-pairs", "default"):
+        if which in rows:
+            pairs_rows(args.alignkit.resolve(), args.quick, which)
 
 
 if __name__ == "__main__":
