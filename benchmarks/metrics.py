@@ -277,7 +277,7 @@ def knn_table(sizes: list[tuple[int, int]], ann: list[tuple[int, int]], dense_ma
             row(case, "dense masks (platonic-rep)", dense, f"score {dense['score']:.4f}")
             speed = dense["seconds"] / ours["seconds"]
             cpu = dense["cpu_seconds"] / ours["cpu_seconds"]
-            memory = dense["peak_extra_bytes"] / max(ours["peak_extra_bytes"], 1)
+            memory = dense["peak_extra_bytes"] / max(ours["peak_extra_bytes"], 2**20)
             note = f"{speed:.1f}x faster (wall; {cpu:.1f}x in CPU), {memory:.1f}x less memory"
         else:
             need = n * n * 20 / 2**30  # float32 S and two masks, int64 argsort
