@@ -3,8 +3,12 @@
     python benchmarks/metrics.py           # full run (about half an hour on 2 busy cores)
     python benchmarks/metrics.py --quick   # smoke run at small sizes (a minute or two)
 
-Float32 inputs, torch with 2 threads, every case in one process (timings alternate between the
-implementations; the best of a few repeats for fast cases, one run for slow dense ones). Peak
+    python benchmarks/metrics.py --only knn,ann --threads 1   # the kNN table (docs/metrics-speed.md)
+
+Float32 inputs, torch with 2 threads (``--threads``), every case in one process (timings alternate
+between the implementations; the best of a few repeats for fast cases, one run for slow dense
+ones); the kNN table runs each case in its own child, with the GEMM rate measured there right
+before the call and CPU seconds beside wall seconds (wall time is noise on a loaded machine). Peak
 memory is the high-water mark of the RSS of a fresh subprocess per case (VmHWM, reset just before
 the call), minus its RSS at that moment (the inputs already exist): it counts torch's
 allocations, which ``tracemalloc`` does not see.
