@@ -3,7 +3,7 @@
     python benchmarks/metrics.py           # full run (about half an hour on 2 busy cores)
     python benchmarks/metrics.py --quick   # smoke run at small sizes (a minute or two)
 
-    python benchmarks/metrics.py --only knn,ann --threads 1   # the kNN table (docs/metrics-speed.md)
+    python benchmarks/metrics.py --only knn,ann --threads 1   # kNN table, docs/metrics-speed.md
 
 Float32 inputs, torch with 2 threads (``--threads``), every case in one process (timings alternate
 between the implementations; the best of a few repeats for fast cases, one run for slow dense
