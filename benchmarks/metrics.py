@@ -3,8 +3,12 @@
     python benchmarks/metrics.py           # full run (about half an hour on 2 busy cores)
     python benchmarks/metrics.py --quick   # smoke run at small sizes (a minute or two)
 
-Float32 inputs, torch with 2 threads, every case in one process (timings alternate between the
-implementations; the best of a few repeats for fast cases, one run for slow dense ones). Peak
+    python benchmarks/metrics.py --only knn,ann --threads 1   # kNN table, docs/metrics-speed.md
+
+Float32 inputs, torch with 2 threads (``--threads``), every case in one process (timings alternate
+between the implementations; the best of a few repeats for fast cases, one run for slow dense
+ones); the kNN table runs each case in its own child, with the GEMM rate measured there right
+before the call and CPU seconds beside wall seconds (wall time is noise on a loaded machine). Peak
 memory is the high-water mark of the RSS of a fresh subprocess per case (VmHWM, reset just before
 the call), minus its RSS at that moment (the inputs already exist): it counts torch's
 allocations, which ``tracemalloc`` does not see.
@@ -29,6 +33,7 @@ product); RBF CKA n²·d per input (each kernel once); all pairs: the sum of the
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -189,6 +194,9 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+_LIBC = ctypes.CDLL("libc.so.6")
+
+
 def knn_gemm_rate(x: torch.Tensor) -> tuple[float, float]:
     """FLOP per wall second and per CPU second of the product the kNN search is made of,
     (1024 x d) @ (d x n), best of 3 each."""
@@ -214,6 +222,7 @@ def run_case(name: str, n: int, d: int, repeats: int = 1) -> dict:
     best: dict = {}
     for _ in range(repeats):
         rate, cpu_rate = knn_gemm_rate(x)
+        _LIBC.malloc_trim(0)  # hand the rate's freed buffers back, so they don't hide our peak
         Path("/proc/self/clear_refs").write_text("5")
         before = _status_kib("VmRSS") * 1024
         t, c = time.perf_counter(), time.process_time()
@@ -272,7 +281,7 @@ def knn_table(sizes: list[tuple[int, int]], ann: list[tuple[int, int]], dense_ma
             row(case, "dense masks (platonic-rep)", dense, f"score {dense['score']:.4f}")
             speed = dense["seconds"] / ours["seconds"]
             cpu = dense["cpu_seconds"] / ours["cpu_seconds"]
-            memory = dense["peak_extra_bytes"] / max(ours["peak_extra_bytes"], 1)
+            memory = dense["peak_extra_bytes"] / max(ours["peak_extra_bytes"], 2**20)
             note = f"{speed:.1f}x faster (wall; {cpu:.1f}x in CPU), {memory:.1f}x less memory"
         else:
             need = n * n * 20 / 2**30  # float32 S and two masks, int64 argsort
