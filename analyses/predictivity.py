@@ -81,7 +81,7 @@ COMMON = {
         "lr": 1e-3,
         "patience": 8,
     },
-    "bootstrap": 2000,
+    "bootstrap": 1000,
 }
 
 
@@ -99,13 +99,18 @@ def main() -> None:
 
     config = PredictivityConfig(**{**COMMON, **GRIDS[args.grid]})
     t0 = time.perf_counter()
+    only = [(args.only_vision, t) for t in reversed(config.text)] if args.only_vision else None
     result = run_predictivity(
         config,
         args.out,
         device="cpu",
         progress=False,
         stop_after="scores" if args.scores_only else None,
+        only=only,
     )
+    if only is not None:
+        print(f"{len(only)} pairs of {args.only_vision} done in {time.perf_counter() - t0:.0f} s")
+        return
     if result is None:
         print(f"scores written to {args.out / 'scores.csv'} in {time.perf_counter() - t0:.0f} s")
         return

@@ -75,7 +75,7 @@ def _pairs_table():
 def test_correlations_match_naive_formulas():
     pairs = _pairs_table()
     cfg = PredictivityConfig(vision=("v1", "v2", "random-init:v3"), text=("t1", "t2", "t3"),
-                             bootstrap=500)  # fmt: skip
+                             bootstrap=200)  # fmt: skip
     table = correlate(pairs, cfg)
     assert set(table["kind"]) == {"raw", "z"} and len(table) == 2
     y = pairs["post/zeroshot/x/top1"].tolist()
