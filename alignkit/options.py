@@ -17,7 +17,6 @@ fields into typer options, :func:`alignkit.cli._options.options_markdown` into a
 from __future__ import annotations
 
 import difflib
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
@@ -140,9 +139,9 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "config", cls:
 
 
 def _toml_loads(text: str) -> Any:
-    if sys.version_info >= (3, 11):
+    try:
         import tomllib
-    else:  # pragma: no cover - Python 3.10
+    except ImportError:  # Python 3.10: the tomli backport (a dependency there), same API
         try:
             import tomli as tomllib
         except ImportError as exc:
