@@ -9,6 +9,7 @@ Public API (imported lazily, so ``import alignkit`` stays cheap)::
     linear_cka(x, y), mutual_knn(x, y, k=10), METRICS              # metrics
     score_pairs(vision_features, text_features, metrics)           # -> long-form DataFrame
     rank_encoders(vision=[...], text=[...], probe="synthetic")     # -> Ranking
+    load_aligned("runs/x").similarity(images, texts)               # a trained pair
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ _EXPORTS: dict[str, str] = {
     # ranking
     "rank_encoders": "alignkit.ranking",
     "Ranking": "alignkit.ranking",
+    # trained pairs
+    "load_aligned": "alignkit.aligned",
+    "AlignedModel": "alignkit.aligned",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

@@ -220,7 +220,10 @@ def load_config(path: str | Path) -> RankConfig:
     suffix = path.suffix.lower()
     text = path.read_text(encoding="utf-8")
     if suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: the backport (a dependency there) has the same API
+            import tomli as tomllib
 
         try:
             data = tomllib.loads(text)

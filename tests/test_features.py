@@ -129,7 +129,7 @@ def test_progress_bar_shows_items_per_second_and_can_be_silenced(probe, capsys):
         ({"num_workers": -1}, "num_workers must be None or an integer >= 0: got -1"),
         (
             {"caption_policy": "longest"},
-            "unknown caption policy 'longest'; expected one of: first, mean, random",
+            "unknown caption policy 'longest'; expected one of: all, first, mean, random",
         ),
         ({"cache": 3}, "cache must be True, False, a folder or a FeatureCache: got int"),
         ({"device": "meta"}, r"runs on cpu, but device='meta' was asked for"),

@@ -172,6 +172,7 @@ def _main(args: dict[str, Any]) -> None:
                 caption_policy=args.get("caption_policy", "first"),
                 cache=cache,
                 progress=False,
+                distributed=args.get("distributed", True),
             )
             if run == 0:
                 result = {

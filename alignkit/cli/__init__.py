@@ -46,6 +46,7 @@ def silence_third_party_progress() -> None:
 from alignkit.cli import encoders as _encoders  # noqa: E402,F401
 from alignkit.cli import extract as _extract  # noqa: E402,F401
 from alignkit.cli import rank as _rank  # noqa: E402,F401
+from alignkit.cli import train as _train  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -153,6 +153,7 @@ def extract_command(
                     num_workers=workers,
                     cache=store if store else False,
                     progress=not quiet,
+                    distributed=True,  # under torchrun: split the rows (a group only for this call)
                     **common,
                 )
                 created = datetime.fromisoformat(str(fs.provenance.get("created")))

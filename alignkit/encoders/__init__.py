@@ -124,7 +124,8 @@ def create_encoder(
         unknown = sorted(set(kwargs) - set(accepted) - {"spec"})
         if unknown:
             raise AlignkitError(
-                f"unknown option(s) {', '.join(unknown)} for {spec}; expected: {', '.join(accepted)}"
+                f"unknown option(s) {', '.join(unknown)} for {spec}; "
+                f"expected: {', '.join(accepted)}"
             )
     return cls(model_id, **kwargs)
 
@@ -349,7 +350,9 @@ ENCODER_SETS: dict[str, EncoderSet] = {
                 "random-init:torchvision:mobilenet_v2",
                 "random-init:st:sentence-transformers/all-MiniLM-L6-v2",
             ),
-            description="the quick registry-shipped encoders (a few seconds per 64 items on 2 cores)",
+            description=(
+                "the quick registry-shipped encoders (a few seconds per 64 items on 2 cores)"
+            ),
         ),
         EncoderSet(
             name="offline-all",

@@ -22,6 +22,7 @@ from alignkit.encoders._util import (
     IMAGENET_STD,
     check_layer_index,
     files_identity,
+    freeze,
     image_transform,
     parse_layer,
     require,
@@ -37,7 +38,8 @@ POOLINGS = ("default", "mean")
 class CNNEncoder(Encoder):
     """A frozen CNN classifier: pre-logits embedding, per-stage layers, logits kept reachable.
 
-    Subclasses build ``self.model`` and list ``self._stages`` (modules whose outputs are the layers).
+    Subclasses build ``self.model`` and list ``self._stages`` (modules whose outputs are the
+    layers).
     """
 
     modality = "image"
@@ -52,7 +54,7 @@ class CNNEncoder(Encoder):
         self.layer = parse_layer(layer)
 
     def _finish(self, stage_dims: list[int], embed_dim: int) -> None:
-        self.model = self.model.eval().to(self.device)
+        self.model = self.model.to(self.device)  # frozen (eval, no grad) since it was loaded
         self._layer_dims = stage_dims
         self.n_layers = len(stage_dims)
         if self.layer == "last":
@@ -89,6 +91,19 @@ class CNNEncoder(Encoder):
             return stack_padded(pooled)
         return pooled[self.layer]
 
+    def _forward_tokens(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last stage's feature map as tokens: (B, C, H, W) -> (B, H*W, C), mask all True."""
+        if not self._stages:
+            return super()._forward_tokens(batch)
+        maps: list[torch.Tensor] = []
+        hook = self._stages[-1].register_forward_hook(lambda _m, _i, o: maps.append(o))
+        try:
+            self.model(batch.to(self.device))
+        finally:
+            hook.remove()
+        tokens = maps[-1].flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Classifier logits ``(B, n_classes)`` of preprocessed images ``(B, 3, H, W)``."""
         with inference(self.device, self.precision):
@@ -108,7 +123,8 @@ class CNNEncoder(Encoder):
 
 
 def _load_state(model: nn.Module, weights: str | Path, what: str) -> None:
-    """Load a state-dict file (optionally wrapped as ``{"state_dict": ...}``) strictly into model."""
+    """Load a state-dict file (optionally wrapped as ``{"state_dict": ...}``) strictly into
+    ``model``."""
     state = torch.load(str(weights), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -176,14 +192,15 @@ class TorchvisionEncoder(CNNEncoder):
         archs = torchvision.models.list_models(module=torchvision.models)
         if model_id not in archs:
             raise AlignkitError(
-                f"unknown torchvision architecture {model_id!r}; expected one of: {', '.join(sorted(archs))}"
+                f"unknown torchvision architecture {model_id!r}; "
+                f"expected one of: {', '.join(sorted(archs))}"
             )
         registry_spec = f"torchvision:{model_id}"
         if weights is None and not random_init:
             if registry_spec not in _offline.OFFLINE_MODELS:
                 raise AlignkitError(
-                    f"torchvision:{model_id} needs a local weights file: pass weights=<path to a state "
-                    "dict> (or use random-init:torchvision:{model_id}); offline-shipped: "
+                    f"torchvision:{model_id} needs a local weights file: pass weights=<path to a "
+                    f"state dict> (or use random-init:torchvision:{model_id}); offline-shipped: "
                     + ", ".join(s for s in _offline.OFFLINE_MODELS if s.startswith("torchvision:"))
                 )
             weights = _offline.resolve(registry_spec)
@@ -198,11 +215,12 @@ class TorchvisionEncoder(CNNEncoder):
             self._identity = f"random-init:seed={seed}:torchvision=={torchvision.__version__}"
         else:
             _load_state(model, weights, f"torchvision's {model_id}")
-        self.model = model
+        self.model = freeze(model)  # before the width probe below runs it
         self._stages = _stages(model)
         if self.layer != "last" and not self._stages:
             raise AlignkitError(
-                f"layer {layer!r} is not available for {spec}: no stages known; expected layer='last'"
+                f"layer {layer!r} is not available for {spec}: no stages known; "
+                "expected layer='last'"
             )
         head = _last_linear(model)
         self._head = head
@@ -218,6 +236,10 @@ class TorchvisionEncoder(CNNEncoder):
         self._finish(stage_dims, head.in_features)
 
     def _probe_stage_dims(self, size: int) -> list[int]:
+        """Stage widths from one forward pass of a blank image through the frozen model (in
+        ``eval()``, so BatchNorm reads its running statistics and writes nothing)."""
+        if self.model.training:  # pragma: no cover - freeze() runs first
+            raise AssertionError("the width probe must run on a model in eval mode")
         with torch.inference_mode():
             return [int(o.shape[-1]) for o in self._stage_outputs(torch.zeros(1, 3, size, size))]
 
@@ -266,7 +288,8 @@ class EfficientNetLiteEncoder(CNNEncoder):
         self._model_id = model_id
         if model_id not in LITE_SIZES:
             raise AlignkitError(
-                f"unknown EfficientNet-Lite model {model_id!r}; expected one of: {', '.join(LITE_SIZES)}"
+                f"unknown EfficientNet-Lite model {model_id!r}; "
+                f"expected one of: {', '.join(LITE_SIZES)}"
             )
         registry_spec = f"efficientnet-lite:{model_id}"
         pip = (
@@ -290,7 +313,7 @@ class EfficientNetLiteEncoder(CNNEncoder):
             self._identity = f"random-init:seed={seed}:efficientnet-lite-pytorch"
         else:
             _load_state(model, weights, name)
-        self.model = model
+        self.model = freeze(model)
         self._stages = [*model._blocks, model._conv_head]
         size = LITE_SIZES[model_id]
         self._transform = {

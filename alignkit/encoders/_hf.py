@@ -21,6 +21,7 @@ from alignkit.encoders._util import (
     IMAGENET_STD,
     check_layer_index,
     files_identity,
+    freeze,
     image_transform,
     log,
     parse_layer,
@@ -40,7 +41,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def _is_causal(config: Any) -> bool:
-    """Decoder LM: its type has a causal-LM head class and no masked-LM one (BERT/RoBERTa have both)."""
+    """Decoder LM: its type has a causal-LM head class and no masked-LM one (BERT/RoBERTa have
+    both)."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -118,7 +120,7 @@ class HFEncoder(Encoder):
             raise AlignkitError(f"could not load the weights of hf:{model_id}: {exc}") from exc
         if two_tower:
             model = model.vision_model if modality == "image" else model.text_model
-        self.model = model.eval().to(self.device)
+        self.model = freeze(model).to(self.device)
         self._hf_config = model.config
 
         if random_init:
@@ -295,7 +297,8 @@ class HFEncoder(Encoder):
         return (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
 
     def _pool_for(self, n_prefix: int) -> str:
-        """The token pooling to apply; "default" without a pooler head is CLS (or mean without one)."""
+        """The token pooling to apply; "default" without a pooler head is CLS (or mean without
+        a class token)."""
         pooling = self.pooling
         if pooling == "default":
             pooling = "cls" if n_prefix > 0 else "mean"
@@ -328,6 +331,29 @@ class HFEncoder(Encoder):
         if self.layer == "all":
             return torch.stack([pool_tokens(h, pooling, mask=mask) for h in hidden])
         return pool_tokens(hidden[self.layer], pooling, mask=mask)
+
+    def _forward_tokens(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer tokens: text token states and attention mask; ViT prefix + patch tokens;
+        a conv model's last map flattened (B, C, H, W) -> (B, H*W, C)."""
+        if self.modality == "image":
+            out = self.model(pixel_values=batch.to(self.device))
+            tokens = out.last_hidden_state
+            if tokens.ndim == 4:
+                tokens = tokens.flatten(2).transpose(1, 2)
+            return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        enc = self.tokenizer(
+            batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        inputs = {
+            k: v.to(self.device)
+            for k, v in enc.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        if self._causal:
+            mask = inputs["attention_mask"]
+            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.model(**inputs)
+        return out.last_hidden_state, inputs["attention_mask"].bool()
 
     def weights_identity(self) -> str:
         return self._identity

@@ -199,7 +199,8 @@ class OnnxEncoder(Encoder):
                 feed[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
             else:
                 raise AlignkitError(
-                    f"{self.name}: the graph wants input {name!r}, which the tokenizer does not give"
+                    f"{self.name}: the graph wants input {name!r}, which the tokenizer does not "
+                    "give"
                 )
         out = torch.from_numpy(self.session.run([conv.output], feed)[0])
         if self._token_output:  # (B, T, D) token states

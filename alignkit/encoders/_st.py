@@ -1,4 +1,5 @@
-"""``st:<model id or folder>``: a sentence-transformers model with its own pooling and normalisation.
+"""``st:<model id or folder>``: a sentence-transformers model with its own pooling and
+normalisation.
 
 Registry-shipped ids (``st:sentence-transformers/all-MiniLM-L6-v2``, ``.../all-mpnet-base-v2``) load
 from their installed PyPI packages with no network; other ids load from the hub or a local folder.
@@ -20,6 +21,7 @@ from alignkit.encoders import _offline
 from alignkit.encoders._util import (
     check_layer_index,
     files_identity,
+    freeze,
     parse_layer,
     pool_tokens,
     seeded,
@@ -110,14 +112,15 @@ class STEncoder(Encoder):
             transformer.auto_model.load_state_dict(fresh.state_dict())
             import sentence_transformers
 
-            identity = f"random-init:seed={seed}:sentence-transformers=={sentence_transformers.__version__}"
+            version = sentence_transformers.__version__
+            identity = f"random-init:seed={seed}:sentence-transformers=={version}"
         if identity is None:
             commit = (
                 getattr(transformer.auto_model.config, "_commit_hash", None) or "unknown-revision"
             )
             identity = f"hub:{model_id}@{commit}"
         self._identity = identity
-        self.model = model.eval()
+        self.model = freeze(model)
         if max_length:
             self.model.max_seq_length = int(max_length)
         self.max_length = int(self.model.max_seq_length)
@@ -175,6 +178,15 @@ class STEncoder(Encoder):
             return torch.stack([pool(h) for h in hidden])
         index = -1 if self.layer == "last" else self.layer
         return pool(hidden[index])
+
+    def _forward_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer token states (B, T, hidden) and the attention mask (B, T)."""
+        feats = self._tokenize(texts)
+        inputs = {
+            k: feats[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats
+        }
+        out = self._auto(**inputs)
+        return out.last_hidden_state, inputs["attention_mask"].bool()
 
     def weights_identity(self) -> str:
         return self._identity

@@ -116,7 +116,8 @@ class TfidfSVDEncoder(Encoder):
             )
         import sklearn
 
-        return f"tfidf-svd:sklearn=={sklearn.__version__}:corpus={self._corpus_hash}:n={self._n_fitted}"
+        corpus = f"corpus={self._corpus_hash}:n={self._n_fitted}"
+        return f"tfidf-svd:sklearn=={sklearn.__version__}:{corpus}"
 
     def config(self) -> dict[str, Any]:
         return {

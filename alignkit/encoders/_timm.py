@@ -18,6 +18,7 @@ from alignkit.encoders._util import (
     ToRGB,
     check_layer_index,
     files_identity,
+    freeze,
     parse_layer,
     pool_tokens,
     seeded,
@@ -88,11 +89,12 @@ class TimmEncoder(Encoder):
         except (OSError, RuntimeError, ValueError) as exc:
             if use_hub:
                 raise AlignkitError(
-                    f"could not fetch the pretrained weights of timm:{model_id} ({type(exc).__name__}); "
+                    f"could not fetch the pretrained weights of timm:{model_id} "
+                    f"({type(exc).__name__}); "
                     "with no network pass checkpoint_path=<local file>, or pretrained=False"
                 ) from exc
             raise AlignkitError(f"could not build timm:{model_id}: {exc}") from exc
-        self.model = model.eval().to(self.device)
+        self.model = freeze(model).to(self.device)
         if random_init or not (use_hub or checkpoint_path):
             self._identity = f"random-init:seed={seed}:timm=={timm.__version__}"
         elif checkpoint_path is not None:
@@ -190,6 +192,14 @@ class TimmEncoder(Encoder):
             outs = model.forward_intermediates(x, indices=indices, intermediates_only=True)
             pooled = [o.mean(dim=(2, 3)) for o in outs]  # (B, C_stage) per stage
         return pooled[0] if self.layer != "all" else stack_padded(pooled)
+
+    def _forward_tokens(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward_features``: ViT prefix (CLS/register) + patch tokens (B, T, D), or a CNN's
+        last map flattened (B, C, H, W) -> (B, H*W, C); mask all True."""
+        feats = self.model.forward_features(batch.to(self.device))
+        if feats.ndim == 4:
+            feats = feats.flatten(2).transpose(1, 2)
+        return feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
 
     def weights_identity(self) -> str:
         return self._identity

@@ -20,6 +20,7 @@ import torch
 
 from alignkit._paths import cache_dir
 from alignkit.errors import AlignkitError
+from alignkit.images import to_rgb
 
 log = logging.getLogger("alignkit.encoders")
 
@@ -121,6 +122,16 @@ def no_layers(layer: str | int, spec: str) -> None:
             f"layer {layer!r} is not available for {spec}: it exposes only its final output; "
             "expected layer='last'"
         )
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Make a loaded model read-only, in place, before anything runs it: ``eval()`` (BatchNorm
+    uses its stored running statistics and never updates them; dropout and drop-path are off) and
+    ``requires_grad`` off on every parameter. Every backend calls this right after loading its
+    weights, so no forward pass (not even one that measures layer widths) can change them."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
 
 
 @contextlib.contextmanager
@@ -229,12 +240,11 @@ def require(module: str, pip: str) -> Any:
 
 
 class ToRGB:
-    """PIL image (any mode) -> RGB PIL image. A class, so transforms stay picklable."""
+    """PIL image (any mode of :data:`alignkit.images.MODES`) -> upright 8-bit RGB PIL image, as
+    :func:`alignkit.images.to_rgb` gives it. A class, so transforms stay picklable."""
 
     def __call__(self, image: Any) -> Any:
-        if not hasattr(image, "convert"):
-            raise AlignkitError(f"expected a PIL image, got {type(image).__name__}")
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
 
     def __repr__(self) -> str:
         return "ToRGB()"

@@ -53,7 +53,8 @@ class Encoder(abc.ABC):
         modality: ``"image"`` or ``"text"``.
         dim: width of one output vector (for ``pooling="cls+mean"`` twice the hidden width).
         device: where :meth:`forward` runs.
-        pooling: one of :data:`POOLINGS` (backends that cannot pool differently accept ``"default"`` only).
+        pooling: one of :data:`POOLINGS` (backends that cannot pool differently accept
+            ``"default"`` only).
         layer: ``"last"``, ``"all"`` or an int index.
         n_layers: how many layers ``layer="all"`` returns (1 for backends without layers).
     """
@@ -99,19 +100,22 @@ class Encoder(abc.ABC):
 
     @abc.abstractmethod
     def _forward(self, batch: Any) -> torch.Tensor:
-        """Model work on a collated batch; inputs already checked. Returns (B, dim) or (L, B, dim)."""
+        """Model work on a collated batch; inputs already checked. Returns (B, dim) or
+        (L, B, dim)."""
 
     def forward(self, batch: Any) -> torch.Tensor:
         """Run the model on a collated batch under ``inference_mode`` (and autocast on GPU).
 
-        Returns float32 on CPU-or-device ``(B, dim)``, or ``(n_layers, B, dim)`` for ``layer="all"``.
+        Returns float32 on CPU-or-device ``(B, dim)``, or ``(n_layers, B, dim)`` for
+        ``layer="all"``.
         """
         with inference(self.device, self.precision):
             out = self._forward(batch)
         return out.float()
 
     def encode(self, items: Sequence[Any]) -> torch.Tensor:
-        """Raw items (PIL images or strings) -> ``(n, dim)`` float32 CPU tensor (``(L, n, dim)`` for all layers)."""
+        """Raw items (PIL images or strings) -> ``(n, dim)`` float32 CPU tensor (``(L, n, dim)``
+        for all layers)."""
         items = list(items)
         self._check_items(items)
         if not items:
@@ -120,13 +124,59 @@ class Encoder(abc.ABC):
         batch = self.collate([self.preprocess(item) for item in items])
         return self.forward(batch).cpu()
 
+    # -- token-level features (additive: backends with tokens override _forward_tokens) ---------
+    @property
+    def has_tokens(self) -> bool:
+        """Whether :meth:`encode_tokens` is available for this backend."""
+        return type(self)._forward_tokens is not Encoder._forward_tokens
+
+    def _forward_tokens(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model work on a collated batch -> ``(tokens (B, T, D), mask (B, T))``."""
+        raise AlignkitError(
+            f"{self.name} has no token-level features ({type(self).__name__}); token features "
+            "exist for torchvision/EfficientNet-Lite CNNs (spatial map), timm and hf image models "
+            "(CLS + patch tokens), st and hf text models (token states); use pooled features"
+        )
+
+    def forward_tokens(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-level output of a collated batch, under ``inference_mode``.
+
+        Returns ``tokens`` float32 ``(B, T, D)`` and ``mask`` bool ``(B, T)`` (True = a real
+        token, False = padding). CNNs give their last feature map flattened (T = H x W, row-major),
+        ViTs their prefix (CLS/register) tokens then patch tokens of the last layer (after the
+        final norm), text models their last-layer token states with the attention mask. ``D``
+        is the model's hidden width, which can differ from :attr:`dim` (e.g. a pooled head).
+        Raises AlignkitError for backends without tokens (see :attr:`has_tokens`).
+        """
+        with inference(self.device, self.precision):
+            tokens, mask = self._forward_tokens(batch)
+        if tokens.ndim != 3 or mask.shape != tokens.shape[:2]:
+            raise AlignkitError(
+                f"{self.name}: token features must be (B, T, D) with a (B, T) mask: got "
+                f"{tuple(tokens.shape)} and {tuple(mask.shape)}"
+            )
+        return tokens.float(), mask.bool()
+
+    def encode_tokens(self, items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw items -> ``(tokens (n, T, D) float32, mask (n, T) bool)`` on the CPU; see
+        :meth:`forward_tokens`."""
+        items = list(items)
+        self._check_items(items)
+        if not items:
+            raise AlignkitError(f"{self.name}.encode_tokens needs at least one item: got none")
+        batch = self.collate([self.preprocess(item) for item in items])
+        tokens, mask = self.forward_tokens(batch)
+        return tokens.cpu(), mask.cpu()
+
     # -- identity, for cache keys and provenance -------------------------------------------------
     @abc.abstractmethod
     def weights_identity(self) -> str:
-        """A string that changes whenever the weights change: a file hash, a hub revision, a seed."""
+        """A string that changes whenever the weights change: a file hash, a hub revision, a
+        seed."""
 
     def config(self) -> dict[str, Any]:
-        """Every option that changes the numbers (pooling, layer, preprocessing), JSON-serialisable."""
+        """Every option that changes the numbers (pooling, layer, preprocessing),
+        JSON-serialisable."""
         return {"pooling": self.pooling, "layer": self.layer}
 
     # -- checks ----------------------------------------------------------------------------------
@@ -145,7 +195,8 @@ class Encoder(abc.ABC):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, dim={self.dim}, "
+            f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, "
+            f"dim={self.dim}, "
             f"pooling={self.pooling!r}, layer={self.layer!r}, device={str(self.device)!r})"
         )
 
@@ -158,7 +209,8 @@ def check_pooling(pooling: str, allowed: Sequence[str], spec: str) -> str:
     """Validate a pooling option against what a backend supports."""
     if pooling not in allowed:
         raise AlignkitError(
-            f"pooling {pooling!r} is not available for {spec}; expected one of: {', '.join(allowed)}"
+            f"pooling {pooling!r} is not available for {spec}; "
+            f"expected one of: {', '.join(allowed)}"
         )
     return pooling
 

@@ -4,6 +4,8 @@
   and provenance.
 * :func:`extract_features` (``extract.py``): batched extraction with DataLoader workers, resumable
   shards and ``torchrun`` sharding across ranks.
+* :func:`extract_tokens` (``tokens.py``): token-level features (float16, memory-mapped) in the
+  same cache; ``caption_policy="all"`` gives one row per caption for both.
 * :class:`FeatureCache` (``cache.py``): safetensors + JSON sidecar entries keyed by a hash of
   everything that changes the numbers, written atomically.
 """
@@ -25,7 +27,9 @@ from alignkit.features.extract import (
     default_num_workers,
     extract_features,
 )
-from alignkit.features.featureset import FeatureSet
+from alignkit.features.featureset import FeatureSet, caption_ids
+from alignkit.features.paired import check_disjoint, paired_features
+from alignkit.features.tokens import TokenFeatureSet, extract_tokens, read_tokens
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,10 +38,16 @@ __all__ = [
     "ExtractionInterrupted",
     "FeatureCache",
     "FeatureSet",
+    "TokenFeatureSet",
     "cached_features",
+    "caption_ids",
+    "check_disjoint",
     "default_num_workers",
     "extract_features",
+    "extract_tokens",
     "feature_key",
     "locate_cache",
+    "paired_features",
+    "read_tokens",
     "resolve_cache_root",
 ]

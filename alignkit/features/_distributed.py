@@ -8,9 +8,10 @@ single-process run on the same device.
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -52,31 +53,14 @@ def local_cuda_device() -> torch.device | None:
     return None
 
 
-def current_ranks(device: torch.device) -> Ranks | None:
-    """The process group to shard over. None for a single process.
-
-    Under torchrun with no process group yet, this initialises the default one from the
-    environment (NCCL for a CUDA ``device``, else gloo) and keeps it for later calls (the
-    torchrun rendezvous cannot be joined twice by one process); it is destroyed at exit.
-    """
+def current_ranks(device: torch.device | None = None) -> Ranks | None:
+    """The initialised default process group to shard over; None when there is none or it has a
+    single rank. Never creates one (see :func:`process_group`). ``device`` is unused; kept so
+    older callers still work."""
     import torch.distributed as dist
 
-    if not dist.is_available():
+    if not dist.is_available() or not dist.is_initialized():
         return None
-    if not dist.is_initialized():
-        if not launched_by_torchrun():
-            return None
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend)
-        atexit.register(_destroy_at_exit)
-        log.info(
-            "initialised a %s process group: rank %d of %d",
-            backend,
-            dist.get_rank(),
-            dist.get_world_size(),
-        )
     world = dist.get_world_size()
     if world == 1:
         return None
@@ -89,11 +73,86 @@ def current_ranks(device: torch.device) -> Ranks | None:
     return Ranks(dist.get_rank(), world, comm)
 
 
-def _destroy_at_exit() -> None:
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[Ranks | None]:
+    """The process group of one distributed extraction, for callers that asked for one.
+
+    An already initialised default group is used as it is and left alone. Under torchrun with
+    none, this creates one from the environment (NCCL for a CUDA ``device``, else gloo) and
+    destroys it on leaving, so no group that alignkit made outlives the call (a trainer started
+    later in the same process creates its own). A single process yields None.
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    created = False
+    if dist.is_available() and not dist.is_initialized() and launched_by_torchrun():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(
+            backend, store=_fresh_store(rank, world), rank=rank, world_size=world
+        )
+        created = True
+        log.info(
+            "created a %s process group for extraction: rank %d of %d",
+            backend,
+            dist.get_rank(),
+            dist.get_world_size(),
+        )
+    try:
+        yield current_ranks(device)
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+_store: list = []  # this process's connection to the torchrun store, made once
+_groups_made = 0
+
+
+def _fresh_store(rank: int, world: int):
+    """A key space of the torchrun store that no earlier group of this process used.
+
+    A group created from the environment writes its members' addresses under fixed keys, so a
+    second one in the same process would read the first one's (closed) addresses; each group made
+    here gets its own prefix instead. Every rank makes groups in the same order (extraction is
+    collective), so the n-th group of every rank shares a prefix.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    global _groups_made
+    if not _store:
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+        _store.append(
+            dist.TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                world,
+                is_master=rank == 0 and not agent,  # torchrun's agent hosts it otherwise
+                timeout=datetime.timedelta(minutes=10),
+                wait_for_workers=False,
+            )
+        )
+    _groups_made += 1
+    return dist.PrefixStore(f"alignkit-extraction-{_groups_made}", _store[0])
+
+
+def warn_unsharded() -> None:
+    """Under torchrun with no process group and no request for one: say that every rank
+    extracts every row (once per process)."""
+    global _warned
+    if launched_by_torchrun() and not _warned:
+        _warned = True
+        log.warning(
+            "running under torchrun with no process group: every rank extracts every row; pass "
+            "distributed=True to extract_features (or initialise a process group) to split them"
+        )
+
+
+_warned = False
 
 
 def row_blocks(n: int, batch_size: int, world: int) -> list[tuple[int, int]]:

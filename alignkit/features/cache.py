@@ -52,6 +52,13 @@ log = logging.getLogger(__name__)
 #: Bump when the stored layout or the meaning of stored numbers changes; older entries are rebuilt.
 FORMAT_VERSION = 1
 
+#: Enters the key of image encoders only: bump when the features of image encoders change with no
+#: other key field changing, so older image entries are never reused (text entries stay valid).
+#: 2: images decoded as a viewer shows them (:mod:`alignkit.images`: EXIF orientation, 16-bit
+#: greyscale, alpha on white), and encoders frozen before any forward (``torchvision:``'s width
+#: probe no longer moves its BatchNorm statistics).
+IMAGE_FEATURES_VERSION = 2
+
 _SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 
 
@@ -86,8 +93,9 @@ def key_fields(
     """Everything that changes the numbers of an extraction, as a JSON-able dict.
 
     Encoder spec, weights identity, ``encoder.config()`` (pooling, layer, preprocessing), the
-    effective precision, the probe fingerprint and the feature format version; for text encoders
-    the caption policy, plus the seed when the policy is ``random``. Not the batch size, device,
+    effective precision, the probe fingerprint and the feature format version; for image encoders
+    :data:`IMAGE_FEATURES_VERSION`; for text encoders the caption policy, plus the seed when the
+    policy is ``random``. Not the batch size, device,
     worker count or progress bar.
     """
     fields: dict[str, Any] = {
@@ -99,6 +107,8 @@ def key_fields(
         "precision": effective_precision(encoder),
         "probe": probe.fingerprint,
     }
+    if encoder.modality == "image":
+        fields["image_features"] = IMAGE_FEATURES_VERSION
     if encoder.modality == "text":
         fields["caption_policy"] = caption_policy
         if caption_policy == "random":

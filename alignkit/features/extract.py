@@ -28,8 +28,12 @@ from alignkit._threads import choose_threads, limit_threads
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.features import _distributed
 from alignkit.features.cache import FeatureCache, effective_precision, feature_key, lookup_key
-from alignkit.features.featureset import FeatureSet
+from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.probes.base import CAPTION_POLICIES
+
+#: ``extract_features`` caption policies: the probe's one-row-per-image policies, plus ``all``
+#: (one FeatureSet row per caption; see :attr:`FeatureSet.caption_image`).
+EXTRACT_POLICIES = (*CAPTION_POLICIES, "all")
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -69,6 +73,7 @@ def extract_features(
     cache: bool | str | Path | FeatureCache = True,
     device: str | torch.device = "auto",
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> FeatureSet:
     """Features of every probe row: images for an image encoder, captions for a text encoder.
 
@@ -78,7 +83,9 @@ def extract_features(
     ``"random"`` (one caption per row, chosen by :meth:`ProbeSet.captions` from a hash of ``seed``
     and the row id, so the choice does not depend on other rows), or ``"mean"`` (every caption of
     the row is encoded and the row's embeddings averaged, as the reference code of Maniparambil
-    et al. 2024 does).
+    et al. 2024 does), or ``"all"``: one output row per caption, every caption of every row in
+    row order (ids ``"<row id>#<j>"``, :attr:`FeatureSet.caption_image` gives each caption's probe
+    row), for training with several captions per image.
 
     An encoder fitted on the texts it is given (``needs_fit``, e.g. ``tfidf:``) and not fitted
     yet is first fitted on every caption of the probe.
@@ -87,9 +94,9 @@ def extract_features(
     interrupted one resumes from its last shard. Given a spec string, a cache hit does not even
     build the encoder: the cache remembers which entry a cheap identity of the spec, its options
     and its weight files led to (:func:`alignkit.features.cache.lookup_key`), and the encoder is
-    built only on a miss. Under ``torchrun`` (or any initialised process
-    group) the rows are split across ranks and gathered, and every rank returns the whole set;
-    rank 0 writes the cache.
+    built only on a miss. In an initialised process group, or under ``torchrun`` with
+    ``distributed=True``, the rows are split across ranks and gathered, and every rank returns
+    the whole set; rank 0 writes the cache.
 
     Args:
         encoder: an :class:`~alignkit.encoders.base.Encoder`, or a spec for ``create_encoder``.
@@ -98,7 +105,7 @@ def extract_features(
             ``encoder`` is a spec; not allowed with an Encoder instance.
         batch_size: rows per forward pass (>= 1). Not part of the cache key.
         num_workers: image DataLoader workers; None -> :func:`default_num_workers`, 0 -> in-process.
-        caption_policy: one of ``first``, ``random``, ``mean`` (text encoders only).
+        caption_policy: one of ``first``, ``random``, ``mean``, ``all`` (text encoders only).
         seed: chooses the captions of ``random``.
         cache: True (the default cache, ``$ALIGNKIT_CACHE_DIR``), False (no cache), a cache root
             folder (entries under ``<folder>/features``; a features folder is recognised), or a
@@ -106,12 +113,20 @@ def extract_features(
         device: where a spec-built encoder runs (``"auto"``: CUDA, under torchrun the local rank's
             GPU, else CPU). An encoder instance runs where it is.
         progress: show a tqdm bar with items/s (rank 0 only).
+        distributed: ``None`` (default): split the rows over the initialised default process
+            group if there is one, never create one. ``True``: under torchrun with no group,
+            create one for this call (gloo on CPU, NCCL on GPU) and destroy it before returning,
+            so a trainer started later in the process does not inherit it. ``False``: never
+            split, even in a process group.
 
     Returns:
         FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) float32 CPU features, the
-        probe ids, and provenance (encoder spec, weights identity, config, caption policy, probe
+        probe ids (caption ids for ``all``: n = the number of captions), and provenance
+        (encoder spec, weights identity, config, caption policy, probe
         name and fingerprint, alignkit version, created time, cache key).
     """
+    if distributed not in (None, True, False):
+        raise AlignkitError(f"distributed must be None, True or False: got {distributed!r}")
     _check_run(probe, batch_size, num_workers, caption_policy)
     store = _resolve_cache(cache)
     lookup = None
@@ -119,7 +134,7 @@ def extract_features(
         options = {**(options or {}), "device": _spec_device(device)}
         if store is not None and not _distributed.in_process_group():
             lookup = lookup_key(encoder, options, probe, caption_policy, seed)
-            hit = _recall(store, lookup, encoder, probe)
+            hit = _recall(store, lookup, encoder, probe, caption_policy)
             if hit is not None:
                 return hit
     elif options:
@@ -129,15 +144,49 @@ def extract_features(
         )
     enc = _resolve_encoder(encoder, device, options or {})
     _check_arguments(enc, probe)
-    if getattr(enc, "needs_fit", False) and not getattr(enc, "fitted", False):
-        # fitted on the texts it is given (tfidf:): every caption of the probe, before the key
-        # reads its weights identity, so the features do not depend on batching
-        enc.fit([c for row in probe.rows for c in row.captions])
+    fit_to_probe(enc, probe)
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
-    ids = probe.ids
+    if distributed is True:
+        with _distributed.process_group(enc.device) as ranks:
+            return _extract(
+                enc,
+                probe,
+                store,
+                key,
+                ranks,
+                batch_size,
+                workers,
+                caption_policy,
+                seed,
+                progress,
+                lookup,
+            )
+    ranks = _distributed.current_ranks(enc.device) if distributed is None else None
+    if ranks is None and distributed is None:
+        _distributed.warn_unsharded()
+    return _extract(
+        enc, probe, store, key, ranks, batch_size, workers, caption_policy, seed, progress, lookup
+    )
 
-    ranks = _distributed.current_ranks(enc.device)
+
+def _extract(
+    enc: Encoder,
+    probe: ProbeSet,
+    store: FeatureCache | None,
+    key: str,
+    ranks: _distributed.Ranks | None,
+    batch_size: int,
+    workers: int,
+    caption_policy: str,
+    seed: int,
+    progress: bool,
+    lookup: str | None = None,
+) -> FeatureSet:
+    """The extraction itself, over ``ranks`` (None: this process alone); ``lookup``: the memo
+    key to remember for the result (see :func:`alignkit.features.cache.lookup_key`)."""
+    per_caption = enc.modality == "text" and caption_policy == "all"
+    ids = caption_ids(probe) if per_caption else probe.ids
     if store is not None:
         hit = store.get(key, ids=ids)
         usable = hit is not None
@@ -149,7 +198,7 @@ def extract_features(
                 store.remember(lookup, key)
             return hit
 
-    blocks = _distributed.row_blocks(len(probe), batch_size, ranks.world if ranks else 1)
+    blocks = _distributed.row_blocks(len(ids), batch_size, ranks.world if ranks else 1)
     start, stop = blocks[ranks.rank if ranks else 0]
     job = _Job(
         enc=enc,
@@ -179,6 +228,19 @@ def extract_features(
             store.remember(lookup, key)
     _distributed.barrier(ranks)
     return result
+
+
+def fit_to_probe(encoder: Encoder, probe: ProbeSet) -> Encoder:
+    """Fit an encoder that is fitted on the texts it is given (``needs_fit``, e.g. ``tfidf:``)
+    and not fitted yet on every caption of ``probe``; any other encoder is returned untouched.
+
+    Call it before :func:`~alignkit.features.cache.feature_key`: such an encoder has no weights
+    identity until it is fitted, and fitting on the whole probe (not on the first batch) keeps
+    its features independent of batching. :func:`extract_features` calls it itself.
+    """
+    if getattr(encoder, "needs_fit", False) and not getattr(encoder, "fitted", False):
+        encoder.fit([c for row in probe.rows for c in row.captions])
+    return encoder
 
 
 class ExtractionInterrupted(KeyboardInterrupt):
@@ -231,7 +293,8 @@ def cached_features(
     if store is None or _distributed.in_process_group():
         return None
     options = {**(options or {}), "device": _spec_device(device)}
-    return _recall(store, lookup_key(encoder, options, probe, caption_policy, seed), encoder, probe)
+    lookup = lookup_key(encoder, options, probe, caption_policy, seed)
+    return _recall(store, lookup, encoder, probe, caption_policy)
 
 
 # -- argument handling ----------------------------------------------------------------------------
@@ -243,21 +306,26 @@ def _spec_device(device: str | torch.device) -> str | torch.device:
 
 
 def _recall(
-    store: FeatureCache, lookup: str | None, spec: str, probe: ProbeSet
+    store: FeatureCache, lookup: str | None, spec: str, probe: ProbeSet, caption_policy: str
 ) -> FeatureSet | None:
     """The cached features a lookup key was remembered to lead to, or None (then build)."""
     if lookup is None:
         return None
     key = store.recall(lookup)
-    hit = store.get(key, ids=probe.ids) if key is not None else None
+    hit = store.get(key) if key is not None else None
     if hit is None or hit.provenance.get("encoder") != spec:
+        return None
+    # a text encoder under caption policy "all" has one row per caption; the modality is known
+    # only from the entry here
+    per_caption = hit.provenance.get("modality") == "text" and caption_policy == "all"
+    if hit.ids != (caption_ids(probe) if per_caption else probe.ids):
         return None
     log.info("%s on %s: %d rows from the feature cache (not built)", spec, probe.name, hit.n)
     return hit
 
 
 def _resolve_encoder(
-    encoder: Encoder | str, device: str | torch.device, options: Mapping[str, Any]
+    encoder: Encoder | str, device: str | torch.device, options: Mapping[str, Any] | None = None
 ) -> Encoder:
     from alignkit._device import resolve_device
 
@@ -266,7 +334,7 @@ def _resolve_encoder(
             from alignkit.encoders import create_encoder
         except ImportError as exc:  # pragma: no cover - the encoders package is part of alignkit
             raise AlignkitError(f"cannot build encoder {encoder!r}: {exc}") from exc
-        return create_encoder(encoder, **{"device": _spec_device(device), **options})
+        return create_encoder(encoder, **{"device": _spec_device(device), **(options or {})})
     for attr in ("name", "modality", "dim", "device", "forward", "preprocess", "collate"):
         if not hasattr(encoder, attr):
             raise AlignkitError(
@@ -306,12 +374,21 @@ def _check_run(
         isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
     ):
         raise AlignkitError(f"num_workers must be None or an integer >= 0: got {num_workers!r}")
-    if caption_policy not in CAPTION_POLICIES:
-        raise unknown_key("caption policy", caption_policy, CAPTION_POLICIES)
+    if caption_policy not in EXTRACT_POLICIES:
+        raise unknown_key("caption policy", caption_policy, EXTRACT_POLICIES)
 
 
-def _check_arguments(enc: Encoder, probe: ProbeSet) -> None:
-    """The checks that need the built encoder, before any model work."""
+def _check_arguments(
+    enc: Encoder,
+    probe: ProbeSet,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    caption_policy: str = "first",
+) -> None:
+    """The checks that need the built encoder, before any model work (with ``batch_size``
+    given, also those of :func:`_check_run`)."""
+    if batch_size is not None:
+        _check_run(probe, batch_size, num_workers, caption_policy)
     if enc.modality not in ("image", "text"):
         raise AlignkitError(f"{enc.name}: modality must be 'image' or 'text': got {enc.modality!r}")
     if enc.modality == "text":  # fail before any model work, naming the row
@@ -576,8 +653,10 @@ class _Job:
     def _text_batches(self, batches: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
         rows = self.probe.rows
         mean = self.caption_policy == "mean"
-        # one caption per row; `random` depends on (seed, row id) only (ProbeSet.captions)
-        chosen = None if mean else self.probe.captions(self.caption_policy, self.seed)
+        if self.caption_policy == "all":  # batches index captions, not rows
+            chosen = [c for row in rows for c in row.captions]
+        elif not mean:  # one caption per row; `random` depends on (seed, row id) only
+            chosen = self.probe.captions(self.caption_policy, self.seed)
         for a, b in batches:
             counts = [len(rows[i].captions) for i in range(a, b)] if mean else None
             captions = [c for i in range(a, b) for c in rows[i].captions] if mean else chosen[a:b]

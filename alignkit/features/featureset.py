@@ -5,11 +5,36 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from alignkit.errors import AlignkitError
+
+if TYPE_CHECKING:
+    from alignkit.probes.base import ProbeSet
+
+CAPTION_SEP = "#"
+"""Caption-level rows (``caption_policy="all"``) have ids ``f"{row_id}#{j}"``, j the caption's
+position in its row (0-based, official order)."""
+
+
+def caption_ids(probe: ProbeSet) -> tuple[str, ...]:
+    """Ids of every caption of every row of ``probe``, in row order then caption order."""
+    return tuple(
+        f"{row.id}{CAPTION_SEP}{j}" for row in probe.rows for j in range(len(row.captions))
+    )
+
+
+def row_ids_of(ids: tuple[str, ...]) -> tuple[str, ...]:
+    """Distinct probe row ids of caption ids ``"<row id>#<j>"``, in order of first appearance."""
+    return tuple(dict.fromkeys(i.rpartition(CAPTION_SEP)[0] for i in ids))
+
+
+def caption_image_of(ids: tuple[str, ...]) -> torch.Tensor:
+    """LongTensor ``(len(ids),)``: each caption id's row index in :func:`row_ids_of`."""
+    index = {rid: k for k, rid in enumerate(row_ids_of(ids))}
+    return torch.tensor([index[i.rpartition(CAPTION_SEP)[0]] for i in ids], dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -62,6 +87,23 @@ class FeatureSet:
     def modality(self) -> str:
         return str(self.provenance.get("modality", "?"))
 
+    @property
+    def per_caption(self) -> bool:
+        """True for a caption-level set (text extracted with ``caption_policy="all"``)."""
+        return self.provenance.get("caption_policy") == "all"
+
+    @property
+    def row_ids(self) -> tuple[str, ...]:
+        """The probe row ids these features describe: ``ids`` itself for a row-level set; for a
+        caption-level set the distinct rows of its captions, in order of first appearance."""
+        return row_ids_of(self.ids) if self.per_caption else self.ids
+
+    @property
+    def caption_image(self) -> torch.Tensor:
+        """For each row of a caption-level set, the index of its probe row in :attr:`row_ids`:
+        LongTensor ``(n_captions,)``, non-decreasing. A row-level set maps row i to i."""
+        return caption_image_of(self.ids) if self.per_caption else torch.arange(self.n)
+
     def layer(self, index: int) -> FeatureSet:
         """One layer of a layer-wise FeatureSet, as an ``(n, d)`` FeatureSet."""
         if not self.layered:
@@ -72,8 +114,7 @@ class FeatureSet:
         return FeatureSet(self.features[index], self.ids, prov)
 
     def check_same_rows(self, other: FeatureSet) -> None:
-        """Two FeatureSets are comparable only when built on the same probe rows, in the same
-        order."""
+        """Two FeatureSets are comparable only when built on the same probe rows, in order."""
         if self.ids != other.ids:
             raise AlignkitError(
                 f"{self.encoder} and {other.encoder} must describe the same probe rows: "

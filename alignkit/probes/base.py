@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from alignkit.errors import AlignkitError, unknown_key
+from alignkit.images import load_image, to_rgb
 
 CAPTION_POLICIES = ("first", "mean", "random")
 
@@ -43,11 +44,11 @@ class ProbeRow:
     digest: str = ""
 
     def load_image(self) -> Image.Image:
-        """The row's image as RGB."""
+        """The row's image as upright 8-bit RGB, as a viewer shows it
+        (:func:`alignkit.images.load_image`: EXIF orientation, 16-bit greyscale, alpha)."""
         if callable(self.image):
-            return self.image().convert("RGB")
-        with Image.open(self.image) as img:
-            return img.convert("RGB")
+            return to_rgb(self.image())
+        return load_image(self.image)
 
     def image_digest(self) -> str:
         """``digest`` if set, else sha256 of the image file bytes (or of the rendered pixels)."""
@@ -196,6 +197,7 @@ def decode_check(data: bytes) -> str | None:
             img.load()
             if img.width < 1 or img.height < 1:
                 return f"empty image ({img.width}x{img.height})"
+            to_rgb(img)  # a mode alignkit cannot show as RGB is caught here, with the row
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
         msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
         msg = " ".join(msg.split()) or type(exc).__name__

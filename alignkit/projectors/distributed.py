@@ -1,0 +1,102 @@
+"""Many processes: gather embeddings across ranks with gradients, and split global batches.
+
+Semantics (open_clip's ``gather_with_grad=True`` + ``local_loss=True``): every rank embeds its
+slice of the global batch, gathers all ranks' embeddings, and computes only the loss terms of its
+own rows against all gathered columns. The gather's backward sums the gradient every rank computed
+for each slot (an all-reduce) and hands each rank the gradient of its own slot, so the gradient of
+the *global* loss reaches every local embedding, negatives from other ranks included. Each rank's
+terms are divided by the global row counts and multiplied by the world size, because DDP averages
+parameter gradients over ranks: the averaged gradient is then exactly the one-process gradient of
+the same global batch (tested to 1e-6 in float64 with 2 gloo ranks).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["DistContext", "gather_rows", "split_bounds"]
+
+
+def split_bounds(n: int, world: int) -> list[int]:
+    """(world + 1,) boundaries splitting ``n`` rows into ``world`` contiguous, near-equal slices."""
+    return [(n * r) // world for r in range(world + 1)]
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of row blocks of different sizes, with a gradient (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sizes: tuple[int, ...], rank: int) -> Tensor:  # type: ignore[override]
+        ctx.sizes, ctx.rank = sizes, rank
+        width = max(sizes)
+        padded = x.new_zeros((width, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        blocks = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(blocks, padded.contiguous())
+        return torch.cat([b[:s] for b, s in zip(blocks, sizes, strict=True)])  # (sum(sizes), ...)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # d(Σ_r loss_r)/d(gathered), the same on every rank
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None, None
+
+
+def gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
+    """Concatenate every rank's ``x`` (rank r holds ``sizes[r]`` rows), keeping the gradient path
+    to the local rows. A no-op with one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherRows.apply(x, tuple(sizes), dist.get_rank())
+
+
+@dataclass
+class DistContext:
+    """The process group this training runs in: rank, world size, whether we created it."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    created: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @classmethod
+    def setup(cls, device_type: str) -> DistContext:
+        """Join the torchrun process group: reuse an initialised one, else create it when
+        ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA), else stay single-process."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)  # before NCCL binds the process to a device
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        return cls(
+            dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True
+        )
+
+    def close(self) -> None:
+        """Destroy the process group only when :meth:`setup` created it."""
+        if self.created and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def all_sum(self, value: Tensor) -> Tensor:
+        if self.active:
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()

@@ -1,0 +1,234 @@
+"""`alignkit train` and `load_aligned` with tiny random hf models (fast, offline)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from encoders import tiny  # tests/encoders/tiny.py
+from PIL import Image
+
+from alignkit.cli import main
+
+WORDS = tiny.WORDS
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    vit = tiny.save_vision(root / "vit", "vit")
+    bert = tiny.save_bert(root / "bert")
+    cnn = tiny.save_vision(root / "cnn", "convnext")
+    return {"vit": f"hf:{vit}", "bert": f"hf:{bert}", "cnn": f"hf:{cnn}"}
+
+
+def _manifest(folder: Path, name: str, n: int, seed: int, split: str | None = None) -> Path:
+    """n rows of coloured-noise images, 3 captions each, ids prefixed by ``name``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        img = folder / f"{name}{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(img)
+        caps = [" ".join(rng.choice(WORDS, 6)) for _ in range(3)]
+        row = {"id": f"{name}{i}", "image": img.name, "captions": caps}
+        if split:
+            row["split"] = split if i % 2 else "test"
+        lines.append(json.dumps(row))
+    path = folder / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("probes")
+    return {
+        "train": _manifest(root, "train", 24, 0),
+        "dev": _manifest(root, "dev", 8, 1),
+        "mixed": _manifest(root / "mixed", "mixed", 6, 2, split="train"),
+    }
+
+
+def _run(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(["train", "--quiet", *args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _base(models, probes, out: Path, *extra: str) -> list[str]:
+    return [
+        "--vision", models["vit"], "--text", models["bert"], "--probe", str(probes["train"]),
+        "--val", str(probes["dev"]), "--epochs", "3", "--batch-size", "8", "--width", "16",
+        "--out", str(out), "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_train_writes_a_run_folder_that_load_aligned_reloads(models, probes, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = _run(_base(models, probes, out, "--projector", "mlp"), capsys)
+    assert code == 0, err
+    for name in ("config.json", "projector.safetensors", "run.json", "history.csv"):
+        assert (out / name).is_file(), name
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vision"]["spec"] == models["vit"] and cfg["text"]["spec"] == models["bert"]
+    assert cfg["train_config"]["projector"] == "mlp" and cfg["probe"]["n"] == 24
+    assert "val i2t R@5" in stdout and str(out) in stdout
+
+    import alignkit
+    from alignkit.encoders import create_encoder
+    from alignkit.projectors import load_model
+
+    aligned = alignkit.load_aligned(out, device="cpu")
+    images = tiny.images(3)
+    texts = ["a dog runs on the grass", "the cat sits"]
+    img, txt = aligned.encode_image(images), aligned.encode_text(texts)
+    assert img.shape == (3, 16) and txt.shape == (2, 16)
+    torch.testing.assert_close(img.norm(dim=1), torch.ones(3))
+    # the same numbers by hand: frozen encoder, then the saved projector tower
+    model, *_ = load_model(out / "projector.safetensors")
+    vit = create_encoder(models["vit"], device="cpu")
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(model.image(vit.encode(images).clone()), dim=-1)
+    torch.testing.assert_close(img, want, rtol=1e-5, atol=1e-6)
+    sim = aligned.similarity(images, texts)
+    torch.testing.assert_close(sim, img @ txt.T)
+
+
+def test_token_level_run_and_reload(models, probes, tmp_path, capsys):
+    out = tmp_path / "tok"
+    code, _, err = _run(_base(models, probes, out, "--tokens", "--projector", "residual"), capsys)
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["features"] == "tokens" and cfg["vision"]["tokens"]
+    import alignkit
+
+    aligned = alignkit.load_aligned(out, device="cpu")
+    emb = aligned.encode_text(["a dog runs", "two children play with a red ball in the park"])
+    assert emb.shape == (2, 16) and torch.isfinite(emb).all()
+
+
+def test_finished_run_is_refused_then_replaced_with_overwrite(models, probes, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(_base(models, probes, out), capsys)[0] == 0
+    code, _, err = _run(_base(models, probes, out), capsys)
+    assert code == 1 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _run(_base(models, probes, out, "--overwrite", "--lr", "0.01"), capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["train_config"]["lr"] == 0.01
+    assert not list(tmp_path.glob(".run.old-*"))  # the moved-aside old run is gone
+
+
+def test_resume_with_another_config_or_other_widths_is_refused(models, probes, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(_base(models, probes, out), capsys)[0] == 0
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "status": "running"}))  # as if killed
+    code, _, err = _run(_base(models, probes, out, "--lr", "0.5"), capsys)
+    assert code == 1 and "another config" in err and "lr" in err
+    assert len(err.strip().splitlines()) == 1
+    # same config, other vision encoder (24-wide ConvNext instead of the 32-wide ViT)
+    args = _base(models, probes, out)
+    args[args.index(models["vit"])] = models["cnn"]
+    code, _, err = _run(args, capsys)
+    assert code == 1 and "image_dim 32 (data: 24)" in err, err
+
+
+def test_interrupted_run_keeps_its_checkpoint_and_resumes(
+    models, probes, tmp_path, capsys, monkeypatch
+):
+    import alignkit.projectors as projectors
+    from alignkit.projectors import load_model
+
+    full = tmp_path / "full"
+    assert _run(_base(models, probes, full, "--eval-every", "1"), capsys)[0] == 0
+    real = projectors.train_projector
+
+    def killed_at_step_4(*args, **kwargs):
+        return real(*args, **kwargs, _stop_at_step=4)
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(projectors, "train_projector", killed_at_step_4)
+    with pytest.raises(Exception, match="SimulatedStop|_SimulatedStop|^$"):
+        main(["train", "--quiet", *_base(models, probes, out, "--eval-every", "1")])
+    assert (out / "checkpoint.safetensors").is_file()
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    monkeypatch.setattr(projectors, "train_projector", real)
+    assert _run(_base(models, probes, out, "--eval-every", "1"), capsys)[0] == 0
+    a, *_ = load_model(full / "projector.safetensors")
+    b, *_ = load_model(out / "projector.safetensors")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("case", ["same-probe", "same-images", "mixed-splits", "cache-only"])
+def test_bad_input_is_one_line(case, models, probes, tmp_path, capsys, monkeypatch):
+    args = _base(models, probes, tmp_path / "run")
+    if case == "same-probe":
+        args[args.index("--val") + 1] = str(probes["train"])
+        expect = "shares 24 rows"
+    elif case == "same-images":  # other ids, same image files
+        rows = [json.loads(x) for x in probes["train"].read_text().splitlines()][:4]
+        copy = probes["train"].parent / "copy.jsonl"
+        copy.write_text("".join(json.dumps({**r, "id": "c" + r["id"]}) + "\n" for r in rows))
+        args[args.index("--val") + 1] = str(copy)
+        expect = "same image content"
+    elif case == "mixed-splits":
+        args[args.index("--probe") + 1] = str(probes["mixed"])
+        args[args.index("--val") + 1] = str(probes["dev"])
+        expect = "no single training split"
+    else:
+        monkeypatch.setenv("ALIGNKIT_CACHE_DIR", str(tmp_path / "empty-cache"))
+        args.append("--cache-only")
+        expect = "--cache-only: the features of"
+    code, _, err = _run(args, capsys)
+    assert code == 1 and expect in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_load_aligned_refuses_other_weights(models, probes, tmp_path, capsys):
+    import alignkit
+    from alignkit.errors import AlignkitError
+
+    out = tmp_path / "run"
+    assert _run(_base(models, probes, out), capsys)[0] == 0
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["vision"]["weights"] = "sha256:someone-elses-checkpoint"
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AlignkitError, match="were trained on 'sha256:someone-elses-checkpoint'"):
+        alignkit.load_aligned(out, device="cpu")
+    aligned = alignkit.load_aligned(out, device="cpu", check_weights=False)  # warns only
+    assert aligned.encode_image(tiny.images(1)).shape == (1, 16)
+    with pytest.raises(AlignkitError, match="no config.json"):
+        alignkit.load_aligned(tmp_path, device="cpu")
+
+
+def test_from_ranking_trains_the_best_real_pairs(models, probes, tmp_path, capsys):
+    ranking = tmp_path / "rank"
+    ranking.mkdir()
+    with open(ranking / "ranking.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "vision", "text", "control", "linear_cka"])
+        w.writerow([1, "random-init:" + models["vit"], models["bert"], True, 0.9])
+        w.writerow([2, models["vit"], models["bert"], False, 0.5])
+        w.writerow([3, models["cnn"], models["bert"], False, 0.4])
+    args = _base(models, probes, tmp_path / "runs")
+    for flag in ("--vision", "--text"):
+        i = args.index(flag)
+        del args[i : i + 2]
+    code, stdout, err = _run([*args, "--from-ranking", str(ranking), "--top", "1"], capsys)
+    assert code == 0, err
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and folders[0].startswith("2-")  # the control pair is skipped
+    assert "val mean R" in stdout and folders[0] in stdout
