@@ -103,15 +103,25 @@ def _env(code: Path, threads: str, cache_dir: str) -> dict[str, str]:
     return env
 
 
-def _run(code: Path, threads: str, n: int, cache_dir: str) -> dict[str, Any]:
+def _run(
+    code: Path, threads: str, n: int, cache_dir: str, timeout: float | None = None
+) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps({"n": n})],
-        env=_env(code, threads, cache_dir),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps({"n": n})],
+            env=_env(code, threads, cache_dir),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:  # recorded as a lower bound
+        wall = time.perf_counter() - t0
+        nan = float("nan")
+        load = (load_before + os.getloadavg()[0]) / 2
+        return {"wall_s": wall, "cpu_s": nan, "build_s": nan, "timed_out": True, "load": load}
     if done.returncode != 0:
         raise SystemExit(f"{code} threads={threads} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -129,6 +139,8 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=0)
     parser.add_argument("--cache-dir", default=os.environ.get("ALIGNKIT_CACHE_DIR", ""))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--timeout", type=float, help="seconds; a slower run is recorded as >=")
+    parser.add_argument("--no-warmup", action="store_true", help="the memo is already written")
     args = parser.parse_args()
     if args.child:
         _child(json.loads(args.child))
@@ -141,12 +153,12 @@ def main() -> None:
     for p in busy:
         p.start()
     try:
-        for code in codes:  # warm-up, untimed
+        for code in [] if args.no_warmup else codes:  # warm-up, untimed
             _run(code, "1", args.n, args.cache_dir)
         results: dict[tuple[Path, str], list[dict[str, Any]]] = {c: [] for c in configs}
         for _ in range(args.repeats):
             for config in configs:
-                results[config].append(_run(*config, args.n, args.cache_dir))
+                results[config].append(_run(*config, args.n, args.cache_dir, args.timeout))
                 print(config[0].name, config[1], results[config][-1], flush=True)
     finally:
         for p in busy:
@@ -178,8 +190,9 @@ def main() -> None:
                 "runs": rows,
             }
         )
+        more = ">=" if any(r.get("timed_out") for r in rows) else "  "  # killed at --timeout
         print(
-            f"{code.name:>12} {threads:>8} {wall:8.1f} {cpu:7.1f} {build:8.1f} "
+            f"{code.name:>12} {threads:>8} {more}{wall:6.1f} {cpu:7.1f} {build:8.1f} "
             f"{100 * build / wall:7.0f}% {load:6.1f}"
         )
     if args.json:

@@ -44,6 +44,9 @@ def test_sigint_keeps_time_shards_says_how_to_resume_and_resumes_bitwise(tmp_pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a runner started in the background ignores SIGINT and its children inherit that;
+        # give the command the disposition it has in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while not _shards(root) and proc.poll() is None and time.monotonic() < deadline:

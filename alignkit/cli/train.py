@@ -203,7 +203,7 @@ def train_command(
     ] = False,
     cache: Annotated[
         str | None,
-        _opt("feature cache folder, or 'off' (default: $ALIGNKIT_CACHE_DIR/features)", "--cache"),
+        _opt("cache root, as ALIGNKIT_CACHE_DIR (features in DIR/features), or 'off'", "--cache"),
     ] = None,
     extract_batch_size: Annotated[
         int, typer.Option("--extract-batch-size", help="rows per encoder forward when extracting")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,37 +144,49 @@ def extract_features(
         )
     enc = _resolve_encoder(encoder, device, options or {})
     _check_arguments(enc, probe)
-    fit_to_probe(enc, probe)  # tfidf: has a weights identity (and a key) once fitted
+    fit_to_probe(enc, probe)
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
-    per_caption = enc.modality == "text" and caption_policy == "all"
-    ids = caption_ids(probe) if per_caption else probe.ids
-    job = _Job(
-        enc=enc,
-        probe=probe,
-        batch_size=batch_size,
-        workers=workers,
-        caption_policy=caption_policy,
-        seed=seed,
-        store=store,
-        key=key,
-        progress=progress,
-        label=enc.name,
-    )
     if distributed is True:
         with _distributed.process_group(enc.device) as ranks:
-            return _extract(job, ids, lookup, ranks)
+            return _extract(
+                enc,
+                probe,
+                store,
+                key,
+                ranks,
+                batch_size,
+                workers,
+                caption_policy,
+                seed,
+                progress,
+                lookup,
+            )
     ranks = _distributed.current_ranks(enc.device) if distributed is None else None
     if ranks is None and distributed is None:
         _distributed.warn_unsharded()
-    return _extract(job, ids, lookup, ranks)
+    return _extract(
+        enc, probe, store, key, ranks, batch_size, workers, caption_policy, seed, progress, lookup
+    )
 
 
 def _extract(
-    job: _Job, ids: Sequence[str], lookup: str | None, ranks: _distributed.Ranks | None
+    enc: Encoder,
+    probe: ProbeSet,
+    store: FeatureCache | None,
+    key: str,
+    ranks: _distributed.Ranks | None,
+    batch_size: int,
+    workers: int,
+    caption_policy: str,
+    seed: int,
+    progress: bool,
+    lookup: str | None = None,
 ) -> FeatureSet:
-    """The extraction itself, over ``ranks`` (None: this process alone)."""
-    enc, probe, store, key = job.enc, job.probe, job.store, job.key
+    """The extraction itself, over ``ranks`` (None: this process alone); ``lookup``: the memo
+    key to remember for the result (see :func:`alignkit.features.cache.lookup_key`)."""
+    per_caption = enc.modality == "text" and caption_policy == "all"
+    ids = caption_ids(probe) if per_caption else probe.ids
     if store is not None:
         hit = store.get(key, ids=ids)
         usable = hit is not None
@@ -186,14 +198,20 @@ def _extract(
                 store.remember(lookup, key)
             return hit
 
-    blocks = _distributed.row_blocks(len(ids), job.batch_size, ranks.world if ranks else 1)
+    blocks = _distributed.row_blocks(len(ids), batch_size, ranks.world if ranks else 1)
     start, stop = blocks[ranks.rank if ranks else 0]
-    if ranks is not None:  # only rank 0 shows progress
-        job = replace(
-            job,
-            progress=job.progress and ranks.is_main,
-            label=f"{enc.name} [rank 0 of {ranks.world}]",
-        )
+    job = _Job(
+        enc=enc,
+        probe=probe,
+        batch_size=batch_size,
+        workers=workers,
+        caption_policy=caption_policy,
+        seed=seed,
+        store=store,
+        key=key,
+        progress=progress and (ranks is None or ranks.is_main),
+        label=enc.name if ranks is None else f"{enc.name} [rank 0 of {ranks.world}]",
+    )
     try:
         with limit_threads(choose_threads()):  # model forwards: large work, the free CPUs
             part = job.run(start, stop)  # (..., stop - start, d)
@@ -202,9 +220,7 @@ def _extract(
         log.warning("%s", note)
         raise ExtractionInterrupted(note) from exc
     features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
-    result = FeatureSet(
-        features, tuple(ids), _provenance(enc, probe, job.caption_policy, job.seed, key)
-    )
+    result = FeatureSet(features, ids, _provenance(enc, probe, caption_policy, seed, key))
     if store is not None and (ranks is None or ranks.is_main):
         store.put(key, result)
         store.drop_shards(key)
@@ -297,20 +313,19 @@ def _recall(
         return None
     key = store.recall(lookup)
     hit = store.get(key) if key is not None else None
-    # a text entry of the "all" policy has one row per caption; image entries ignore the policy
-    wanted = {tuple(probe.ids)}
-    if caption_policy == "all":
-        wanted.add(tuple(caption_ids(probe)))
-    if hit is not None and tuple(hit.ids) not in wanted:
-        hit = None
     if hit is None or hit.provenance.get("encoder") != spec:
+        return None
+    # a text encoder under caption policy "all" has one row per caption; the modality is known
+    # only from the entry here
+    per_caption = hit.provenance.get("modality") == "text" and caption_policy == "all"
+    if hit.ids != (caption_ids(probe) if per_caption else probe.ids):
         return None
     log.info("%s on %s: %d rows from the feature cache (not built)", spec, probe.name, hit.n)
     return hit
 
 
 def _resolve_encoder(
-    encoder: Encoder | str, device: str | torch.device, options: Mapping[str, Any]
+    encoder: Encoder | str, device: str | torch.device, options: Mapping[str, Any] | None = None
 ) -> Encoder:
     from alignkit._device import resolve_device
 
@@ -319,7 +334,7 @@ def _resolve_encoder(
             from alignkit.encoders import create_encoder
         except ImportError as exc:  # pragma: no cover - the encoders package is part of alignkit
             raise AlignkitError(f"cannot build encoder {encoder!r}: {exc}") from exc
-        return create_encoder(encoder, **{"device": _spec_device(device), **options})
+        return create_encoder(encoder, **{"device": _spec_device(device), **(options or {})})
     for attr in ("name", "modality", "dim", "device", "forward", "preprocess", "collate"):
         if not hasattr(encoder, attr):
             raise AlignkitError(
@@ -363,8 +378,17 @@ def _check_run(
         raise unknown_key("caption policy", caption_policy, EXTRACT_POLICIES)
 
 
-def _check_arguments(enc: Encoder, probe: ProbeSet) -> None:
-    """The checks that need the built encoder, before any model work."""
+def _check_arguments(
+    enc: Encoder,
+    probe: ProbeSet,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    caption_policy: str = "first",
+) -> None:
+    """The checks that need the built encoder, before any model work (with ``batch_size``
+    given, also those of :func:`_check_run`)."""
+    if batch_size is not None:
+        _check_run(probe, batch_size, num_workers, caption_policy)
     if enc.modality not in ("image", "text"):
         raise AlignkitError(f"{enc.name}: modality must be 'image' or 'text': got {enc.modality!r}")
     if enc.modality == "text":  # fail before any model work, naming the row
