@@ -80,6 +80,8 @@ def test_train_writes_a_run_folder_that_load_aligned_reloads(models, probes, tmp
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done"
+    cmd = run["command"]
+    assert cmd[:2] == ["alignkit", "train"] and cmd[cmd.index("--projector") + 1] == "mlp"
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["vision"]["spec"] == models["vit"] and cfg["text"]["spec"] == models["bert"]
     assert cfg["train_config"]["projector"] == "mlp" and cfg["probe"]["n"] == 24

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -273,7 +272,7 @@ def train_command(
             batch_size=extract_batch_size,
             overwrite=overwrite,
             progress=not quiet,
-            command=["alignkit", *sys.argv[1:]] if sys.argv else None,
+            command=_command(values, v, t, folder, cache, cache_only, device),
         )
         m = run.result.metrics
         summary.append(
@@ -291,6 +290,32 @@ def train_command(
         )
     typer.echo("")
     typer.echo(_table(summary, validated=values.get("val") is not None))
+
+
+def _command(
+    values: dict[str, Any],
+    vision: str,
+    text: str,
+    folder: Path,
+    cache: str | None,
+    cache_only: bool,
+    device: str,
+) -> list[str]:
+    """This pair's run as one explicit command line (every resolved option), for run.json."""
+    argv = ["alignkit", "train", "--vision", vision, "--text", text]
+    for key, value in values.items():
+        if key in ("vision", "text", "out") or value is None:
+            continue
+        if key == "tokens":
+            argv.append("--tokens" if value else "--pooled")
+        else:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    argv += ["--out", str(folder), "--device", device]
+    if cache is not None:
+        argv += ["--cache", cache]
+    if cache_only:
+        argv.append("--cache-only")
+    return argv
 
 
 def _table(rows: list[dict[str, Any]], validated: bool) -> str:
