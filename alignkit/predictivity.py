@@ -218,7 +218,7 @@ class PredictivityResult:
     correlations: pd.DataFrame
     config: PredictivityConfig
     out_dir: Path | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
 
     def best(self, result: str, kind: str = "z") -> pd.DataFrame:
         """The correlation rows of one post-training result, best Spearman first."""
@@ -256,6 +256,7 @@ def run_predictivity(
     progress: bool = False,
     stop_after: str | None = None,
     only: Sequence[tuple[str, str]] | None = None,
+    skip_unfinished: bool = False,
 ) -> PredictivityResult | None:
     """Run (or resume) the whole experiment into ``out_dir``; see the module docstring.
 
@@ -263,6 +264,8 @@ def run_predictivity(
     while the training features are still being extracted elsewhere. ``only``: train and
     evaluate just these ``(vision, text)`` pairs and return None (several processes can share
     one grid this way; a last call without ``only`` reuses their folders and writes the tables).
+    ``skip_unfinished``: analyse only the pairs already evaluated (the others are listed in
+    ``result.timings["skipped_pairs"]``) instead of training them.
 
     Writes ``config.json``, ``scores.csv``, ``pairs/<pair>/`` (training run + ``metrics.json``),
     then ``pairs.csv`` and ``correlations.csv`` (atomically, only once every pair is done) and
@@ -291,7 +294,7 @@ def run_predictivity(
                 "choose another out folder"
             )
     _atomic_text(saved, json.dumps({"format": FORMAT, "config": config.to_dict()}, indent=2))
-    timings: dict[str, float] = {}
+    timings: dict[str, Any] = {}
 
     def load(spec: str, n: int | None) -> Any:
         return ak.load_probe(spec, n=n, progress=False)
@@ -380,6 +383,7 @@ def run_predictivity(
         "seed",
     )
     rows = []
+    skipped: list[str] = []
     todo = [(v, t) for v in config.vision for t in config.text]
     if only is not None:
         unknown = [p for p in only if tuple(p) not in todo]
@@ -390,6 +394,9 @@ def run_predictivity(
         folder = out / "pairs" / _slug(v, t)
         metrics_path = folder / "metrics.json"
         metrics = _read_stage_json(metrics_path, eval_key)
+        if metrics is None and skip_unfinished:
+            skipped.append(f"{v} x {t}")
+            continue
         if metrics is None:
             train = _paired(config, train_probe, v, t, features, caption_probe)
             val = _paired(config, val_probe, v, t, features, caption_probe) if val_probe else None
@@ -432,6 +439,9 @@ def run_predictivity(
             )
         rows.append({"vision": v, "text": t, "metrics": metrics})
     timings["train_eval_s"] = time.perf_counter() - t1
+    if skipped:
+        timings["skipped_pairs"] = skipped
+        log.warning("%d unfinished pairs left out: %s", len(skipped), "; ".join(skipped))
     if only is not None:
         return None
 

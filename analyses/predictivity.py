@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="do not copy results into docs/")
     parser.add_argument("--scores-only", action="store_true", help="stop after scoring the pairs")
     parser.add_argument(
+        "--finished-only", action="store_true", help="analyse the evaluated pairs, train no more"
+    )
+    parser.add_argument(
         "--only-vision", help="train and evaluate only this vision encoder's pairs (parallel runs)"
     )
     args = parser.parse_args()
@@ -107,6 +110,7 @@ def main() -> None:
         progress=False,
         stop_after="scores" if args.scores_only else None,
         only=only,
+        skip_unfinished=args.finished_only,
     )
     if only is not None:
         print(f"{len(only)} pairs of {args.only_vision} done in {time.perf_counter() - t0:.0f} s")
