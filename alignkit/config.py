@@ -199,8 +199,8 @@ class RankConfig:
     device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:N.")
     cache: str | bool = option(
         True,
-        "Feature cache folder, or 'off' to recompute. Default ALIGNKIT_CACHE_DIR "
-        "(~/.cache/alignkit).",
+        "Cache root (the same folder as ALIGNKIT_CACHE_DIR; features are kept in DIR/features), "
+        "or 'off' to recompute. Default ALIGNKIT_CACHE_DIR, else ~/.cache/alignkit.",
         metavar="DIR|off",
         type=str,
         from_cli=_cache_from_cli,
