@@ -12,7 +12,10 @@ from alignkit.cli import app
 
 def _plain_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -51,7 +54,10 @@ def list_encoders_command(
         1 for i in infos if i.offline and i.modality == "image" and "control" not in i.tags
     )
     n_text = sum(1 for i in infos if i.offline and i.modality == "text" and "control" not in i.tags)
-    footer = f"{len(infos)} encoders; offline now: {n_image} vision, {n_text} text (controls not counted)"
+    footer = (
+        f"{len(infos)} encoders; offline now: {n_image} vision, {n_text} text "
+        "(controls not counted)"
+    )
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
