@@ -114,6 +114,8 @@ def load(folder: str | Path, *, features: bool = False, progress: bool = False) 
         )
     meta = read_run_json(folder)
     scores = pd.read_csv(folder / SCORES_FILE, keep_default_na=True)
+    if "null_method" not in scores.columns:  # written before the analytic null: Monte Carlo
+        scores["null_method"] = "permutation"
     scores["options"] = scores["options"].fillna("")
     layers: list[LayerResult] = []
     if (folder / "layer_scores.csv").is_file():
