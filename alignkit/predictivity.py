@@ -329,7 +329,10 @@ def run_predictivity(
         return encoders[spec]
 
     def features(spec: str, probe: Any) -> torch.Tensor:
-        return ak.extract_features(encoder(spec), probe, cache=cache, progress=progress).features
+        # a spec, not a built encoder: a cache hit builds no model
+        return ak.extract_features(
+            spec, probe, cache=cache, device=device, progress=progress
+        ).features
 
     # 2. scores
     scores_path = out / "scores.csv"
@@ -338,11 +341,11 @@ def run_predictivity(
     scores = _read_stage_csv(scores_path, key)
     if scores is None and only is None:  # `only` runs train and evaluate, nothing else
         vis = [
-            ak.extract_features(encoder(v), score_probe, cache=cache, progress=progress)
+            ak.extract_features(v, score_probe, cache=cache, device=device, progress=progress)
             for v in config.vision
         ]
         txt = [
-            ak.extract_features(encoder(t), score_probe, cache=cache, progress=progress)
+            ak.extract_features(t, score_probe, cache=cache, device=device, progress=progress)
             for t in config.text
         ]
         scores = ak.score_pairs(

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from alignkit.cli import app, silence_third_party_progress
+from alignkit.cli._cache_option import CacheOpt, OldCacheDirOpt, cache_setting
 from alignkit.errors import AlignkitError
 
 
@@ -56,9 +57,8 @@ def evaluate_command(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "cpu",
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="feature cache folder [default: $ALIGNKIT_CACHE_DIR]")
-    ] = None,
+    cache: CacheOpt = None,
+    cache_dir: OldCacheDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Zero-shot classification, retrieval and human-judgement correlation of trained pairs.
@@ -115,7 +115,8 @@ def evaluate_command(
     if out is not None and out.exists() and not out.is_dir():
         raise AlignkitError(f"--out {out} is a file; give a folder")
 
-    cache = cache_dir if cache_dir is not None else True
+    setting = cache_setting(cache, cache_dir=cache_dir)
+    cache = True if setting is None else setting
     results = {}
     for r in run:
         pair = load_pair(r)
@@ -165,9 +166,8 @@ def predictivity_command(
     ],
     out: Annotated[Path, typer.Option(help="experiment folder (resumes when it exists)")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "cpu",
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="feature cache folder [default: $ALIGNKIT_CACHE_DIR]")
-    ] = None,
+    cache: CacheOpt = None,
+    cache_dir: OldCacheDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Did the ranking predict the result? Score every pair of a grid, train each with one
@@ -177,11 +177,12 @@ def predictivity_command(
 
     if quiet:
         silence_third_party_progress()
+    setting = cache_setting(cache, cache_dir=cache_dir)
     config = read_grid(grid)
     result = run_predictivity(
         config,
         out,
-        cache=cache_dir if cache_dir is not None else True,
+        cache=True if setting is None else setting,
         device=device,
         progress=not quiet,
     )
