@@ -143,8 +143,10 @@ def flickr_captions(data_dir: Path) -> list[str]:
 
 
 # Top-1 on all 1,000 photos of the independent pipelines above (benchmarks/imagenet_top1.py, same
-# images and decoding), and ASSETS.md's figures. Both CNNs probably saw these photos in training.
-INDEPENDENT_TOP1 = {MOBILENET: 0.824}
+# images and decoding; alignkit agrees on 1000/1000 Lite0 predictions), and ASSETS.md's figures.
+# Both CNNs probably saw these photos in training. Lite0 sits 2.8 SE below ASSETS.md's "about
+# 89%" with the bicubic Resize(256)/CenterCrop(224) used here: not yet explained.
+INDEPENDENT_TOP1 = {MOBILENET: 0.824, LITE0: 0.859}
 ASSETS_TOP1 = {MOBILENET: 0.84, LITE0: 0.89}
 
 
