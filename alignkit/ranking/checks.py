@@ -132,7 +132,9 @@ def resolve_encoders(config: RankConfig) -> Encoders:
     return vision, text, controls
 
 
-def load_ranking_probe(config: RankConfig) -> tuple[ProbeSet, dict[str, object]]:
+def load_ranking_probe(
+    config: RankConfig, *, progress: bool = True
+) -> tuple[ProbeSet, dict[str, object]]:
     """The probe of a run and a note on its size for ``run.json``.
 
     ``n`` given: that many rows (more than the probe has is an error). ``n`` not given (None):
@@ -145,7 +147,9 @@ def load_ranking_probe(config: RankConfig) -> tuple[ProbeSet, dict[str, object]]
     n = config.n
     if n is None and spec.split(":")[0] == "synthetic":
         n = DEFAULT_N  # the synthetic probe is generated: any size exists
-    probe = load_probe(spec, n=n or None, seed=config.seed, skip_bad=config.skip_bad)
+    probe = load_probe(
+        spec, n=n or None, seed=config.seed, skip_bad=config.skip_bad, progress=progress
+    )
     available = len(probe)
     if config.n is None and n is None and available > DEFAULT_N:
         probe = probe.subsample(DEFAULT_N, seed=config.seed)

@@ -148,7 +148,7 @@ def _run(
     # -- probe
     t0 = time.perf_counter()
     if probe is None:
-        probe, probe_note = load_ranking_probe(config)
+        probe, probe_note = load_ranking_probe(config, progress=progress)
     else:
         probe_note = {"n_given": None, "rows_available": len(probe), "skipped_rows": []}
     check_probe_size(len(probe), config)
