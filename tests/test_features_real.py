@@ -35,7 +35,7 @@ def test_cli_extract_minilm_flickr8k_then_cache_hit(data_dir: Path, tmp_path, ca
         "200",
         "--data-dir",
         str(data_dir),
-        "--cache-dir",
+        "--cache",
         str(tmp_path),
         "--quiet",
     ]
@@ -44,7 +44,7 @@ def test_cli_extract_minilm_flickr8k_then_cache_hit(data_dir: Path, tmp_path, ca
     assert info.value.code == 0
     first = capsys.readouterr().out
     assert "200 rows x 384 extracted" in first
-    [entry] = FeatureCache(tmp_path).list()
+    [entry] = FeatureCache.at(tmp_path).list()  # --cache names the cache root
     assert (entry.encoder, entry.n, entry.dim) == (MINILM, 200, 384)
     assert entry.probe.startswith("flickr8k:test")
 
@@ -53,7 +53,7 @@ def test_cli_extract_minilm_flickr8k_then_cache_hit(data_dir: Path, tmp_path, ca
     assert "200 rows x 384 from the cache" in capsys.readouterr().out
     # what the command stored is the model's embedding of each row's first caption
     probe = load_probe("flickr8k:test", n=200, data_dir=data_dir, progress=False)
-    stored = FeatureCache(tmp_path).get(entry.key, ids=probe.ids)
+    stored = FeatureCache.at(tmp_path).get(entry.key, ids=probe.ids)
     naive = minilm.encode([row.captions[0] for row in probe.rows[:8]])
     torch.testing.assert_close(stored.features[:8], naive, rtol=1e-4, atol=1e-5)
     assert torch.allclose(stored.features.norm(dim=1), torch.ones(200), atol=1e-4)  # ST normalises
