@@ -243,8 +243,16 @@ def test_a_killed_process_resumes_to_bitwise_the_same_weights(tmp_path):
     with safe_open(str(ckpt), framework="pt") as f:
         step = json.loads(f.metadata()["step"])
     assert 0 < step < 200, "the run must be cut before its end for this test to mean anything"
-    resumed = train_projector(config, synthetic_pairs(64), out_dir=out, progress=False)
-    whole = train_projector(config, synthetic_pairs(64), out_dir=tmp_path / "whole", progress=False)
+    # the killed run used one thread; so must these: a GEMM's bits depend on its thread count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed = train_projector(config, synthetic_pairs(64), out_dir=out, progress=False)
+        whole = train_projector(
+            config, synthetic_pairs(64), out_dir=tmp_path / "whole", progress=False
+        )
+    finally:
+        torch.set_num_threads(threads)
     _assert_bitwise_equal(_weights(whole), _weights(resumed))
 
 
