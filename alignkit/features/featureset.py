@@ -37,8 +37,42 @@ def caption_image_of(ids: tuple[str, ...]) -> torch.Tensor:
     return torch.tensor([index[i.rpartition(CAPTION_SEP)[0]] for i in ids], dtype=torch.long)
 
 
+class ProvenanceMixin:
+    """What a feature set knows from its ``ids`` and ``provenance``; shared by
+    :class:`FeatureSet` and :class:`~alignkit.features.tokens.TokenFeatureSet` (which give
+    ``ids``, ``provenance`` and ``n``)."""
+
+    ids: tuple[str, ...]
+    provenance: dict[str, Any]
+
+    @property
+    def encoder(self) -> str:
+        return str(self.provenance.get("encoder", "?"))
+
+    @property
+    def modality(self) -> str:
+        return str(self.provenance.get("modality", "?"))
+
+    @property
+    def per_caption(self) -> bool:
+        """True for a caption-level set (text extracted with ``caption_policy="all"``)."""
+        return self.provenance.get("caption_policy") == "all"
+
+    @property
+    def row_ids(self) -> tuple[str, ...]:
+        """The probe row ids these features describe: ``ids`` itself for a row-level set; for a
+        caption-level set the distinct rows of its captions, in order of first appearance."""
+        return row_ids_of(self.ids) if self.per_caption else self.ids
+
+    @property
+    def caption_image(self) -> torch.Tensor:
+        """For each row of a caption-level set, the index of its probe row in :attr:`row_ids`:
+        LongTensor ``(n_captions,)``, non-decreasing. A row-level set maps row i to i."""
+        return caption_image_of(self.ids) if self.per_caption else torch.arange(self.n)
+
+
 @dataclass(frozen=True)
-class FeatureSet:
+class FeatureSet(ProvenanceMixin):
     """Features of one encoder on the rows of one probe set.
 
     Attributes:
@@ -78,31 +112,6 @@ class FeatureSet:
     @property
     def n_layers(self) -> int:
         return int(self.features.shape[0]) if self.layered else 1
-
-    @property
-    def encoder(self) -> str:
-        return str(self.provenance.get("encoder", "?"))
-
-    @property
-    def modality(self) -> str:
-        return str(self.provenance.get("modality", "?"))
-
-    @property
-    def per_caption(self) -> bool:
-        """True for a caption-level set (text extracted with ``caption_policy="all"``)."""
-        return self.provenance.get("caption_policy") == "all"
-
-    @property
-    def row_ids(self) -> tuple[str, ...]:
-        """The probe row ids these features describe: ``ids`` itself for a row-level set; for a
-        caption-level set the distinct rows of its captions, in order of first appearance."""
-        return row_ids_of(self.ids) if self.per_caption else self.ids
-
-    @property
-    def caption_image(self) -> torch.Tensor:
-        """For each row of a caption-level set, the index of its probe row in :attr:`row_ids`:
-        LongTensor ``(n_captions,)``, non-decreasing. A row-level set maps row i to i."""
-        return caption_image_of(self.ids) if self.per_caption else torch.arange(self.n)
 
     def layer(self, index: int) -> FeatureSet:
         """One layer of a layer-wise FeatureSet, as an ``(n, d)`` FeatureSet."""

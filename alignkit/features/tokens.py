@@ -41,7 +41,7 @@ import torch
 from alignkit.errors import AlignkitError
 from alignkit.features._io import atomic_path, sha256_file
 from alignkit.features.cache import FORMAT_VERSION, FeatureCache, key_fields
-from alignkit.features.featureset import caption_ids, caption_image_of, row_ids_of
+from alignkit.features.featureset import ProvenanceMixin, caption_ids
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -55,7 +55,7 @@ _SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 
 
 @dataclass(frozen=True)
-class TokenFeatureSet:
+class TokenFeatureSet(ProvenanceMixin):
     """Token-level features of one encoder on a probe.
 
     Attributes:
@@ -95,28 +95,6 @@ class TokenFeatureSet:
     @property
     def dim(self) -> int:
         return int(self.tokens.shape[2])
-
-    @property
-    def encoder(self) -> str:
-        return str(self.provenance.get("encoder", "?"))
-
-    @property
-    def modality(self) -> str:
-        return str(self.provenance.get("modality", "?"))
-
-    @property
-    def per_caption(self) -> bool:
-        return self.provenance.get("caption_policy") == "all"
-
-    @property
-    def row_ids(self) -> tuple[str, ...]:
-        """Probe row ids (distinct rows of the captions of a caption-level set)."""
-        return row_ids_of(self.ids) if self.per_caption else self.ids
-
-    @property
-    def caption_image(self) -> torch.Tensor:
-        """LongTensor ``(n,)``: each row's index in :attr:`row_ids`."""
-        return caption_image_of(self.ids) if self.per_caption else torch.arange(self.n)
 
     def pooled(self, rows: slice | None = None) -> torch.Tensor:
         """Masked mean over tokens, float32 ``(n, D)`` (computed a block of rows at a time)."""
