@@ -27,7 +27,7 @@ def _cli(*argv: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ALIGNKIT_THREADS": "1"}
 
 
 def _shards(root: Path) -> list[Path]:
@@ -35,7 +35,7 @@ def _shards(root: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_sigint_keeps_time_shards_says_how_to_resume_and_resumes_bitwise(tmp_path):
+def test_sigint_keeps_time_shards_says_how_to_resume_and_resumes_bitwise(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     # shard every 8 batches = 16 rows by count; by time after 0.2 s, i.e. at almost every batch
     proc = subprocess.Popen(
@@ -77,11 +77,18 @@ def test_sigint_keeps_time_shards_says_how_to_resume_and_resumes_bitwise(tmp_pat
     assert done.returncode == 0, done.stderr
     resumed = FeatureSet.load(tmp_path / "resumed.safetensors")
 
-    # an uninterrupted run in this process, with no cache
-    probe = load_probe("synthetic", n=48, progress=False)
-    whole = extract_features(
-        ENCODER, probe, batch_size=2, num_workers=0, cache=False, progress=False
-    )
+    # an uninterrupted run in this process, with no cache, on one thread like the subprocesses:
+    # a convolution's bits depend on its thread count
+    monkeypatch.setenv("ALIGNKIT_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        probe = load_probe("synthetic", n=48, progress=False)
+        whole = extract_features(
+            ENCODER, probe, batch_size=2, num_workers=0, cache=False, progress=False
+        )
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(resumed.features, whole.features)
     assert not _shards(root)  # the entry is committed, its shards are gone
 
