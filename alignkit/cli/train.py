@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,31 +30,51 @@ def _opt(help_: str, *names: str, metavar: str | None = None) -> Any:
     return typer.Option(*names, help=help_, metavar=metavar, show_default=False)
 
 
-# TrainConfig fields: (option type, help). Defaults come from TrainConfig itself.
-_FIELDS_HELP = {
+# TrainConfig fields: help text; "(default: ...)" is appended from TrainConfig's own defaults,
+# so the help cannot drift from the dataclass.
+_FIELDS_TEXT = {
     "projector": "projector of both towers: linear, mlp (Linear-GELU-Linear), residual "
-    "(linear + MLP branch, freeze-align's), glu (gated, SAIL) (default: linear)",
-    "text_head": "token-level text only: head after the masked mean (default: mlp_head)",
-    "width": "shared embedding width (default: 512)",
-    "hidden": "hidden width of mlp/residual/glu (default: --width)",
-    "dropout": "dropout probability in the projectors, in [0, 1) (default: 0)",
-    "loss": "clip (InfoNCE, learnable temperature) or siglip (sigmoid, scale + bias) "
-    "(default: clip)",
-    "captions": "one (a random caption of each image per step) or all (every caption a "
-    "positive) (default: one)",
-    "epochs": "maximum epochs (default: 20)",
-    "batch_size": "images per optimizer step (global, split across torchrun ranks) (default: 512)",
-    "lr": "peak learning rate of AdamW (default: 0.001)",
-    "weight_decay": "AdamW weight decay on matrices (default: 0.02)",
-    "warmup": "fraction of the steps with a linear warmup, then cosine decay (default: 0.05)",
-    "clip_grad": "max gradient L2 norm; 0 = no clipping (default: 1.0)",
-    "precision": "auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16, fp64 "
-    "(default: auto)",
-    "seed": "seed of initialisation, batch order, caption sampling, dropout (default: 0)",
-    "eval_every": "steps between validations and checkpoints; 0 = every epoch (default: 0)",
-    "patience": "stop after this many validations without improvement; 0 = never (default: 5)",
-    "early_stop_metric": "mean_recall, i2t_r1/5/10, t2i_r1/5/10 or val_loss (default: mean_recall)",
+    "(linear + MLP branch, freeze-align's), glu (gated, SAIL)",
+    "text_head": "token-level text only: head after the masked mean",
+    "width": "shared embedding width",
+    "hidden": "hidden width of mlp/residual/glu",
+    "dropout": "dropout probability in the projectors, in [0, 1)",
+    "loss": "clip (InfoNCE, learnable temperature) or siglip (sigmoid, scale + bias)",
+    "captions": "one (a random caption of each image per step) or all (every caption a positive)",
+    "epochs": "epochs; the cosine schedule decays to 0 over them",
+    "batch_size": "images per optimizer step (global, split across torchrun ranks)",
+    "lr": "peak learning rate of AdamW",
+    "weight_decay": "AdamW weight decay on matrices",
+    "warmup": "fraction of the steps with a linear warmup, then cosine decay",
+    "clip_grad": "max gradient L2 norm; 0 = no clipping",
+    "precision": "auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16, fp64",
+    "seed": "seed of initialisation, batch order, caption sampling, dropout",
+    "eval_every": "steps between validations and checkpoints; 0 = every epoch",
+    "patience": "stop after this many validations without improvement; 0 = never",
+    "early_stop_metric": "mean_recall, i2t_r1/5/10, t2i_r1/5/10 or val_loss",
 }
+
+
+def _fields_help() -> dict[str, str]:
+    """Each TrainConfig field's help with its default as the option takes it (None is 0 where
+    the option spells "off" as 0)."""
+    from alignkit.projectors.config import TrainConfig
+
+    none_as = {"hidden": "--width", "patience": "0", "clip_grad": "0"}
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        default = (
+            none_as[f.name]
+            if f.default is None
+            else f"{f.default:g}"
+            if isinstance(f.default, float)
+            else f.default
+        )
+        out[f.name] = f"{_FIELDS_TEXT[f.name]} (default: {default})"
+    return out
+
+
+_FIELDS_HELP = _fields_help()
 _RUN_KEYS = ("vision", "text", "probe", "val", "n", "val_n", "tokens", "out")
 
 

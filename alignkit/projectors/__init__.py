@@ -8,43 +8,50 @@
 See docs/training.md for the projectors, the loss formulas and the distributed semantics.
 """
 
-from alignkit.projectors.build import ModelSpec, build_model, load_model, save_model
-from alignkit.projectors.config import TrainConfig
-from alignkit.projectors.data import PairedFeatures, TokenFeatures
-from alignkit.projectors.losses import LOSSES, ClipLoss, SigLipLoss, clip_loss, siglip_loss
-from alignkit.projectors.modules import (
-    PROJECTORS,
-    AlignmentModel,
-    ImageTokenTower,
-    PooledTower,
-    TextTokenTower,
-    build_projector,
-    num_parameters,
-)
-from alignkit.projectors.trainer import TrainResult, plot_history, retrieval_recall, train_projector
+from __future__ import annotations
 
-__all__ = [
-    "LOSSES",
-    "PROJECTORS",
-    "AlignmentModel",
-    "ClipLoss",
-    "ImageTokenTower",
-    "ModelSpec",
-    "PairedFeatures",
-    "PooledTower",
-    "SigLipLoss",
-    "TextTokenTower",
-    "TokenFeatures",
-    "TrainConfig",
-    "TrainResult",
-    "build_model",
-    "build_projector",
-    "clip_loss",
-    "load_model",
-    "num_parameters",
-    "plot_history",
-    "retrieval_recall",
-    "save_model",
-    "siglip_loss",
-    "train_projector",
-]
+import importlib
+from typing import Any
+
+# Exports resolve on first use (PEP 562), so that the light `config` module (TrainConfig, which
+# the CLI reads for its help) can be imported without torch.
+_EXPORTS = {
+    "ModelSpec": "build",
+    "build_model": "build",
+    "load_model": "build",
+    "save_model": "build",
+    "TrainConfig": "config",
+    "PairedFeatures": "data",
+    "TokenFeatures": "data",
+    "LOSSES": "losses",
+    "ClipLoss": "losses",
+    "SigLipLoss": "losses",
+    "clip_loss": "losses",
+    "siglip_loss": "losses",
+    "PROJECTORS": "modules",
+    "AlignmentModel": "modules",
+    "ImageTokenTower": "modules",
+    "PooledTower": "modules",
+    "TextTokenTower": "modules",
+    "build_projector": "modules",
+    "num_parameters": "modules",
+    "TrainResult": "trainer",
+    "plot_history": "trainer",
+    "retrieval_recall": "trainer",
+    "train_projector": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alignkit.projectors' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"alignkit.projectors.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
