@@ -70,6 +70,8 @@ def run(name: str, config, train, val, test) -> dict:
         "projector": config.projector,
         "loss": config.loss,
         "captions": config.captions,
+        "epochs": config.epochs,
+        "patience": config.patience,
         "params": model.num_parameters(),
         "best_step": result.best_step,
         "steps": result.steps,
@@ -115,8 +117,9 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=None, help="first N train images only")
     parser.add_argument("--n-val", type=int, default=None, help="first N dev images only")
     parser.add_argument("--only-baseline", action="store_true")
+    parser.add_argument("--captions", default="all", choices=("one", "all"), help="grid rows")
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--patience", type=int, default=5, help="0: never stop early")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--cache-only", action="store_true")
@@ -131,7 +134,7 @@ def main() -> None:
     base = tuple(args.baseline_pair)
     pairs = [] if args.no_baseline else [("baseline", base, ["linear:clip"], "one")]
     if not args.only_baseline:
-        pairs.append(("grid", (args.vision, args.text), args.grid, "all"))
+        pairs.append(("grid", (args.vision, args.text), args.grid, args.captions))
     for label, (vision, text), grid, captions in pairs:
         t0 = time.perf_counter()
         train = features(vision, text, "train", args.n_train, args.cache_only)
@@ -150,7 +153,7 @@ def main() -> None:
                 captions=captions,
                 batch_size=512,
                 epochs=args.epochs,
-                patience=args.patience,
+                patience=args.patience or None,
                 lr=args.lr,
                 width=args.width,
             )

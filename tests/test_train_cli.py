@@ -234,3 +234,24 @@ def test_from_ranking_trains_the_best_real_pairs(models, probes, tmp_path, capsy
     folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert len(folders) == 1 and folders[0].startswith("2-")  # the control pair is skipped
     assert "val mean R" in stdout and folders[0] in stdout
+
+
+def test_docs_trainconfig_table_states_the_dataclass_defaults():
+    """docs/training.md's TrainConfig table is written by hand: every field is there, with the
+    default TrainConfig really has."""
+    import dataclasses
+    import re
+
+    from alignkit.projectors import TrainConfig
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", doc, flags=re.M))
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in rows, f"docs/training.md lacks TrainConfig.{f.name}"
+        text = rows[f.name].strip("` ")
+        if f.default is None:
+            assert text == "None", (f.name, text)
+        elif isinstance(f.default, (int, float)):
+            assert float(text) == f.default, (f.name, text, f.default)
+        else:
+            assert text == f.default, (f.name, text, f.default)
