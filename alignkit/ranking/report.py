@@ -82,8 +82,8 @@ def plot_top_pairs(
 
 
 def plot_layers(r: Ranking, vision: str, text: str, *, ax: Axes | None = None) -> Axes:
-    """One pair's layer x layer heatmap on the colour scale shared by all pairs of the run,
-    with the metric's chance level marked where it has one."""
+    """One pair's layer x layer heatmap on the colour scale shared by all pairs of the run
+    (widened to the metric's chance level where it has one, which is marked on it)."""
     from alignkit.metrics import METRICS
 
     lr = r.layer_result(vision, text)
@@ -95,6 +95,8 @@ def plot_layers(r: Ranking, vision: str, text: str, *, ax: Axes | None = None) -
         k = r.main_scores["k"].dropna()
         options = {"k": int(k.iloc[0])} if len(k) and "k" in METRICS[lr.metric].defaults else {}
         chance = METRICS[lr.metric].chance_level(r.n, **options)
+    if chance is not None and np.isfinite(chance) and low is not None:
+        low, high = min(low, chance), max(high, chance)  # the scale shows where chance sits
     return plots.layer_heatmap(
         lr.scores,
         ax=ax,
