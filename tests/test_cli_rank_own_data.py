@@ -55,6 +55,26 @@ def test_without_n_a_60_row_manifest_is_ranked_on_all_its_rows(tmp_path: Path, c
     assert code == 1 and "n=100 is more rows than probe" in err
 
 
+def test_heatmaps_are_svg_too_only_with_svg(tmp_path: Path, capsys) -> None:
+    from alignkit.ranking import Ranking
+
+    manifest = write_manifest(tmp_path / "data", 24)
+    base = [*FAST, "--probe", str(manifest), "--metric", "linear_cka"]
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "png")], capsys)
+    assert code == 0, err
+    assert {p.suffix for p in (tmp_path / "png").iterdir()} == {".csv", ".png", ".json", ".md"}
+    code, _, err = run_cli([*base, "--svg", "--out", str(tmp_path / "svg")], capsys)
+    assert code == 0, err
+    svgs = sorted(p.name for p in (tmp_path / "svg").glob("*.svg"))
+    assert svgs == ["heatmap_linear_cka.svg", "heatmap_linear_cka_unbiased.svg"]
+    assert json.loads((tmp_path / "svg" / "run.json").read_text())["config"]["svg"] is True
+    # a run read back and saved again keeps its formats; save(formats=...) overrides them
+    Ranking.load(tmp_path / "svg").save(tmp_path / "again")
+    assert len(list((tmp_path / "again").glob("*.svg"))) == 2
+    Ranking.load(tmp_path / "svg").save(tmp_path / "png-only", formats=("png",))
+    assert not list((tmp_path / "png-only").glob("*.svg"))
+
+
 def test_size_limits_of_subsamples_fail_before_any_encoder_loads(tmp_path: Path, capsys) -> None:
     argv = ["-v", "nope:never-loaded", "-t", "random:text-16", "--probe", "synthetic"]
     argv += ["--n", "12", "--out", str(tmp_path / "o")]  # 10 subsamples keep 10 rows; k = 10

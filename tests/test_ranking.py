@@ -238,7 +238,7 @@ def saved(tmp_path_factory, layer_result: LayerResult) -> tuple[Ranking, Path]:
         metadata={"probe": {"name": "flickr8k:test"}, "config": {"permutations": 20}},
     )
     out = tmp_path_factory.mktemp("saved") / "run"
-    r.save(out)
+    r.save(out, formats=("png", "svg"))
     return r, out
 
 

@@ -2,7 +2,7 @@
 
     scores.csv            long-form scores (alignkit.metrics.SCORE_COLUMNS)
     ranking.csv           the pair table (Ranking.table)
-    heatmap_<metric>.png/.svg, agreement.png, top_pairs.png
+    heatmap_<metric>.png (and .svg with svg=True), agreement.png, top_pairs.png
     layers/<v>__<t>.png, layer_scores.csv, layers_best.csv    with layers="all"
     summary.md            the markdown report
     run.json              command, config, versions, probe, encoders, timings, files
@@ -35,7 +35,7 @@ def save(
     out_dir: str | Path,
     *,
     overwrite: bool = False,
-    formats: Sequence[str] = ("png", "svg"),
+    formats: Sequence[str] | None = None,
 ) -> Path:
     """Write ``r``'s run folder (see the module docstring); returns the folder."""
     run = RunFolder(out_dir, overwrite=overwrite)
@@ -44,10 +44,19 @@ def save(
     return run.out
 
 
-def write(r: Ranking, folder: Path, formats: Sequence[str] = ("png", "svg")) -> None:
+def heatmap_formats(r: Ranking) -> tuple[str, ...]:
+    """The heatmaps' file formats when none are given: PNG, and SVG when the run's config asked
+    for it (``svg=True``, ``--svg``)."""
+    return ("png", "svg") if r.metadata.get("config", {}).get("svg") else ("png",)
+
+
+def write(r: Ranking, folder: Path, formats: Sequence[str] | None = None) -> None:
     """Write every file of the run folder into ``folder`` (an existing, empty folder: the
-    temporary one of a :class:`~alignkit.runs.RunFolder`)."""
+    temporary one of a :class:`~alignkit.runs.RunFolder`). ``formats``: of the heatmaps
+    (default :func:`heatmap_formats`); the other figures are PNG."""
     import matplotlib.pyplot as plt
+
+    formats = heatmap_formats(r) if formats is None else tuple(formats)
 
     written: list[str] = []
 

@@ -403,9 +403,12 @@ class Ranking:
         out_dir: str | Path,
         *,
         overwrite: bool = False,
-        formats: Sequence[str] = ("png", "svg"),
+        formats: Sequence[str] | None = None,
     ) -> Path:
         """Write the run folder (tables, figures, ``summary.md``, ``run.json``); returns it.
+
+        ``formats``: of the heatmaps, e.g. ``("png", "svg")``; default PNG, plus SVG when the
+        run was made with ``svg=True``. The other figures are PNG.
 
         Written atomically (:class:`alignkit.runs.RunFolder`): a failure leaves an earlier run in
         ``out_dir`` untouched; a folder holding another run is replaced only with
