@@ -7,6 +7,7 @@ written here, with model-free encoders (``random:``), so they run in seconds.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,23 @@ def test_heatmaps_are_svg_too_only_with_svg(tmp_path: Path, capsys) -> None:
     assert len(list((tmp_path / "again").glob("*.svg"))) == 2
     Ranking.load(tmp_path / "svg").save(tmp_path / "png-only", formats=("png",))
     assert not list((tmp_path / "png-only").glob("*.svg"))
+
+
+def test_one_of_a_kind_is_said_in_the_singular(tmp_path: Path, capsys) -> None:
+    # one vision and one text encoder (a control pair), one bad row, two metrics
+    manifest = write_manifest(tmp_path / "data", 25, bad=1)
+    argv = [*FAST, "--metric", "mutual_knn", "--k", "3", "--skip-bad", "--probe", str(manifest)]
+    code, stdout, err = run_cli([*argv, "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    assert "1 vision x 1 text encoder on" in stdout
+    assert "skipped 1 bad probe row (r24)" in err
+    md = (tmp_path / "run" / "summary.md").read_text()
+    assert "1 vision × 1 text encoder = 1 pair (controls" in md
+    assert "null: 5 permutations of the pairing; intervals: 0 subsamples" in md
+    assert "(Kendall τ between rankings, 0 real pairs)" in md
+    assert "Skipped 1 bad probe row (skip_bad)" in md
+    plural_of_one = re.findall(r"\b1 (?:[a-z-]+ )?(?:pairs|rows|encoders|permutations)\b", md)
+    assert not plural_of_one, plural_of_one
 
 
 def test_size_limits_of_subsamples_fail_before_any_encoder_loads(tmp_path: Path, capsys) -> None:

@@ -427,6 +427,27 @@ def test_summary_says_p_at_floor_ties_with_the_best_and_recommends() -> None:
     assert "ties cannot be judged" in Ranking(no_ci).summary()
 
 
+def test_summary_says_one_score_at_the_floor_and_one_tied_pair_in_the_singular() -> None:
+    scores = make_scores(vision=VISION[:2], text=TEXT[:1], metrics=("linear_cka_unbiased",))
+    scores["score"] = [0.31, 0.30]  # intervals ±0.02 overlap: the second pair ties the best
+    scores["ci_low"], scores["ci_high"] = scores["score"] - 0.02, scores["score"] + 0.02
+    scores["p"] = [1 / 101, 0.002]  # one p at the floor of B = 100
+    r = Ranking(scores, metadata={"config": {"permutations": 100, "subsamples": 1}})
+    md = r.summary()
+    assert "- p at its floor: 1 of the scores has p = 1/(B+1) = 0.0099" in md
+    assert "the smallest 100 permutations can give" in md
+    assert "or the pair tied with it;" in md and "one of the 1 pairs" not in md
+    assert "intervals: 1 subsample;" in md
+    # one real pair (and a control pair) under two metrics: one pair to agree on
+    two = make_scores(vision=(VISION[0], VISION[3]), text=TEXT[:1], metrics=METRICS[:2])
+    r = Ranking(two, metadata={"config": {"permutations": 100}})
+    md = r.summary()
+    assert "(Kendall τ between rankings, 1 real pair)" in md
+    assert "too few pairs to judge agreement (1 real pair;" in md
+    assert "2 vision × 1 text encoder = 2 pairs" in md
+    assert "over 1 real pair" in r.plot_agreement().get_title()
+
+
 def test_every_heatmap_of_a_run_has_one_order_with_controls_marked(ranking: Ranking) -> None:
     import matplotlib.pyplot as plt
 

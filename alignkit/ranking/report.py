@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from alignkit import plots
+from alignkit._words import counted
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -65,7 +66,7 @@ def plot_heatmap(r: Ranking, metric: str | None = None, *, ax: Axes | None = Non
 def plot_agreement(r: Ranking, *, ax: Axes | None = None) -> Axes:
     tau = r.agreement()
     n_pairs = tau.attrs["n_pairs"]
-    what = f"Metric agreement (Kendall τ) over {n_pairs} real pairs"
+    what = f"Metric agreement (Kendall τ) over {counted(n_pairs, 'real pair')}"
     return plots.agreement_heatmap(
         tau, ax=ax, n_pairs=n_pairs, title=title(r, what).replace(" — ", "\n")
     )
@@ -146,12 +147,12 @@ def format_table(r: Ranking, top: int = 10) -> str:
 def _agreement_lines(r: Ranking) -> list[str]:
     tau = r.agreement()
     n_pairs = tau.attrs["n_pairs"]
-    head = f"## Metric agreement (Kendall τ between rankings, {n_pairs} real pairs)"
+    head = f"## Metric agreement (Kendall τ between rankings, {counted(n_pairs, 'real pair')})"
     lines = ["", head, ""]
     if tau.attrs["too_few"]:
         lines.append(
-            f"- too few pairs to judge agreement ({n_pairs} real pairs; τ means little below "
-            f"{_min_pairs()}): rank more encoders"
+            f"- too few pairs to judge agreement ({counted(n_pairs, 'real pair')}; τ means "
+            f"little below {_min_pairs()}): rank more encoders"
         )
     for i, a in enumerate(r.metrics):
         for b in r.metrics[i + 1 :]:
@@ -179,10 +180,11 @@ def _verdict_lines(r: Ranking) -> list[str]:
     floor = r.p_at_floor()
     b = int(r.metadata.get("config", {}).get("permutations", 0) or 0)
     if len(floor):
+        have = "has" if len(floor) == 1 else "have"
         lines.append(
-            f"- p at its floor: {len(floor)} of the scores have p = 1/(B+1) = {1 / (b + 1):.3g}, "
-            f"the smallest {b} permutations can give; more permutations (or the analytic null "
-            "of the CKA family) resolve smaller p."
+            f"- p at its floor: {len(floor)} of the scores {have}"
+            f" p = 1/(B+1) = {1 / (b + 1):.3g}, the smallest {counted(b, 'permutation')} can give;"
+            " more permutations (or the analytic null of the CKA family) resolve smaller p."
         )
     real = r.table[~r.table["control"]]
     if real.empty:
@@ -198,16 +200,17 @@ def _verdict_lines(r: Ranking) -> list[str]:
         lines.append(f"- statistically tied with the best (intervals overlap {name}'s): {names}")
     if len(tied) >= max(2, len(real) // 2):
         lines.append(
-            f"- n = {r.n} is small for this many pairs: {len(tied)} of {len(real)} real pairs "
-            "cannot be told apart from the best; rank on more rows."
+            f"- n = {r.n} is small for this many pairs: {len(tied)} of "
+            f"{counted(len(real), 'real pair')} cannot be told apart from the best; rank on more "
+            "rows."
         )
     significant = best["significant"] is not False
     if not significant:
         advice = "no real pair is above chance here: check the probe and the encoders"
     elif len(tied):
+        others = "the pair" if len(tied) == 1 else f"one of the {len(tied)} pairs"
         advice = (
-            f"align {name} or one of the {len(tied)} pairs tied with it; a short training run "
-            "on each breaks the tie"
+            f"align {name} or {others} tied with it; a short training run on each breaks the tie"
         )
     elif not np.isfinite(best["ci_low"]):
         advice = f"align {name} (no intervals were computed, so ties cannot be judged)"
@@ -215,6 +218,12 @@ def _verdict_lines(r: Ranking) -> list[str]:
         advice = f"align {name}: it is ahead of every other pair beyond their intervals"
     lines.append(f"- **Recommendation**: {advice}.")
     return lines
+
+
+def _setting(cfg: dict, key: str, noun: str) -> str:
+    """``"100 permutations"`` from a run's config (``"? permutations"`` when it lacks the key)."""
+    value = cfg.get(key)
+    return counted(value, noun) if isinstance(value, int) else f"{value or '?'} {noun}s"
 
 
 def _min_pairs() -> int:
@@ -231,7 +240,8 @@ def summary(r: Ranking, top: int = 10) -> str:
     facts = [
         f"- probe: `{probe.get('name', '?')}`, n = {r.n if r.n is not None else '?'} rows"
         + (f", fingerprint `{probe['fingerprint']}`" if probe.get("fingerprint") else ""),
-        f"- {len(r.vision)} vision × {len(r.text)} text encoders = {len(r.table)} pairs"
+        f"- {len(r.vision)} vision × {counted(len(r.text), 'text encoder')} = "
+        f"{counted(len(r.table), 'pair')}"
         + (f" (controls: {', '.join(f'`{c}`' for c in r.controls)})" if r.controls else ""),
         f"- metrics: {', '.join(plots.metric_label(m) for m in r.metrics)}; ranked by "
         f"**{plots.metric_label(r.metric)}**",
@@ -239,8 +249,8 @@ def summary(r: Ranking, top: int = 10) -> str:
     cfg = md.get("config", {})
     if cfg:
         facts.append(
-            f"- null: {cfg.get('permutations', '?')} permutations of the pairing; intervals: "
-            f"{cfg.get('subsamples', '?')} subsamples; significant = p < {r.alpha:g}; "
+            f"- null: {_setting(cfg, 'permutations', 'permutation')} of the pairing; intervals: "
+            f"{_setting(cfg, 'subsamples', 'subsample')}; significant = p < {r.alpha:g}; "
             f"seed {cfg.get('seed', '?')}"
         )
     total = md.get("timings", {}).get("total_s")
@@ -290,7 +300,7 @@ def summary(r: Ranking, top: int = 10) -> str:
     if skipped:
         lines += [
             "",
-            f"Skipped {len(skipped)} bad probe rows (skip_bad): "
+            f"Skipped {counted(len(skipped), 'bad probe row')} (skip_bad): "
             + "; ".join(f"`{d['id']}`: {d.get('reason', '?')}" for d in skipped[:20])
             + ("; ..." if len(skipped) > 20 else ""),
         ]
