@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,18 @@ def test_a_loaded_run_explores_neighbours_from_the_cache(tmp_path: Path, monkeyp
     r.save(tmp_path / "run", formats=("png",))
     with pytest.raises(AlignkitError, match="features=True"):
         Ranking.load(tmp_path / "run").neighbours(0, "random:image-16")
+
+    # the features come from the cache entries run.json names: no encoder is built, even
+    # without the cache's memo of cheap identities (a cache written by an older alignkit)
+    import alignkit.encoders
+
+    def no_build(spec, **options):
+        raise AssertionError(f"Ranking.load(features=True) built {spec}")
+
+    monkeypatch.setattr(alignkit.encoders, "create_encoder", no_build)
+    memo = tmp_path / "cache" / "features" / "_memo"
+    assert memo.is_dir()
+    shutil.rmtree(memo)
     loaded = Ranking.load(tmp_path / "run", features=True)
     for encoder in ("random:image-16", "random:text-16"):
         got, want = loaded.neighbours(3, encoder, k=4), r.neighbours(3, encoder, k=4)

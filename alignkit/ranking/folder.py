@@ -159,8 +159,14 @@ def load(folder: str | Path, *, features: bool = False, progress: bool = False) 
 
 
 def _features_of(meta: dict[str, Any], folder: Path, progress: bool) -> tuple[Any, dict]:
-    """The probe and features of a saved run, rebuilt from its run.json."""
+    """The probe and features of a saved run, rebuilt from its run.json.
+
+    Each encoder's features are first read from the cache entry run.json names (its
+    ``cache_key``): the features the scores were computed on, found without building or even
+    identifying the encoder. Only when that entry is gone do they come from
+    :func:`~alignkit.features.extract_features` (its cache, else extraction)."""
     from alignkit.config import EncoderEntry, config_from_mapping
+    from alignkit.features import FeatureCache
     from alignkit.ranking.checks import load_ranking_probe
     from alignkit.ranking.pipeline import _extract
 
@@ -172,11 +178,32 @@ def _features_of(meta: dict[str, Any], folder: Path, progress: bool) -> tuple[An
             f"the probe of {folder} has changed since the run (fingerprint {probe.fingerprint}, "
             f"the run had {want}): its features cannot be matched to the saved scores"
         )
+    store = None
+    if cfg.cache is not False:
+        store = FeatureCache() if cfg.cache is True else FeatureCache.at(cfg.cache)
     feats = {}
     for e in meta.get("encoders", []):
-        entry = EncoderEntry.parse({"spec": e["spec"], **(e.get("options") or {})})
-        feats[e["label"]] = _extract(entry, probe, cfg, progress)
+        fs = _recorded_features(store, e, probe)
+        if fs is None:
+            entry = EncoderEntry.parse({"spec": e["spec"], **(e.get("options") or {})})
+            fs = _extract(entry, probe, cfg, progress)
+        feats[e["label"]] = fs
     return probe, feats
+
+
+def _recorded_features(store: Any, encoder: dict[str, Any], probe: Any) -> Any:
+    """The cache entry run.json names for ``encoder`` when it is still there and holds this
+    encoder's features of every probe row, else None."""
+    key = (encoder.get("provenance") or {}).get("cache_key")
+    if store is None or not isinstance(key, str):
+        return None
+    try:
+        fs = store.get(key, ids=probe.ids)
+    except AlignkitError:  # not a key this cache could have written
+        return None
+    if fs is None or fs.provenance.get("encoder") != encoder.get("spec"):
+        return None
+    return fs
 
 
 def _slug(spec: str) -> str:
