@@ -448,6 +448,25 @@ def test_summary_says_one_score_at_the_floor_and_one_tied_pair_in_the_singular()
     assert "over 1 real pair" in r.plot_agreement().get_title()
 
 
+def test_tables_show_p_that_underflowed_from_its_log10(tmp_path: Path) -> None:
+    scores = make_scores(metrics=("linear_cka_unbiased",))
+    best = scores["score"].idxmax()
+    scores.loc[best, ["p", "log10_p", "null_method"]] = [0.0, -411.62, "analytic-pearson3"]
+    r = Ranking(scores, metadata={"config": {"permutations": 100}})
+    assert r.table.loc[0, "linear_cka_unbiased_log10_p"] == -411.62
+    for text in (r.summary(), r.format_table()):
+        assert "2.4e-412" in text  # 10**-411.62, where p itself reads 0
+        assert "0.010" in text  # p = 1/101 as before
+    # a scores.csv written before the column: log10(p) where p > 0, unknown where p = 0
+    r.save(tmp_path / "run", formats=("png",))
+    old = pd.read_csv(tmp_path / "run" / "scores.csv").drop(columns="log10_p")
+    old.to_csv(tmp_path / "run" / "scores.csv", index=False)
+    back = Ranking.load(tmp_path / "run").scores
+    assert np.isnan(back.loc[best, "log10_p"])
+    rest = back.drop(index=best)
+    np.testing.assert_allclose(rest["log10_p"], np.log10(rest["p"]))
+
+
 def test_every_heatmap_of_a_run_has_one_order_with_controls_marked(ranking: Ranking) -> None:
     import matplotlib.pyplot as plt
 

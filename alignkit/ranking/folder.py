@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from alignkit import plots
@@ -125,6 +126,10 @@ def load(folder: str | Path, *, features: bool = False, progress: bool = False) 
     scores = pd.read_csv(folder / SCORES_FILE, keep_default_na=True)
     if "null_method" not in scores.columns:  # written before the analytic null: Monte Carlo
         scores["null_method"] = "permutation"
+    if "log10_p" not in scores.columns:  # written before the column: p = 0 stays unresolved
+        p = scores["p"].to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores["log10_p"] = np.where(p > 0, np.log10(p), np.nan)
     scores["options"] = scores["options"].fillna("")
     layers: list[LayerResult] = []
     if (folder / "layer_scores.csv").is_file():

@@ -6,6 +6,7 @@ draw on a given matplotlib Axes (or a new one) and return it (see :mod:`alignkit
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _num(value: float, digits: int = 3) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def p_text(p: float, log10_p: float = math.nan) -> str:
+    """A p-value as tables show it: 3 decimals down to 0.001 (``0.012``), below that two
+    significant digits from its log10 (``2.3e-45``, also where p itself underflows to 0:
+    ``4.1e-412``); ``0 (beyond the null law's range)`` when p is exactly 0 under the law; ``–``
+    without a p."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    if p >= 0.001:
+        return f"{p:.3f}"
+    if log10_p is None or np.isnan(log10_p):  # no log10 (an older table): p as it is
+        return f"{p:.1e}" if p > 0 else "0"
+    if log10_p == -math.inf:
+        return "0 (beyond the null law's range)"
+    exponent = math.floor(log10_p)
+    mantissa = round(10 ** (log10_p - exponent), 1)
+    if mantissa >= 10:
+        mantissa, exponent = 1.0, exponent + 1
+    return f"{mantissa:.1f}e{exponent:+03d}"
 
 
 def title(r: Ranking, what: str) -> str:
@@ -130,7 +151,7 @@ def format_table(r: Ranking, top: int = 10) -> str:
             plots.metric_label(m): f"{row[m]:.3f}",
             "interval": ci,
             "z": f"{row[f'{m}_z']:.1f}" if np.isfinite(row[f"{m}_z"]) else "",
-            "p": f"{row[f'{m}_p']:.3f}" if np.isfinite(row[f"{m}_p"]) else "",
+            "p": p_text(row[f"{m}_p"], row[f"{m}_log10_p"]) if np.isfinite(row[f"{m}_p"]) else "",
         }
         for other in r.metrics[1:]:
             cells[f"rank {plots.metric_label(other)}"] = int(row[f"rank_{other}"])
@@ -271,7 +292,7 @@ def summary(r: Ranking, top: int = 10) -> str:
             f"{row[m]:.3f}",
             ci,
             _num(row[f"{m}_z"], 1),
-            _num(row[f"{m}_p"], 3),
+            p_text(row[f"{m}_p"], row[f"{m}_log10_p"]),
             *[str(int(row[f"rank_{o}"])) for o in r.metrics[1:]],
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -316,6 +337,7 @@ def summary(r: Ranking, top: int = 10) -> str:
 
 __all__ = [
     "format_table",
+    "p_text",
     "plot_agreement",
     "plot_heatmap",
     "plot_layers",
