@@ -80,6 +80,8 @@ def mark_chance(bar: Colorbar, value: float, **line: object) -> None:
     a tick labelled "chance" in place of a number. Numbered ticks closer to it than
     ``_TICK_GAP`` of the bar are left out, so that no two labels overlap. A value outside the
     bar's range is not marked (widen the colour scale to show it)."""
+    import matplotlib
+
     low, high = sorted(float(v) for v in bar.ax.get_ylim())
     if not low <= value <= high:
         return
@@ -87,7 +89,9 @@ def mark_chance(bar: Colorbar, value: float, **line: object) -> None:
     gap = _TICK_GAP * (high - low)
     ticks = [float(t) for t in bar.get_ticks() if low <= t <= high and abs(t - value) > gap]
     ticks = sorted([*ticks, float(value)])
-    bar.set_ticks(ticks, labels=[CHANCE_LABEL if t == value else f"{t:g}" for t in ticks])
+    minus = "\N{MINUS SIGN}" if matplotlib.rcParams["axes.unicode_minus"] else "-"  # as ticks
+    labels = [CHANCE_LABEL if t == value else f"{t:g}".replace("-", minus) for t in ticks]
+    bar.set_ticks(ticks, labels=labels)
 
 
 def _text_colour(rgba: Sequence[float]) -> str:
