@@ -94,6 +94,38 @@ def test_one_of_a_kind_is_said_in_the_singular(tmp_path: Path, capsys) -> None:
     assert not plural_of_one, plural_of_one
 
 
+def test_the_command_exits_with_its_status_flushed_output_and_exit_handlers(tmp_path: Path):
+    # the console command ends without the interpreter's module teardown (alignkit.cli._exit_now):
+    # its status, its last line through a pipe and the process's exit handlers must survive that
+    import subprocess
+    import sys
+
+    command = (
+        "import atexit; atexit.register(lambda: print('exit handler ran', flush=True)); "
+        "from alignkit.cli import main; main()"
+    )
+    manifest = write_manifest(tmp_path / "data", 24)
+    argv = [*FAST, "--probe", str(manifest), "--out", str(tmp_path / "run")]
+    done = subprocess.run(
+        [sys.executable, "-c", command, "rank-encoders", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2].startswith("wrote ") and lines[-1] == "exit handler ran"
+    assert (tmp_path / "run" / "summary.md").is_file()
+    failed = subprocess.run(
+        [sys.executable, "-c", command, "rank-encoders", *FAST, "--metric", "cka"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert failed.returncode == 1 and "error: unknown metric 'cka'" in failed.stderr
+    assert failed.stdout.strip().splitlines()[-1] == "exit handler ran"
+
+
 def test_size_limits_of_subsamples_fail_before_any_encoder_loads(tmp_path: Path, capsys) -> None:
     argv = ["-v", "nope:never-loaded", "-t", "random:text-16", "--probe", "synthetic"]
     argv += ["--n", "12", "--out", str(tmp_path / "o")]  # 10 subsamples keep 10 rows; k = 10
