@@ -5,7 +5,10 @@ for each other at every small operation (OpenMP workers spin, then sleep, at eac
 cached ``rank-encoders --n 200`` took 28-81 s with the default threads under load and 10 s with
 one thread. So alignkit runs its own work under :func:`limit_threads` with
 :func:`choose_threads`: one thread for small operations or a busy machine, up to the free CPUs
-for large ones. ``ALIGNKIT_THREADS=N`` (or a command's ``--threads N``) overrides the choice.
+for large ones; numpy's BLAS (threadpoolctl) is held to the same count, since its idle threads
+spin the same way (the null moments' (n, n) products took 0.32 CPU s on two BLAS threads against
+0.18 s on one, on the loaded 2-core machine). ``ALIGNKIT_THREADS=N`` (or a command's
+``--threads N``) overrides the choice.
 """
 
 from __future__ import annotations
@@ -98,8 +101,11 @@ def choose_threads(
 
 @contextlib.contextmanager
 def limit_threads(n: int) -> Iterator[int]:
-    """Run the block with ``torch.set_num_threads(n)`` (n >= 1), then put the old count back.
-    Only lowers the count: a caller that already asked for fewer threads keeps its choice."""
+    """Run the block with ``torch.set_num_threads(n)`` (n >= 1), and numpy's BLAS (OpenBLAS,
+    MKL: the exact null moments multiply (n, n) matrices in numpy) at no more than n threads,
+    then put the old counts back. Only lowers the counts: a caller that already asked for fewer
+    threads keeps its choice. (A BLAS product gives the same bits on 1 or 2 threads: its threads
+    split the output, not the sums.)"""
     import torch
 
     before = torch.get_num_threads()
@@ -107,10 +113,24 @@ def limit_threads(n: int) -> Iterator[int]:
     if n != before:
         torch.set_num_threads(n)
     try:
-        yield n
+        with _limit_blas(n):
+            yield n
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def _limit_blas(n: int) -> contextlib.AbstractContextManager[object]:
+    """threadpoolctl's limit of every loaded BLAS to at most ``n`` threads (a no-op where no
+    BLAS pool uses more)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    over = {
+        pool["filepath"]: n
+        for pool in threadpool_info()
+        if pool.get("user_api") == "blas" and pool.get("num_threads", 1) > n
+    }
+    return threadpool_limits(limits=over) if over else contextlib.nullcontext()
 
 
 __all__ = ["ENV", "WORK_PER_THREAD", "choose_threads", "free_cpus", "limit_threads", "usable_cpus"]

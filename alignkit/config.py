@@ -217,6 +217,10 @@ class RankConfig:
         "Skip probe rows with a missing or unreadable image or an empty caption (listed in "
         "run.json and summary.md) instead of stopping at the first.",
     )
+    svg: bool = option(
+        False,
+        "Also write each metric's heatmap as SVG (vector, for papers) beside its PNG.",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(

@@ -1,16 +1,21 @@
 """How long does a fully cached ``alignkit rank-encoders`` re-run take, and where does it go?
 
-Issue 10, items 11 and 13. Each configuration runs the real command (``python -m alignkit
-rank-encoders --n N --out <tmp> --quiet``) in a fresh child process on a cache that already holds
-every feature, and the child reports:
+Issue 10, items 11 and 13. Each configuration runs the real command (``alignkit rank-encoders
+--n N --out <tmp>``, through ``alignkit.cli.main``) in a fresh child process on a cache that
+already holds every feature, and the child reports:
 
 * wall-clock seconds and CPU seconds (user + system, the process and its children);
 * seconds spent inside ``create_encoder`` (building models only to learn their weights identity),
   and their share of the wall clock;
-* torch's intra-op thread count at the start.
+* torch's intra-op thread count at the start;
+* CPU and wall seconds by phase: the imports (torch, pandas, scipy.stats, matplotlib, alignkit:
+  done first, so the later phases hold no import), the probe, reading the features, scoring,
+  drawing the figures, writing them (per format), summary.md; "rest" is what no phase covers.
 
-Configurations: ``--code DIR`` (repeatable) puts an alignkit source tree first on ``PYTHONPATH``
-(e.g. a ``git archive`` of the commit before the change, and this checkout), and ``--threads``
+The command is the default one a user types (``--quiet`` adds ``--quiet``; its bars then go
+nowhere instead of to the captured stderr). Configurations: ``--code DIR`` (repeatable) puts an
+alignkit source tree first on ``PYTHONPATH`` (e.g. a ``git archive`` of the commit before the
+change, and this checkout), and ``--threads``
 picks torch's threads: ``default`` (no ``OMP_NUM_THREADS``: torch starts one thread per core),
 ``1`` (``OMP_NUM_THREADS=1``), ``auto`` (``default`` env; alignkit chooses by work and free CPUs,
 where the code has :mod:`alignkit._threads`). Repetitions alternate the configurations so that all
@@ -23,6 +28,7 @@ memo, that first run builds every encoder once and records its cheap identity).
 
     python benchmarks/cached_rerun.py --code /tmp/base --code . --threads default auto 1 \\
         [--n 500] [--repeats 3] [--load 0] [--cache-dir $ALIGNKIT_CACHE_DIR] [--json out.json]
+        [--quiet] [--phases]
 """
 
 from __future__ import annotations
@@ -42,8 +48,76 @@ from typing import Any
 
 
 # -- the child: one timed run of the real command ------------------------------------------------
+class _Phases:
+    """CPU (process) and wall seconds spent inside wrapped functions, by phase name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = {}
+
+    def add(self, name: str, cpu: float, wall: float) -> None:
+        got = self.seconds.setdefault(name, [0.0, 0.0])
+        got[0] += cpu
+        got[1] += wall
+
+    def timed(self, name: str, function: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            c0, w0 = time.process_time(), time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.add(name, time.process_time() - c0, time.perf_counter() - w0)
+
+        return run
+
+    def wrap(self, owner: Any, attr: str, name: str) -> None:
+        setattr(owner, attr, self.timed(name, getattr(owner, attr)))
+
+
+def _instrument(phases: _Phases) -> None:
+    """Import the heavy libraries first (timed), then time the run's phases by wrapping the
+    functions the command calls (they exist in every alignkit version the benchmark compares)."""
+    for name, module in [
+        ("import torch", "torch"),
+        ("import pandas", "pandas"),
+        ("import scipy.stats", "scipy.stats"),
+        ("import matplotlib", "matplotlib.pyplot"),
+        ("import alignkit", "alignkit.cli"),
+        ("import alignkit", "alignkit.ranking"),
+    ]:
+        c0, w0 = time.process_time(), time.perf_counter()
+        if module == "matplotlib.pyplot":
+            import matplotlib
+
+            matplotlib.use("Agg")
+        __import__(module)
+        phases.add(name, time.process_time() - c0, time.perf_counter() - w0)
+    from matplotlib.figure import Figure
+
+    import alignkit.metrics as metrics
+    import alignkit.ranking.pipeline as pipeline
+    from alignkit.ranking.result import Ranking
+
+    phases.wrap(pipeline, "load_ranking_probe", "probe")
+    phases.wrap(pipeline, "_extract", "features (cache)")
+    phases.wrap(metrics, "score_pairs", "scoring")
+    for attr in ("plot_heatmap", "plot_agreement", "plot_top_pairs", "plot_layers"):
+        phases.wrap(Ranking, attr, "figures: draw")
+    phases.wrap(Ranking, "summary", "summary.md")
+    save = Figure.savefig
+
+    def savefig(fig: Any, fname: Any, *args: Any, **kwargs: Any) -> Any:
+        name = "figures: write ." + str(fname).rsplit(".", 1)[-1]
+        return phases.timed(name, save)(fig, fname, *args, **kwargs)
+
+    Figure.savefig = savefig
+
+
 def _child(spec: dict[str, Any]) -> None:
     t0 = time.perf_counter()
+    c0 = time.process_time()
+    phases = _Phases()
+    if spec.get("phases"):
+        _instrument(phases)
     import torch
 
     import alignkit.encoders as encoders
@@ -62,7 +136,8 @@ def _child(spec: dict[str, Any]) -> None:
 
     encoders.create_encoder = timed
     with tempfile.TemporaryDirectory() as out:
-        argv = ["rank-encoders", "--n", str(spec["n"]), "--out", f"{out}/run", "--quiet"]
+        argv = ["rank-encoders", "--n", str(spec["n"]), "--out", f"{out}/run"]
+        argv += ["--quiet"] if spec.get("quiet") else []
         try:
             main(argv)
         except SystemExit as exc:
@@ -74,6 +149,13 @@ def _child(spec: dict[str, Any]) -> None:
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    split = {k: [round(c, 3), round(w, 3)] for k, (c, w) in phases.seconds.items()}
+    if split:
+        covered = [sum(v[i] for k, v in phases.seconds.items()) for i in (0, 1)]
+        split["rest"] = [
+            round(time.process_time() - c0 - covered[0], 3),
+            round(time.perf_counter() - t0 - covered[1], 3),
+        ]
     print(
         json.dumps(
             {
@@ -82,6 +164,7 @@ def _child(spec: dict[str, Any]) -> None:
                 "build_s": sum(built),
                 "builds": len(built),
                 "torch_threads": threads,
+                "phases_cpu_wall_s": split,
             }
         )
     )
@@ -104,13 +187,20 @@ def _env(code: Path, threads: str, cache_dir: str) -> dict[str, str]:
 
 
 def _run(
-    code: Path, threads: str, n: int, cache_dir: str, timeout: float | None = None
+    code: Path,
+    threads: str,
+    n: int,
+    cache_dir: str,
+    timeout: float | None = None,
+    quiet: bool = False,
+    phases: bool = False,
 ) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
+    spec = {"n": n, "quiet": quiet, "phases": phases}
     try:
         done = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps({"n": n})],
+            [sys.executable, __file__, "--child", json.dumps(spec)],
             env=_env(code, threads, cache_dir),
             capture_output=True,
             text=True,
@@ -141,6 +231,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--timeout", type=float, help="seconds; a slower run is recorded as >=")
     parser.add_argument("--no-warmup", action="store_true", help="the memo is already written")
+    parser.add_argument("--quiet", action="store_true", help="run the command with --quiet")
+    parser.add_argument("--phases", action="store_true", help="CPU and wall seconds by phase")
     args = parser.parse_args()
     if args.child:
         _child(json.loads(args.child))
@@ -154,11 +246,13 @@ def main() -> None:
         p.start()
     try:
         for code in [] if args.no_warmup else codes:  # warm-up, untimed
-            _run(code, "1", args.n, args.cache_dir)
+            _run(code, "1", args.n, args.cache_dir, quiet=args.quiet)
         results: dict[tuple[Path, str], list[dict[str, Any]]] = {c: [] for c in configs}
         for _ in range(args.repeats):
             for config in configs:
-                results[config].append(_run(*config, args.n, args.cache_dir, args.timeout))
+                results[config].append(
+                    _run(*config, args.n, args.cache_dir, args.timeout, args.quiet, args.phases)
+                )
                 print(config[0].name, config[1], results[config][-1], flush=True)
     finally:
         for p in busy:
@@ -195,8 +289,28 @@ def main() -> None:
             f"{code.name:>12} {threads:>8} {more}{wall:6.1f} {cpu:7.1f} {build:8.1f} "
             f"{100 * build / wall:7.0f}% {load:6.1f}"
         )
+    if args.phases:
+        _print_phases(results)
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
+
+
+def _print_phases(results: dict[tuple[Path, str], list[dict[str, Any]]]) -> None:
+    """Median CPU s (wall s) of each phase, one column per configuration."""
+    names = list(
+        dict.fromkeys(k for rows in results.values() for r in rows for k in r["phases_cpu_wall_s"])
+    )
+    heads = [f"{code.name} {threads}" for code, threads in results]
+    print("\nmedian CPU s (wall s) by phase")
+    print(f"{'phase':>22} " + " ".join(f"{h:>18}" for h in heads))
+    for name in names:
+        cells = []
+        for rows in results.values():
+            got = [r["phases_cpu_wall_s"].get(name, [0.0, 0.0]) for r in rows]
+            cpu = statistics.median(g[0] for g in got)
+            wall = statistics.median(g[1] for g in got)
+            cells.append(f"{cpu:8.2f} ({wall:6.2f})")
+        print(f"{name:>22} " + " ".join(f"{c:>18}" for c in cells))
 
 
 if __name__ == "__main__":

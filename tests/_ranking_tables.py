@@ -51,6 +51,7 @@ def make_scores(
                         "null_std": sd if null else np.nan,
                         "z": z,
                         "p": p,
+                        "log10_p": np.log10(p),
                         "null_method": "permutation" if null else "none",
                         "ci_low": score - 0.02,
                         "ci_high": score + 0.02,

@@ -32,6 +32,7 @@ OPTIONS = (
     "--overwrite",
     "--keep-going",
     "--skip-bad",
+    "--svg",
     "--null",
     "--alpha",
     "--top",
@@ -199,12 +200,13 @@ def test_real_run_ranks_controls_last_and_resumes_from_the_cache(
         "scores.csv",
         "ranking.csv",
         "heatmap_linear_cka_unbiased.png",
-        "heatmap_mutual_knn.svg",
+        "heatmap_mutual_knn.png",
         "agreement.png",
         "top_pairs.png",
         "summary.md",
     ):
         assert (out / name).is_file(), name
+    assert not list(out.glob("*.svg"))  # SVG only with --svg
     assert "mobilenet_v2" in stdout and "wrote" in stdout
 
     # 3. the controls rank last under every metric, and every real pair beats its null

@@ -7,6 +7,8 @@ written here, with model-free encoders (``random:``), so they run in seconds.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,75 @@ def test_without_n_a_60_row_manifest_is_ranked_on_all_its_rows(tmp_path: Path, c
     # an explicit --n larger than the probe stays an error
     code, _, err = run_cli([*FAST, "--probe", str(manifest), "--n", "100"], capsys)
     assert code == 1 and "n=100 is more rows than probe" in err
+
+
+def test_heatmaps_are_svg_too_only_with_svg(tmp_path: Path, capsys) -> None:
+    from alignkit.ranking import Ranking
+
+    manifest = write_manifest(tmp_path / "data", 24)
+    base = [*FAST, "--probe", str(manifest), "--metric", "linear_cka"]
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "png")], capsys)
+    assert code == 0, err
+    assert {p.suffix for p in (tmp_path / "png").iterdir()} == {".csv", ".png", ".json", ".md"}
+    code, _, err = run_cli([*base, "--svg", "--out", str(tmp_path / "svg")], capsys)
+    assert code == 0, err
+    svgs = sorted(p.name for p in (tmp_path / "svg").glob("*.svg"))
+    assert svgs == ["heatmap_linear_cka.svg", "heatmap_linear_cka_unbiased.svg"]
+    assert json.loads((tmp_path / "svg" / "run.json").read_text())["config"]["svg"] is True
+    # a run read back and saved again keeps its formats; save(formats=...) overrides them
+    Ranking.load(tmp_path / "svg").save(tmp_path / "again")
+    assert len(list((tmp_path / "again").glob("*.svg"))) == 2
+    Ranking.load(tmp_path / "svg").save(tmp_path / "png-only", formats=("png",))
+    assert not list((tmp_path / "png-only").glob("*.svg"))
+
+
+def test_one_of_a_kind_is_said_in_the_singular(tmp_path: Path, capsys) -> None:
+    # one vision and one text encoder (a control pair), one bad row, two metrics
+    manifest = write_manifest(tmp_path / "data", 25, bad=1)
+    argv = [*FAST, "--metric", "mutual_knn", "--k", "3", "--skip-bad", "--probe", str(manifest)]
+    code, stdout, err = run_cli([*argv, "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    assert "1 vision x 1 text encoder on" in stdout
+    assert "skipped 1 bad probe row (r24)" in err
+    md = (tmp_path / "run" / "summary.md").read_text()
+    assert "1 vision × 1 text encoder = 1 pair (controls" in md
+    assert "null: 5 permutations of the pairing; intervals: 0 subsamples" in md
+    assert "(Kendall τ between rankings, 0 real pairs)" in md
+    assert "Skipped 1 bad probe row (skip_bad)" in md
+    plural_of_one = re.findall(r"\b1 (?:[a-z-]+ )?(?:pairs|rows|encoders|permutations)\b", md)
+    assert not plural_of_one, plural_of_one
+
+
+def test_the_command_exits_with_its_status_flushed_output_and_exit_handlers(tmp_path: Path):
+    # the console command ends without the interpreter's module teardown (alignkit.cli._exit_now):
+    # its status, its last line through a pipe and the process's exit handlers must survive that
+    import subprocess
+    import sys
+
+    command = (
+        "import atexit; atexit.register(lambda: print('exit handler ran', flush=True)); "
+        "from alignkit.cli import main; main()"
+    )
+    manifest = write_manifest(tmp_path / "data", 24)
+    argv = [*FAST, "--probe", str(manifest), "--out", str(tmp_path / "run")]
+    done = subprocess.run(
+        [sys.executable, "-c", command, "rank-encoders", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2].startswith("wrote ") and lines[-1] == "exit handler ran"
+    assert (tmp_path / "run" / "summary.md").is_file()
+    failed = subprocess.run(
+        [sys.executable, "-c", command, "rank-encoders", *FAST, "--metric", "cka"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert failed.returncode == 1 and "error: unknown metric 'cka'" in failed.stderr
+    assert failed.stdout.strip().splitlines()[-1] == "exit handler ran"
 
 
 def test_size_limits_of_subsamples_fail_before_any_encoder_loads(tmp_path: Path, capsys) -> None:
@@ -161,6 +232,18 @@ def test_a_loaded_run_explores_neighbours_from_the_cache(tmp_path: Path, monkeyp
     r.save(tmp_path / "run", formats=("png",))
     with pytest.raises(AlignkitError, match="features=True"):
         Ranking.load(tmp_path / "run").neighbours(0, "random:image-16")
+
+    # the features come from the cache entries run.json names: no encoder is built, even
+    # without the cache's memo of cheap identities (a cache written by an older alignkit)
+    import alignkit.encoders
+
+    def no_build(spec, **options):
+        raise AssertionError(f"Ranking.load(features=True) built {spec}")
+
+    monkeypatch.setattr(alignkit.encoders, "create_encoder", no_build)
+    memo = tmp_path / "cache" / "features" / "_memo"
+    assert memo.is_dir()
+    shutil.rmtree(memo)
     loaded = Ranking.load(tmp_path / "run", features=True)
     for encoder in ("random:image-16", "random:text-16"):
         got, want = loaded.neighbours(3, encoder, k=4), r.neighbours(3, encoder, k=4)

@@ -168,3 +168,65 @@ def test_moments_agree_with_10000_permutations_on_flickr8k_features(data_dir):
         _agree_with_monte_carlo(r, mc, 10_000)
         true = analytic_null(name, image, text, **options)
         assert true.z > 5 and true.p < 1e-4  # the real pairing is far in the tail
+
+
+def _mp_log10_upper(z: float, skew: float) -> float:
+    """log10 P(X >= z) of the standardised Pearson type III law at 60 digits (mpmath): for
+    skew g > 0, X = (G - a) / sqrt(a) with G ~ Gamma(a = 4 / g²); for g < 0 its mirror image;
+    the normal law when g is NaN."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    if math.isnan(skew):
+        return float(mpmath.log10(mpmath.erfc(mpmath.mpf(z) / mpmath.sqrt(2)) / 2))
+    a = mpmath.mpf(4) / mpmath.mpf(skew) ** 2
+    if skew > 0:
+        upper = mpmath.gammainc(a, a + z * mpmath.sqrt(a), mpmath.inf, regularized=True)
+    else:
+        end = a - z * mpmath.sqrt(a)  # P(G <= a - z sqrt(a))
+        if end <= 0:
+            return -math.inf
+        upper = mpmath.gammainc(a, 0, end, regularized=True)
+    return float(mpmath.log10(upper))
+
+
+@pytest.mark.parametrize(
+    ("z", "skew"),
+    [(3.0, 0.4), (40.0, 0.3), (140.0, 0.05), (1000.0, 0.2), (25.0, -0.05), (60.0, math.nan)],
+)
+def test_log10_p_is_finite_where_p_underflows_and_matches_the_law(z: float, skew: float):
+    from alignkit.metrics.moments import log10_upper_p, upper_p
+
+    p = upper_p(z, 0.0, 1.0, skew)
+    got = float(log10_upper_p(p, z, skew))
+    want = _mp_log10_upper(z, skew)
+    assert got == pytest.approx(want, rel=1e-9)
+    if p >= 1e-290:
+        assert got == math.log10(p)  # the log of the very p the table shows
+    else:
+        assert p < 1e-290 and math.isfinite(got)  # p itself is (nearly) 0.0
+
+
+def test_log10_p_is_minus_infinity_beyond_the_end_of_a_negatively_skewed_law():
+    from alignkit.metrics.moments import log10_upper_p, upper_p
+
+    z, skew = 50.0, -0.1  # the law ends at z = 2 / 0.1 = 20
+    assert upper_p(z, 0.0, 1.0, skew) == 0.0
+    assert log10_upper_p(0.0, z, skew) == -math.inf
+
+
+def test_score_table_log10_p_resolves_pairs_whose_analytic_p_is_zero():
+    from alignkit.metrics import score_pairs
+
+    g = np.random.default_rng(0)
+    x = g.standard_normal((200, 100))
+    texts = {
+        "planted": _planted(200, seed=3)[1],  # unrelated to x: an ordinary p
+        "strong": x @ g.standard_normal((100, 100)) + 0.3 * g.standard_normal((200, 100)),
+    }
+    scores = score_pairs({"x": x}, texts, metrics=["linear_cka_unbiased"], progress=False)
+    for row in scores.itertuples():
+        r = analytic_null("linear_cka_unbiased", x, texts[row.text])
+        assert row.p == r.p and row.null_method == "analytic-pearson3"
+        assert row.log10_p == pytest.approx(_mp_log10_upper(r.z, r.skew), rel=1e-9)
+    strong = scores.set_index("text").loc["strong"]
+    assert strong["p"] == 0.0 and strong["log10_p"] < -800  # told apart from 0 (z 98: -872)

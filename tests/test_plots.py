@@ -208,6 +208,43 @@ def test_layer_heatmap_marks_the_best_cell() -> None:
         plots.layer_heatmap(np.zeros(3))
 
 
+def _bar_labels(ax) -> dict[str, float]:
+    """The colour bar's visible tick labels ``{text: tick value}`` after drawing; fails when
+    any two of its labels (ticks and free texts) overlap on the rendered figure."""
+    bar = ax.figure.axes[-1]
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    low, high = sorted(bar.get_ylim())
+    ticks = {  # the colour bar's labels are on its right (label2)
+        t.label2: t.get_loc()
+        for t in bar.yaxis.get_major_ticks()
+        if t.label2.get_visible() and t.label2.get_text() and low <= t.get_loc() <= high
+    }
+    shown = [*ticks, *(t for t in bar.texts if t.get_text())]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in shown]
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1 :]:
+            assert not box_a.overlaps(box_b), f"colour bar labels {a!r} and {b!r} overlap"
+    return {label.get_text(): loc for label, loc in ticks.items()}
+
+
+def test_colour_bars_label_chance_without_overlapping_a_number() -> None:
+    # z = 0 (a null), score - chance = 0 (no null, mutual-kNN), a layer plot's chance level
+    layer = plots.layer_heatmap(
+        np.linspace(0.0, 0.4, 12).reshape(4, 3), metric="mutual_knn", chance=10 / 199
+    )
+    for ax, where in [
+        (plots.heatmap(make_scores(), "linear_cka"), 0.0),
+        (plots.heatmap(make_scores(null=False), "mutual_knn"), 0.0),
+        (layer, 10 / 199),
+    ]:
+        labels = _bar_labels(ax)
+        assert labels.get("chance") == pytest.approx(where), labels
+        if where == 0.0:
+            assert "0" not in labels  # the number chance replaces
+        assert len(labels) >= 3  # still a numbered scale around it
+
+
 @pytest.mark.parametrize(
     ("spec", "label"),
     [

@@ -238,7 +238,7 @@ def saved(tmp_path_factory, layer_result: LayerResult) -> tuple[Ranking, Path]:
         metadata={"probe": {"name": "flickr8k:test"}, "config": {"permutations": 20}},
     )
     out = tmp_path_factory.mktemp("saved") / "run"
-    r.save(out)
+    r.save(out, formats=("png", "svg"))
     return r, out
 
 
@@ -427,6 +427,46 @@ def test_summary_says_p_at_floor_ties_with_the_best_and_recommends() -> None:
     assert "ties cannot be judged" in Ranking(no_ci).summary()
 
 
+def test_summary_says_one_score_at_the_floor_and_one_tied_pair_in_the_singular() -> None:
+    scores = make_scores(vision=VISION[:2], text=TEXT[:1], metrics=("linear_cka_unbiased",))
+    scores["score"] = [0.31, 0.30]  # intervals ±0.02 overlap: the second pair ties the best
+    scores["ci_low"], scores["ci_high"] = scores["score"] - 0.02, scores["score"] + 0.02
+    scores["p"] = [1 / 101, 0.002]  # one p at the floor of B = 100
+    r = Ranking(scores, metadata={"config": {"permutations": 100, "subsamples": 1}})
+    md = r.summary()
+    assert "- p at its floor: 1 of the scores has p = 1/(B+1) = 0.0099" in md
+    assert "the smallest 100 permutations can give" in md
+    assert "or the pair tied with it;" in md and "one of the 1 pairs" not in md
+    assert "intervals: 1 subsample;" in md
+    # one real pair (and a control pair) under two metrics: one pair to agree on
+    two = make_scores(vision=(VISION[0], VISION[3]), text=TEXT[:1], metrics=METRICS[:2])
+    r = Ranking(two, metadata={"config": {"permutations": 100}})
+    md = r.summary()
+    assert "(Kendall τ between rankings, 1 real pair)" in md
+    assert "too few pairs to judge agreement (1 real pair;" in md
+    assert "2 vision × 1 text encoder = 2 pairs" in md
+    assert "over 1 real pair" in r.plot_agreement().get_title()
+
+
+def test_tables_show_p_that_underflowed_from_its_log10(tmp_path: Path) -> None:
+    scores = make_scores(metrics=("linear_cka_unbiased",))
+    best = scores["score"].idxmax()
+    scores.loc[best, ["p", "log10_p", "null_method"]] = [0.0, -411.62, "analytic-pearson3"]
+    r = Ranking(scores, metadata={"config": {"permutations": 100}})
+    assert r.table.loc[0, "linear_cka_unbiased_log10_p"] == -411.62
+    for text in (r.summary(), r.format_table()):
+        assert "2.4e-412" in text  # 10**-411.62, where p itself reads 0
+        assert "0.010" in text  # p = 1/101 as before
+    # a scores.csv written before the column: log10(p) where p > 0, unknown where p = 0
+    r.save(tmp_path / "run", formats=("png",))
+    old = pd.read_csv(tmp_path / "run" / "scores.csv").drop(columns="log10_p")
+    old.to_csv(tmp_path / "run" / "scores.csv", index=False)
+    back = Ranking.load(tmp_path / "run").scores
+    assert np.isnan(back.loc[best, "log10_p"])
+    rest = back.drop(index=best)
+    np.testing.assert_allclose(rest["log10_p"], np.log10(rest["p"]))
+
+
 def test_every_heatmap_of_a_run_has_one_order_with_controls_marked(ranking: Ranking) -> None:
     import matplotlib.pyplot as plt
 
@@ -438,7 +478,7 @@ def test_every_heatmap_of_a_run_has_one_order_with_controls_marked(ranking: Rank
         orders.append((rows, cols))
         assert rows[-1] == "rand-init mobilenet_v2 (control)"  # controls last, said in words
         assert ax.get_yticklabels()[-1].get_fontstyle() == "italic"
-        assert "chance" in [t.get_text() for t in ax.figure.axes[-1].texts]
+        assert "chance" in [t.get_text() for t in ax.figure.axes[-1].get_yticklabels()]
         plt.close(ax.figure)
     assert all(o == orders[0] for o in orders)  # cells line up across metrics
     # the order is the primary metric's mean score per encoder, from the long table
@@ -467,9 +507,9 @@ def test_layer_plots_share_one_colour_scale_and_mark_chance() -> None:
         limits.append(ax.images[0].get_clim())
         bar = ax.figure.axes[-1]
         assert "scale shared by all pairs" in bar.get_ylabel()
-        assert "chance" in [t.get_text() for t in bar.texts]
+        assert "chance" in [t.get_text() for t in bar.get_yticklabels()]
         assert "0 = first block, 2 = last" in ax.get_ylabel()
         plt.close(ax.figure)
-    lo = min(strong.scores.min(), weak.scores.min())
+    lo = min(strong.scores.min(), weak.scores.min(), 10 / 199)  # widened to chance, k/(n-1)
     hi = max(strong.scores.max(), weak.scores.max())
     assert limits[0] == limits[1] == pytest.approx((lo, hi))

@@ -36,7 +36,7 @@ SCORES_COLUMNS = (
 METRICS = ("linear_cka_unbiased", "linear_cka", "mutual_knn")  # the default metrics, in order
 RANKING_COLUMNS = ["rank", "vision", "text", "control"]
 for _m in METRICS:
-    RANKING_COLUMNS += [_m, f"{_m}_z", f"{_m}_p", f"rank_{_m}"]
+    RANKING_COLUMNS += [_m, f"{_m}_z", f"{_m}_p", f"{_m}_log10_p", f"rank_{_m}"]
 RANKING_COLUMNS += ["null_mean", "ci_low", "ci_high", "significant", "max_rank_shift"]  # any order
 
 
@@ -100,7 +100,7 @@ def test_readme_own_data_example_on_60_flickr8k_rows(
     assert code == 0, err
     said = stdout + err
     assert "all rows up to 500" in said and f"n={ROWS} of {ROWS} rows" in said
-    assert "skipped 1 bad probe rows (broken)" in said
+    assert "skipped 1 bad probe row (broken)" in said
 
     meta = json.loads((out / "run.json").read_text())
     assert meta["probe"]["n"] == ROWS and meta["probe"]["n_given"] is None
@@ -109,7 +109,7 @@ def test_readme_own_data_example_on_60_flickr8k_rows(
     assert skipped["id"] == "broken" and "missing.jpg" in skipped["reason"]
     assert "line 31" in skipped["where"]  # the broken row's line in my_pairs.jsonl
     summary = (out / "summary.md").read_text()
-    assert "Skipped 1 bad probe rows" in summary and "`broken`" in summary
+    assert "Skipped 1 bad probe row (skip_bad)" in summary and "`broken`" in summary
 
     # output files with the documented columns
     for name in ("scores.csv", "ranking.csv", "run.json", "summary.md", "top_pairs.png"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,6 +47,21 @@ def test_limit_threads_lowers_and_restores():
     with pytest.raises(RuntimeError), limit_threads(1):
         raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+def test_limit_threads_limits_numpys_blas_too():
+    # the exact null moments multiply (n, n) matrices in numpy: its BLAS pool obeys the limit
+    from threadpoolctl import threadpool_info
+
+    def blas() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    np.ones((2, 2)) @ np.ones((2, 2))  # numpy's BLAS is loaded
+    before = blas()
+    assert before, "no BLAS pool found"
+    with limit_threads(1):
+        assert blas() == [1] * len(before)
+    assert blas() == before
 
 
 def _forward_threads(monkeypatch) -> list[int]:

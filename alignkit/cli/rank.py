@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from alignkit._words import counted
 from alignkit.cli import app, silence_third_party_progress
 from alignkit.cli._options import cli_words, config_options
 from alignkit.config import DEFAULT_N, RankConfig
@@ -144,7 +145,7 @@ def _rank(
     md = ranking.metadata
     typer.echo("")
     typer.echo(
-        f"{len(ranking.vision)} vision x {len(ranking.text)} text encoders on "
+        f"{len(ranking.vision)} vision x {counted(len(ranking.text), 'text encoder')} on "
         f"{md['probe']['name']} "
         f"(n={md['probe']['n']} of {md['probe'].get('rows_available', md['probe']['n'])} rows), "
         f"ranked by {ranking.metric}:"
@@ -174,7 +175,7 @@ def _rank(
             ", ..." if len(skipped_rows) > 5 else ""
         )
         typer.secho(
-            f"skipped {len(skipped_rows)} bad probe rows ({ids}); see run.json",
+            f"skipped {counted(len(skipped_rows), 'bad probe row')} ({ids}); see run.json",
             err=True,
             fg=typer.colors.YELLOW,
         )

@@ -47,7 +47,9 @@ import math
 from functools import cache
 
 import numpy as np
+import scipy.integrate
 import scipy.stats
+from numpy.typing import ArrayLike
 
 SKEW_MAX_ROWS = 1024
 """Largest n for which the third moment (an n³ product per representation) is computed."""
@@ -279,3 +281,49 @@ def upper_p(observed: float, mean: float, std: float, skew: float) -> float:
     if not math.isfinite(skew) or skew == 0.0:
         return float(scipy.stats.norm.sf(z))
     return float(scipy.stats.pearson3.sf(z, skew))
+
+
+LOG_SPACE_BELOW = 1e-290
+"""p-values below this (down to those that underflow to 0) get their log10 in log space."""
+
+
+def log10_upper_p(p: ArrayLike, z: ArrayLike, skew: ArrayLike) -> np.ndarray:
+    """log10 of the p-values :func:`upper_p` gave at standardised scores ``z`` with skewness
+    ``skew`` (NaN or 0: the normal law), elementwise, finite where p underflows to 0.
+
+    Where ``p >= LOG_SPACE_BELOW`` this is ``log10(p)`` of the very p given. Below, the upper
+    tail is evaluated in log space: ``scipy.stats.norm.logsf`` for the normal law, and for
+    Pearson type III the integral of its density from z to the law's upper end as a log-space
+    tanh-sinh quadrature of ``pearson3.logpdf`` (``scipy.integrate.tanhsinh(..., log=True)``;
+    its agreement with the regularised incomplete gamma function at 60 digits (mpmath) is
+    tested to 1e-9 relative; NaN where the quadrature does not converge). A law with negative
+    skewness ends at ``z = 2 / |skew|``; beyond that end p is exactly 0 and its log10 is
+    ``-inf``.
+
+    Args:
+        p, z, skew: broadcastable arrays, one element per score.
+    Returns:
+        float64 array of the broadcast shape; NaN where p or z is NaN.
+    """
+    p, z, skew = (np.asarray(a, dtype=float) for a in np.broadcast_arrays(p, z, skew))
+    out = np.full(p.shape, math.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = np.isfinite(p) & (p >= LOG_SPACE_BELOW)
+        out[direct] = np.log10(p[direct])
+        far = np.isfinite(p) & ~direct & np.isfinite(z)
+        normal = ~np.isfinite(skew) | (skew == 0.0)
+        tail = far & normal
+        out[tail] = scipy.stats.norm.logsf(z[tail]) / math.log(10)
+        ended = far & (skew < 0) & (z >= 2.0 / np.abs(skew))  # beyond the law's upper end
+        out[ended] = -math.inf
+        tail = far & ~normal & ~ended
+        if tail.any():  # log ∫_z^end pdf, as a log-space integral of the log density
+            g = skew[tail]
+            end = np.where(g < 0, 2.0 / np.abs(g), np.inf)  # the law's upper end
+            got = scipy.integrate.tanhsinh(_pearson3_logpdf, z[tail], end, args=(g,), log=True)
+            out[tail] = np.where(got.status == 0, got.integral.real / math.log(10), math.nan)
+    return out
+
+
+def _pearson3_logpdf(x: np.ndarray, skew: np.ndarray) -> np.ndarray:
+    return scipy.stats.pearson3.logpdf(x, skew)

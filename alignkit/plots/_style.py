@@ -10,6 +10,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
+    from matplotlib.colorbar import Colorbar
 
 
 NONSIG_HATCH = "////"
@@ -68,6 +69,29 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
 
     _, ax = plt.subplots(figsize=figsize, layout="constrained")
     return ax
+
+
+CHANCE_LABEL = "chance"
+_TICK_GAP = 0.07  # share of a colour bar's length that keeps two tick labels apart
+
+
+def mark_chance(bar: Colorbar, value: float, **line: object) -> None:
+    """Mark ``value`` on the colour bar ``bar``: a line across it (``line``: axhline styles) and
+    a tick labelled "chance" in place of a number. Numbered ticks closer to it than
+    ``_TICK_GAP`` of the bar are left out, so that no two labels overlap. A value outside the
+    bar's range is not marked (widen the colour scale to show it)."""
+    import matplotlib
+
+    low, high = sorted(float(v) for v in bar.ax.get_ylim())
+    if not low <= value <= high:
+        return
+    bar.ax.axhline(value, **line)
+    gap = _TICK_GAP * (high - low)
+    ticks = [float(t) for t in bar.get_ticks() if low <= t <= high and abs(t - value) > gap]
+    ticks = sorted([*ticks, float(value)])
+    minus = "\N{MINUS SIGN}" if matplotlib.rcParams["axes.unicode_minus"] else "-"  # as ticks
+    labels = [CHANCE_LABEL if t == value else f"{t:g}".replace("-", minus) for t in ticks]
+    bar.set_ticks(ticks, labels=labels)
 
 
 def _text_colour(rgba: Sequence[float]) -> str:

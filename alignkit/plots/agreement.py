@@ -10,6 +10,7 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
+from alignkit._words import counted
 from alignkit.plots._style import _axes, _fmt, _text_colour, metric_label
 
 
@@ -62,7 +63,7 @@ def agreement_heatmap(
     if title is None:
         title = "Do the metrics rank the pairs alike?"
         if n_pairs:
-            title += f"\nKendall τ over {n_pairs} pairs"
+            title += f"\nKendall τ over {counted(n_pairs, 'pair')}"
     if too_few:
         title += f"\ntoo few pairs to judge agreement ({n_pairs} < {min_pairs})"
     ax.set_title(title, fontsize=10)

@@ -11,7 +11,14 @@ from alignkit.errors import AlignkitError
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-from alignkit.plots._style import BEST_GID, _axes, _text_colour, metric_label, short_label
+from alignkit.plots._style import (
+    BEST_GID,
+    _axes,
+    _text_colour,
+    mark_chance,
+    metric_label,
+    short_label,
+)
 
 
 def layer_heatmap(
@@ -37,8 +44,9 @@ def layer_heatmap(
 
     ``vmin``/``vmax`` fix the colour scale (``Ranking.plot_layers`` passes one scale for every
     pair, so a control's low scores look low); ``chance`` (the metric's chance level, where it
-    has one) is marked on the colour bar. Layer i is the output of the encoder's i-th block
-    (0 = the first, the last index = the encoder's final layer).
+    has one) is marked on the colour bar when it lies within the colour scale. Layer i is the
+    output of the encoder's i-th block (0 = the first, the last index = the encoder's final
+    layer).
     """
     import matplotlib.patches as mpatches
     import matplotlib.pyplot as plt
@@ -59,8 +67,7 @@ def layer_heatmap(
     shared = " (scale shared by all pairs)" if vmin is not None and vmax is not None else ""
     bar.set_label((metric_label(metric) if metric else "score") + shared)
     if chance is not None and np.isfinite(chance):
-        bar.ax.axhline(chance, color="white", linewidth=1.5, linestyle="--")
-        bar.ax.text(1.6, chance, "chance", transform=bar.ax.get_yaxis_transform(), va="center")
+        mark_chance(bar, float(chance), color="white", linewidth=1.5, linestyle="--")
     if annotate is None:
         annotate = lv * lt <= 144
     if annotate:

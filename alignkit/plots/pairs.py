@@ -20,6 +20,7 @@ from alignkit.plots._style import (
     _fmt,
     _fmt_z,
     _text_colour,
+    mark_chance,
     metric_label,
     short_labels,
 )
@@ -124,8 +125,7 @@ def heatmap(
         bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
         bar.set_label(cbar_label)
         if norm is not None:  # z = 0 / score = chance level: where "no relation" sits
-            bar.ax.axhline(0.0, color="black", linewidth=1.2)
-            bar.ax.text(1.6, 0.0, "chance", transform=bar.ax.get_yaxis_transform(), va="center")
+            mark_chance(bar, 0.0, color="black", linewidth=1.2)
     pvals = p.to_numpy(dtype=float)
     zvals = z.to_numpy(dtype=float)
     nvals = null_mean.to_numpy(dtype=float)

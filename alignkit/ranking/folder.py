@@ -2,7 +2,7 @@
 
     scores.csv            long-form scores (alignkit.metrics.SCORE_COLUMNS)
     ranking.csv           the pair table (Ranking.table)
-    heatmap_<metric>.png/.svg, agreement.png, top_pairs.png
+    heatmap_<metric>.png (and .svg with svg=True), agreement.png, top_pairs.png
     layers/<v>__<t>.png, layer_scores.csv, layers_best.csv    with layers="all"
     summary.md            the markdown report
     run.json              command, config, versions, probe, encoders, timings, files
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from alignkit import plots
@@ -35,7 +36,7 @@ def save(
     out_dir: str | Path,
     *,
     overwrite: bool = False,
-    formats: Sequence[str] = ("png", "svg"),
+    formats: Sequence[str] | None = None,
 ) -> Path:
     """Write ``r``'s run folder (see the module docstring); returns the folder."""
     run = RunFolder(out_dir, overwrite=overwrite)
@@ -44,10 +45,19 @@ def save(
     return run.out
 
 
-def write(r: Ranking, folder: Path, formats: Sequence[str] = ("png", "svg")) -> None:
+def heatmap_formats(r: Ranking) -> tuple[str, ...]:
+    """The heatmaps' file formats when none are given: PNG, and SVG when the run's config asked
+    for it (``svg=True``, ``--svg``)."""
+    return ("png", "svg") if r.metadata.get("config", {}).get("svg") else ("png",)
+
+
+def write(r: Ranking, folder: Path, formats: Sequence[str] | None = None) -> None:
     """Write every file of the run folder into ``folder`` (an existing, empty folder: the
-    temporary one of a :class:`~alignkit.runs.RunFolder`)."""
+    temporary one of a :class:`~alignkit.runs.RunFolder`). ``formats``: of the heatmaps
+    (default :func:`heatmap_formats`); the other figures are PNG."""
     import matplotlib.pyplot as plt
+
+    formats = heatmap_formats(r) if formats is None else tuple(formats)
 
     written: list[str] = []
 
@@ -116,6 +126,10 @@ def load(folder: str | Path, *, features: bool = False, progress: bool = False) 
     scores = pd.read_csv(folder / SCORES_FILE, keep_default_na=True)
     if "null_method" not in scores.columns:  # written before the analytic null: Monte Carlo
         scores["null_method"] = "permutation"
+    if "log10_p" not in scores.columns:  # written before the column: p = 0 stays unresolved
+        p = scores["p"].to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores["log10_p"] = np.where(p > 0, np.log10(p), np.nan)
     scores["options"] = scores["options"].fillna("")
     layers: list[LayerResult] = []
     if (folder / "layer_scores.csv").is_file():
@@ -150,8 +164,14 @@ def load(folder: str | Path, *, features: bool = False, progress: bool = False) 
 
 
 def _features_of(meta: dict[str, Any], folder: Path, progress: bool) -> tuple[Any, dict]:
-    """The probe and features of a saved run, rebuilt from its run.json."""
+    """The probe and features of a saved run, rebuilt from its run.json.
+
+    Each encoder's features are first read from the cache entry run.json names (its
+    ``cache_key``): the features the scores were computed on, found without building or even
+    identifying the encoder. Only when that entry is gone do they come from
+    :func:`~alignkit.features.extract_features` (its cache, else extraction)."""
     from alignkit.config import EncoderEntry, config_from_mapping
+    from alignkit.features import FeatureCache
     from alignkit.ranking.checks import load_ranking_probe
     from alignkit.ranking.pipeline import _extract
 
@@ -163,11 +183,32 @@ def _features_of(meta: dict[str, Any], folder: Path, progress: bool) -> tuple[An
             f"the probe of {folder} has changed since the run (fingerprint {probe.fingerprint}, "
             f"the run had {want}): its features cannot be matched to the saved scores"
         )
+    store = None
+    if cfg.cache is not False:
+        store = FeatureCache() if cfg.cache is True else FeatureCache.at(cfg.cache)
     feats = {}
     for e in meta.get("encoders", []):
-        entry = EncoderEntry.parse({"spec": e["spec"], **(e.get("options") or {})})
-        feats[e["label"]] = _extract(entry, probe, cfg, progress)
+        fs = _recorded_features(store, e, probe)
+        if fs is None:
+            entry = EncoderEntry.parse({"spec": e["spec"], **(e.get("options") or {})})
+            fs = _extract(entry, probe, cfg, progress)
+        feats[e["label"]] = fs
     return probe, feats
+
+
+def _recorded_features(store: Any, encoder: dict[str, Any], probe: Any) -> Any:
+    """The cache entry run.json names for ``encoder`` when it is still there and holds this
+    encoder's features of every probe row, else None."""
+    key = (encoder.get("provenance") or {}).get("cache_key")
+    if store is None or not isinstance(key, str):
+        return None
+    try:
+        fs = store.get(key, ids=probe.ids)
+    except AlignkitError:  # not a key this cache could have written
+        return None
+    if fs is None or fs.provenance.get("encoder") != encoder.get("spec"):
+        return None
+    return fs
 
 
 def _slug(spec: str) -> str:

@@ -6,12 +6,14 @@ draw on a given matplotlib Axes (or a new one) and return it (see :mod:`alignkit
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from alignkit import plots
+from alignkit._words import counted
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -21,6 +23,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _num(value: float, digits: int = 3) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def p_text(p: float, log10_p: float = math.nan) -> str:
+    """A p-value as tables show it: 3 decimals down to 0.001 (``0.012``), below that two
+    significant digits from its log10 (``2.3e-45``, also where p itself underflows to 0:
+    ``4.1e-412``); ``0 (beyond the null law's range)`` when p is exactly 0 under the law; ``–``
+    without a p."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    if p >= 0.001:
+        return f"{p:.3f}"
+    if log10_p is None or np.isnan(log10_p):  # no log10 (an older table): p as it is
+        return f"{p:.1e}" if p > 0 else "0"
+    if log10_p == -math.inf:
+        return "0 (beyond the null law's range)"
+    exponent = math.floor(log10_p)
+    mantissa = round(10 ** (log10_p - exponent), 1)
+    if mantissa >= 10:
+        mantissa, exponent = 1.0, exponent + 1
+    return f"{mantissa:.1f}e{exponent:+03d}"
 
 
 def title(r: Ranking, what: str) -> str:
@@ -65,7 +87,7 @@ def plot_heatmap(r: Ranking, metric: str | None = None, *, ax: Axes | None = Non
 def plot_agreement(r: Ranking, *, ax: Axes | None = None) -> Axes:
     tau = r.agreement()
     n_pairs = tau.attrs["n_pairs"]
-    what = f"Metric agreement (Kendall τ) over {n_pairs} real pairs"
+    what = f"Metric agreement (Kendall τ) over {counted(n_pairs, 'real pair')}"
     return plots.agreement_heatmap(
         tau, ax=ax, n_pairs=n_pairs, title=title(r, what).replace(" — ", "\n")
     )
@@ -82,8 +104,8 @@ def plot_top_pairs(
 
 
 def plot_layers(r: Ranking, vision: str, text: str, *, ax: Axes | None = None) -> Axes:
-    """One pair's layer x layer heatmap on the colour scale shared by all pairs of the run,
-    with the metric's chance level marked where it has one."""
+    """One pair's layer x layer heatmap on the colour scale shared by all pairs of the run
+    (widened to the metric's chance level where it has one, which is marked on it)."""
     from alignkit.metrics import METRICS
 
     lr = r.layer_result(vision, text)
@@ -95,6 +117,8 @@ def plot_layers(r: Ranking, vision: str, text: str, *, ax: Axes | None = None) -
         k = r.main_scores["k"].dropna()
         options = {"k": int(k.iloc[0])} if len(k) and "k" in METRICS[lr.metric].defaults else {}
         chance = METRICS[lr.metric].chance_level(r.n, **options)
+    if chance is not None and np.isfinite(chance) and low is not None:
+        low, high = min(low, chance), max(high, chance)  # the scale shows where chance sits
     return plots.layer_heatmap(
         lr.scores,
         ax=ax,
@@ -127,7 +151,7 @@ def format_table(r: Ranking, top: int = 10) -> str:
             plots.metric_label(m): f"{row[m]:.3f}",
             "interval": ci,
             "z": f"{row[f'{m}_z']:.1f}" if np.isfinite(row[f"{m}_z"]) else "",
-            "p": f"{row[f'{m}_p']:.3f}" if np.isfinite(row[f"{m}_p"]) else "",
+            "p": p_text(row[f"{m}_p"], row[f"{m}_log10_p"]) if np.isfinite(row[f"{m}_p"]) else "",
         }
         for other in r.metrics[1:]:
             cells[f"rank {plots.metric_label(other)}"] = int(row[f"rank_{other}"])
@@ -144,12 +168,12 @@ def format_table(r: Ranking, top: int = 10) -> str:
 def _agreement_lines(r: Ranking) -> list[str]:
     tau = r.agreement()
     n_pairs = tau.attrs["n_pairs"]
-    head = f"## Metric agreement (Kendall τ between rankings, {n_pairs} real pairs)"
+    head = f"## Metric agreement (Kendall τ between rankings, {counted(n_pairs, 'real pair')})"
     lines = ["", head, ""]
     if tau.attrs["too_few"]:
         lines.append(
-            f"- too few pairs to judge agreement ({n_pairs} real pairs; τ means little below "
-            f"{_min_pairs()}): rank more encoders"
+            f"- too few pairs to judge agreement ({counted(n_pairs, 'real pair')}; τ means "
+            f"little below {_min_pairs()}): rank more encoders"
         )
     for i, a in enumerate(r.metrics):
         for b in r.metrics[i + 1 :]:
@@ -177,10 +201,11 @@ def _verdict_lines(r: Ranking) -> list[str]:
     floor = r.p_at_floor()
     b = int(r.metadata.get("config", {}).get("permutations", 0) or 0)
     if len(floor):
+        have = "has" if len(floor) == 1 else "have"
         lines.append(
-            f"- p at its floor: {len(floor)} of the scores have p = 1/(B+1) = {1 / (b + 1):.3g}, "
-            f"the smallest {b} permutations can give; more permutations (or the analytic null "
-            "of the CKA family) resolve smaller p."
+            f"- p at its floor: {len(floor)} of the scores {have}"
+            f" p = 1/(B+1) = {1 / (b + 1):.3g}, the smallest {counted(b, 'permutation')} can give;"
+            " more permutations (or the analytic null of the CKA family) resolve smaller p."
         )
     real = r.table[~r.table["control"]]
     if real.empty:
@@ -196,16 +221,17 @@ def _verdict_lines(r: Ranking) -> list[str]:
         lines.append(f"- statistically tied with the best (intervals overlap {name}'s): {names}")
     if len(tied) >= max(2, len(real) // 2):
         lines.append(
-            f"- n = {r.n} is small for this many pairs: {len(tied)} of {len(real)} real pairs "
-            "cannot be told apart from the best; rank on more rows."
+            f"- n = {r.n} is small for this many pairs: {len(tied)} of "
+            f"{counted(len(real), 'real pair')} cannot be told apart from the best; rank on more "
+            "rows."
         )
     significant = best["significant"] is not False
     if not significant:
         advice = "no real pair is above chance here: check the probe and the encoders"
     elif len(tied):
+        others = "the pair" if len(tied) == 1 else f"one of the {len(tied)} pairs"
         advice = (
-            f"align {name} or one of the {len(tied)} pairs tied with it; a short training run "
-            "on each breaks the tie"
+            f"align {name} or {others} tied with it; a short training run on each breaks the tie"
         )
     elif not np.isfinite(best["ci_low"]):
         advice = f"align {name} (no intervals were computed, so ties cannot be judged)"
@@ -213,6 +239,12 @@ def _verdict_lines(r: Ranking) -> list[str]:
         advice = f"align {name}: it is ahead of every other pair beyond their intervals"
     lines.append(f"- **Recommendation**: {advice}.")
     return lines
+
+
+def _setting(cfg: dict, key: str, noun: str) -> str:
+    """``"100 permutations"`` from a run's config (``"? permutations"`` when it lacks the key)."""
+    value = cfg.get(key)
+    return counted(value, noun) if isinstance(value, int) else f"{value or '?'} {noun}s"
 
 
 def _min_pairs() -> int:
@@ -229,7 +261,8 @@ def summary(r: Ranking, top: int = 10) -> str:
     facts = [
         f"- probe: `{probe.get('name', '?')}`, n = {r.n if r.n is not None else '?'} rows"
         + (f", fingerprint `{probe['fingerprint']}`" if probe.get("fingerprint") else ""),
-        f"- {len(r.vision)} vision × {len(r.text)} text encoders = {len(r.table)} pairs"
+        f"- {len(r.vision)} vision × {counted(len(r.text), 'text encoder')} = "
+        f"{counted(len(r.table), 'pair')}"
         + (f" (controls: {', '.join(f'`{c}`' for c in r.controls)})" if r.controls else ""),
         f"- metrics: {', '.join(plots.metric_label(m) for m in r.metrics)}; ranked by "
         f"**{plots.metric_label(r.metric)}**",
@@ -237,8 +270,8 @@ def summary(r: Ranking, top: int = 10) -> str:
     cfg = md.get("config", {})
     if cfg:
         facts.append(
-            f"- null: {cfg.get('permutations', '?')} permutations of the pairing; intervals: "
-            f"{cfg.get('subsamples', '?')} subsamples; significant = p < {r.alpha:g}; "
+            f"- null: {_setting(cfg, 'permutations', 'permutation')} of the pairing; intervals: "
+            f"{_setting(cfg, 'subsamples', 'subsample')}; significant = p < {r.alpha:g}; "
             f"seed {cfg.get('seed', '?')}"
         )
     total = md.get("timings", {}).get("total_s")
@@ -259,7 +292,7 @@ def summary(r: Ranking, top: int = 10) -> str:
             f"{row[m]:.3f}",
             ci,
             _num(row[f"{m}_z"], 1),
-            _num(row[f"{m}_p"], 3),
+            p_text(row[f"{m}_p"], row[f"{m}_log10_p"]),
             *[str(int(row[f"rank_{o}"])) for o in r.metrics[1:]],
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -288,7 +321,7 @@ def summary(r: Ranking, top: int = 10) -> str:
     if skipped:
         lines += [
             "",
-            f"Skipped {len(skipped)} bad probe rows (skip_bad): "
+            f"Skipped {counted(len(skipped), 'bad probe row')} (skip_bad): "
             + "; ".join(f"`{d['id']}`: {d.get('reason', '?')}" for d in skipped[:20])
             + ("; ..." if len(skipped) > 20 else ""),
         ]
@@ -304,6 +337,7 @@ def summary(r: Ranking, top: int = 10) -> str:
 
 __all__ = [
     "format_table",
+    "p_text",
     "plot_agreement",
     "plot_heatmap",
     "plot_layers",

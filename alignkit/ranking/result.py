@@ -172,7 +172,8 @@ class Ranking:
 
         Columns: ``rank`` (1 = best), ``vision``, ``text``, ``control`` (either side is a
         control), then per metric ``m`` (primary first): ``m`` (score), ``m_z``, ``m_p``,
-        ``rank_m`` (rank of the pair under ``m``, 1 = best, ties share the best rank); then for
+        ``m_log10_p`` (finite where an analytic p underflows to 0), ``rank_m`` (rank of the pair
+        under ``m``, 1 = best, ties share the best rank); then for
         the primary metric ``null_mean``, ``ci_low``, ``ci_high``, ``significant`` (p < alpha, or
         NA without a null) and ``max_rank_shift`` (largest |rank_m - rank| over the metrics).
         """
@@ -196,6 +197,7 @@ class Ranking:
             out[m] = sub["score"].reindex(idx).to_numpy(float)
             out[f"{m}_z"] = sub["z"].reindex(idx).to_numpy(float)
             out[f"{m}_p"] = sub["p"].reindex(idx).to_numpy(float)
+            out[f"{m}_log10_p"] = sub["log10_p"].reindex(idx).to_numpy(float)
             out[f"rank_{m}"] = (
                 out[m].rank(ascending=False, method="min", na_option="bottom").astype(int)
             )
@@ -403,9 +405,12 @@ class Ranking:
         out_dir: str | Path,
         *,
         overwrite: bool = False,
-        formats: Sequence[str] = ("png", "svg"),
+        formats: Sequence[str] | None = None,
     ) -> Path:
         """Write the run folder (tables, figures, ``summary.md``, ``run.json``); returns it.
+
+        ``formats``: of the heatmaps, e.g. ``("png", "svg")``; default PNG, plus SVG when the
+        run was made with ``svg=True``. The other figures are PNG.
 
         Written atomically (:class:`alignkit.runs.RunFolder`): a failure leaves an earlier run in
         ``out_dir`` untouched; a folder holding another run is replaced only with
