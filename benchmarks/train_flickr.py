@@ -71,6 +71,7 @@ def run(name: str, config, train, val, test) -> dict:
         "loss": config.loss,
         "captions": config.captions,
         "epochs": config.epochs,
+        "seed": config.seed,
         "patience": config.patience,
         "params": model.num_parameters(),
         "best_step": result.best_step,
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=5, help="0: never stop early")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-only", action="store_true")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_flickr.json"))
@@ -156,6 +158,7 @@ def main() -> None:
                 patience=args.patience or None,
                 lr=args.lr,
                 width=args.width,
+                seed=args.seed,
             )
             name = (
                 label if label == "baseline" else f"{vision.split(':')[-1]} x {text.split(':')[-1]}"
