@@ -23,8 +23,8 @@ in float32 and float64 alike (tested against a dense stable sort).
 A permutation of the pairing only relabels y's lists (O(n·k), :func:`_relabel`), so permutation
 nulls and all-pairs scoring never redo a neighbour search.
 
-Past one machine's patience (n beyond about 100,000), ``backend="faiss"`` finds approximate lists
-with an inverted-file index and reports their recall against exact search on a sample of rows
+Past one machine's patience (n beyond about 50,000), ``backend="faiss"`` finds approximate lists
+with an HNSW graph and reports their recall against exact search on a sample of rows
 (:func:`knn_graph`, :class:`NeighbourResult`, :func:`mutual_knn_detail`).
 """
 
@@ -428,9 +428,9 @@ def mutual_knn(
         x: ``(n, d1)``; y: ``(n, d2)``, the same rows. Rows are L2-normalised (cosine neighbours);
             a row of zeros is an error.
         k: neighbourhood size, 1 <= k <= n - 1; default 10 as in the paper.
-        backend: ``"exact"`` (default) or ``"faiss"``, approximate neighbours for n beyond
-            about 100,000 (see :func:`knn_graph`); the neighbour recall of the approximation is
-            logged at INFO level, and returned by :func:`mutual_knn_detail`.
+        backend: ``"exact"`` (default), or ``"faiss"`` (``"faiss-ivf"``), approximate neighbours
+            for n beyond about 50,000 (see :func:`knn_graph`); the neighbour recall of the
+            approximation is logged at INFO level, and returned by :func:`mutual_knn_detail`.
         recall_sample: rows checked against exact search with the faiss backend.
 
     Returns:
@@ -558,8 +558,8 @@ def knn_graph(
       per node, efConstruction 40; Malkov & Yashunin 2018), each row searched with a beam of
       ``ef_search``; about n·log n graph steps to build and to search, so it grows far slower
       than exact search's n². The one to use past n of about 50,000 (docs/metrics-speed.md: at
-      n = 100,000, d = 768 it took a fraction of the exact search's time at recall ~0.99);
-      below that the exact search is as fast and exact.
+      n = 100,000, d = 768 it took 60 CPU s per input at recall 0.994, the exact search 113 s;
+      at n = 20,000 the exact search was the faster); below that use the exact search.
     * ``"faiss-ivf"``: an inverted file (``faiss.IndexIVFFlat``, round(2·√n) lists, k-means on
       40 sampled points per list; Jégou, Douze & Schmid 2011), ``nprobe`` lists searched per
       query: n²·d·nprobe/lists multiply-adds, not at GEMM speed, so it seldom beats the exact
