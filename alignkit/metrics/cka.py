@@ -53,8 +53,8 @@ class _LinearState:
     gram_norm: float  # ‖X_cᵀX_c‖_F = sqrt(HSIC_b(K, K)) up to the (n-1)^-2 factor
     self_u: float  # n(n-3)·HSIC_u(K, K)
     # cache: the (n, n) Gram matrix X_c X_cᵀ ("gram"), built on the first permuted pairing or
-    # analytic null that needs it; for the analytic null's skewness (n <= SKEW_MAX_ROWS) the
-    # (d, d) X_cᵀX_c ("cov"), tr(K³) and the pattern sums
+    # analytic null that needs it; for the analytic null's skewness (n <= SKEW_MAX_ROWS) tr(K³)
+    # and the pattern sums
     kernel: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gram(self) -> torch.Tensor:
@@ -77,10 +77,7 @@ def _linear_prepare(x: torch.Tensor, opts: Options, name: str) -> _LinearState:
     if _gram_form(n, d, d):  # ‖XᵀX‖²_F = ‖XXᵀ‖²_F: n²·d instead of n·d² multiply-adds
         gram_sq = float(torch.linalg.vector_norm(state.gram(), dtype=torch.float64)) ** 2
     else:
-        cov = xc.T @ xc  # (d, d)
-        gram_sq = float(torch.linalg.vector_norm(cov, dtype=torch.float64)) ** 2
-        if n <= moments.SKEW_MAX_ROWS and d < n:  # kept for tr(K³) = tr(cov³), see _trace_cube
-            state.kernel["cov"] = cov
+        gram_sq = float(torch.linalg.vector_norm(xc.T @ xc, dtype=torch.float64)) ** 2  # (d, d)
     if gram_sq == 0.0:
         raise AlignkitError(
             f"{name} is a constant representation (every row is the same vector): CKA is undefined"
@@ -208,9 +205,7 @@ def _trace_cube(s: _LinearState) -> float:
     sum of positive cubes with no cancellation)."""
     if "trace_cube" not in s.kernel:
         n, d = s.xc.shape
-        m = s.kernel.get("cov") if d < n else None
-        if m is None:
-            m = s.xc.T @ s.xc if d < n else s.gram()  # (d, d) or (n, n)
+        m = s.xc.T @ s.xc if d < n else s.gram()  # (d, d) or (n, n)
         s.kernel["trace_cube"] = float(torch.sum((m @ m) * m, dtype=torch.float64))
     return s.kernel["trace_cube"]
 
