@@ -30,8 +30,10 @@ n(n-3)·HSIC_u. Under the uniform distribution of π over all n! permutations:
   equalities are exactly ρ (obtained by Möbius inversion from the sums where indices in a block
   are equal and blocks are free) and (n)_m = n(n-1)...(n-m+1) counts the injective relabellings.
   Each free-block sum is a contraction of three copies of A along a graph with at most three
-  edges: message passing on trees, and tr-like Σ A∘(AA) for the triangle (one n³ product per
-  matrix, so the skewness is computed for n <= :data:`SKEW_MAX_ROWS` only).
+  edges: message passing on trees (O(n²) each), and tr(A³) = Σ A∘(AA) for the triangle (an n³
+  product, or d³ from a linear kernel's feature covariance, and shared between a kernel's
+  centrings by :func:`shifted_trace_cube`). The skewness needs the n x n kernel, so it is
+  computed for n <= :data:`SKEW_MAX_ROWS` only.
 
 The p-value uses a Pearson type III distribution with these three moments, as Josse et al.
 (2008) recommend for the RV coefficient; beyond SKEW_MAX_ROWS the normal approximation.
@@ -50,7 +52,7 @@ import numpy as np
 import scipy.stats
 
 SKEW_MAX_ROWS = 1024
-"""Largest n for which the third moment (an n³ product per representation) is computed."""
+"""Largest n for which the third moment (an n x n kernel per representation) is computed."""
 
 
 # ----------------------------------------------------------------------------------------------
