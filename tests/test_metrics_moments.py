@@ -16,7 +16,7 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.metrics import METRICS, analytic_null, permutation_null
-from alignkit.metrics.moments import pattern_sums, raw_moment
+from alignkit.metrics.moments import pattern_sums, raw_moment, shifted_trace_cube
 
 VARIANTS = [
     ("linear_cka", {}),
@@ -110,6 +110,35 @@ def test_pattern_sums_give_the_first_two_moments_of_the_closed_form():
     second = raw_moment(pattern_sums(a, 2), pattern_sums(b, 2), 30, 2) / scale**2
     assert first == pytest.approx(r.mean, rel=1e-10)
     assert second - first**2 == pytest.approx(r.std**2, rel=1e-8)
+
+
+def test_trace_cube_of_a_shifted_kernel_equals_the_dense_product():
+    # tr(B³) for B = K + u1ᵀ + 1uᵀ + c11ᵀ - diag(δ) from tr(K³) alone, against B's own n³
+    # product: a random shift, the U-centring and the double centring of a ReLU kernel
+    g = np.random.default_rng(4)
+    n = 40
+    x = np.maximum(g.standard_normal((n, 6)) + 0.5, 0.0)
+    k = x @ x.T
+    tr_k3 = float(np.sum(k * (k @ k)))
+    r = k.sum(1) - np.diag(k)
+    u_cent = -r / (n - 2)
+    c_cent = r.sum() / ((n - 1) * (n - 2))
+    shifts = [
+        (g.standard_normal(n), float(g.standard_normal()), g.standard_normal(n)),
+        (u_cent, c_cent, np.diag(k) + 2 * u_cent + c_cent),  # U-centring: zero diagonal
+        (-k.mean(1), float(k.mean()), np.zeros(n)),  # HKH
+    ]
+    for u, c, delta in shifts:
+        b = k + u[:, None] + u[None, :] + c - np.diag(delta)
+        dense = float(np.sum(b * (b @ b)))
+        assert shifted_trace_cube(k, tr_k3, u, c, delta) == pytest.approx(dense, rel=1e-10)
+    # and the pattern sums take a given tr(A³) in place of their own product
+    h = np.eye(n) - 1 / n
+    a = h @ k @ h
+    given = pattern_sums(a, 3, trace_cube=float(np.trace(a @ a @ a)))
+    np.testing.assert_allclose(
+        given, pattern_sums(a, 3), rtol=1e-9, atol=1e-9 * np.abs(given).max()
+    )
 
 
 def _agree_with_monte_carlo(r, mc, b):

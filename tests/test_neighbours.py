@@ -116,7 +116,9 @@ def test_exact_graph_reports_full_recall_and_bad_options_fail():
     g = knn_graph(x, k=5)
     assert (g.backend, g.recall, g.recall_rows) == ("exact", 1.0, 0)
     np.testing.assert_array_equal(g.idx.numpy(), _naive_lists(x, 5))
-    with pytest.raises(AlignkitError, match="unknown neighbour backend 'annoy'.*exact, faiss"):
+    with pytest.raises(
+        AlignkitError, match="unknown neighbour backend 'annoy'.*exact, faiss, faiss-ivf"
+    ):
         knn_graph(x, backend="annoy")
     with pytest.raises(AlignkitError, match="k must be smaller than the number of rows"):
         knn_graph(x, k=50)
@@ -144,30 +146,50 @@ def _recall_against(idx: np.ndarray, exact: np.ndarray) -> float:
     )
 
 
-def test_faiss_recall_is_what_exact_search_says():
+def test_faiss_ivf_recall_is_what_exact_search_says():
     pytest.importorskip("faiss")
-    x = _clustered(3000, 32, seed=7)  # 219 inverted lists
+    x = _clustered(3000, 32, seed=7)  # 75 inverted lists
     exact = _naive_lists(x, 10)
-    low = knn_graph(x, k=10, backend="faiss", recall_sample=3000, nprobe=1)
+    low = knn_graph(x, k=10, backend="faiss-ivf", recall_sample=3000, nprobe=1)
     # every row sampled: the reported recall is the recall over all rows, computed here
     assert low.recall_rows == 3000
     assert low.recall == pytest.approx(_recall_against(low.idx.numpy(), exact), abs=1e-12)
-    assert 0.2 < low.recall < 0.99  # one list of 219 misses neighbours: not a vacuous check
+    assert 0.2 < low.recall < 0.99  # one list of 75 misses neighbours: not a vacuous check
     assert not (low.idx == torch.arange(3000).unsqueeze(1)).any()  # self excluded
-    full = knn_graph(x, k=10, backend="faiss", recall_sample=500, nprobe=10_000)
+    full = knn_graph(x, k=10, backend="faiss-ivf", recall_sample=500, nprobe=10_000)
     assert full.recall == 1.0  # every list searched: the search is exhaustive
     np.testing.assert_array_equal(full.idx.numpy(), exact)
     # a sampled estimate is within its binomial error of the full-population value
-    mid = knn_graph(x, k=10, backend="faiss", recall_sample=400, nprobe=4)
+    mid = knn_graph(x, k=10, backend="faiss-ivf", recall_sample=400, nprobe=4)
     truth = _recall_against(mid.idx.numpy(), exact)
     assert abs(mid.recall - truth) < 4 * math.sqrt(truth * (1 - truth) / 400) + 1e-9
+
+
+def test_faiss_hnsw_recall_is_what_exact_search_says():
+    pytest.importorskip("faiss")
+    torch.set_num_threads(1)  # one thread: the graph, and so the lists, are deterministic
+    x = _clustered(3000, 64, seed=7)
+    exact = _naive_lists(x, 10)
+    # the reported recall counts a listed row whose float32 similarity reaches the exact k-th
+    # one; the set overlap here is in float64: near-ties may differ in a few of 30,000 entries
+    narrow = knn_graph(x, k=10, backend="faiss", recall_sample=3000, ef_search=1)
+    assert narrow.backend == "faiss" and narrow.recall_rows == 3000
+    assert narrow.recall == pytest.approx(_recall_against(narrow.idx.numpy(), exact), abs=3e-4)
+    assert not (narrow.idx == torch.arange(3000).unsqueeze(1)).any()  # self excluded
+    wide = knn_graph(x, k=10, backend="faiss", recall_sample=3000, ef_search=256)
+    assert wide.recall == pytest.approx(_recall_against(wide.idx.numpy(), exact), abs=3e-4)
+    assert narrow.recall < wide.recall  # the beam width buys recall: not a vacuous check
+    assert wide.recall > 0.99
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)  # the similarities of the listed rows
+    expected_sim = np.einsum("id,ikd->ik", xn, xn[wide.idx.numpy()])
+    np.testing.assert_allclose(wide.sim.numpy(), expected_sim, rtol=0, atol=1e-5)
 
 
 def test_faiss_mutual_knn_scores_its_own_lists_and_reports_recall():
     pytest.importorskip("faiss")
     x, y = _clustered(2000, 24, seed=8), _clustered(2000, 24, seed=8) @ np.eye(24)[::-1]
     y = y + 0.5 * np.random.default_rng(9).standard_normal(y.shape)
-    res = mutual_knn_detail(x, y, k=10, backend="faiss", recall_sample=2000, nprobe=2)
+    res = mutual_knn_detail(x, y, k=10, backend="faiss", recall_sample=2000, ef_search=12)
     a, b = res.x.idx.numpy(), res.y.idx.numpy()
     assert res.score == pytest.approx(
         np.mean([len(set(a[i]) & set(b[i])) / 10 for i in range(2000)]), abs=1e-12
@@ -192,6 +214,6 @@ def test_faiss_recall_on_real_image_features(data_dir):
     kw = {"batch_size": 50, "num_workers": 0, "cache": False, "device": "cpu", "progress": False}
     feats = extract_features("torchvision:mobilenet_v2", probe, **kw)
     x = feats.features.double().numpy()  # (400, 1280)
-    g = knn_graph(x, k=10, backend="faiss", recall_sample=400, nprobe=2)  # 10 lists
+    g = knn_graph(x, k=10, backend="faiss", recall_sample=400, ef_search=11)
     assert g.recall == pytest.approx(_recall_against(g.idx.numpy(), _naive_lists(x, 10)))
     assert 0.3 < g.recall < 1.0

@@ -82,8 +82,8 @@ def analytic_null(metric: str | Metric, x: ArrayLike, y: ArrayLike, **options: A
     the formulas and their sources (Kazi-Aoual et al. 1995; Josse, Pagès & Husson 2008). The
     p-value is P(null >= observed) under a Pearson type III law with those moments (normal for
     n > SKEW_MAX_ROWS); unlike a B-permutation p it is not floored at 1/(B+1). Costs about as
-    much as the score itself (plus one n x n kernel and an n³ product per input when the
-    skewness is computed).
+    much as the score itself (plus, per input, one n x n kernel and a min(n, d)³ product for
+    linear CKA, n³ for RBF CKA, when the skewness is computed: n <= SKEW_MAX_ROWS).
 
     Args:
         metric: a METRICS name or Metric with an analytic null. x: ``(n, d1)``; y: ``(n, d2)``,

@@ -30,8 +30,10 @@ n(n-3)·HSIC_u. Under the uniform distribution of π over all n! permutations:
   equalities are exactly ρ (obtained by Möbius inversion from the sums where indices in a block
   are equal and blocks are free) and (n)_m = n(n-1)...(n-m+1) counts the injective relabellings.
   Each free-block sum is a contraction of three copies of A along a graph with at most three
-  edges: message passing on trees, and tr-like Σ A∘(AA) for the triangle (one n³ product per
-  matrix, so the skewness is computed for n <= :data:`SKEW_MAX_ROWS` only).
+  edges: message passing on trees (O(n²) each), and tr(A³) = Σ A∘(AA) for the triangle (an n³
+  product, or d³ from a linear kernel's feature covariance, and shared between a kernel's
+  centrings by :func:`shifted_trace_cube`). The skewness needs the n x n kernel, so it is
+  computed for n <= :data:`SKEW_MAX_ROWS` only.
 
 The p-value uses a Pearson type III distribution with these three moments, as Josse et al.
 (2008) recommend for the RV coefficient; beyond SKEW_MAX_ROWS the normal approximation.
@@ -52,7 +54,7 @@ import scipy.stats
 from numpy.typing import ArrayLike
 
 SKEW_MAX_ROWS = 1024
-"""Largest n for which the third moment (an n³ product per representation) is computed."""
+"""Largest n for which the third moment (an n x n kernel per representation) is computed."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,31 +147,38 @@ def _mobius_table(
 
 
 class _Contractor:
-    """Σ over free vertex indices of Π_edges A[u, v] for graphs with at most three edges."""
+    """Σ over free vertex indices of Π_edges A[u, v] for graphs with at most three edges.
 
-    def __init__(self, a: np.ndarray) -> None:
+    Tree graphs are contracted by message passing; a message depends only on the shape of the
+    subtree it comes from (self-loops at its root, edge multiplicities, children), so messages
+    are memoised by that shape and shared between the ~20 graphs: each distinct
+    (Hadamard power) @ (vector) product is computed once. The one cycle (a triangle) is
+    tr(A³), given by the caller when it has a cheaper route (see :func:`pattern_sums`).
+    """
+
+    def __init__(self, a: np.ndarray, trace_cube: float | None = None) -> None:
         self.a = a
         self.diag = np.diag(a).copy()
-        self._square: np.ndarray | None = None
+        self._trace_cube = trace_cube
         self._powers: dict[int, np.ndarray] = {1: a}
+        self._messages: dict[tuple, np.ndarray] = {}
 
     def hadamard(self, k: int) -> np.ndarray:
-        if k not in self._powers:
-            self._powers[k] = self.a**k
+        if k not in self._powers:  # products, not a**k: numpy's pow is ~20x slower
+            self._powers[k] = self.hadamard(k - 1) * self.a
         return self._powers[k]
 
-    def square(self) -> np.ndarray:
-        if self._square is None:
-            self._square = self.a @ self.a  # (n, n): the one n³ product, for triangles
-        return self._square
+    def trace_cube(self) -> float:
+        if self._trace_cube is None:
+            self._trace_cube = float(np.sum(self.a * (self.a @ self.a)))  # the one n³ product
+        return self._trace_cube
 
     def __call__(self, edges: tuple[tuple[int, int], ...], n_vertices: int) -> float:
-        n = self.a.shape[0]
-        factor = [np.ones(n) for _ in range(n_vertices)]
+        loops = [0] * n_vertices
         multi: dict[tuple[int, int], int] = {}
         for u, v in edges:
             if u == v:
-                factor[u] = factor[u] * self.diag
+                loops[u] += 1
             else:
                 key = (min(u, v), max(u, v))
                 multi[key] = multi.get(key, 0) + 1
@@ -192,18 +201,65 @@ class _Contractor:
                         stack.append(v)
             comp_edges = [(u, v) for (u, v) in multi if u in comp]
             if len(comp_edges) >= len(comp):  # a cycle: with <= 3 edges, a plain triangle
-                total *= float(np.sum(self.a * self.square()))
+                total *= self.trace_cube()
                 continue
-            total *= self._tree(root, -1, adj, factor).sum()
+            total *= float(self._message(self._shape(root, -1, adj, loops)).sum())
         return total
 
-    def _tree(self, u: int, parent: int, adj: dict, factor: list[np.ndarray]) -> np.ndarray:
-        """Message of the subtree under u: a (n,) vector over u's index."""
-        msg = factor[u].copy()
-        for v, k in adj[u]:
-            if v != parent:
-                msg *= self.hadamard(k) @ self._tree(v, u, adj, factor)
-        return msg
+    def _shape(self, u: int, parent: int, adj: dict, loops: list[int]) -> tuple:
+        """The subtree under u as (self-loops at u, sorted ((multiplicity, child shape), ...))."""
+        children = sorted((k, self._shape(v, u, adj, loops)) for v, k in adj[u] if v != parent)
+        return loops[u], tuple(children)
+
+    def _message(self, shape: tuple) -> np.ndarray:
+        """Σ over the subtree's other indices, a (n,) vector over its root's index."""
+        if shape not in self._messages:
+            n_loops, children = shape
+            msg = self.diag**n_loops if n_loops else np.ones(self.a.shape[0])
+            for k, child in children:
+                msg = msg * (self.hadamard(k) @ self._message(child))
+            self._messages[shape] = msg
+        return self._messages[shape]
+
+
+def shifted_trace_cube(
+    k: np.ndarray, trace_cube: float, u: np.ndarray, c: float, delta: np.ndarray
+) -> float:
+    """tr(B³) of B = K + u1ᵀ + 1uᵀ + c·11ᵀ - diag(δ) from tr(K³), in O(n²) instead of n³.
+
+    Double centring (HKH: u = -K1/n, c = 1ᵀK1/n², δ = 0) and U-centring (zero diagonal) are
+    such shifts, so one tr(K³) gives the triangle term of both. With M = B - K = -Δ + U C Uᵀ,
+    U = [u, 1] ``(n, 2)``, C = [[0, 1], [1, c]], and cyclic traces of symmetric matrices:
+
+        tr(B³) = tr K³ + 3 tr(K²M) + 3 tr(KM²) + tr M³, where
+        tr(K²M) = -Σ_i δ_i (K²)_ii + tr((KU)ᵀ(KU) C)
+        tr(KM²) = Σ_i K_ii δ_i² - 2 tr((KU)ᵀ(ΔU) C) + tr(UᵀKU C UᵀU C)
+        tr(M³)  = -Σ δ³ + 3 tr(UᵀΔ²U C) - 3 tr(UᵀΔU C UᵀU C) + tr((C UᵀU)³)
+
+    Args:
+        k: ``(n, n)`` symmetric float64. trace_cube: tr(K³). u: ``(n,)``; c: scalar;
+            delta: ``(n,)``.
+    """
+    n = k.shape[0]
+    uu = np.stack([u, np.ones(n)], axis=1)  # (n, 2)
+    cc = np.array([[0.0, 1.0], [1.0, c]])
+    ku = k @ uu  # (n, 2)
+    du = delta[:, None] * uu  # (n, 2)
+    utu = uu.T @ uu  # (2, 2)
+    k2_diag = np.einsum("ij,ij->i", k, k)  # (K²)_ii for symmetric K
+    t_k2m = -float(delta @ k2_diag) + np.trace(ku.T @ ku @ cc)
+    t_km2 = (
+        float(np.diag(k) @ delta**2)
+        - 2.0 * np.trace(ku.T @ du @ cc)
+        + np.trace(uu.T @ ku @ cc @ utu @ cc)
+    )
+    t_m3 = (
+        -float(np.sum(delta**3))
+        + 3.0 * np.trace(du.T @ du @ cc)
+        - 3.0 * np.trace(uu.T @ du @ cc @ utu @ cc)
+        + np.trace(np.linalg.matrix_power(cc @ utu, 3))
+    )
+    return float(trace_cube + 3.0 * t_k2m + 3.0 * t_km2 + t_m3)
 
 
 def _canonical(edges: tuple[tuple[int, int], ...], m: int) -> tuple[tuple[int, int], ...]:
@@ -235,20 +291,24 @@ def _graph_classes(order: int) -> tuple[tuple[int, ...], tuple[tuple[tuple[int, 
     return tuple(cls), tuple(reps)
 
 
-def pattern_sums(a: np.ndarray, order: int = 3) -> np.ndarray:
+def pattern_sums(a: np.ndarray, order: int = 3, trace_cube: float | None = None) -> np.ndarray:
     """S_A(ρ) for every set partition ρ of the 2·order indices of Π_r A[i_r, j_r].
 
     Args:
         a: ``(n, n)`` symmetric float64 matrix. order: the moment (1, 2 or 3).
+        trace_cube: tr(A³) = Σ_ij A_ij (A²)_ij, the one contraction graph with a cycle, when the
+            caller has a cheaper route to it than an n³ product (a linear kernel XXᵀ of d < n
+            columns: tr((XᵀX)³), d³); None computes it from ``a``.
 
     Returns:
         ``(P,)`` exact-pattern sums in the order of the partitions of ``_mobius_table(2·order)``.
-        Each of the ~20 distinct contraction graphs is evaluated once (O(n²), the triangle
-        O(n³)).
+        Each of the ~20 distinct contraction graphs is evaluated once, in O(n²) passes (each
+        distinct matrix-vector product once), the triangle in O(n³) unless ``trace_cube`` is
+        given.
     """
     _, table = _mobius_table(2 * order)
     cls, reps = _graph_classes(order)
-    contract = _Contractor(a)
+    contract = _Contractor(a, trace_cube)
     values = np.array(
         [contract(edges, 1 + max(max(e) for e in edges)) for edges in reps]
     )  # (classes,)

@@ -23,8 +23,8 @@ in float32 and float64 alike (tested against a dense stable sort).
 A permutation of the pairing only relabels y's lists (O(n·k), :func:`_relabel`), so permutation
 nulls and all-pairs scoring never redo a neighbour search.
 
-Past one machine's patience (n beyond about 100,000), ``backend="faiss"`` finds approximate lists
-with an inverted-file index and reports their recall against exact search on a sample of rows
+Past one machine's patience (n beyond about 50,000), ``backend="faiss"`` finds approximate lists
+with an HNSW graph and reports their recall against exact search on a sample of rows
 (:func:`knn_graph`, :class:`NeighbourResult`, :func:`mutual_knn_detail`).
 """
 
@@ -428,9 +428,9 @@ def mutual_knn(
         x: ``(n, d1)``; y: ``(n, d2)``, the same rows. Rows are L2-normalised (cosine neighbours);
             a row of zeros is an error.
         k: neighbourhood size, 1 <= k <= n - 1; default 10 as in the paper.
-        backend: ``"exact"`` (default) or ``"faiss"``, approximate neighbours for n beyond
-            about 100,000 (see :func:`knn_graph`); the neighbour recall of the approximation is
-            logged at INFO level, and returned by :func:`mutual_knn_detail`.
+        backend: ``"exact"`` (default), or ``"faiss"`` (``"faiss-ivf"``), approximate neighbours
+            for n beyond about 50,000 (see :func:`knn_graph`); the neighbour recall of the
+            approximation is logged at INFO level, and returned by :func:`mutual_knn_detail`.
         recall_sample: rows checked against exact search with the faiss backend.
 
     Returns:
@@ -461,6 +461,7 @@ def mutual_knn_detail(
     recall_sample: int = 1000,
     nprobe: int = 32,
     seed: int = 0,
+    ef_search: int = 64,
 ) -> MutualKnnResult:
     """:func:`mutual_knn` with both neighbour graphs, so an approximate score carries its recall.
 
@@ -469,8 +470,8 @@ def mutual_knn_detail(
     """
     xt, yt = as_pair(x, y)
     _mutual_knn_check(xt.shape[0], {"k": k})
-    gx = knn_graph(xt, k, backend, recall_sample, nprobe, seed)
-    gy = knn_graph(yt, k, backend, recall_sample, nprobe, seed)
+    gx = knn_graph(xt, k, backend, recall_sample, nprobe, seed, ef_search)
+    gy = knn_graph(yt, k, backend, recall_sample, nprobe, seed, ef_search)
     if backend != "exact":
         _log.info(
             "mutual_knn backend=%s: neighbour recall %.4f (x) and %.4f (y) on %d sampled rows",
@@ -510,7 +511,9 @@ def cknna(x: ArrayLike, y: ArrayLike, k: int = 10) -> float:
 # ------------------------------------------------------------------------------------------------
 # approximate neighbours (faiss) and neighbour lists with their recall
 
-BACKENDS = ("exact", "faiss")
+BACKENDS = ("exact", "faiss", "faiss-ivf")
+"""Neighbour backends: exact blocked search; faiss's HNSW graph (``"faiss"``, the approximate
+backend to use); faiss's inverted file (``"faiss-ivf"``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -520,7 +523,7 @@ class NeighbourResult:
     Attributes:
         idx: ``(n, k)`` int64 neighbour rows, ascending within each row, self excluded.
         sim: ``(n, k)`` float64 cosine similarity to each of them.
-        backend: ``"exact"`` or ``"faiss"``.
+        backend: one of :data:`BACKENDS`.
         recall: mean over ``recall_rows`` sampled rows of the share of listed neighbours that
             belong to the exact top k (a listed neighbour counts when its similarity reaches
             the exact k-th largest, so exact ties never count against it); 1.0 for the exact
@@ -542,25 +545,42 @@ def knn_graph(
     recall_sample: int = 1000,
     nprobe: int = 32,
     seed: int = 0,
+    ef_search: int = 64,
 ) -> NeighbourResult:
     """Cosine k-nearest neighbours of every row (self excluded), exact or approximate.
 
     ``backend="exact"``: :func:`knn_lists` (blocked GEMM, n²·d multiply-adds; ties at the k-th
-    place go to the smaller row index). ``backend="faiss"``: an inverted-file index
-    (``faiss.IndexIVFFlat`` on inner products of L2-normalised rows, ``round(4·√n)`` lists,
-    ``nprobe`` of them searched per query; Jégou, Douze & Schmid 2011; Douze et al. 2024, "The
-    Faiss library"), about n²·d·nprobe/lists multiply-adds plus the k-means training; which of
-    several tied rows is kept is then unspecified. Its recall against exact search is measured
-    on ``recall_sample`` random rows (``recall_sample·n·d`` multiply-adds) and reported, so the
-    cost of the approximation is visible beside the score.
+    place go to the smaller row index). The approximate backends search inner products of the
+    L2-normalised rows with faiss (Douze et al. 2024, "The Faiss library"); which of several
+    tied rows is kept is then unspecified:
+
+    * ``"faiss"``: a hierarchical navigable small-world graph (``faiss.IndexHNSWFlat``, 16 links
+      per node, efConstruction 40; Malkov & Yashunin 2018), each row searched with a beam of
+      ``ef_search``; about n·log n graph steps to build and to search, so it grows far slower
+      than exact search's n². The one to use past n of about 50,000 (docs/metrics-speed.md: at
+      n = 100,000, d = 768 it took 60 CPU s per input at recall 0.994, the exact search 113 s;
+      at n = 20,000 the exact search was the faster); below that use the exact search.
+    * ``"faiss-ivf"``: an inverted file (``faiss.IndexIVFFlat``, round(2·√n) lists, k-means on
+      40 sampled points per list; Jégou, Douze & Schmid 2011), ``nprobe`` lists searched per
+      query: n²·d·nprobe/lists multiply-adds, not at GEMM speed, so it seldom beats the exact
+      search at the same recall; kept for comparison.
+
+    The recall of an approximate backend against exact search is measured on ``recall_sample``
+    random rows (``recall_sample·n·d`` multiply-adds) and reported, so the cost of the
+    approximation is visible beside the score. Rows that an index returns fewer than k others
+    for are searched exactly.
 
     Args:
         x: ``(n, d)`` features; a row of zeros is an error.
         k: 1 <= k <= n - 1.
-        backend: ``"exact"`` or ``"faiss"`` (needs ``pip install faiss-cpu``, the ``ann`` extra).
-        recall_sample: rows checked against exact search (faiss backend; 0 skips the check).
-        nprobe: inverted lists searched per query (faiss backend); more is slower and closer.
-        seed: seeds the recall sample and faiss's k-means.
+        backend: one of :data:`BACKENDS` (faiss needs ``pip install faiss-cpu``, the ``ann``
+            extra).
+        recall_sample: rows checked against exact search (approximate backends; 0 skips it).
+        nprobe: inverted lists searched per query (``"faiss-ivf"``); more is slower and closer.
+        seed: seeds the recall sample and the k-means of ``"faiss-ivf"``.
+        ef_search: beam width of the graph search (``"faiss"``, at least k + 1); more is
+            slower and closer. The graph is built in insertion order: with one thread the
+            result is deterministic, with several it may differ between runs.
 
     Returns:
         A :class:`NeighbourResult`.
@@ -581,14 +601,24 @@ def knn_graph(
         raise AlignkitError(f"recall_sample must be an integer >= 0: got {recall_sample!r}")
     if recall_sample < 0:
         raise AlignkitError(f"recall_sample must be an integer >= 0: got {recall_sample}")
-    if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
-        raise AlignkitError(f"nprobe must be a positive integer: got {nprobe!r}")
+    for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise AlignkitError(f"{name} must be a positive integer: got {value!r}")
     faiss = _require_faiss()
     xn = _normalised(xt, "x").float().cpu().contiguous()  # faiss searches float32 on the CPU
-    idx, sim = _faiss_lists(faiss, xn.numpy(), k, int(nprobe), seed)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(torch.get_num_threads())  # the caller's thread budget
+    try:
+        if backend == "faiss":
+            sim, found = _hnsw_search(faiss, xn.numpy(), k, int(ef_search))
+        else:
+            sim, found = _ivf_search(faiss, xn.numpy(), k, int(nprobe), seed)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    idx, sim = _drop_self(xn, torch.from_numpy(found), torch.from_numpy(sim), k)
     rows = min(int(recall_sample), n)
     recall = _recall(xn, idx, k, rows, seed) if rows else math.nan
-    return NeighbourResult(idx.to(xt.device), sim.to(xt.device), "faiss", recall, rows)
+    return NeighbourResult(idx.to(xt.device), sim.to(xt.device), backend, recall, rows)
 
 
 def _require_faiss():  # noqa: ANN202 - a module
@@ -602,36 +632,42 @@ def _require_faiss():  # noqa: ANN202 - a module
     return faiss
 
 
-def _faiss_lists(faiss, xn: np.ndarray, k: int, nprobe: int, seed: int):  # noqa: ANN001
-    """IVF-Flat inner-product search of every row against all rows; self removed."""
+def _hnsw_search(faiss, xn: np.ndarray, k: int, ef_search: int):  # noqa: ANN001, ANN202
+    """HNSW graph of every row, then each row's k + 1 most similar: ``(sim, found)`` (n, k+1)."""
+    index = faiss.IndexHNSWFlat(xn.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 40
+    index.add(xn)
+    index.hnsw.efSearch = max(ef_search, k + 1)
+    return index.search(xn, k + 1)
+
+
+def _ivf_search(faiss, xn: np.ndarray, k: int, nprobe: int, seed: int):  # noqa: ANN001, ANN202
+    """IVF-Flat index of every row, then each row's k + 1 most similar: ``(sim, found)``."""
     n, d = xn.shape
-    lists = max(1, min(int(round(4 * math.sqrt(n))), n // 39))  # faiss wants >= 39 points/list
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, lists, faiss.METRIC_INNER_PRODUCT)
+    lists = max(1, min(int(round(2 * math.sqrt(n))), n // 40))  # faiss wants >= 39 points/list
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
     index.cp.niter = 10  # k-means iterations: the lists need to be balanced, not optimal
-    train = xn
-    if n > 64 * lists:  # k-means on a sample: faiss's own default cap is 256 points per list
-        pick = np.random.default_rng(seed).choice(n, 64 * lists, replace=False)
-        train = xn[np.sort(pick)]
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(torch.get_num_threads())  # the caller's thread budget
-    try:
-        index.train(train)
-        index.add(xn)
-        index.nprobe = min(nprobe, lists)
-        sim, found = index.search(xn, k + 1)  # (n, k+1), self normally first
-        short = np.flatnonzero((found < 0).any(1))  # probed lists held fewer than k+1 rows
-        while short.size:  # search those rows again with 4x the lists, up to all of them
-            index.nprobe = min(4 * index.nprobe, lists)
-            sim[short], found[short] = index.search(xn[short], k + 1)
-            short = short[(found[short] < 0).any(1)] if index.nprobe < lists else short[:0]
-    finally:
-        faiss.omp_set_num_threads(threads)
-    found = torch.from_numpy(found)
-    sim = torch.from_numpy(sim).double()
+    pick = np.random.default_rng(seed).choice(n, min(n, 40 * lists), replace=False)
+    index.train(xn[np.sort(pick)])  # k-means on a sample: its cost was most of the search's
+    index.add(xn)
+    index.nprobe = min(nprobe, lists)
+    return index.search(xn, k + 1)
+
+
+def _drop_self(
+    xn: torch.Tensor, found: torch.Tensor, sim: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx, sim) ``(n, k)`` from an index's k + 1 results per row: self dropped where found,
+    else the weakest; rows with fewer than k + 1 results (-1) are searched exactly."""
+    n = found.shape[0]
+    short = torch.nonzero((found < 0).any(1)).flatten()
+    for rows in short.split(_engine.block_rows(n)):
+        s = xn[rows] @ xn.T  # (c, n)
+        top = torch.topk(s, k + 1, dim=1)
+        found[rows], sim[rows] = top.indices, top.values
+    sim = sim.double()
     is_self = found == torch.arange(n).unsqueeze(1)
-    # drop self where it was found, else the last (weakest) candidate; -1 marks too few found
     drop = torch.where(is_self.any(1), is_self.int().argmax(1), torch.full((n,), k))
     keep = torch.ones_like(is_self)
     keep[torch.arange(n), drop] = False

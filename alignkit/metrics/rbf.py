@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,13 @@ from alignkit.errors import AlignkitError
 from alignkit.metrics import moments
 from alignkit.metrics._checks import ArrayLike, as_pair, check_min_rows, check_positive
 from alignkit.metrics._engine import Engine, Options, block_rows, evaluate, permuted_dot
-from alignkit.metrics.cka import GRAM_MAX_ROWS, _centre, _cka_moments, _pattern_sums, _u_centred
+from alignkit.metrics.cka import (
+    GRAM_MAX_ROWS,
+    _centre,
+    _cka_moments,
+    _pattern_sums,
+    _u_centred_with_trace_cube,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,7 +38,7 @@ class _RbfState:
     sum_off: float  # Σ_{i≠j} K_ij
     sq_off: float  # Σ_{i≠j} K_ij²
     # the (n, n) kernel with a zero diagonal, kept for permuted pairings of small probes
-    kernel: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    kernel: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def full_kernel(self) -> torch.Tensor:
         if "k" not in self.kernel:
@@ -227,20 +234,30 @@ def _rbf_self_u(s: _RbfState) -> float:
     )
 
 
+def _with_trace_cube(s: _RbfState) -> tuple[np.ndarray, float]:
+    """The kernel K = K̃ + I as a float64 array and tr(K³), the one n³ product per
+    representation: both centrings' tr(A³) follow from it (:func:`moments.shifted_trace_cube`)."""
+    k = s.full_kernel().cpu().numpy() + np.eye(s.x.shape[0])
+    if "trace_cube" not in s.kernel:
+        s.kernel["trace_cube"] = float(np.sum(k * (k @ k)))
+    return k, s.kernel["trace_cube"]
+
+
 def _rbf_moments(sx: _RbfState, sy: _RbfState, opts: Options) -> tuple[float, float, float]:
     n = sx.x.shape[0]
     unbiased = bool(opts.get("unbiased", False))
     if unbiased:
         sides = tuple((0.0, _rbf_self_u(s), 0.0) for s in (sx, sy))
-        key, make = "s3_u", lambda s: lambda: _u_centred(s.full_kernel())
-
+        key, make = "s3_u", lambda s: lambda: _u_centred_with_trace_cube(*_with_trace_cube(s))
     else:
         sides = tuple(_rbf_centred_stats(s) for s in (sx, sy))
 
-        def centred(s: _RbfState) -> np.ndarray:
-            k = s.full_kernel().cpu().numpy() + np.eye(n)
-            k -= k.mean(axis=0, keepdims=True)
-            return k - k.mean(axis=1, keepdims=True)
+        def centred(s: _RbfState) -> tuple[np.ndarray, float]:
+            """HKH = K - m1ᵀ - 1mᵀ + μ11ᵀ (m = K1/n, μ = 1ᵀK1/n²) and its tr((HKH)³)."""
+            k, trace_cube = _with_trace_cube(s)
+            m, mu = k.mean(axis=1), float(k.mean())
+            hkh = k - m[:, None] - m[None, :] + mu
+            return hkh, moments.shifted_trace_cube(k, trace_cube, -m, mu, np.zeros(n))
 
         key, make = "s3_b", lambda s: lambda: centred(s)
     if n > moments.SKEW_MAX_ROWS:
