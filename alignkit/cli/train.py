@@ -55,23 +55,21 @@ _FIELDS_TEXT = {
 }
 
 
+def _shown_default(name: str, default: Any) -> str:
+    """A TrainConfig default as its option spells it: None is "0" (off) or "--width"."""
+    if default is None:
+        return {"hidden": "--width", "patience": "0", "clip_grad": "0"}[name]
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
 def _fields_help() -> dict[str, str]:
-    """Each TrainConfig field's help with its default as the option takes it (None is 0 where
-    the option spells "off" as 0)."""
+    """Each TrainConfig field's option help, ending in its default."""
     from alignkit.projectors.config import TrainConfig
 
-    none_as = {"hidden": "--width", "patience": "0", "clip_grad": "0"}
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        default = (
-            none_as[f.name]
-            if f.default is None
-            else f"{f.default:g}"
-            if isinstance(f.default, float)
-            else f.default
-        )
-        out[f.name] = f"{_FIELDS_TEXT[f.name]} (default: {default})"
-    return out
+    return {
+        f.name: f"{_FIELDS_TEXT[f.name]} (default: {_shown_default(f.name, f.default)})"
+        for f in dataclasses.fields(TrainConfig)
+    }
 
 
 _FIELDS_HELP = _fields_help()
