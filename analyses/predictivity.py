@@ -103,9 +103,18 @@ def main() -> None:
     parser.add_argument(
         "--only-vision", help="train and evaluate only this vision encoder's pairs (parallel runs)"
     )
+    parser.add_argument(
+        "--annealed",
+        action="store_true",
+        help="the recipe check of docs/evaluation.md: a 10-epoch cosine, no early stopping "
+        "(use with --no-docs and another --out)",
+    )
     args = parser.parse_args()
 
-    config = PredictivityConfig(**{**COMMON, **GRIDS[args.grid]})
+    train = (
+        {**COMMON["train"], "epochs": 10, "patience": None} if args.annealed else COMMON["train"]
+    )
+    config = PredictivityConfig(**{**COMMON, **GRIDS[args.grid], "train": train})
     t0 = time.perf_counter()
     only = [(args.only_vision, t) for t in reversed(config.text)] if args.only_vision else None
     result = run_predictivity(
