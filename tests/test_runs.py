@@ -120,3 +120,18 @@ def test_jsonable_and_default_run_dir() -> None:
     assert json.loads(json.dumps(jsonable(value))) == {"a": [1, 2], "b": None, "c": 1.5, "d": "x"}
     when = time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
     assert default_run_dir("flickr8k:test", when) == Path("runs/flickr8k-test-20260102-030405")
+
+
+def test_package_version_is_written_once_in_each_place_and_agrees():
+    """run.json and feature provenance record ``alignkit.__version__``; pyproject.toml is what
+    pip installs. The two are written by hand, so a release must bump both."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the backport alignkit depends on there
+        import tomli as tomllib
+
+    import alignkit
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert alignkit.__version__ == declared
