@@ -156,7 +156,12 @@ def evaluate_command(
     typer.echo(format_table(table))
 
 
-@app.command("predictivity")
+@app.command(
+    "predictivity",
+    help="Did the ranking predict the result? Score every pair of a grid, train each with one "
+    "recipe, evaluate, and report Spearman/Kendall (bootstrap intervals over pairs) and "
+    "leave-one-encoder-out rho of every pre-training metric against every result.",
+)
 def predictivity_command(
     grid: Annotated[
         Path,
@@ -170,9 +175,7 @@ def predictivity_command(
     cache_dir: OldCacheDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Did the ranking predict the result? Score every pair of a grid, train each with one
-    recipe, evaluate, and report Spearman/Kendall (bootstrap intervals over pairs) and
-    leave-one-encoder-out rho of every pre-training metric against every result."""
+    """``alignkit predictivity``: the CLI over :func:`alignkit.predictivity.run_predictivity`."""
     from alignkit.predictivity import read_grid, run_predictivity
 
     if quiet:
