@@ -183,3 +183,16 @@ def test_duplicate_retrieval_ids_and_judgements_not_in_probe(tmp_path, data_dir)
 def test_aligned_pair_name():
     pair = AlignedPair(VISION, TEXT, lambda x: x, lambda x: x)
     assert pair.name == f"{VISION} x {TEXT}"
+
+
+def test_quiet_silences_alignkit_logs_for_the_command_only(tmp_path):
+    """`evaluate --quiet` raises the alignkit logger to ERROR; it must put the level back, or a
+    notebook (or the next test) loses every later warning."""
+    import logging
+
+    log = logging.getLogger("alignkit")
+    before = log.level
+    with pytest.raises(SystemExit) as exc:  # fails fast: nothing to evaluate
+        main(["evaluate", "--run", str(tmp_path), "--quiet"])
+    assert exc.value.code == 1
+    assert log.level == before

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,24 @@ from alignkit.cli._cache_option import CacheOpt, OldCacheDirOpt, cache_setting
 from alignkit.errors import AlignkitError
 
 
+def _keeps_log_level(command):
+    """Put the ``alignkit`` logger's level back when ``command`` returns or raises, so that
+    ``--quiet`` lasts for the command only (tests and notebooks call commands in-process)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        log = logging.getLogger("alignkit")
+        level = log.level
+        try:
+            return command(*args, **kwargs)
+        finally:
+            log.setLevel(level)
+
+    return wrapper
+
+
 @app.command("evaluate")
+@_keeps_log_level
 def evaluate_command(
     run: Annotated[
         list[Path],
@@ -86,7 +104,7 @@ def evaluate_command(
 
     if quiet:
         silence_third_party_progress()
-        logging.getLogger("alignkit").setLevel(logging.ERROR)
+        logging.getLogger("alignkit").setLevel(logging.ERROR)  # put back by the decorator
     zeroshot, retrieval = list(zeroshot or []), list(retrieval or [])
     if not (zeroshot or retrieval or judgements):
         raise AlignkitError("nothing to evaluate: give --zeroshot, --retrieval or --judgements")
