@@ -31,7 +31,13 @@ def _keeps_log_level(command):
     return wrapper
 
 
-@app.command("evaluate")
+@app.command(
+    "evaluate",
+    help="Zero-shot classification, retrieval and human-judgement correlation of trained pairs."
+    "\n\nWrites metrics.json (flat keys such as retrieval/flickr8k:test/image_to_text_R@5, each "
+    "with n and the chance level; recalls as fractions) into each --run folder, or into --out, "
+    "and prints a table (one column per run). Raw features come from the feature cache.",
+)
 @_keeps_log_level
 def evaluate_command(
     run: Annotated[
@@ -79,12 +85,7 @@ def evaluate_command(
     cache_dir: OldCacheDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Zero-shot classification, retrieval and human-judgement correlation of trained pairs.
-
-    Writes metrics.json (flat keys such as retrieval/flickr8k:test/image_to_text_R@5, each with
-    n and the chance level; recalls as fractions) into each --run folder, or into --out, and
-    prints a table (one column per run). Raw features come from the feature cache.
-    """
+    """``alignkit evaluate`` (its help is the decorator's)."""
     from alignkit.evaluation.evaluate import (
         check_retrieval_probe,
         check_zeroshot_probe,

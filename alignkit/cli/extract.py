@@ -43,7 +43,15 @@ def _store(cache: str | None, cache_dir: Path | None, command: str) -> FeatureCa
     return FeatureCache.at(setting)
 
 
-@app.command("extract")
+@app.command(
+    "extract",
+    help="Extract features of a probe set with one or more encoders into the feature cache.\n\n"
+    "A second run with the same encoder, options and probe returns from the cache without model "
+    "work; an interrupted run (Ctrl-C, a killed process) resumes from its last saved shard. "
+    "Under torchrun the rows are split across ranks.\n\n"
+    "Example: alignkit extract --encoder st:sentence-transformers/all-MiniLM-L6-v2 "
+    "--probe flickr8k:test",
+)
 def extract_command(
     encoder: Annotated[
         list[str],
@@ -109,14 +117,7 @@ def extract_command(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Extract features of a probe set with one or more encoders into the feature cache.
-
-    A second run with the same encoder, options and probe returns from the cache without model
-    work; an interrupted run (Ctrl-C, a killed process) resumes from its last saved shard. Under
-    torchrun the rows are split across ranks. Example:
-
-        alignkit extract --encoder st:sentence-transformers/all-MiniLM-L6-v2 --probe flickr8k:test
-    """
+    """``alignkit extract`` (its help is the decorator's)."""
     from alignkit.errors import AlignkitError
     from alignkit.features import FeatureCache, cached_features, extract_features
     from alignkit.probes import load_probe
