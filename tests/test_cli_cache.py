@@ -11,20 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from alignkit.cli import main
+from _cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # -- item 4: a manifest that is not UTF-8 names the line ----------------------------------------
@@ -39,7 +28,7 @@ def test_non_utf8_manifest_names_line_column_and_byte_offset(tmp_path, capsys):
     offset = len("".join(lines).encode()) + bad.index(b"\xe9")  # counted here, independently
     column = bad.index(b"\xe9") + 1  # the line is ASCII before the bad byte
 
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["extract", "-e", "random:text-384", "--probe", str(manifest), "--quiet"], capsys
     )
     assert code == 1
@@ -54,7 +43,7 @@ def test_extract_out_file_honours_the_umask(tmp_path, capsys, umask, mode):
     out = tmp_path / "feats.safetensors"
     old = os.umask(umask)
     try:
-        code, stdout, err = _run(
+        code, stdout, err = run_cli(
             [
                 "extract",
                 "-e",
@@ -106,24 +95,24 @@ def _keys(features: Path) -> set[str]:
 def test_extract_and_cache_list_agree_on_the_cache_root(tmp_path, capsys, caplog):
     root = tmp_path / "root"
     argv = ["extract", "-e", "random:text-384", "--probe", "synthetic", "--n", "8", "--quiet"]
-    code, _, err = _run([*argv, "--cache", str(root)], capsys)
+    code, _, err = run_cli([*argv, "--cache", str(root)], capsys)
     assert code == 0, err
     assert sorted(p.name for p in root.iterdir()) == ["features"]  # nothing else in the root
     (key,) = _keys(root / "features")
 
-    code, out, _ = _run(["cache", "list", "--cache", str(root)], capsys)
+    code, out, _ = run_cli(["cache", "list", "--cache", str(root)], capsys)
     assert code == 0 and key[:12] in out and "1 entries" in out
 
     # the features folder given in place of its root is recognised, with a note
-    code, out, _ = _run(["cache", "list", "--cache", str(root / "features")], capsys)
+    code, out, _ = run_cli(["cache", "list", "--cache", str(root / "features")], capsys)
     assert code == 0 and key[:12] in out
     assert "using its parent" in caplog.text
 
     # the same folder as ALIGNKIT_CACHE_DIR is the same cache: a hit, no second entry
     os.environ["ALIGNKIT_CACHE_DIR"], old = str(root), os.environ.get("ALIGNKIT_CACHE_DIR")
     try:
-        code, out, err = _run(argv, capsys)
-        code2, listing, _ = _run(["cache", "list"], capsys)
+        code, out, err = run_cli(argv, capsys)
+        code2, listing, _ = run_cli(["cache", "list"], capsys)
     finally:
         os.environ["ALIGNKIT_CACHE_DIR"] = old or ""
     assert code == 0 and "from the cache" in out, err
@@ -133,10 +122,10 @@ def test_extract_and_cache_list_agree_on_the_cache_root(tmp_path, capsys, caplog
 def test_rank_encoders_reads_what_extract_wrote_under_the_same_root(tmp_path, capsys):
     root = tmp_path / "root"
     common = ["--probe", "synthetic", "--n", "40", "--cache", str(root), "--quiet"]
-    code, _, err = _run(["extract", "-e", "random:image-512", *common], capsys)
+    code, _, err = run_cli(["extract", "-e", "random:image-512", *common], capsys)
     assert code == 0, err
     before = _keys(root / "features")
-    code, _, err = _run(
+    code, _, err = run_cli(
         [
             "rank-encoders",
             "-v",
@@ -162,20 +151,20 @@ def test_rank_encoders_reads_what_extract_wrote_under_the_same_root(tmp_path, ca
 def test_cache_off_and_the_deprecated_spellings(tmp_path, capsys):
     root = tmp_path / "root"
     argv = ["extract", "-e", "random:text-384", "--probe", "synthetic", "--n", "8", "--quiet"]
-    code, out, err = _run([*argv, "--cache", "off"], capsys)
+    code, out, err = run_cli([*argv, "--cache", "off"], capsys)
     assert code == 0 and "not cached" in out, err
 
-    code, _, err = _run([*argv, "--cache-dir", str(root)], capsys)
+    code, _, err = run_cli([*argv, "--cache-dir", str(root)], capsys)
     assert code == 0 and "--cache-dir is deprecated" in err
     assert len(_keys(root / "features")) == 1  # the old spelling now also names the root
 
-    code, out, err = _run([*argv, "--no-cache"], capsys)
+    code, out, err = run_cli([*argv, "--no-cache"], capsys)
     assert code == 0 and "not cached" in out and "--no-cache is deprecated" in err
 
-    code, _, err = _run([*argv, "--cache", str(root), "--no-cache"], capsys)
+    code, _, err = run_cli([*argv, "--cache", str(root), "--no-cache"], capsys)
     assert code == 1 and "--cache and --no-cache" in err
 
-    code, _, err = _run(["cache", "list", "--cache", "off"], capsys)
+    code, _, err = run_cli(["cache", "list", "--cache", "off"], capsys)
     assert code == 1 and "pass --cache DIR" in err
 
 
@@ -184,12 +173,12 @@ def test_old_layout_folder_holding_entries_directly_is_still_read(tmp_path, caps
 
     old = tmp_path / "mycache"  # what `rank-encoders --cache mycache` used to fill
     argv = ["extract", "-e", "random:text-384", "--probe", "synthetic", "--n", "8", "--quiet"]
-    code, _, err = _run([*argv, "--cache", str(tmp_path / "fresh")], capsys)
+    code, _, err = run_cli([*argv, "--cache", str(tmp_path / "fresh")], capsys)
     assert code == 0, err
     (tmp_path / "fresh" / "features").rename(old)
     where = locate_cache(old)
     assert where.features == old and where.note
     assert len(FeatureCache.at(old).list()) == 1
-    code, out, _ = _run([*argv, "--cache", str(old)], capsys)
+    code, out, _ = run_cli([*argv, "--cache", str(old)], capsys)
     assert code == 0 and "from the cache" in out
     assert not (old / "features").exists()

@@ -6,10 +6,9 @@ import json
 import time
 from pathlib import Path
 
+import _cli
 import pandas as pd
 import pytest
-
-from alignkit.cli import main
 
 OPTIONS = (
     "--vision",
@@ -41,11 +40,7 @@ OPTIONS = (
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["rank-encoders", *argv])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
+    return _cli.run_cli(["rank-encoders", *argv], capsys)
 
 
 def test_help_explains_every_option(capsys) -> None:

@@ -11,21 +11,16 @@ import re
 import shutil
 from pathlib import Path
 
+import _cli
 import pytest
 from PIL import Image
-
-from alignkit.cli import main
 
 FAST = ["-v", "random:image-16", "-t", "random:text-16", "--metric", "linear_cka_unbiased"]
 FAST += ["--permutations", "5", "--subsamples", "0", "--cache", "off", "--quiet"]
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["rank-encoders", *argv])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
+    return _cli.run_cli(["rank-encoders", *argv], capsys)
 
 
 def write_manifest(folder: Path, rows: int, bad: int = 0) -> Path:

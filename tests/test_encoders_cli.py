@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from _cli import run_cli
 
-from alignkit.cli import main
 from alignkit.encoders import OFFLINE_MODELS
-
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_list_encoders_prints_every_registry_model_with_its_offline_status(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, _ = _run(["list-encoders"], capsys)
+    code, out, _ = run_cli(["list-encoders"], capsys)
     assert code == 0
     lines = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
     for spec, model in OFFLINE_MODELS.items():
@@ -33,7 +23,7 @@ def test_list_encoders_prints_every_registry_model_with_its_offline_status(
 
 
 def test_list_encoders_filters(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(["list-encoders", "*minilm*", "--offline", "--modality", "text"], capsys)
+    code, out, _ = run_cli(["list-encoders", "*minilm*", "--offline", "--modality", "text"], capsys)
     assert code == 0
     specs = [line.split()[0] for line in out.splitlines()[2:-1]]
     assert specs and all("minilm" in s.lower() for s in specs)
@@ -43,6 +33,6 @@ def test_list_encoders_filters(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_list_encoders_bad_option_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(["list-encoders", "--modality", "audio"], capsys)
+    code, _, err = run_cli(["list-encoders", "--modality", "audio"], capsys)
     assert code == 1
     assert err.strip() == "error: --modality must be image, text or all: got 'audio'"

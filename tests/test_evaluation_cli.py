@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from _cli import run_cli
 
 from alignkit.cli import main
 from alignkit.errors import AlignkitError
@@ -26,13 +27,7 @@ VISION, TEXT = "random:image-16", "random:text-12"
 
 
 def _run(error_capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = error_capsys.readouterr()
-    return code, out, err
+    return run_cli(list(argv), error_capsys)
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli import run_cli
 
-from alignkit.cli import main
 from alignkit.encoders.identity import encoder_identity
 from alignkit.features import FeatureCache, cached_features, extract_features
 from alignkit.probes import load_probe
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -42,10 +32,10 @@ def no_build(monkeypatch):
 def test_cli_extract_rerun_does_not_build_the_encoder(tmp_path, capsys, no_build):
     argv = ["extract", "-e", "random:text-384", "--probe", "synthetic", "--n", "8", "--quiet"]
     argv += ["--cache", str(tmp_path)]
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0 and "extracted" in out, err
     no_build()
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "from the cache (encoder not built)" in out
 
@@ -54,10 +44,10 @@ def test_rank_encoders_rerun_does_not_build_any_encoder(tmp_path, capsys, no_bui
     argv = ["rank-encoders", "-v", "random:image-512", "-t", "random:text-384"]
     argv += ["--probe", "synthetic", "--n", "40", "--cache", str(tmp_path / "c"), "--quiet"]
     argv += ["--permutations", "0", "--subsamples", "0"]
-    code, _, err = _run([*argv, "--out", str(tmp_path / "a")], capsys)
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
     no_build()
-    code, _, err = _run([*argv, "--out", str(tmp_path / "b")], capsys)
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "b")], capsys)
     assert code == 0, err
 
 
@@ -142,8 +132,8 @@ def test_hub_models_have_no_cheap_identity_while_the_hub_is_reachable(monkeypatc
 def test_real_registry_encoder_rerun_builds_nothing(tmp_path, capsys, no_build, data_dir):
     argv = ["extract", "-e", "torchvision:mobilenet_v2", "--probe", "flickr8k:test", "--n", "8"]
     argv += ["--cache", str(tmp_path), "--quiet", "--batch-size", "8"]
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0 and "extracted" in out, err
     no_build()
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0 and "from the cache (encoder not built)" in out, err

@@ -15,11 +15,10 @@ import json
 import os
 from pathlib import Path
 
+import _cli
 import numpy as np
 import pandas as pd
 import pytest
-
-from alignkit.cli import main
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -41,11 +40,7 @@ RANKING_COLUMNS += ["null_mean", "ci_low", "ci_high", "significant", "max_rank_s
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["rank-encoders", *argv])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
+    return _cli.run_cli(["rank-encoders", *argv], capsys)
 
 
 def write_readme_manifests(data_dir: Path, folder: Path) -> tuple[Path, Path, list[dict]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli
 from encoders import tiny  # tests/encoders/tiny.py
 from PIL import Image
 
@@ -55,13 +56,7 @@ def probes(tmp_path_factory) -> dict[str, Path]:
 
 
 def _run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(["train", "--quiet", *args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(["train", "--quiet", *args], capsys)
 
 
 def _base(models, probes, out: Path, *extra: str) -> list[str]:
