@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _launch import launch
 from test_features_support import make_probe
 
 from alignkit.features import FeatureCache
@@ -31,28 +29,7 @@ def test_row_blocks_are_whole_batches_covering_every_row():
 
 
 def _run(args: dict, *, torchrun: bool) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR")}
-    env["OMP_NUM_THREADS"] = "1"
-    launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-        if torchrun
-        else [sys.executable]
-    )
-    proc = subprocess.Popen(
-        [*launcher, str(SUPPORT), json.dumps(args)],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its worker processes
-        out, err = proc.communicate()
-        pytest.fail(f"extraction timed out: {err[-3000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return launch([str(SUPPORT), json.dumps(args)], torchrun=torchrun)
 
 
 @pytest.mark.distributed

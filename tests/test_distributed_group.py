@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _launch import launch
 
 TESTS = Path(__file__).parent
 
@@ -50,23 +47,8 @@ def test_extraction_makes_a_process_group_only_when_asked_and_removes_it(tmp_pat
     script.write_text(
         SCRIPT.format(tests=str(TESTS), probe=str(tmp_path / "img"), out=str(tmp_path))
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR")}
-    env["OMP_NUM_THREADS"] = "1"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    proc = subprocess.Popen(
-        [*launcher, "--standalone", str(script)],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        _, err = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-        pytest.fail(f"timed out: {err[-3000:]}")
+    proc = launch([str(script)])
+    err = proc.stderr
     assert proc.returncode == 0, err[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert "every rank extracts every row" in err  # the unsharded run says so

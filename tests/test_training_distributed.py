@@ -4,14 +4,11 @@ equal one process on the same global batches (float64, to 1e-6)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _launch import launch
 from _training_support import ddp_cases, ddp_train_config, ddp_train_set
 
 from alignkit.projectors import TrainConfig, build_model, train_projector
@@ -36,31 +33,9 @@ def test_split_bounds_cover_every_row_in_near_equal_slices():
 
 @pytest.mark.distributed
 def test_two_ranks_give_the_one_process_loss_gradients_and_weights(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR")}
-    env["OMP_NUM_THREADS"] = "1"
     args = {"out": str(tmp_path), "config": ddp_train_config()}
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-    ]
-    proc = subprocess.Popen(
-        [*launcher, str(WORKER), json.dumps(args)],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        _, err = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
-        _, err = proc.communicate()
-        pytest.fail(f"torchrun timed out: {err[-3000:]}")
+    proc = launch([str(WORKER), json.dumps(args)])
+    err = proc.stderr
     assert proc.returncode == 0, err[-3000:]
 
     for name, (config, data, batch) in ddp_cases().items():
