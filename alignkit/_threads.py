@@ -104,8 +104,8 @@ def limit_threads(n: int) -> Iterator[int]:
     """Run the block with ``torch.set_num_threads(n)`` (n >= 1), and numpy's BLAS (OpenBLAS,
     MKL: the exact null moments multiply (n, n) matrices in numpy) at no more than n threads,
     then put the old counts back. Only lowers the counts: a caller that already asked for fewer
-    threads keeps its choice. (A BLAS product gives the same bits on 1 or 2 threads: its threads
-    split the output, not the sums.)"""
+    threads keeps its choice. Like torch's, a BLAS product's last bits can depend on its thread
+    count, so bitwise comparisons pin the threads on both sides."""
     import torch
 
     before = torch.get_num_threads()
