@@ -219,3 +219,67 @@ def test_prompt_and_caption_probes(tmp_path):
     assert caps.ids == ("a#0", "a#1", "b#0")
     assert index == [0, 0, 1]
     assert [r.captions for r in caps.rows] == [("one",), ("two",), ("three",)]
+
+
+# --- exact ties: every compared score from one product (issue 16, item 1) -------------------
+
+
+def _reference_ranks(queries, gallery, positives):
+    """float64 loop from the definition: 1 + #{non-positive j : s_qj >= max over positives}."""
+    scores = queries.double() @ gallery.double().T  # duplicated rows tie exactly here too
+    out = []
+    for i in range(scores.shape[0]):
+        pos = [int(p) for p in positives[i] if p >= 0]
+        best = max(float(scores[i, p]) for p in pos)
+        above = [j for j in range(scores.shape[1]) if j not in pos and float(scores[i, j]) >= best]
+        out.append(1 + len(above))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("gallery_block", [16384, 7])
+def test_constant_image_embedding_gets_no_lucky_rank(gallery_block):
+    # float (not integer) features that tie exactly: every image embedding is the same row
+    gen = torch.Generator().manual_seed(3)
+    n = 200
+    image = torch.nn.functional.normalize(torch.randn(1, 48, generator=gen), dim=-1).expand(n, 48)
+    image = image.contiguous()
+    text = torch.nn.functional.normalize(torch.randn(n, 48, generator=gen), dim=-1)
+    result = retrieval(image, text, torch.arange(n), gallery_block=gallery_block)
+    metrics = result.metrics()
+    assert metrics["text_to_image_R@1"]["value"] == 0.0
+    assert metrics["text_to_image_R@10"]["value"] == 0.0
+    assert bool((result.text_to_image == n).all())
+
+
+@pytest.mark.parametrize("gallery_block", [16384, 5])
+def test_ranks_equal_float64_reference_with_planted_float_ties(gallery_block):
+    gen = torch.Generator().manual_seed(11)
+    gallery = torch.randn(40, 16, generator=gen) * 0.37
+    gallery[7] = gallery[3]  # exact duplicates of float rows: tied with whatever points at 3
+    gallery[21] = gallery[3]
+    gallery[30] = gallery[12]
+    queries = torch.randn(25, 16, generator=gen) * 1.3
+    positives = torch.randint(0, 40, (25, 2), generator=gen)
+    positives[:, 0] = torch.tensor([3, 12] * 12 + [3])
+    positives[::4, 1] = -1
+    got = first_positive_ranks(queries, gallery, positives, gallery_block=gallery_block)
+    assert torch.equal(got, _reference_ranks(queries, gallery, positives))
+
+
+def test_zeroshot_tied_classes_count_against_the_image():
+    gen = torch.Generator().manual_seed(5)
+    weights = torch.nn.functional.normalize(torch.randn(6, 32, generator=gen), dim=-1)
+    weights[4] = weights[1]  # two classes with bit-identical weights (identical prompts)
+    images = weights[[1, 1, 4, 2]] + 0.01 * torch.randn(4, 32, generator=gen)
+    images[:3] = weights[1]
+    result = zeroshot(images, weights, [1, 4, 4, 2])
+    assert result.ranks[:3].tolist() == [2, 2, 2]  # the tie is lost, never won
+    assert result.metrics()["top1"]["value"] == 0.25
+
+
+def test_imagenet_class_names_are_distinct():
+    from alignkit.probes.formats import imagenet_class_names
+
+    names = imagenet_class_names()
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert names[657] == "missile" and names[744] == "projectile"

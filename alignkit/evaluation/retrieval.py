@@ -79,20 +79,37 @@ def first_positive_ranks(
 def _block_ranks(
     q: torch.Tensor, gallery: torch.Tensor, pos: torch.Tensor, gallery_block: int
 ) -> torch.Tensor:
+    # Every score a rank compares comes from one product, ``q @ block.T``: the ground truth's
+    # score is read out of the same matrix as its competitors', so an exactly tied wrong item
+    # compares equal (a separate einsum rounds differently and can lift the truth by an ulp).
+    # When the gallery spans several blocks, pass 1 finds the best ground-truth score and pass 2
+    # counts; both passes make the identical calls, so they see identical bits.
     valid = pos >= 0  # (B, p)
-    # scores of the ground-truth items: (B, p, d) . (B, d) -> (B, p)
-    pos_scores = torch.einsum("bpd,bd->bp", gallery[pos.clamp(min=0)], q)
-    best = pos_scores.masked_fill(~valid, -math.inf).max(dim=1).values  # (B,)
-    above = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     rows = torch.arange(q.shape[0], device=q.device)[:, None].expand_as(pos)  # (B, p)
-    for g0 in range(0, gallery.shape[0], gallery_block):
-        block = gallery[g0 : g0 + gallery_block]  # (C, d)
-        scores = q @ block.T  # (B, C)
-        local = pos - g0
-        inside = valid & (local >= 0) & (local < block.shape[0])
-        scores[rows[inside], local[inside]] = -math.inf  # ground truth never counts above itself
+    starts = range(0, gallery.shape[0], gallery_block)
+    best = torch.full((q.shape[0],), -math.inf, dtype=q.dtype, device=q.device)  # (B,)
+    kept: list[torch.Tensor] = []
+    for g0 in starts:
+        scores = q @ gallery[g0 : g0 + gallery_block].T  # (B, C)
+        inside = _inside(pos, valid, g0, scores.shape[1])
+        if bool(inside.any()):
+            local = torch.full_like(scores, -math.inf)
+            local[rows[inside], (pos - g0)[inside]] = scores[rows[inside], (pos - g0)[inside]]
+            best = torch.maximum(best, local.max(dim=1).values)
+        if len(starts) == 1:
+            kept.append(scores)
+    above = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    for i, g0 in enumerate(starts):
+        scores = kept[i] if kept else q @ gallery[g0 : g0 + gallery_block].T  # (B, C)
+        inside = _inside(pos, valid, g0, scores.shape[1])
+        scores[rows[inside], (pos - g0)[inside]] = -math.inf  # the truth never counts above itself
         above += (scores >= best[:, None]).sum(dim=1)
     return above + 1
+
+
+def _inside(pos: torch.Tensor, valid: torch.Tensor, g0: int, width: int) -> torch.Tensor:
+    """(B, p) mask of the ground-truth indices that fall in the gallery block starting at g0."""
+    return valid & (pos >= g0) & (pos < g0 + width)
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,10 @@ class RawProbe:
 @cache
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1,000 readable ImageNet-1k class names in standard index order (the curated list
-    used by CLIP's zero-shot notebooks, e.g. ``[1] == "goldfish"``)."""
+    used by CLIP's zero-shot notebooks, e.g. ``[1] == "goldfish"``), with one change: that list
+    names labels 657 and 744 both ``missile``, so their prompts are identical and the classes can
+    never be told apart; label 744 (WordNet n04008634, "projectile, missile") is ``projectile``,
+    its synset's first lemma. Every name is distinct."""
     text = resources.files("alignkit.probes").joinpath("imagenet_classes.txt").read_text("utf-8")
     return tuple(line for line in text.splitlines() if line)
 
