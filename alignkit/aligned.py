@@ -1,97 +1,40 @@
 """A trained pair you can use: frozen encoders + projectors, from raw images and strings.
 
-A run folder written by ``alignkit train`` (or :func:`save_aligned`) holds::
-
-    config.json              what to rebuild: the vision and text encoder specs and options,
-                             their weights identity, token-level or pooled features, the
-                             TrainConfig, probes and validation metrics
-    projector.safetensors    the projector weights (alignkit.projectors.save_model format)
+A run folder written by ``alignkit train`` holds ``config.json`` (the encoders and the recipe)
+and ``projector.safetensors`` (the projectors); :mod:`alignkit.runs.trained` describes it.
 
 :func:`load_aligned` rebuilds the encoders from their specs, checks that their weights identity is
 the one the projectors were trained on (a different checkpoint gives different features, and the
 projectors would silently map them to nonsense), and returns an :class:`AlignedModel`.
+:func:`load_pair` reads the same folder as an evaluation :class:`AlignedPair` (encoder specs and
+the projector heads; features then come from the feature cache).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.runs.trained import (
+    CONFIG,
+    FORMAT,
+    PROJECTOR,
+    EncoderRecord,
+    check_projector,
+    check_run_folder,
+    encoder_entry,
+    read_config,
+    write_config,
+)
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
+    from alignkit.evaluation.evaluate import AlignedPair
     from alignkit.projectors.modules import AlignmentModel
-
-CONFIG = "config.json"
-PROJECTOR = "projector.safetensors"
-FORMAT = "alignkit.aligned/1"
-
-
-@dataclass(frozen=True)
-class EncoderRecord:
-    """One frozen encoder as a run folder names it."""
-
-    spec: str
-    options: dict[str, Any]
-    weights: str  # Encoder.weights_identity() at training time
-    dim: int  # width of the features the projector takes (pooled dim, or token width)
-    tokens: bool  # trained on token-level features
-    prefix_tokens: int = 0  # image CLS/register tokens in front of the patch tokens
-
-    @classmethod
-    def of(cls, encoder: Encoder, options: dict[str, Any], tokens: bool, dim: int) -> EncoderRecord:
-        return cls(
-            spec=encoder.name,
-            options=dict(options),
-            weights=encoder.weights_identity(),
-            dim=int(dim),
-            tokens=bool(tokens),
-            prefix_tokens=int(getattr(encoder, "n_prefix", 0) or 0) if tokens else 0,
-        )
-
-
-def write_config(
-    run_dir: str | Path,
-    vision: EncoderRecord,
-    text: EncoderRecord,
-    train_config: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``config.json`` of a run folder atomically."""
-    from alignkit.features._io import atomic_path
-
-    path = Path(run_dir) / CONFIG
-    body = {
-        "format": FORMAT,
-        "vision": vision.__dict__,
-        "text": text.__dict__,
-        "train_config": train_config,
-        **(extra or {}),
-    }
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(body, indent=1, sort_keys=True, default=str))
-    return path
-
-
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """The parsed ``config.json`` of a run folder (one-line error when absent or foreign)."""
-    path = Path(run_dir) / CONFIG
-    try:
-        body = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AlignkitError(
-            f"no {CONFIG} in {run_dir}: expected a run folder written by `alignkit train`"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise AlignkitError(f"{path} is not readable JSON: {exc}") from exc
-    if body.get("format") != FORMAT:
-        raise AlignkitError(f"{path} is not an alignkit run config (format {body.get('format')!r})")
-    return body
 
 
 class AlignedModel:
@@ -198,6 +141,7 @@ def load_aligned(
     records = (EncoderRecord(**body["vision"]), EncoderRecord(**body["text"]))
     device = resolve_device(device)
     model, _, spec, _ = load_model(run_dir / PROJECTOR, device=device)
+    check_projector(run_dir, model, spec.image_dim, spec.text_dim)  # before any encoder is built
     encoders = []
     for record, modality, width in (
         (records[0], "image", spec.image_dim),
@@ -228,4 +172,51 @@ def load_aligned(
     return AlignedModel(encoders[0], encoders[1], model, records, body, batch_size)
 
 
-__all__ = ["AlignedModel", "EncoderRecord", "load_aligned", "read_config", "write_config"]
+def load_pair(run_dir: str | Path, device: str = "cpu") -> AlignedPair:
+    """An :class:`~alignkit.evaluation.evaluate.AlignedPair` from a run folder: its encoder specs
+    and its trained heads (on CPU: the heads are small; ``device`` is kept for symmetry).
+
+    Raises:
+        AlignkitError (one line, before any encoder is built): the folder is not a finished
+            trained run (says what it is), the projector file is damaged or holds non-finite
+            weights, or config.json's encoder widths disagree with the projector's inputs.
+    """
+    from alignkit.evaluation.evaluate import AlignedPair
+    from alignkit.projectors.build import load_model
+
+    run = Path(run_dir)
+    cfg = check_run_folder(run)
+    vision, v_opts = encoder_entry(cfg, "image", run / CONFIG)
+    text, t_opts = encoder_entry(cfg, "text", run / CONFIG)
+    model, _, spec, _ = load_model(run / PROJECTOR, device="cpu")
+    check_projector(run, model, spec.image_dim, spec.text_dim)
+    model.eval()
+    holder = cfg.get("encoders", cfg)
+    weights = {
+        m: holder[k]["weights"]
+        for m, k in (("image", "vision"), ("text", "text"))
+        if isinstance(holder.get(k), Mapping) and holder[k].get("weights")
+    }
+    return AlignedPair(
+        vision,
+        text,
+        model.encode_image,
+        model.encode_text,
+        name=run.name,
+        encoder_options={"image": v_opts, "text": t_opts},
+        weights=weights,
+        dims={"image": spec.image_dim, "text": spec.text_dim},
+    )
+
+
+__all__ = [
+    "CONFIG",
+    "FORMAT",
+    "PROJECTOR",
+    "AlignedModel",
+    "EncoderRecord",
+    "load_aligned",
+    "load_pair",
+    "read_config",
+    "write_config",
+]

@@ -17,8 +17,8 @@ with timings is in ``docs/evaluation.md``.
 The full grid is the 4 offline vision encoders (3 pretrained + random-init MobileNetV2) x 5
 offline text encoders (4 pretrained + random-init MiniLM) = 20 pairs, 8 with a control.
 
-Uses the public API only (``alignkit.predictivity``); every stage is cached, so a rerun after an
-interruption continues.
+Uses the public API only (``alignkit.evaluation.predictivity``); every stage is cached, so a
+rerun after an interruption continues.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import shutil
 import time
 from pathlib import Path
 
-from alignkit.predictivity import PredictivityConfig, run_predictivity
+from alignkit.evaluation.predictivity import PredictivityConfig, run_predictivity
 
 MOBILENET = "torchvision:mobilenet_v2"
 MINILM = "st:sentence-transformers/all-MiniLM-L6-v2"

@@ -47,7 +47,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignkit.compare import score_pairs  # noqa: E402
 from alignkit.metrics import (  # noqa: E402
     linear_cka,
     mutual_knn,
@@ -55,6 +54,7 @@ from alignkit.metrics import (  # noqa: E402
     permutation_null,
     rbf_cka,
 )
+from alignkit.metrics.pairs import score_pairs  # noqa: E402
 
 THREADS = 2
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from _cli import run_cli
 
+from alignkit.aligned import load_pair
 from alignkit.cli import main
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.evaluate import (
@@ -19,9 +20,9 @@ from alignkit.evaluation.evaluate import (
 )
 from alignkit.evaluation.prompts import caption_probe
 from alignkit.evaluation.retrieval import retrieval
-from alignkit.evaluation.runs import check_run_folder, load_pair, write_run_config
 from alignkit.features import extract_features
 from alignkit.probes import ProbeRow, ProbeSet, load_probe
+from alignkit.runs import check_run_folder, write_run_config
 
 VISION, TEXT = "random:image-16", "random:text-12"
 

@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from alignkit.errors import AlignkitError
-from alignkit.predictivity import PredictivityConfig, correlate, read_grid, run_predictivity
+from alignkit.evaluation.predictivity import (
+    PredictivityConfig,
+    correlate,
+    read_grid,
+    run_predictivity,
+)
 
 
 def naive_ranks(x):
@@ -160,6 +165,6 @@ def test_tiny_grid_runs_and_resumes(tmp_path, data_dir, monkeypatch):
     assert (folder / "metrics.json").stat().st_mtime_ns == metrics_stamp
     pd.testing.assert_frame_equal(first.pairs, second.pairs)
     # the pair folder is an evaluable run folder
-    from alignkit.evaluation.runs import check_run_folder
+    from alignkit.runs import check_run_folder
 
     assert check_run_folder(folder)["vision"]["spec"] == "random:image-16"

@@ -48,6 +48,8 @@ class AlignedPair:
             "text": {...}}``), e.g. pooling.
         weights: the encoders' ``weights_identity()`` at training time, per modality; a built
             encoder with other weights is refused (its features would be nonsense to the heads).
+        dims: the heads' input widths per modality (when known); an encoder of another width is
+            refused before any extraction.
     """
 
     vision: Any
@@ -57,6 +59,7 @@ class AlignedPair:
     name: str = ""
     encoder_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     weights: Mapping[str, str] = field(default_factory=dict)
+    dims: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -88,6 +91,13 @@ class _Features:
                 raise AlignkitError(
                     f"{spec}: its weights ({enc.weights_identity()}) are not the ones the "
                     f"projector was trained on ({want}); install those weights or retrain"
+                )
+            width = self.pair.dims.get(modality)
+            if width is not None and enc.dim != width:
+                raise AlignkitError(
+                    f"{spec} gives {enc.dim}-wide features here, but the {self.pair.name} "
+                    f"projector takes {width}: config.json names another encoder (or other "
+                    "options) than the run was trained on; retrain the run"
                 )
             self._built[modality] = enc
         return self._built[modality]

@@ -2,7 +2,7 @@
 
 It drives the metrics through their engines (per-representation ``prepare`` once, a ``cross`` term
 per pair and permutation, exact null ``moments`` where the metric has them), so it lives beside
-them (issue #9; formerly ``alignkit.compare``, which still re-exports it).
+them (issue #9; formerly ``alignkit.compare``).
 
 The scores table is long-form, one row per (vision, text, metric, vision_layer, text_layer),
 with exactly the columns in :data:`SCORE_COLUMNS`:

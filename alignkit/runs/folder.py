@@ -29,6 +29,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -143,6 +144,34 @@ class RunFolder:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_writable(folder: str | Path, what: str = "the results") -> None:
+    """Refuse an output folder that cannot be written, before any work: a file in the way, no
+    permission, an immutable (``chattr +i``) or read-only folder, a full disk. Creates and
+    removes a small file in ``folder`` or its nearest existing ancestor (``os.access`` alone
+    says yes to root on an immutable folder).
+
+    Raises:
+        AlignkitError: one line naming the folder and the reason.
+    """
+    folder = Path(folder)
+    target = _existing_ancestor(folder)
+    if not target.is_dir():
+        raise AlignkitError(f"cannot write {what} into {folder}: {target} is a file; give a folder")
+    probe = target / f".alignkit-write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"\0" * 4096)
+    except OSError as exc:
+        raise AlignkitError(
+            f"cannot write {what} into {folder}: {exc.strerror or exc} ({target}); choose "
+            "another folder, or free space / fix its permissions"
+        ) from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _existing_ancestor(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -222,6 +251,7 @@ __all__ = [
     "RUN_FILE",
     "OutputExistsError",
     "RunFolder",
+    "check_writable",
     "default_run_dir",
     "jsonable",
     "read_run_json",

@@ -1,0 +1,405 @@
+"""The predictivity run as a list of named stages, each resumable from what the folder holds.
+
+    set-up    check the folder and every probe (cheap: no model), then accept the run and
+              write config.json (only now: a refused run leaves the folder as it was)
+    scores    score_pairs of every vision x text pair on the scoring probe, with the permutation
+              null (each metric also gets its calibrated z); scores.csv
+    pairs     train one fixed recipe per pair and evaluate it, in pairs/<pair>/ (a finished pair
+              folder is reused: train_projector returns a finished run as is)
+    analysis  pairs.csv, correlations.csv and predictivity.png, once every pair is done
+
+Each stage output carries a key of the fields it depends on; a changed field reruns that stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from alignkit._files import atomic_write_text
+from alignkit.errors import AlignkitError
+from alignkit.evaluation.predictivity.config import FORMAT, PredictivityConfig
+from alignkit.evaluation.predictivity.plan import Plan, make_plan
+from alignkit.evaluation.predictivity.tables import correlate, pair_table
+
+log = logging.getLogger(__name__)
+
+SCORE_FIELDS = ("vision", "text", "score_probe", "score_n", "metrics", "permutations")
+EVAL_FIELDS = (
+    "zeroshot", "retrieval", "eval_n", "templates", "train", "train_probe", "train_n",
+    "val_probe", "val_n", "train_captions", "seed",
+)  # fmt: skip
+#: what a finished experiment folder holds besides config.json
+OUTPUTS = ("scores.csv", "pairs", "pairs.csv", "correlations.csv", "predictivity.png")
+
+
+@dataclass
+class PredictivityResult:
+    """``pairs``: one row per pair (vision, text, control, ``pre/<metric>`` and
+    ``pre/<metric>/z`` columns, ``post/<result>`` columns). ``correlations``: one row per
+    (pre, post) with n_pairs, spearman (+ _low/_high), kendall (+ _low/_high), loeo_min,
+    loeo_mean, rho_no_controls, n_no_controls."""
+
+    pairs: pd.DataFrame
+    correlations: pd.DataFrame
+    config: PredictivityConfig
+    out_dir: Path | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    def best(self, result: str, kind: str = "z") -> pd.DataFrame:
+        """The correlation rows of one post-training result, best Spearman first."""
+        rows = self.correlations
+        rows = rows[(rows["post"] == result) & (rows["kind"] == kind)]
+        return rows.sort_values("spearman", ascending=False).reset_index(drop=True)
+
+
+@dataclass
+class _Run:
+    """What the stages share: the experiment, its folder, and how models run."""
+
+    config: PredictivityConfig
+    out: Path
+    cache: Any
+    device: str
+    progress: bool
+    probes: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    encoders: dict[str, Any] = field(default_factory=dict)
+
+    def encoder(self, spec: str) -> Any:
+        """The encoder of ``spec``, built once per run (only for a pair that trains)."""
+        from alignkit.encoders import create_encoder
+
+        if spec not in self.encoders:
+            self.encoders[spec] = create_encoder(spec, device=self.device)
+        return self.encoders[spec]
+
+    def features(self, spec: str, probe: Any) -> torch.Tensor:
+        from alignkit.features import extract_features
+
+        # a spec, not a built encoder: a cache hit builds no model
+        return extract_features(
+            spec, probe, cache=self.cache, device=self.device, progress=self.progress
+        ).features
+
+
+def pair_folder(out: Path, vision: str, text: str) -> Path:
+    def s(x: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in x)
+
+    return out / "pairs" / f"{s(vision)}__{s(text)}"
+
+
+def run_predictivity(
+    config: PredictivityConfig,
+    out_dir: str | Path,
+    *,
+    cache: Any = None,
+    device: str | None = None,
+    progress: bool = False,
+    stop_after: str | None = None,
+    only: Sequence[tuple[str, str]] | None = None,
+    skip_unfinished: bool = False,
+    overwrite: bool = False,
+    on_plan: Callable[[Plan], None] | None = None,
+) -> PredictivityResult | None:
+    """Run (or resume) the whole experiment into ``out_dir`` (stages: see the module docstring).
+
+    Args:
+        cache, device: default the config's (``config.cache``, ``config.device``).
+        stop_after: ``"scores"`` stops once ``scores.csv`` is written (returns None).
+        only: train and evaluate just these ``(vision, text)`` pairs and return None (several
+            processes can share one grid; a last call without ``only`` writes the tables).
+        skip_unfinished: analyse only the pairs already evaluated (the others are listed in
+            ``result.timings["skipped_pairs"]``) instead of training them.
+        overwrite: start over in a folder that holds an experiment with another recipe (its
+            results are deleted).
+        on_plan: called with the :class:`~.plan.Plan` once every check has passed, before the
+            first extraction (the CLI prints it).
+
+    Raises:
+        AlignkitError: ``out_dir`` holds an experiment with another recipe or scoring probe (the
+            message lists the fields; pass overwrite=True or choose another folder), bad config
+            values, unknown probes, missing data.
+    """
+    if stop_after not in (None, "scores"):
+        raise AlignkitError(f"stop_after must be None or 'scores': got {stop_after!r}")
+    run = _Run(
+        config,
+        Path(out_dir),
+        config.cache if cache is None else cache,
+        config.device if device is None else device,
+        progress,
+    )
+    _set_up(run, overwrite)
+    if on_plan is not None:
+        done = len(finished_pairs(run.out, config))
+        on_plan(make_plan(config, run.probes, done, run.device))
+    t0 = time.perf_counter()
+    scores = _scores(run) if only is None else None  # `only` runs train and evaluate only
+    run.timings["scores_s"] = time.perf_counter() - t0
+    if stop_after == "scores":
+        return None
+    t1 = time.perf_counter()
+    rows = _pairs(run, only, skip_unfinished)
+    run.timings["train_eval_s"] = time.perf_counter() - t1
+    if only is not None:
+        return None
+    return _analysis(run, scores, rows)
+
+
+# -- set-up ---------------------------------------------------------------------------------------
+def saved_config(out: Path) -> dict[str, Any] | None:
+    """The config of the experiment ``out`` holds, ``None`` when it holds none."""
+    saved = out / "config.json"
+    if not saved.is_file():
+        return None
+    try:
+        body = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AlignkitError(
+            f"{saved} is not readable JSON ({exc}); choose another out folder"
+        ) from None
+    if not isinstance(body, Mapping) or body.get("format") != FORMAT:
+        raise AlignkitError(
+            f"{out} holds a config.json that is not a predictivity experiment's; choose another "
+            "out folder"
+        )
+    return dict(body.get("config", {}))
+
+
+def _set_up(run: _Run, overwrite: bool) -> None:
+    """Refuse a folder that holds another experiment, load and check every probe, then accept
+    the run: only now is config.json written."""
+    out, config = run.out, run.config
+    if out.exists() and not out.is_dir():
+        raise AlignkitError(f"the output folder {out} is a file; give a folder path")
+    old = saved_config(out)
+    if old is not None and not overwrite:
+        changed = config.recipe_differences(old)
+        if changed:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise AlignkitError(
+                f"{out} holds an experiment with another recipe ({listed}); its trained pairs "
+                "do not fit this one: choose another out folder, or pass overwrite=True to "
+                "delete it and start over"
+            )
+    _load_probes(run)
+    config.train_config()
+    if old is not None and overwrite:
+        for name in OUTPUTS:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    body = {"format": FORMAT, "config": config.to_dict()}
+    atomic_write_text(out / "config.json", json.dumps(body, indent=2))
+
+
+def _load_probes(run: _Run) -> None:
+    from alignkit.evaluation.evaluate import check_retrieval_probe, check_zeroshot_probe
+    from alignkit.probes import load_probe
+
+    config = run.config
+
+    def eval_n(spec: str) -> int | None:
+        return config.eval_n.get(spec) if isinstance(config.eval_n, Mapping) else config.eval_n
+
+    p = run.probes
+    p["score"] = load_probe(config.score_probe, n=config.score_n, progress=False)
+    p["train"] = load_probe(config.train_probe, n=config.train_n, progress=False)
+    p["val"] = (
+        load_probe(config.val_probe, n=config.val_n, progress=False) if config.val_probe else None
+    )
+    if p["val"] is not None and set(p["val"].ids) & set(p["train"].ids):
+        raise AlignkitError(
+            f"the validation probe {p['val'].name} shares rows with the training probe "
+            f"{p['train'].name}; choose disjoint splits"
+        )
+    p["zeroshot"] = [load_probe(s, n=eval_n(s), progress=False) for s in config.zeroshot]
+    p["retrieval"] = [load_probe(s, n=eval_n(s), progress=False) for s in config.retrieval]
+    for probe in p["zeroshot"]:
+        check_zeroshot_probe(probe)
+    for probe in p["retrieval"]:
+        check_retrieval_probe(probe)
+
+
+# -- scores ---------------------------------------------------------------------------------------
+def _scores(run: _Run) -> pd.DataFrame:
+    """scores.csv: every pair's pre-training metrics with their permutation null."""
+    from alignkit.features import extract_features
+    from alignkit.metrics.pairs import score_pairs
+
+    config, probe = run.config, run.probes["score"]
+    path = run.out / "scores.csv"
+    key = config.stage_key(*SCORE_FIELDS) + f"-{probe.fingerprint}-k{config.k}-s{config.seed}"
+    scores = _read_stage_csv(path, key)
+    if scores is not None:
+        return scores
+
+    def extract(spec: str) -> Any:
+        return extract_features(
+            spec, probe, cache=run.cache, device=run.device, progress=run.progress
+        )
+
+    scores = score_pairs(
+        [extract(v) for v in config.vision],
+        [extract(t) for t in config.text],
+        list(config.metrics),
+        n_permutations=config.permutations,
+        seed=config.seed,
+        progress=run.progress,
+        **({"k": config.k} if any("knn" in m for m in config.metrics) else {}),
+    )
+    scores["stage_key"] = key
+    atomic_write_text(path, scores.to_csv(index=False))
+    return scores
+
+
+def _read_stage_csv(path: Path, key: str) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    if "stage_key" not in frame or frame.empty or str(frame["stage_key"].iloc[0]) != key:
+        return None
+    return frame
+
+
+# -- pairs ----------------------------------------------------------------------------------------
+def finished_pairs(out: Path, config: PredictivityConfig) -> list[tuple[str, str]]:
+    """The pairs of the grid whose evaluation in ``out`` matches the config (resume skips them)."""
+    key = config.stage_key(*EVAL_FIELDS)
+    return [
+        (v, t)
+        for v, t in config.pairs
+        if _read_stage_json(pair_folder(out, v, t) / "metrics.json", key) is not None
+    ]
+
+
+def _pairs(
+    run: _Run, only: Sequence[tuple[str, str]] | None, skip_unfinished: bool
+) -> list[dict[str, Any]]:
+    """Train and evaluate every pair (or ``only`` these); reuse the finished ones."""
+    todo = run.config.pairs
+    if only is not None:
+        unknown = [p for p in only if tuple(p) not in todo]
+        if unknown:
+            raise AlignkitError(f"only names pairs outside the grid: {unknown}")
+        todo = [tuple(p) for p in only]
+    key = run.config.stage_key(*EVAL_FIELDS)
+    rows, skipped = [], []
+    for v, t in todo:
+        metrics = _read_stage_json(pair_folder(run.out, v, t) / "metrics.json", key)
+        if metrics is None and skip_unfinished:
+            skipped.append(f"{v} x {t}")
+            continue
+        if metrics is None:
+            metrics = _train_and_evaluate(run, v, t, key)
+        rows.append({"vision": v, "text": t, "metrics": metrics})
+    if skipped:
+        run.timings["skipped_pairs"] = skipped
+        log.warning("%d unfinished pairs left out: %s", len(skipped), "; ".join(skipped))
+    return rows
+
+
+def _train_and_evaluate(run: _Run, v: str, t: str, key: str) -> dict[str, Any]:
+    """One pair: train the recipe into its folder, name its encoders, evaluate, write metrics."""
+    from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
+    from alignkit.projectors import train_projector
+    from alignkit.runs.metrics import write_metrics
+    from alignkit.runs.trained import write_run_config
+
+    config, folder = run.config, pair_folder(run.out, v, t)
+    train = _paired(run, run.probes["train"], v, t)
+    val = _paired(run, run.probes["val"], v, t) if run.probes["val"] is not None else None
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = config.train_config()
+    result = train_projector(
+        recipe, train, val, out_dir=folder, device=run.device, progress=run.progress
+    )
+    model = result.model.to("cpu").eval()
+    vision, text = run.encoder(v), run.encoder(t)
+    write_run_config(
+        folder, vision, text, dims=(train.image_dim, train.text_dim), train_config=recipe.to_dict()
+    )
+    pair = AlignedPair(vision, text, model.encode_image, model.encode_text, name=f"{v} x {t}")
+    metrics = evaluate_pair(
+        pair,
+        zeroshot_probes=run.probes["zeroshot"],
+        retrieval_probes=run.probes["retrieval"],
+        templates=config.templates,
+        cache=run.cache,
+        device=run.device,
+        progress=run.progress,
+    )
+    about = {"command": "predictivity", "stage_key": key, "vision": v, "text": t}
+    keyed = {k: {**value, "stage_key": key} for k, value in metrics.items()}
+    write_metrics(folder, keyed, about={**about, "train_steps": result.steps})
+    return keyed
+
+
+def _read_stage_json(path: Path, key: str) -> dict[str, Any] | None:
+    """The metrics a pair folder holds from the predictivity evaluation with stage ``key``, or
+    ``None`` (the pair files of earlier versions keep the key at the top level)."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "format" not in data:  # an earlier version's pair file
+        return data["metrics"] if data.get("stage_key") == key else None
+    mine = {k: v for k, v in data.get("metrics", {}).items() if v.get("stage_key") == key}
+    return mine or None
+
+
+def _paired(run: _Run, probe: Any, v: str, t: str) -> Any:
+    from alignkit.evaluation.prompts import caption_probe
+    from alignkit.projectors import PairedFeatures
+
+    image = run.features(v, probe)
+    if run.config.train_captions == "all":
+        captions, index = caption_probe(probe)
+        text = run.features(t, captions)
+        t2i = torch.tensor(index, dtype=torch.long)
+    else:
+        text = run.features(t, probe)
+        t2i = torch.arange(len(probe), dtype=torch.long)
+    return PairedFeatures(image, text, t2i, list(probe.ids))
+
+
+# -- analysis -------------------------------------------------------------------------------------
+def _analysis(run: _Run, scores: pd.DataFrame, rows: list[dict[str, Any]]) -> PredictivityResult:
+    """pairs.csv, correlations.csv and the figure, from the scores and the pairs' results."""
+    pairs = pair_table(scores, rows, run.config)
+    correlations = correlate(pairs, run.config)
+    atomic_write_text(run.out / "pairs.csv", pairs.to_csv(index=False))
+    atomic_write_text(run.out / "correlations.csv", correlations.to_csv(index=False))
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from alignkit.evaluation.predictivity.plot import plot_predictivity
+
+    fig = plot_predictivity(pairs, run.config, correlations=correlations)
+    from alignkit._files import atomic_path
+
+    with atomic_path(run.out / "predictivity.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return PredictivityResult(pairs, correlations, run.config, run.out, run.timings)
+
+
+__all__ = [
+    "PredictivityResult",
+    "finished_pairs",
+    "pair_folder",
+    "run_predictivity",
+    "saved_config",
+]

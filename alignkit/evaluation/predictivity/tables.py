@@ -1,0 +1,204 @@
+"""The predictivity study's tables and statistics, and the sentences that lead its report.
+
+Spearman rho and Kendall tau-b over pairs (average ranks for ties), percentile bootstrap
+intervals over pairs (pairs resampled with replacement; the same resamples for every cell), and
+leave-one-encoder-out rho: nothing is fitted in a rank correlation, so "held out" means rho over
+the pairs that do *not* contain encoder E, for each E of the grid. ``loeo_min`` is the smallest
+(does the correlation survive dropping any one encoder?) and ``rho_no_controls`` is rho over the
+pairs without a control encoder (does the metric order real pairs, or only separate real pairs
+from random-init ones?).
+
+Too few pairs: with fewer than :data:`MIN_PAIRS` pairs even a perfect order is not evidence (the
+exact permutation p of rho = 1 over n pairs is 2/n!, 0.083 at n = 4), and a bootstrap over so few
+pairs resamples two or three distinct pairs and reports intervals such as [1.0, 1.0] that claim a
+certainty it does not have. Below that count the intervals are NaN and the verdict says so.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alignkit.evaluation.predictivity.config import PredictivityConfig
+
+MIN_PAIRS = 5
+#: why a correlations column can be NaN (printed under the table for the all-NaN ones)
+NAN_REASONS = {
+    "spearman_low": f"fewer than {MIN_PAIRS} pairs: no interval can mean what it claims",
+    "kendall_low": f"fewer than {MIN_PAIRS} pairs: no interval can mean what it claims",
+    "loeo_min": "leaving out any one encoder leaves fewer than 3 pairs",
+    "rho_no_controls": "fewer than 3 pairs without a control encoder",
+}
+
+
+def pair_table(
+    scores: pd.DataFrame, rows: Sequence[Mapping[str, Any]], config: PredictivityConfig
+) -> pd.DataFrame:
+    """One row per pair: pre-training scores (raw and z) and post-training results."""
+    last = scores
+    if "vision_layer" in scores:
+        last = scores[(scores["vision_layer"] == -1) & (scores["text_layer"] == -1)]
+    table = []
+    for row in rows:
+        v, t = row["vision"], row["text"]
+        rec: dict[str, Any] = {
+            "vision": v,
+            "text": t,
+            "control": config.is_control(v) or config.is_control(t),
+        }
+        mine = last[(last["vision"] == v) & (last["text"] == t)]
+        for _, s in mine.iterrows():
+            rec[f"pre/{s['metric']}"] = float(s["score"])
+            rec[f"pre/{s['metric']}/z"] = float(s["z"])
+        for key, value in row["metrics"].items():
+            if any(fnmatch.fnmatchcase(key, pat) for pat in config.results):
+                rec[f"post/{key}"] = float(value["value"])
+        table.append(rec)
+    return pd.DataFrame(table)
+
+
+def correlate(pairs: pd.DataFrame, config: PredictivityConfig) -> pd.DataFrame:
+    """Spearman rho and Kendall tau-b of each pre-training column against each post-training
+    column, with percentile bootstrap intervals over pairs (NaN below :data:`MIN_PAIRS` pairs)
+    and leave-one-encoder-out rho. One row per (pre, kind, post)."""
+    pre_cols = [c for c in pairs if c.startswith("pre/")]
+    post_cols = [c for c in pairs if c.startswith("post/")]
+    rng = np.random.default_rng(config.seed)
+    n = len(pairs)
+    boot = rng.integers(0, n, size=(config.bootstrap, n))  # the same resamples for every cell
+    out = []
+    for pre in pre_cols:
+        x = pairs[pre].to_numpy(float)
+        for post in post_cols:
+            y = pairs[post].to_numpy(float)
+            metric = pre.removeprefix("pre/")
+            out.append(
+                {
+                    "pre": metric.removesuffix("/z"),
+                    "kind": "z" if metric.endswith("/z") else "raw",
+                    "post": post.removeprefix("post/"),
+                    **_cell(pairs, x, y, boot, config.level),
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def _cell(
+    pairs: pd.DataFrame, x: np.ndarray, y: np.ndarray, boot: np.ndarray, level: float
+) -> dict[str, Any]:
+    """The statistics of one (pre, post) column pair."""
+    from scipy import stats
+
+    n = len(x)
+    alpha = (1 - level) / 2
+    rho = _spearman(x, y)
+    tau = float(stats.kendalltau(x, y, variant="b").statistic)
+    if n >= MIN_PAIRS:
+        b_rho = np.array([_spearman(x[i], y[i]) for i in boot])
+        b_tau = np.array([stats.kendalltau(x[i], y[i], variant="b").statistic for i in boot])
+        rho_iv = (float(np.nanquantile(b_rho, alpha)), float(np.nanquantile(b_rho, 1 - alpha)))
+        tau_iv = (float(np.nanquantile(b_tau, alpha)), float(np.nanquantile(b_tau, 1 - alpha)))
+    else:
+        rho_iv = tau_iv = (math.nan, math.nan)
+    loeo = []
+    for e in dict.fromkeys([*pairs["vision"], *pairs["text"]]):
+        keep = ((pairs["vision"] != e) & (pairs["text"] != e)).to_numpy(bool)
+        if keep.sum() >= 3:
+            loeo.append(_spearman(x[keep], y[keep]))
+    loeo_arr = np.array(loeo, float)
+    real = ~pairs["control"].to_numpy(bool)
+    return {
+        "n_pairs": n,
+        "spearman": rho,
+        "spearman_low": rho_iv[0],
+        "spearman_high": rho_iv[1],
+        "kendall": tau,
+        "kendall_low": tau_iv[0],
+        "kendall_high": tau_iv[1],
+        "loeo_min": float(np.nanmin(loeo_arr)) if np.isfinite(loeo_arr).any() else math.nan,
+        "loeo_mean": float(np.nanmean(loeo_arr)) if np.isfinite(loeo_arr).any() else math.nan,
+        "rho_no_controls": _spearman(x[real], y[real]) if real.sum() >= 3 else math.nan,
+        "n_no_controls": int(real.sum()),
+    }
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rho (average ranks for ties); NaN when either side is constant."""
+    from scipy import stats
+
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def headline_metric(config: PredictivityConfig) -> str:
+    """The pre-training metric the verdict sentences and the figure lead with: the grid's first
+    (choosing the best of several after the fact would overstate it)."""
+    return config.metrics[0]
+
+
+def verdicts(correlations: pd.DataFrame, config: PredictivityConfig) -> list[str]:
+    """One sentence per post-training result: how well the headline metric's calibrated z
+    predicted it ("over N pairs, X predicted Y at rho R [low, high]"), or that N pairs are too
+    few to conclude anything."""
+    metric = headline_metric(config)
+    rows = correlations[(correlations["pre"] == metric) & (correlations["kind"] == "z")]
+    out = []
+    for _, r in rows.iterrows():
+        n = int(r["n_pairs"])
+        rho = (
+            "undefined (a constant column)" if math.isnan(r["spearman"]) else f"{r['spearman']:.2f}"
+        )
+        head = f"over {n} pairs, {metric} (z) predicted {r['post']} at rho {rho}"
+        if n < MIN_PAIRS:
+            p = 2 / math.factorial(n)
+            out.append(
+                f"{head}: too few pairs to conclude anything (even a perfect order of {n} pairs "
+                f"arises by chance with p = {p:.3g}); add encoders to the grid"
+            )
+            continue
+        iv = (
+            f" [{r['spearman_low']:.2f}, {r['spearman_high']:.2f}] "
+            f"({100 * config.level:.0f} % bootstrap over pairs)"
+        )
+        tail = ""
+        if not math.isnan(r["rho_no_controls"]) and int(r["n_no_controls"]) < n:
+            tail = (
+                f"; without controls rho {r['rho_no_controls']:.2f} over "
+                f"{int(r['n_no_controls'])} pairs"
+            )
+        out.append(f"{head}{iv}{tail}")
+    return out
+
+
+def printable(correlations: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """``correlations[columns]`` without the columns that are NaN in every row, and one note per
+    dropped column saying why it is empty (the CSV keeps every column)."""
+    keep, notes = [], []
+    for col in columns:
+        if col in correlations and correlations[col].isna().all() and col in _REASON_OF:
+            notes.append(f"{col}: not shown, {_REASON_OF[col]}")
+        else:
+            keep.append(col)
+    return correlations[keep], notes
+
+
+_REASON_OF = {
+    **NAN_REASONS,
+    "spearman_high": NAN_REASONS["spearman_low"],
+    "kendall_high": NAN_REASONS["kendall_low"],
+}
+
+__all__ = [
+    "MIN_PAIRS",
+    "correlate",
+    "headline_metric",
+    "pair_table",
+    "printable",
+    "verdicts",
+]
