@@ -138,10 +138,13 @@ def load_aligned(
 
     run_dir = Path(run_dir)
     body = read_config(run_dir)
-    records = (EncoderRecord(**body["vision"]), EncoderRecord(**body["text"]))
     device = resolve_device(device)
     model, _, spec, _ = load_model(run_dir / PROJECTOR, device=device)
     check_projector(run_dir, model, spec.image_dim, spec.text_dim)  # before any encoder is built
+    records = (
+        EncoderRecord.read(body["vision"], spec.image_dim),
+        EncoderRecord.read(body["text"], spec.text_dim),
+    )
     encoders = []
     for record, modality, width in (
         (records[0], "image", spec.image_dim),
@@ -154,7 +157,7 @@ def load_aligned(
                 f"{enc.modality} encoder"
             )
         have = enc.weights_identity()
-        if have != record.weights:
+        if record.weights and have != record.weights:
             msg = (
                 f"{record.spec} here has weights {have!r}, but the projectors in {run_dir} were "
                 f"trained on {record.weights!r}: install those weights (see `alignkit "

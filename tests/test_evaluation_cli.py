@@ -192,3 +192,238 @@ def test_quiet_silences_alignkit_logs_for_the_command_only(tmp_path):
         main(["evaluate", "--run", str(tmp_path), "--quiet"])
     assert exc.value.code == 1
     assert log.level == before
+
+
+# -- the command's options are the declaration (issue 20) -----------------------------------------
+def test_the_options_table_in_the_docs_is_the_declaration() -> None:
+    from pathlib import Path
+
+    from alignkit.cli._options import options_markdown
+    from alignkit.evaluation.config import EvaluateConfig
+
+    doc = (Path(__file__).parents[1] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    table = doc.split("<!-- evaluate-options:begin -->\n", 1)[1].split("\n<!-- evaluate-", 1)[0]
+    assert table == options_markdown(EvaluateConfig), "regenerate the table in docs/evaluation.md"
+
+
+def test_evaluate_shares_the_vocabulary_and_device_defaults_to_auto() -> None:
+    from alignkit.evaluation.config import EvaluateConfig
+    from alignkit.options import declared
+    from alignkit.vocabulary import SHARED
+
+    fields = {f.name: (f, opt) for f, opt in declared(EvaluateConfig)}
+    assert EvaluateConfig().device == "auto"
+    for name in ("device", "cache", "n", "seed"):
+        f, opt = fields[name]
+        assert opt.help.startswith(SHARED[name][1].help) and opt.short == SHARED[name][1].short
+
+
+def test_old_import_paths_say_where_to_go() -> None:
+    import importlib
+    import sys
+
+    from alignkit.aligned import load_pair as new_load_pair
+
+    with pytest.warns(DeprecationWarning, match="alignkit.aligned.load_pair"):
+        from alignkit.evaluation.runs import load_pair as old
+    assert old is new_load_pair
+    sys.modules.pop("alignkit.compare", None)
+    with pytest.raises(ImportError, match="alignkit.metrics.pairs"):
+        importlib.import_module("alignkit.compare")
+
+
+# -- trust: leakage, merged metrics, output failures, damaged runs (issue 16) ---------------------
+def _with_training_probe(run_dir, tmp_path, data_dir, name="trained"):
+    """A copy of the run whose config.json records its training rows, as `alignkit train` does
+    (40 flickr8k:train rows)."""
+    train = load_probe("flickr8k:train", n=40, progress=False, data_dir=data_dir)
+    folder = tmp_path / name
+    shutil.copytree(run_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["probe"] = {"spec": "flickr8k:train", "name": train.name, "n": 40,
+                    "fingerprint": train.fingerprint}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder, train
+
+
+def test_evaluating_on_training_rows_is_refused_then_marked(
+    run_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    folder, train = _with_training_probe(run_dir, tmp_path, data_dir)
+    code, _, err = _run(capsys, "evaluate", "--run", str(folder), "--retrieval", "flickr8k:train",
+                        "-n", "60", "--quiet")  # fmt: skip
+    probe = load_probe("flickr8k:train", n=60, progress=False, data_dir=data_dir)
+    expected = len(set(probe.ids) & set(train.ids))
+    assert 0 < expected < 60  # a prefix-stable subsample: the 40 training rows are among the 60
+    assert code == 1 and err.count("\n") == 1
+    assert f"{expected} of 60 rows" in err and "--allow-overlap" in err
+    assert not (folder / "metrics.json").exists()
+
+    code, out, err = _run(capsys, "evaluate", "--run", str(folder), "--retrieval", "flickr8k:train",
+                          "-n", "60", "--allow-overlap", "--quiet")  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
+    key = f"retrieval/{probe.name}/image_to_text_R@1"
+    assert metrics[key]["overlap"] == {"rows": expected, "of": 60}
+    assert "%*" in out and "not a held-out number" in out
+    # held-out rows are evaluated without a mark
+    code, out, err = _run(capsys, "evaluate", "--run", str(folder), "--retrieval", "flickr8k:test",
+                          "-n", "12", "--quiet")  # fmt: skip
+    assert code == 0, err and "*" not in out
+
+
+def test_overlap_by_image_content_under_other_ids(run_dir, data_dir, tmp_path, capsys, monkeypatch):
+    """The same training images under new ids (a manifest of copies) still overlap."""
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    folder, train = _with_training_probe(run_dir, tmp_path, data_dir)
+    lines = []
+    for k, row in enumerate(train.rows[:5]):
+        copy = tmp_path / f"copy{k}.jpg"
+        shutil.copyfile(row.image, copy)
+        lines.append(json.dumps({"id": f"new{k}", "image": copy.name, "caption": "a photo"}))
+    manifest = tmp_path / "copies.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    code, _, err = _run(capsys, "evaluate", "--run", str(folder), "--retrieval", str(manifest))
+    assert code == 1 and "5 of 5 rows" in err and "same image" in err
+
+
+def test_a_second_evaluation_merges_into_metrics_json(
+    run_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    base = ["evaluate", "--run", str(folder), "-n", "12", "--quiet"]
+    assert _run(capsys, *base, "--retrieval", "flickr8k:test")[0] == 0
+    first = json.loads((folder / "metrics.json").read_text())["metrics"]
+    assert _run(capsys, *base, "--zeroshot", "imagenet-samples", "--templates", "single")[0] == 0
+    second = json.loads((folder / "metrics.json").read_text())
+    keys = second["metrics"]
+    assert set(first) < set(keys)  # the retrieval keys are still there, zero-shot added
+    for key, value in first.items():
+        assert keys[key] == value  # untouched: same value, same time
+    test = load_probe("flickr8k:test", n=12, progress=False, data_dir=data_dir)
+    zs = load_probe("imagenet-samples", n=12, progress=False, data_dir=data_dir)
+    for key, value in keys.items():
+        probe = test if key.startswith("retrieval/") else zs
+        assert value["probe_fingerprint"] == probe.fingerprint and value["computed"]
+    assert len(second["evaluations"]) == 2
+
+
+def _immutable(path):
+    import subprocess
+
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+def test_an_unwritable_output_is_refused_before_the_work(
+    run_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    import subprocess
+
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if not _immutable(locked):  # not root or no chattr here: a path under a file fails alike
+        locked = tmp_path / "a-file"
+        locked.write_text("x")
+        locked = locked / "out"
+    calls = []
+    import alignkit.evaluation.evaluate as ev
+
+    monkeypatch.setattr(ev, "evaluate_pair", lambda *a, **k: calls.append(1) or {})
+    try:
+        code, _, err = _run(
+            capsys, "evaluate", "--run", str(run_dir), "--retrieval", "flickr8k:test",
+            "-n", "12", "--out", str(locked), "--quiet",
+        )  # fmt: skip
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp_path / "locked")], capture_output=True)
+    assert code == 1 and err.count("\n") == 1 and "cannot write" in err and str(locked) in err
+    assert calls == []  # refused before any evaluation
+
+
+def test_a_failed_write_prints_the_results_and_why(
+    run_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    import alignkit.runs.metrics as metrics_module
+
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+
+    def full(path, text, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(metrics_module, "atomic_write_text", full)
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, "evaluate", "--run", str(run_dir), "--retrieval",
+                             "flickr8k:test", "-n", "12", "--out", str(out), "--quiet")  # fmt: skip
+    assert code == 1
+    assert "image_to_text_R@5" in stdout and "%" in stdout  # the computed results
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert str(out / "metrics.json") in err
+
+
+def _damaged(run_dir, tmp_path, name):
+    folder = tmp_path / name
+    shutil.copytree(run_dir, folder)
+    return folder
+
+
+def test_damaged_projector_files_are_named_at_load(
+    run_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from alignkit.aligned import load_aligned
+
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    argv = ["--retrieval", "flickr8k:test", "-n", "12", "--quiet"]
+    # random bytes over the tensor data (the header intact): loads, but the weights are garbage
+    noisy = _damaged(run_dir, tmp_path, "noisy")
+    path = noisy / "projector.safetensors"
+    blob = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(blob[:8], "little")
+    blob[header:] = b"\xff" * (len(blob) - header)  # 0xffffffff: NaN in float32
+    path.write_bytes(bytes(blob))
+    code, _, err = _run(capsys, "evaluate", "--run", str(noisy), *argv)
+    assert code == 1 and err.count("\n") == 1
+    assert "non-finite" in err and str(path) in err
+    with pytest.raises(AlignkitError, match="non-finite"):
+        load_aligned(noisy, device="cpu")
+    # an explicit NaN weight
+    nan = _damaged(run_dir, tmp_path, "nan")
+    path = nan / "projector.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first].clone()
+    tensors[first].view(-1)[0] = float("inf")
+    save_file(tensors, str(path), metadata=meta)
+    code, _, err = _run(capsys, "evaluate", "--run", str(nan), *argv)
+    assert code == 1 and "non-finite" in err and first in err
+    # config.json's width disagrees with the projector's input
+    wide = _damaged(run_dir, tmp_path, "wide")
+    cfg = json.loads((wide / "config.json").read_text())
+    cfg["vision"]["dim"] = 99
+    (wide / "config.json").write_text(json.dumps(cfg))
+    code, _, err = _run(capsys, "evaluate", "--run", str(wide), *argv)
+    assert code == 1 and err.count("\n") == 1 and "config.json" in err and "99" in err
+    # config.json names an encoder of another width (no recorded width): refused before extraction
+    other = _damaged(run_dir, tmp_path, "other")
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["vision"] = {"spec": "random:image-8", "options": {}, "tokens": False}
+    (other / "config.json").write_text(json.dumps(cfg))
+    import alignkit.features as features
+
+    calls = []
+    real = features.extract_features
+    monkeypatch.setattr(
+        features, "extract_features", lambda *a, **k: calls.append(a) or real(*a, **k)
+    )
+    code, _, err = _run(capsys, "evaluate", "--run", str(other), *argv)
+    assert code == 1 and err.count("\n") == 1 and "8-wide" in err and "takes 16" in err
+    assert calls == []

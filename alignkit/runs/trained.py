@@ -48,6 +48,21 @@ class EncoderRecord:
     prefix_tokens: int = 0  # image CLS/register tokens in front of the patch tokens
 
     @classmethod
+    def read(cls, value: Any, width: int) -> EncoderRecord:
+        """The record of a config.json entry; a bare spec string or a record written from a spec
+        (no weights identity, no width) gets an empty ``weights`` (not checked) and the
+        projector's input ``width``."""
+        value = {"spec": value} if isinstance(value, str) else dict(value)
+        return cls(
+            spec=value["spec"],
+            options=dict(value.get("options", {})),
+            weights=str(value.get("weights", "")),
+            dim=int(value.get("dim", width)),
+            tokens=bool(value.get("tokens", False)),
+            prefix_tokens=int(value.get("prefix_tokens", 0)),
+        )
+
+    @classmethod
     def of(cls, encoder: Encoder, options: dict[str, Any], tokens: bool, dim: int) -> EncoderRecord:
         return cls(
             spec=encoder.name,
