@@ -427,3 +427,48 @@ def test_damaged_projector_files_are_named_at_load(
     code, _, err = _run(capsys, "evaluate", "--run", str(other), *argv)
     assert code == 1 and err.count("\n") == 1 and "8-wide" in err and "takes 16" in err
     assert calls == []
+
+
+# -- the wrong kind of folder (issue 17 item 6) ---------------------------------------------------
+def test_evaluate_on_the_wrong_kind_of_folder_says_what_it_is(
+    run_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    from alignkit.evaluation.predictivity import PredictivityConfig, run_predictivity
+
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    ranking = tmp_path / "ranking"
+    code, _, err = _run(
+        capsys, "rank-encoders", "--vision", VISION, "--text", TEXT, "--probe", "synthetic",
+        "--n", "24", "--permutations", "2", "--subsamples", "0", "--out", str(ranking), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    argv = ["--retrieval", "flickr8k:test", "-n", "12"]
+    code, _, err = _run(capsys, "evaluate", "--run", str(ranking), *argv)
+    assert code == 1 and err.count("\n") == 1
+    assert "a ranking folder" in err and "train --from-ranking" in err
+
+    pred = tmp_path / "pred"
+    grid = PredictivityConfig(vision=(VISION,), text=(TEXT, "random:text-6", "random:text-8"),
+                              score_n=24, permutations=2, device="cpu")  # fmt: skip
+    run_predictivity(grid, pred, stop_after="scores")
+    code, _, err = _run(capsys, "evaluate", "--run", str(pred), *argv)
+    assert code == 1 and err.count("\n") == 1 and "a predictivity experiment" in err
+
+    parent = tmp_path / "from-ranking"
+    for name in ("pair-a", "pair-b"):
+        shutil.copytree(run_dir, parent / name)
+    code, _, err = _run(capsys, "evaluate", "--run", str(parent), *argv)
+    assert code == 1 and err.count("\n") == 1
+    assert "a folder of 2 trained runs" in err and "pair-a, pair-b" in err
+
+
+def test_load_aligned_tells_a_missing_folder_from_an_unfinished_run(tmp_path):
+    from alignkit.aligned import load_aligned
+
+    with pytest.raises(AlignkitError, match="does not exist"):
+        load_aligned(tmp_path / "nowhere")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "run.json").write_text(json.dumps({"kind": "train", "status": "running"}))
+    with pytest.raises(AlignkitError, match="unfinished training run.*'running'"):
+        load_aligned(unfinished)

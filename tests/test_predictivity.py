@@ -168,3 +168,167 @@ def test_tiny_grid_runs_and_resumes(tmp_path, data_dir, monkeypatch):
     from alignkit.runs import check_run_folder
 
     assert check_run_folder(folder)["vision"]["spec"] == "random:image-16"
+
+
+# -- one vocabulary, options declared once (issue 20, issue 17 item 7) -----------------------------
+def test_the_options_table_in_the_docs_is_the_declaration():
+    from pathlib import Path
+
+    from alignkit.cli._options import options_markdown
+
+    doc = (Path(__file__).parents[1] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    table = doc.split("<!-- predictivity-options:begin -->\n", 1)[1].split("\n<!-- ", 1)[0]
+    assert table == options_markdown(PredictivityConfig), "regenerate docs/evaluation.md's table"
+
+
+def test_grid_keys_are_rank_s_and_the_old_keys_are_still_read(tmp_path):
+    new = tmp_path / "new.toml"
+    new.write_text('vision = ["a"]\ntext = ["b", "c", "d"]\nprobe = "flickr8k:test"\nn = 40\n')
+    old = tmp_path / "old.toml"
+    old.write_text('vision = ["a"]\ntext = ["b", "c", "d"]\nscore_probe = "flickr8k:test"\n'
+                   "score_n = 40\n")  # fmt: skip
+    assert read_grid(new) == read_grid(old)
+    assert read_grid(new).score_probe == "flickr8k:test" and read_grid(new).score_n == 40
+    both = tmp_path / "both.toml"
+    both.write_text('vision = ["a"]\ntext = ["b", "c", "d"]\nn = 40\nscore_n = 50\n')
+    with pytest.raises(AlignkitError, match="score_n given twice"):
+        read_grid(both)
+    assert PredictivityConfig(vision=("a",), text=("b", "c", "d")).device == "auto"
+
+
+def test_old_import_path_warns_and_says_where():
+    import alignkit.evaluation.predictivity as new
+
+    with pytest.warns(DeprecationWarning, match="alignkit.evaluation.predictivity.correlate"):
+        from alignkit.predictivity import correlate as old
+    assert old is new.correlate
+
+
+# -- a verdict a reader can use (issue 17 items 9, 13) ---------------------------------------------
+def test_too_few_pairs_get_no_interval():
+    pairs = _pairs_table().iloc[:4].copy()  # a 2 x 2 grid's worth of pairs
+    pairs["post/zeroshot/x/top1"] = pairs["pre/cka"] * 2  # a perfect order
+    cfg = PredictivityConfig(vision=("a", "b"), text=("c", "d"), metrics=("linear_cka",),
+                             bootstrap=200)  # fmt: skip
+    table = correlate(pairs, cfg)
+    assert table["spearman"].iloc[0] == pytest.approx(1.0)
+    assert (
+        table[["spearman_low", "spearman_high", "kendall_low", "kendall_high"]].isna().all().all()
+    )
+
+
+def test_verdicts_lead_with_one_sentence_per_result():
+    from alignkit.evaluation.predictivity import verdicts
+
+    pairs = _pairs_table()
+    pairs = pairs.rename(columns={"pre/cka": "pre/linear_cka", "pre/cka/z": "pre/linear_cka/z"})
+    pairs["post/retrieval/y/text_to_image_R@5"] = -pairs["pre/linear_cka"]
+    cfg = PredictivityConfig(vision=("a",), text=("b", "c", "d"), metrics=("linear_cka",),
+                             bootstrap=200)  # fmt: skip
+    table = correlate(pairs, cfg)
+    lines = verdicts(table, cfg)
+    assert len(lines) == 2
+    z = table[(table["kind"] == "z") & (table["post"] == "retrieval/y/text_to_image_R@5")].iloc[0]
+    assert lines[1].startswith(
+        "over 9 pairs, linear_cka (z) predicted retrieval/y/text_to_image_R@5 at rho "
+        f"{z['spearman']:.2f} [{z['spearman_low']:.2f}, {z['spearman_high']:.2f}]"
+    )
+    assert f"without controls rho {z['rho_no_controls']:.2f} over 6 pairs" in lines[1]
+
+
+@pytest.mark.parametrize("controls", [False, True])
+def test_the_figure_is_legible(controls):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alignkit.evaluation.predictivity import plot_predictivity
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for v in range(5):
+        for t in range(4):
+            pre = rng.normal()
+            rows.append({"vision": f"timm:v{v}", "text": f"st:t{t}",
+                         "control": controls and v == 4, "pre/linear_cka": pre,
+                         "pre/linear_cka/z": pre * 10})  # fmt: skip
+            for k in range(6):
+                rows[-1][f"post/retrieval/flickr8k:test/r{k}"] = pre + rng.normal()
+    pairs = pd.DataFrame(rows)
+    cfg = PredictivityConfig(vision=("a",), text=("b", "c", "d"), metrics=("linear_cka",),
+                             bootstrap=200)  # fmt: skip
+    fig = plot_predictivity(pairs, cfg, correlations=correlate(pairs, cfg))
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 6  # one panel per result, the headline metric only (not 6 x 3)
+    assert fig.get_size_inches()[0] <= 11  # about README width
+    for ax in visible:
+        assert len(ax.texts) <= 3  # labelled outliers, not 20 overlapping labels
+        assert "[" in ax.get_title()  # the correlation with its interval
+    labels = visible[0].get_legend_handles_labels()[1]
+    assert any("control" in label for label in labels) == controls
+    plt.close(fig)
+
+
+# -- the command a user types (issue 17 items 9, 10, 11) -------------------------------------------
+@pytest.mark.slow
+def test_cli_on_a_2x2_grid_plans_concludes_honestly_refuses_and_interrupts(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    from _cli import run_cli
+
+    import alignkit.evaluation.predictivity.plan as plan_module
+    import alignkit.evaluation.predictivity.stages as stages
+    import alignkit.features as features
+
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'vision = ["random:image-16", "random:image-8"]\n'
+        'text = ["random:text-12", "random:text-6"]\n'
+        'probe = "flickr8k:dev"\nn = 40\ntrain_n = 48\nval_probe = "flickr8k:dev"\nval_n = 16\n'
+        'zeroshot = ["imagenet-samples"]\nretrieval = ["flickr8k:test"]\neval_n = 16\n'
+        "permutations = 5\nbootstrap = 100\n"
+        "[train]\nwidth = 8\nepochs = 2\nbatch_size = 16\n"
+    )
+    events = []
+    describe = plan_module.Plan.describe
+    monkeypatch.setattr(
+        plan_module.Plan, "describe", lambda p: events.append("plan") or describe(p)
+    )
+    extract = features.extract_features
+    monkeypatch.setattr(
+        features, "extract_features", lambda *a, **k: events.append("extract") or extract(*a, **k)
+    )
+    out = tmp_path / "pred"
+    argv = ["predictivity", "--config", str(grid), "--device", "cpu", "--out", str(out), "-q"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert events[0] == "plan" and "extract" in events
+    assert "plan: 4 pairs (2 vision x 2 text encoders)" in stdout and "estimate" in stdout
+    assert "Over 4 pairs, linear_cka_unbiased (z) predicted" in stdout
+    assert "too few pairs to conclude anything" in stdout
+    header = next(line for line in stdout.splitlines() if line.split()[:2] == ["pre", "kind"])
+    assert "[1.0" not in stdout and "spearman_low" not in header and "loeo_min" not in header
+    assert "spearman_low, spearman_high: not shown, fewer than 5 pairs" in stdout
+    assert "loeo_min: not shown, leaving out any one encoder leaves fewer than 3 pairs" in stdout
+    assert "spearman_low" in pd.read_csv(out / "correlations.csv")  # the CSV keeps its columns
+
+    # another recipe into the same folder: refused before anything is written
+    saved = (out / "config.json").read_bytes()
+    code, _, err = run_cli([*argv, "--seed", "1"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "seed: 0 -> 1" in err and "--overwrite" in err and "overwrite=" not in err
+    assert (out / "config.json").read_bytes() == saved
+
+    # Ctrl-C during training: what was kept and how to resume
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "_train_and_evaluate", interrupted)
+    fresh = tmp_path / "fresh"
+    argv = ["predictivity", "--config", str(grid), "--device", "cpu", "--out", str(fresh), "-q"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 130
+    assert f"kept scores.csv, 0 of 4 pairs trained and evaluated in {fresh}" in err
+    assert "run the same command again to resume" in err

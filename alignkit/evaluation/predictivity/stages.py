@@ -328,7 +328,12 @@ def _train_and_evaluate(run: _Run, v: str, t: str, key: str) -> dict[str, Any]:
     model = result.model.to("cpu").eval()
     vision, text = run.encoder(v), run.encoder(t)
     write_run_config(
-        folder, vision, text, dims=(train.image_dim, train.text_dim), train_config=recipe.to_dict()
+        folder,
+        vision,
+        text,
+        dims=(train.image_dim, train.text_dim),
+        train_config=recipe.to_dict(),
+        extra=_probe_records(run),
     )
     pair = AlignedPair(vision, text, model.encode_image, model.encode_text, name=f"{v} x {t}")
     metrics = evaluate_pair(
@@ -344,6 +349,20 @@ def _train_and_evaluate(run: _Run, v: str, t: str, key: str) -> dict[str, Any]:
     keyed = {k: {**value, "stage_key": key} for k, value in metrics.items()}
     write_metrics(folder, keyed, about={**about, "train_steps": result.steps})
     return keyed
+
+
+def _probe_records(run: _Run) -> dict[str, Any]:
+    """The training and validation probes as config.json records them (so that ``evaluate``
+    can refuse to evaluate a pair on its own training rows)."""
+
+    def record(probe: Any, spec: str) -> dict[str, Any]:
+        return {"spec": spec, "name": probe.name, "n": len(probe), "fingerprint": probe.fingerprint}
+
+    val = run.probes["val"]
+    return {
+        "probe": record(run.probes["train"], run.config.train_probe),
+        "val": None if val is None else record(val, str(run.config.val_probe)),
+    }
 
 
 def _read_stage_json(path: Path, key: str) -> dict[str, Any] | None:

@@ -178,13 +178,14 @@ def verdicts(correlations: pd.DataFrame, config: PredictivityConfig) -> list[str
 
 def printable(correlations: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
     """``correlations[columns]`` without the columns that are NaN in every row, and one note per
-    dropped column saying why it is empty (the CSV keeps every column)."""
-    keep, notes = [], []
+    reason saying why those columns are empty (the CSV keeps every column)."""
+    keep, dropped = [], {}
     for col in columns:
         if col in correlations and correlations[col].isna().all() and col in _REASON_OF:
-            notes.append(f"{col}: not shown, {_REASON_OF[col]}")
+            dropped.setdefault(_REASON_OF[col], []).append(col)
         else:
             keep.append(col)
+    notes = [f"{', '.join(cols)}: not shown, {why}" for why, cols in dropped.items()]
     return correlations[keep], notes
 
 
