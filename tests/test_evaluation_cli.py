@@ -460,6 +460,7 @@ def test_evaluate_on_the_wrong_kind_of_folder_says_what_it_is(
     code, _, err = _run(capsys, "evaluate", "--run", str(parent), *argv)
     assert code == 1 and err.count("\n") == 1
     assert "a folder of 2 trained runs" in err and "pair-a, pair-b" in err
+    assert "expected" in err
 
 
 def test_load_aligned_tells_a_missing_folder_from_an_unfinished_run(tmp_path):

@@ -85,9 +85,11 @@ def predictivity(
     typer.echo("")
     for sentence in verdicts(result.correlations, cfg):
         typer.echo(sentence[0].upper() + sentence[1:] + ".")
-    table, notes = printable(result.correlations, COLUMNS)
+    z_rows = result.correlations[result.correlations["kind"] == "z"]
+    table, notes = printable(z_rows, COLUMNS)
     typer.echo("")
     typer.echo(table.round(3).to_string(index=False))
+    typer.echo(f"(calibrated z rows; the raw-score rows are in {out / 'correlations.csv'})")
     for note in dict.fromkeys(notes):
         typer.echo(note)
     typer.echo(f"wrote {out / 'correlations.csv'}, {out / 'pairs.csv'}, {out / 'predictivity.png'}")

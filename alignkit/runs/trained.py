@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignkit._files import atomic_write_text
+from alignkit._words import counted
 from alignkit.errors import AlignkitError
 
 if TYPE_CHECKING:
@@ -195,8 +196,8 @@ def describe_folder(folder: Path) -> str | None:
     if runs:
         shown = ", ".join(r.name for r in runs[:6]) + (", ..." if len(runs) > 6 else "")
         return (
-            f"a folder of {len(runs)} trained runs (as `alignkit train --from-ranking` writes): "
-            f"give --run one of them ({shown})"
+            f"a folder of {counted(len(runs), 'trained run')} (as `alignkit train "
+            f"--from-ranking` writes): give one of them ({shown})"
         )
     return None
 
@@ -240,8 +241,8 @@ def check_run_folder(run_dir: str | Path) -> dict[str, Any]:
         what = describe_folder(run)
         if what is not None:
             raise AlignkitError(
-                f"{run} is {what}; evaluation expects a trained run folder "
-                f"({', '.join(REQUIRED_FILES)}, written by `alignkit train`)"
+                f"{run} has no {' or '.join(missing)}: it is {what}; a trained run folder "
+                f"({', '.join(REQUIRED_FILES)}, written by `alignkit train`) is expected"
             )
         status = _unfinished(run)
         if status is not None:

@@ -2,9 +2,9 @@
 
 Drawn to be read at the size the README shows it (about 900 px wide): one pre-training metric
 (the grid's first, calibrated z), at most three panels a row, the correlation with its interval
-in each title, and labels only on the pairs a reader asks about: the ones the metric ranks most
-wrongly (largest rank disagreement) and the best result. Controls get their own marker, and a
-legend entry only when the grid has some.
+in each title, and labels only on the pairs a reader asks about: the best result, the real pair
+the metric ranks most wrongly, the best control. Controls get their own marker, and the figure a
+legend only when the grid has some.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import pandas as pd
 from alignkit.evaluation.predictivity.config import CONTROL_PREFIXES, PredictivityConfig
 from alignkit.evaluation.predictivity.tables import MIN_PAIRS, _spearman
 
-LABELLED = 2  # outliers labelled per panel (plus the best result)
-
 
 def _short(spec: str) -> str:
     control = spec.startswith(CONTROL_PREFIXES)
@@ -29,13 +27,21 @@ def _short(spec: str) -> str:
     return ("rand-init " if control else "") + base
 
 
-def _outliers(x: np.ndarray, y: np.ndarray, k: int) -> list[int]:
-    """The ``k`` pairs whose ranks on x and y disagree most, and the best y."""
-    rx = pd.Series(x).rank().to_numpy()
-    ry = pd.Series(y).rank().to_numpy()
-    worst = list(np.argsort(-np.abs(rx - ry), kind="stable")[:k])
-    best = int(np.nanargmax(y)) if np.isfinite(y).any() else None
-    return list(dict.fromkeys([*worst, *([best] if best is not None else [])]))
+def _outliers(x: np.ndarray, y: np.ndarray, control: np.ndarray) -> list[int]:
+    """The pairs a reader asks about: the best result, the real pair the metric ranks most
+    wrongly among the real pairs (largest rank disagreement), and the best control."""
+    out = []
+    if np.isfinite(y).any():
+        out.append(int(np.nanargmax(y)))
+    real = np.flatnonzero(~control)
+    if len(real) >= 3:
+        rx = pd.Series(x[real]).rank().to_numpy()
+        ry = pd.Series(y[real]).rank().to_numpy()
+        out.append(int(real[np.argmax(np.abs(rx - ry))]))
+    ctrl = np.flatnonzero(control)
+    if len(ctrl) and np.isfinite(y[ctrl]).any():
+        out.append(int(ctrl[np.nanargmax(y[ctrl])]))
+    return list(dict.fromkeys(out))
 
 
 def plot_predictivity(
@@ -80,19 +86,25 @@ def plot_predictivity(
                 x[ctrl], y[ctrl], s=34, marker="s", facecolors="none", edgecolors="tab:red",
                 label="with a random-init control",
             )  # fmt: skip
-        for i in _outliers(x, y, LABELLED):
-            ax.annotate(
-                f"{_short(pairs['vision'].iloc[i])} x {_short(pairs['text'].iloc[i])}",
-                (x[i], y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points",
+        mid = (np.nanmin(x) + np.nanmax(x)) / 2 if np.isfinite(x).any() else 0.0
+        for i in _outliers(x, y, ctrl):
+            right = x[i] > mid  # labels grow towards the middle, so they stay inside the panel
+            label = ax.annotate(
+                f"{_short(pairs['vision'].iloc[i])} x\n{_short(pairs['text'].iloc[i])}",
+                (x[i], y[i]), fontsize=6.5, xytext=(-4 if right else 4, -2),
+                textcoords="offset points", ha="right" if right else "left", va="top",
             )  # fmt: skip
+            label.set_in_layout(False)
         ax.set_title(_title(x, y, met, res, kind, correlations), fontsize=9)
         ax.set_xlabel(f"{met}{' (z)' if kind == 'z' else ''}", fontsize=8)
         ax.set_ylabel(_short_result(res) + " (%)", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    axes[0][0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.05 if ctrl.any() else 0, 1, 1))
+    if ctrl.any():  # a legend only when there is something to tell apart
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     return fig
 
 

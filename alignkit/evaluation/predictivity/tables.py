@@ -144,23 +144,20 @@ def headline_metric(config: PredictivityConfig) -> str:
 
 def verdicts(correlations: pd.DataFrame, config: PredictivityConfig) -> list[str]:
     """One sentence per post-training result: how well the headline metric's calibrated z
-    predicted it ("over N pairs, X predicted Y at rho R [low, high]"), or that N pairs are too
-    few to conclude anything."""
+    predicted it ("over N pairs, X predicted Y at rho R [low, high]"); below :data:`MIN_PAIRS`
+    pairs the sentences carry no interval and a last sentence says that nothing can be
+    concluded from so few pairs."""
     metric = headline_metric(config)
     rows = correlations[(correlations["pre"] == metric) & (correlations["kind"] == "z")]
     out = []
+    n = int(rows["n_pairs"].iloc[0]) if len(rows) else 0
     for _, r in rows.iterrows():
-        n = int(r["n_pairs"])
         rho = (
             "undefined (a constant column)" if math.isnan(r["spearman"]) else f"{r['spearman']:.2f}"
         )
         head = f"over {n} pairs, {metric} (z) predicted {r['post']} at rho {rho}"
-        if n < MIN_PAIRS:
-            p = 2 / math.factorial(n)
-            out.append(
-                f"{head}: too few pairs to conclude anything (even a perfect order of {n} pairs "
-                f"arises by chance with p = {p:.3g}); add encoders to the grid"
-            )
+        if n < MIN_PAIRS or math.isnan(r["spearman_low"]):
+            out.append(head)
             continue
         iv = (
             f" [{r['spearman_low']:.2f}, {r['spearman_high']:.2f}] "
@@ -173,6 +170,12 @@ def verdicts(correlations: pd.DataFrame, config: PredictivityConfig) -> list[str
                 f"{int(r['n_no_controls'])} pairs"
             )
         out.append(f"{head}{iv}{tail}")
+    if 0 < n < MIN_PAIRS:
+        out.append(
+            f"{n} pairs are too few pairs to conclude anything: even a perfect order of {n} "
+            f"pairs arises by chance with p = {2 / math.factorial(n):.3g} (two-sided), so no "
+            f"interval is given; add encoders to the grid ({MIN_PAIRS} or more pairs)"
+        )
     return out
 
 
