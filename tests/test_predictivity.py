@@ -332,3 +332,27 @@ def test_cli_on_a_2x2_grid_plans_concludes_honestly_refuses_and_interrupts(
     assert code == 130
     assert f"kept scores.csv, 0 of 4 pairs trained and evaluated in {fresh}" in err
     assert "run the same command again to resume" in err
+
+
+def test_an_unwritable_experiment_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from _cli import run_cli
+
+    import alignkit.evaluation.predictivity.stages as stages
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    immutable = subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode == 0
+    out = locked / "pred" if immutable else (tmp_path / "a-file")
+    if not immutable:  # not root or no chattr: a path under a file cannot be written either
+        out.write_text("x")
+        out = out / "pred"
+    monkeypatch.setattr(stages, "_set_up", lambda *a, **k: pytest.fail("work started"))
+    argv = ["predictivity", "--vision", "random:image-16", "--text", "random:text-12",
+            "--text", "random:text-6", "--text", "random:text-8", "--out", str(out)]  # fmt: skip
+    try:
+        code, _, err = run_cli(argv, capsys)
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
+    assert code == 1 and err.count("\n") == 1 and "cannot write the experiment" in err
