@@ -12,7 +12,7 @@ import typer
 
 from alignkit.cli import app
 from alignkit.cli._cache_option import OldCacheDirOpt
-from alignkit.cli._common import ConfigOpt, OverwriteOpt, QuietOpt, out_option
+from alignkit.cli._common import ConfigOpt, QuietOpt, out_option, overwrite_option
 from alignkit.cli._options import cli_words, config_options
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.config import EvaluateConfig
@@ -79,7 +79,7 @@ _PREDICTIVITY_HELP = (
     "recipe, evaluate, and report Spearman/Kendall (bootstrap intervals over pairs) and "
     "leave-one-encoder-out rho of every pre-training metric against every result.\n\n"
     "The grid comes from --vision/--text and the options below, or a --config file (TOML, YAML "
-    "or JSON, the options' names as keys, the recipe as a [train] table; see "
+    "or JSON, the options' names as keys, the recipe as a table named train; see "
     "docs/evaluation.md); options given on the command line override it. --out resumes: "
     "finished stages and pairs are reused."
 )
@@ -103,7 +103,13 @@ def predictivity_command(
     cfg_values: dict,
     out: Annotated[Path, out_option("Experiment folder (resumes when it holds this experiment).")],
     config: GridOpt = None,
-    overwrite: OverwriteOpt = False,
+    overwrite: Annotated[
+        bool,
+        overwrite_option(
+            "Start over in a folder that holds an experiment with another recipe (its results "
+            "are deleted first); without it such a folder is refused."
+        ),
+    ] = False,
     cache_dir: OldCacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -138,7 +138,9 @@ class PredictivityConfig:
         type=int,
     )
     templates: str = option(
-        "single", "Zero-shot prompt templates: imagenet80, imagenet7, single, or a file."
+        "single",
+        "Zero-shot prompt templates: imagenet80, imagenet7, single, or a file.",
+        metavar="NAME",
     )
     metrics: tuple[str, ...] = option(
         ("linear_cka_unbiased", "linear_cka", "mutual_knn"),
