@@ -356,3 +356,24 @@ def test_an_unwritable_experiment_folder_is_refused_before_any_work(tmp_path, mo
     finally:
         subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
     assert code == 1 and err.count("\n") == 1 and "cannot write the experiment" in err
+
+
+def test_another_recipe_is_refused_and_overwrite_starts_over(tmp_path, data_dir, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    grid = dict(vision=("random:image-16",), text=("random:text-12", "random:text-6",
+                "random:text-8"), score_n=24, permutations=2, device="cpu")  # fmt: skip
+    out = tmp_path / "pred"
+    run_predictivity(PredictivityConfig(**grid), out, stop_after="scores")
+    (out / "pairs" / "old_pair").mkdir(parents=True)
+    saved = (out / "config.json").read_text()
+    other = PredictivityConfig(**grid, seed=1)
+    with pytest.raises(AlignkitError, match=r"seed: 0 -> 1.*overwrite=True"):
+        run_predictivity(other, out, stop_after="scores")
+    assert (out / "config.json").read_text() == saved  # the refused run wrote nothing
+    run_predictivity(other, out, stop_after="scores", overwrite=True)
+    assert json.loads((out / "config.json").read_text())["config"]["seed"] == 1
+    assert not (out / "pairs").exists() and (out / "scores.csv").is_file()
+    # the evaluation probes and the bootstrap may change: the trained pairs still fit
+    run_predictivity(PredictivityConfig(**grid, seed=1, bootstrap=500), out, stop_after="scores")
