@@ -135,3 +135,34 @@ def test_package_version_is_written_once_in_each_place_and_agrees():
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     declared = tomllib.loads(pyproject.read_text())["project"]["version"]
     assert alignkit.__version__ == declared
+
+
+def test_metrics_json_merges_and_reads_the_older_predictivity_pair_files(tmp_path: Path) -> None:
+    from alignkit.evaluation.predictivity import PredictivityConfig
+    from alignkit.evaluation.predictivity.stages import EVAL_FIELDS, finished_pairs, pair_folder
+    from alignkit.runs.metrics import read_metrics, write_metrics
+
+    cfg = PredictivityConfig(vision=("a",), text=("b", "c", "d"))
+    key = cfg.stage_key(*EVAL_FIELDS)
+    folder = pair_folder(tmp_path, "a", "b")
+    folder.mkdir(parents=True)
+    old = {"retrieval/p/image_to_text_R@1": {"value": 0.25, "n": 8, "chance": 0.125}}
+    legacy = {"stage_key": key, "vision": "a", "text": "b", "train_steps": 3, "metrics": old}
+    (folder / "metrics.json").write_text(json.dumps(legacy))
+    assert finished_pairs(tmp_path, cfg) == [("a", "b")]  # an earlier version's run resumes
+    new = {"zeroshot/q/top1": {"value": 0.5, "n": 4, "chance": 0.25}}
+    write_metrics(folder, new, about={"command": "evaluate"})
+    merged = read_metrics(folder)
+    assert merged["zeroshot/q/top1"] == new["zeroshot/q/top1"]
+    assert merged["retrieval/p/image_to_text_R@1"]["value"] == 0.25
+    assert finished_pairs(tmp_path, cfg) == [("a", "b")]  # still finished after the merge
+    again = {"zeroshot/q/top1": {"value": 0.75, "n": 4, "chance": 0.25}}
+    write_metrics(folder, again)
+    assert read_metrics(folder)["zeroshot/q/top1"]["value"] == 0.75
+    assert read_metrics(folder)["retrieval/p/image_to_text_R@1"]["value"] == 0.25
+    data = json.loads((folder / "metrics.json").read_text())
+    assert data["evaluations"][0]["stage_key"] == key and len(data["evaluations"]) == 3
+    (folder / "metrics.json").write_text("{not json")
+    with pytest.raises(AlignkitError, match="cannot merge into"):
+        write_metrics(folder, new)
+    assert (folder / "metrics.json").read_text() == "{not json"  # a damaged file is not replaced

@@ -90,6 +90,10 @@ def merged_metrics(
     import alignkit
 
     old = _read(Path(folder) / METRICS_FILE) or {}
+    if "format" not in old and old.get("stage_key"):  # an earlier predictivity pair file
+        old["metrics"] = {
+            k: {**v, "stage_key": old["stage_key"]} for k, v in old["metrics"].items()
+        }
     evaluations = list(old.get("evaluations", []))
     if not evaluations and old:  # a file from before merging: its run description is kept
         evaluations.append({k: v for k, v in old.items() if k not in _OWN})
