@@ -71,6 +71,9 @@ def evaluate_command(
             help="file of class names, one a line, in label order (overrides the probe's)"
         ),
     ] = None,
+    allow_duplicate_class_names: Annotated[
+        bool, typer.Option(help="accept two labels with one class name (identical prompts)")
+    ] = False,
     n: Annotated[
         int | None, typer.Option("--n", "-n", help="evaluate on a seeded subsample of n rows")
     ] = None,
@@ -102,6 +105,7 @@ def evaluate_command(
         write_metrics,
     )
     from alignkit.probes import load_probe
+    from alignkit.probes.labels import check_class_names
 
     if quiet:
         silence_third_party_progress()
@@ -121,10 +125,17 @@ def evaluate_command(
         if not class_names.is_file():
             raise AlignkitError(f"--class-names file not found: {class_names}")
         cls = [s.strip() for s in class_names.read_text(encoding="utf-8").splitlines() if s.strip()]
-    zs = [load_probe(p, n=n, progress=False) for p in zeroshot]
+    dup = {"allow_duplicate_class_names": True} if allow_duplicate_class_names else {}
+    try:  # a repeated class name: the library's advice in this command's words
+        if cls is not None:
+            check_class_names(cls, f"--class-names {class_names}", allow_duplicates=bool(dup))
+        zs = [load_probe(p, n=n, progress=False, **dup) for p in zeroshot]
+        for p in zs:
+            check_zeroshot_probe(p, cls, bool(dup))
+    except AlignkitError as e:
+        words = "--allow-duplicate-class-names"
+        raise AlignkitError(str(e).replace("allow_duplicate_class_names=True", words)) from None
     rt = [load_probe(p, n=n, progress=False) for p in retrieval]
-    for p in zs:
-        check_zeroshot_probe(p, cls)
     for p in rt:
         check_retrieval_probe(p)
     judged = None
@@ -145,6 +156,7 @@ def evaluate_command(
             retrieval_probes=rt,
             templates=templates_list,
             class_names=cls,
+            allow_duplicate_class_names=allow_duplicate_class_names,
             cache=cache,
             device=device,
             progress=not quiet,

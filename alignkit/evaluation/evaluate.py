@@ -27,6 +27,7 @@ from alignkit.errors import AlignkitError
 from alignkit.evaluation.prompts import caption_probe, load_templates, prompt_probe, text_probe
 from alignkit.evaluation.retrieval import retrieval
 from alignkit.evaluation.zeroshot import ensemble_classifier, zeroshot
+from alignkit.probes.labels import check_class_names
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,14 @@ def _load(spec: str | Any, **kwargs: Any) -> Any:
     return spec if isinstance(spec, ProbeSet) else load_probe(spec, progress=False, **kwargs)
 
 
-def check_zeroshot_probe(probe: Any, class_names: Sequence[str] | None = None) -> list[str]:
-    """The class names of a labelled probe, or a one-line error (cheap: no model work)."""
+def check_zeroshot_probe(
+    probe: Any, class_names: Sequence[str] | None = None, allow_duplicates: bool = False
+) -> list[str]:
+    """The class names of a labelled probe, or a one-line error (cheap: no model work); two
+    labels with one name are an error unless ``allow_duplicates``."""
     names = list(class_names) if class_names is not None else list(probe.class_names or [])
+    where = "class_names" if class_names is not None else f"probe {probe.name}'s class names"
+    check_class_names(names, where, allow_duplicates=allow_duplicates)
     labels = probe.labels
     if not labels or any(label is None for label in labels):
         missing = sum(label is None for label in labels)
@@ -163,6 +169,7 @@ def evaluate_pair(
     cache: Any = True,
     device: str = "cpu",
     progress: bool = False,
+    allow_duplicate_class_names: bool = False,
 ) -> Metrics:
     """Zero-shot classification and image<->text retrieval of one aligned pair.
 
@@ -172,6 +179,7 @@ def evaluate_pair(
         retrieval_probes: captioned probes (``"flickr8k:test"``).
         templates: prompt templates: ``imagenet80``, ``imagenet7``, ``single``, a file, or a list.
         class_names: overrides the probes' class names (one per label).
+        allow_duplicate_class_names: accept two labels with one name (identical prompts).
         cache: feature cache (see :func:`alignkit.extract_features`).
         device: where the encoders run on a cache miss.
         progress: extraction progress bars.
@@ -186,7 +194,7 @@ def evaluate_pair(
     templates = load_templates(templates)
     zs = [_load(p) for p in zeroshot_probes]
     rt = [_load(p) for p in retrieval_probes]
-    names = [check_zeroshot_probe(p, class_names) for p in zs]
+    names = [check_zeroshot_probe(p, class_names, allow_duplicate_class_names) for p in zs]
     for p in rt:
         check_retrieval_probe(p)
     feats = _Features(pair, cache, device, progress)
