@@ -177,3 +177,143 @@ def test_cli_bad_template_fails_before_extraction(
 def test_a_probe_template_is_checked_too(data_dir):
     with pytest.raises(AlignkitError, match=r"template 'a \{style\} \{\}'"):
         load_probe("imagenet-samples", templates=["a {style} {}"], data_dir=data_dir)
+
+
+# -- item 15: human judgements in Flickr8k's official layouts ------------------------------------
+def _tokens(data_dir) -> dict[str, str]:
+    """Caption id ``<image>.jpg#k`` -> caption, read straight from Flickr8k.token.txt."""
+    out = {}
+    for line in (data_dir / "flickr8k" / "text" / "Flickr8k.token.txt").read_text().splitlines():
+        cid, caption = line.split("\t")
+        out[cid] = caption
+    return out
+
+
+@pytest.fixture(scope="module")
+def judged(data_dir):
+    """Eight real flickr8k:test images, and each judged against another image's caption."""
+    probe = load_probe("flickr8k:test", n=8, progress=False, data_dir=data_dir)
+    images = [f"{row.id}.jpg" for row in probe.rows]
+    return probe, images, _tokens(data_dir)
+
+
+def _model_cosine(probe, pairs):
+    """float64 cosine of (image file, caption text) pairs through identity heads, by hand."""
+    from alignkit.evaluation.prompts import text_probe
+    from alignkit.features import extract_features
+
+    img = extract_features(VISION, probe, device="cpu", progress=False).features.double()
+    texts = list(dict.fromkeys(t for _, t in pairs))
+    txt = extract_features(TEXT16, text_probe(texts), device="cpu", progress=False).features
+    row = {f"{r.id}.jpg": k for k, r in enumerate(probe.rows)}
+    out = []
+    for image, text in pairs:
+        a, b = img[row[image]], txt[texts.index(text)].double()
+        out.append(float((a @ b) / (a.norm() * b.norm())))
+    return out
+
+
+TEXT16 = "random:text-16"
+
+
+def _identity_pair() -> AlignedPair:
+    return AlignedPair(VISION, TEXT16, torch.nn.Identity(), torch.nn.Identity())
+
+
+def test_expert_annotations_follow_the_clipscore_protocol(judged, tmp_path):
+    from scipy import stats
+
+    from alignkit.evaluation.evaluate import judgement_correlation
+
+    probe, images, tokens = judged
+    lines, pairs, human = [], [], []
+    for k, image in enumerate(images):
+        cid = f"{images[(k + 3) % 8]}#{k % 5}"  # another image's caption, as the file holds
+        scores = [1 + k % 4, 1 + (k * 3) % 4, 1 + (k * 5 + 1) % 4]
+        lines.append(f"{image}\t{cid}\t" + "\t".join(map(str, scores)))
+        for s in scores:  # one correlation row per expert rating
+            pairs.append((image, tokens[cid]))
+            human.append(s)
+    lines.append(f"{images[0]}\t{images[0]}#1\t4\t4\t4")  # its own reference: left out
+    f = tmp_path / "ExpertAnnotations.txt"
+    f.write_text("\n".join(lines) + "\n")
+    m = judgement_correlation(_identity_pair(), f, probe, device="cpu")
+    model = _model_cosine(probe, pairs)
+    tau_c = m["judgements/ExpertAnnotations.txt/kendall_tau_c"]
+    assert tau_c["n"] == 24 and tau_c["layout"] == "expert"
+    assert tau_c["value"] == pytest.approx(stats.kendalltau(model, human, variant="c")[0])
+    assert "one row per expert rating" in tau_c["protocol"]
+    assert "the statistic CLIPScore reports" in tau_c["protocol"]
+    assert "1 such pairs" in tau_c["protocol"]
+    tau_b = m["judgements/ExpertAnnotations.txt/kendall_tau_b"]
+    assert tau_b["value"] == pytest.approx(stats.kendalltau(model, human, variant="b")[0])
+    assert "CLIPScore reports Kendall tau-c" in tau_b["protocol"]
+    rho = m["judgements/ExpertAnnotations.txt/spearman"]["value"]
+    assert rho == pytest.approx(stats.spearmanr(model, human)[0])
+
+
+def test_crowdflower_annotations_follow_the_clipscore_protocol(judged, tmp_path):
+    from scipy import stats
+
+    from alignkit.evaluation.evaluate import judgement_correlation
+
+    probe, images, tokens = judged
+    lines, pairs, human = [], [], []
+    for k, image in enumerate(images):
+        for cid in (f"{image}#{k % 5}", f"{images[(k + 1) % 8]}#2"):  # own captions are kept
+            yes, no = (k + len(pairs)) % 4, 3 - (k % 2)
+            lines.append(f"{image}\t{cid}\t{yes / (yes + no):.6f}\t{yes}\t{no}")
+            pairs.append((image, tokens[cid]))
+            human.append(yes / (yes + no))
+    f = tmp_path / "CrowdFlowerAnnotations.txt"
+    f.write_text("\n".join(lines) + "\n")
+    m = judgement_correlation(_identity_pair(), f, probe, device="cpu")
+    model = _model_cosine(probe, pairs)
+    tau_b = m["judgements/CrowdFlowerAnnotations.txt/kendall_tau_b"]
+    assert tau_b["n"] == 16 and tau_b["layout"] == "crowdflower"
+    assert tau_b["value"] == pytest.approx(stats.kendalltau(model, human, variant="b")[0])
+    assert "one row per judged pair" in tau_b["protocol"]
+    assert "the statistic CLIPScore reports" in tau_b["protocol"]
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("{a}\t{b}#0\t1\t5\t2", "an ExpertAnnotations line needs three expert scores"),
+        ("{a}\t{b}#0\t0.5\t1\t2", "CrowdFlowerAnnotations line needs the fraction of yes votes"),
+        ("{a}\t{b}#0\t1\t2", "expected 3 tab-separated fields"),
+        ("{a}\tsome caption\t1\t2\t3", "judgements name caption ids not in probe"),
+    ],
+)
+def test_a_bad_official_line_is_one_line(judged, tmp_path, line, problem):
+    from alignkit.evaluation.evaluate import read_judgements
+
+    probe, images, _ = judged
+    good = (
+        f"{images[0]}\t{images[1]}#0\t1\t2\t3"
+        if "0.5" not in line
+        else (f"{images[0]}\t{images[1]}#0\t0.333333\t1\t2")
+    )
+    f = tmp_path / "j.txt"
+    f.write_text(good + "\n" + line.format(a=images[2], b=images[3]) + "\n")
+    with pytest.raises(AlignkitError) as e:
+        read_judgements(f, probe)
+    assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_reads_an_expert_file(run_dir, judged, data_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    probe, images, _ = judged
+    f = tmp_path / "ExpertAnnotations.txt"
+    f.write_text(
+        "".join(f"{a}\t{images[(k + 1) % 8]}#1\t{1 + k % 4}\t2\t3\n" for k, a in enumerate(images))
+    )
+    out = tmp_path / "j"
+    argv = ["evaluate", "--run", str(run_dir), "--judgements", str(f), "--out", str(out)]
+    code, stdout, err = run_cli([*argv, "--judgements-probe", "flickr8k:test", "--quiet"], capsys)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())["metrics"]
+    got = m["judgements/ExpertAnnotations.txt/kendall_tau_c"]
+    assert got["n"] == 24 and got["layout"] == "expert" and "CLIPScore" in got["protocol"]

@@ -55,8 +55,9 @@ def evaluate_command(
     judgements: Annotated[
         Path | None,
         typer.Option(
-            help="TSV of image, caption, human score: Kendall tau-b/c and Spearman against the "
-            "model's cosine (CLIPScore protocol)"
+            help="human judgements: a TSV of image, caption, score, or Flickr8k's "
+            "ExpertAnnotations.txt / CrowdFlowerAnnotations.txt (CLIPScore protocol): Kendall "
+            "tau-b/c and Spearman against the model's cosine"
         ),
     ] = None,
     judgements_probe: Annotated[
