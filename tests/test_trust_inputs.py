@@ -435,3 +435,12 @@ def test_backends_without_a_limit_cut_nothing(spec):
     assert enc.token_limit is None and enc.truncation(texts) is None
     a, b = enc.encode(texts)
     assert not torch.allclose(a, b)  # the words past 512 tokens do reach the features
+
+
+def test_a_predictivity_grid_with_a_bad_template_fails_at_read(tmp_path):
+    from alignkit.predictivity import PredictivityConfig
+
+    f = tmp_path / "t.txt"
+    f.write_text("a {style} photo of a {}.\n", encoding="utf-8")
+    with pytest.raises(AlignkitError, match=r"template 'a \{style\} photo of a \{\}\.' has"):
+        PredictivityConfig(vision=("a", "b", "c"), text=("t",), zeroshot=("x",), templates=str(f))
