@@ -444,3 +444,16 @@ def test_a_predictivity_grid_with_a_bad_template_fails_at_read(tmp_path):
     f.write_text("a {style} photo of a {}.\n", encoding="utf-8")
     with pytest.raises(AlignkitError, match=r"template 'a \{style\} photo of a \{\}\.' has"):
         PredictivityConfig(vision=("a", "b", "c"), text=("t",), zeroshot=("x",), templates=str(f))
+
+
+def test_cli_allow_duplicate_class_names_evaluates(
+    run_dir, data_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    listed = tmp_path / "names.txt"
+    listed.write_text("\n".join(_clip_notebook_names()) + "\n", encoding="utf-8")
+    argv = ["evaluate", "--run", str(run_dir), "--zeroshot", "imagenet-samples", "-n", "4"]
+    more = ["--class-names", str(listed), "--allow-duplicate-class-names", "--templates", "single"]
+    code, out, err = run_cli([*argv, *more, "--out", str(tmp_path / "e"), "--quiet"], capsys)
+    assert code == 0, err
+    assert "zeroshot/imagenet-samples[n=4,seed=0]/top1" in out

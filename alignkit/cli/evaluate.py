@@ -73,7 +73,11 @@ def evaluate_command(
         ),
     ] = None,
     allow_duplicate_class_names: Annotated[
-        bool, typer.Option(help="accept two labels with one class name (identical prompts)")
+        bool,
+        typer.Option(
+            "--allow-duplicate-class-names",
+            help="accept two labels with one class name (their prompts are identical)",
+        ),
     ] = False,
     n: Annotated[
         int | None, typer.Option("--n", "-n", help="evaluate on a seeded subsample of n rows")
