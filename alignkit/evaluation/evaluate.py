@@ -12,9 +12,7 @@ accuracies are fractions in [0, 1], ranks are 1-based.
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.errors import AlignkitError
+from alignkit.evaluation.judgements import Judgements, correlations, read_judgements
 from alignkit.evaluation.prompts import caption_probe, load_templates, prompt_probe, text_probe
 from alignkit.evaluation.retrieval import retrieval
 from alignkit.evaluation.zeroshot import ensemble_classifier, zeroshot
+from alignkit.probes.labels import check_class_names
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,14 @@ def _load(spec: str | Any, **kwargs: Any) -> Any:
     return spec if isinstance(spec, ProbeSet) else load_probe(spec, progress=False, **kwargs)
 
 
-def check_zeroshot_probe(probe: Any, class_names: Sequence[str] | None = None) -> list[str]:
-    """The class names of a labelled probe, or a one-line error (cheap: no model work)."""
+def check_zeroshot_probe(
+    probe: Any, class_names: Sequence[str] | None = None, allow_duplicates: bool = False
+) -> list[str]:
+    """The class names of a labelled probe, or a one-line error (cheap: no model work); two
+    labels with one name are an error unless ``allow_duplicates``."""
     names = list(class_names) if class_names is not None else list(probe.class_names or [])
+    where = "class_names" if class_names is not None else f"probe {probe.name}'s class names"
+    check_class_names(names, where, allow_duplicates=allow_duplicates)
     labels = probe.labels
     if not labels or any(label is None for label in labels):
         missing = sum(label is None for label in labels)
@@ -173,6 +178,7 @@ def evaluate_pair(
     cache: Any = True,
     device: str = "cpu",
     progress: bool = False,
+    allow_duplicate_class_names: bool = False,
 ) -> Metrics:
     """Zero-shot classification and image<->text retrieval of one aligned pair.
 
@@ -182,6 +188,7 @@ def evaluate_pair(
         retrieval_probes: captioned probes (``"flickr8k:test"``).
         templates: prompt templates: ``imagenet80``, ``imagenet7``, ``single``, a file, or a list.
         class_names: overrides the probes' class names (one per label).
+        allow_duplicate_class_names: accept two labels with one name (identical prompts).
         cache: feature cache (see :func:`alignkit.extract_features`).
         device: where the encoders run on a cache miss.
         progress: extraction progress bars.
@@ -196,7 +203,7 @@ def evaluate_pair(
     templates = load_templates(templates)
     zs = [_load(p) for p in zeroshot_probes]
     rt = [_load(p) for p in retrieval_probes]
-    names = [check_zeroshot_probe(p, class_names) for p in zs]
+    names = [check_zeroshot_probe(p, class_names, allow_duplicate_class_names) for p in zs]
     for p in rt:
         check_retrieval_probe(p)
     feats = _Features(pair, cache, device, progress)
@@ -217,90 +224,7 @@ def evaluate_pair(
     return out
 
 
-# -- human judgements (CLIPScore protocol) --------------------------------------------------------
-@dataclass(frozen=True)
-class Judgements:
-    """(image row, caption, human score) triples resolved against a probe."""
-
-    rows: tuple[int, ...]  # probe row index of each judgement
-    captions: tuple[str, ...]
-    scores: tuple[float, ...]
-
-
-def read_judgements(path: str | Path, probe: Any) -> Judgements:
-    """Read a TSV of ``image<TAB>caption<TAB>score`` (an optional header line is skipped).
-
-    ``image`` is a probe row id or an image file name (``123_abc.jpg`` or its stem); ``caption``
-    is the caption text, or a caption id ``<row id>#<k>`` (the k-th caption of that row, as in
-    Flickr8k's files). ``score`` is a number (e.g. the mean of Flickr8k-Expert's three ratings).
-
-    Raises:
-        AlignkitError: a malformed line; images or captions not in the probe (how many, and the
-            first few).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AlignkitError(
-            f"judgements file {path} not found; give a TSV of image, caption, score"
-        )
-    by_id = {row.id: i for i, row in enumerate(probe.rows)}
-    by_file: dict[str, int] = {}
-    for i, row in enumerate(probe.rows):
-        if not callable(row.image):
-            by_file[Path(row.image).name] = i
-            by_file[Path(row.image).stem] = i
-    rows, caps, scores = [], [], []
-    bad_images: list[str] = []
-    bad_captions: list[str] = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for lineno, rec in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not rec or not "".join(rec).strip():
-                continue
-            if len(rec) != 3:
-                raise AlignkitError(
-                    f"{path}:{lineno}: expected 3 tab-separated fields (image, caption, score): "
-                    f"got {len(rec)}"
-                )
-            image, caption, score = (x.strip() for x in rec)
-            try:
-                value = float(score)
-            except ValueError:
-                if lineno == 1:
-                    continue  # a header
-                raise AlignkitError(
-                    f"{path}:{lineno}: the score must be a number: got {score!r}"
-                ) from None
-            i = by_id.get(image, by_file.get(image, by_file.get(Path(image).stem)))
-            if i is None:
-                bad_images.append(image)
-                continue
-            m = re.fullmatch(r"(.+)#(\d+)", caption)
-            if m and m.group(1) in by_id | by_file:
-                j = by_id.get(m.group(1), by_file.get(m.group(1)))
-                k = int(m.group(2))
-                if k >= len(probe.rows[j].captions):
-                    bad_captions.append(caption)
-                    continue
-                caption = probe.rows[j].captions[k]
-            elif m or not caption:
-                bad_captions.append(caption)
-                continue
-            rows.append(i)
-            caps.append(caption)
-            scores.append(value)
-    for what, bad in (("images", bad_images), ("caption ids", bad_captions)):
-        if bad:
-            uniq = list(dict.fromkeys(bad))
-            raise AlignkitError(
-                f"{path}: {len(bad)} judgements name {what} not in probe {probe.name} "
-                f"({len(uniq)} distinct: {', '.join(uniq[:5])}{', ...' if len(uniq) > 5 else ''}); "
-                "give the probe they come from"
-            )
-    if len(rows) < 3:
-        raise AlignkitError(f"{path}: need 3 or more judgements to correlate: got {len(rows)}")
-    return Judgements(tuple(rows), tuple(caps), tuple(scores))
-
-
+# -- human judgements (CLIPScore protocol: alignkit.evaluation.judgements) ---------------------
 def judgement_correlation(
     pair: AlignedPair,
     judgements: str | Path | Judgements,
@@ -310,26 +234,29 @@ def judgement_correlation(
     device: str = "cpu",
     progress: bool = False,
     name: str | None = None,
+    layout: str = "auto",
 ) -> Metrics:
     """Rank correlation between the model's image-caption cosine and human scores.
 
-    The CLIPScore protocol (Hessel et al. 2021, Flickr8k-Expert): Kendall tau-b and tau-c and
-    Spearman rho (``scipy.stats``) over all judgements, between ``cos(image, caption)`` in the
-    shared space and the human score. Only the images and captions that are judged are encoded
+    Kendall tau-b and tau-c and Spearman rho (``scipy.stats``) between ``cos(image, caption)``
+    in the shared space and the human score, over the correlation rows of
+    :func:`~alignkit.evaluation.judgements.read_judgements`: for Flickr8k's official files, the
+    CLIPScore protocol (Hessel et al. 2021: Expert, one row per expert rating and tau-c;
+    CrowdFlower, one row per pair and tau-b). Only the judged images and captions are encoded
     (through the cache).
 
-    ``name`` labels the keys (default: the file name).
+    ``name`` labels the keys (default: the file name); ``layout`` is the file's layout
+    (``auto``, ``simple``, ``expert``, ``crowdflower``).
 
     Returns:
-        ``{"judgements/<file>/kendall_tau_b": {"value", "n", "chance": 0.0, "p"}, ...}``.
+        ``{"judgements/<file>/kendall_tau_c": {"value", "n", "chance": 0.0, "p", "layout",
+        "protocol"}, ...}``: each number says which layout and protocol it follows.
     """
-    from scipy import stats
-
     probe = _load(probe)
     if name is None:
         name = Path(judgements).name if not isinstance(judgements, Judgements) else "judgements"
     if not isinstance(judgements, Judgements):
-        judgements = read_judgements(judgements, probe)
+        judgements = read_judgements(judgements, probe, layout)
     used = sorted(set(judgements.rows))
     where = {r: k for k, r in enumerate(used)}
     texts = list(dict.fromkeys(judgements.captions))
@@ -339,18 +266,5 @@ def judgement_correlation(
     captions = feats.embed("text", text_probe(texts, name=f"{name}:captions"))
     i = torch.tensor([where[r] for r in judgements.rows])
     t = torch.tensor([at[c] for c in judgements.captions])
-    cosine = (images[i] * captions[t]).sum(-1).double().numpy()
-    human = judgements.scores
-    tau_b = stats.kendalltau(cosine, human, variant="b")
-    tau_c = stats.kendalltau(cosine, human, variant="c")
-    rho = stats.spearmanr(cosine, human)
-    n = len(human)
-    return {
-        f"judgements/{name}/kendall_tau_b": _corr(tau_b, n),
-        f"judgements/{name}/kendall_tau_c": _corr(tau_c, n),
-        f"judgements/{name}/spearman": _corr(rho, n),
-    }
-
-
-def _corr(result: Any, n: int) -> dict[str, Any]:
-    return {"value": float(result.statistic), "n": n, "chance": 0.0, "p": float(result.pvalue)}
+    cosine = (images[i] * captions[t]).sum(-1).double().numpy()  # (rows,)
+    return correlations(cosine, judgements, name)

@@ -23,6 +23,7 @@ from PIL import Image
 
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.probes.base import ProbeRow, ProbeSet
+from alignkit.probes.labels import check_templates, fill_template
 
 SINGLE_TEMPLATE = "a photo of a {}."
 
@@ -41,11 +42,14 @@ TEMPLATE_SETS: dict[str, str] = {
 
 
 def load_templates(spec: str | Path | Sequence[str]) -> tuple[str, ...]:
-    """Prompt templates by name (:data:`TEMPLATE_SETS`), from a file (one template a line, each
-    with one ``{}`` for the class name), or as a given list.
+    """Prompt templates by name (:data:`TEMPLATE_SETS`), from a file (one template a line), or as
+    a given list. Each is formatted with a class name here, as :func:`prompt_probe` will format
+    it, so a bad one fails before any work: it needs exactly one class-name field, ``{}``,
+    ``{0}`` or ``{c}`` (CLIP_benchmark's files), and ``{{``/``}}`` for literal braces.
 
     Raises:
-        AlignkitError: an unknown name, an empty list, or a template without exactly one ``{}``.
+        AlignkitError: an unknown name, an empty list, or a template that cannot be filled (one
+            line naming the template: ``"a {style} photo of a {}"``, a stray brace, two fields).
     """
     if isinstance(spec, (list, tuple)):
         templates = tuple(spec)
@@ -59,14 +63,7 @@ def load_templates(spec: str | Path | Sequence[str]) -> tuple[str, ...]:
         where = str(path)
     else:
         raise unknown_key("template set (or an existing file)", str(spec), tuple(TEMPLATE_SETS))
-    if not templates:
-        raise AlignkitError(f"{where}: expected one or more templates, got none")
-    for t in templates:
-        if not isinstance(t, str) or t.count("{}") != 1:
-            raise AlignkitError(
-                f"{where}: each template needs exactly one '{{}}' for the class name: got {t!r}"
-            )
-    return templates
+    return check_templates(templates, where)
 
 
 def _no_image() -> Image.Image:
@@ -80,17 +77,19 @@ def _text_digest(text: str) -> str:
 
 def prompt_probe(class_names: Sequence[str], templates: Sequence[str]) -> ProbeSet:
     """One row per (class, template): row ``c * len(templates) + t`` has the caption
-    ``templates[t].format(class_names[c])``, id ``"{c}/{t}"`` and label ``c``.
+    ``templates[t]`` filled with ``class_names[c]`` (:func:`~alignkit.probes.labels.fill_template`),
+    id ``"{c}/{t}"`` and label ``c``.
 
     Its fingerprint depends only on the prompts, so every probe with the same class names and
     templates shares its text features in the cache.
     """
     if not class_names:
         raise AlignkitError("class_names must name one or more classes: got none")
+    templates = check_templates(templates, "templates")
     rows = []
     for c, name in enumerate(class_names):
         for t, template in enumerate(templates):
-            text = template.format(name)
+            text = fill_template(template, name)
             rows.append(ProbeRow(f"{c}/{t}", _no_image, (text,), c, {}, _text_digest(text)))
     key = hashlib.sha256("\x00".join(templates).encode()).hexdigest()[:12]
     return ProbeSet(

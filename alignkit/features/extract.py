@@ -27,6 +27,7 @@ import torch
 from alignkit._threads import choose_threads, limit_threads
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.features import _distributed
+from alignkit.features._truncation import check_truncation, recall_truncation
 from alignkit.features.cache import FeatureCache, effective_precision, feature_key, lookup_key
 from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.probes.base import CAPTION_POLICIES
@@ -194,10 +195,13 @@ def _extract(
             usable = _distributed.all_true(usable, ranks)
         if usable:
             log.info("%s on %s: %d rows from the feature cache", enc.name, probe.name, hit.n)
+            recall_truncation(hit.provenance, probe)
             if lookup is not None:
                 store.remember(lookup, key)
             return hit
 
+    main = ranks is None or ranks.is_main
+    cut = check_truncation(enc, probe, caption_policy, seed, warn=main)  # {} without a limit
     blocks = _distributed.row_blocks(len(ids), batch_size, ranks.world if ranks else 1)
     start, stop = blocks[ranks.rank if ranks else 0]
     job = _Job(
@@ -220,7 +224,8 @@ def _extract(
         log.warning("%s", note)
         raise ExtractionInterrupted(note) from exc
     features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
-    result = FeatureSet(features, ids, _provenance(enc, probe, caption_policy, seed, key))
+    provenance = {**_provenance(enc, probe, caption_policy, seed, key), **cut}
+    result = FeatureSet(features, ids, provenance)
     if store is not None and (ranks is None or ranks.is_main):
         store.put(key, result)
         store.drop_shards(key)

@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image
 
 from alignkit.errors import AlignkitError, unknown_key
+from alignkit.probes.labels import check_class_names, check_templates, fill_template
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -98,10 +99,14 @@ def imagenet_wnids() -> tuple[str, ...]:
 
 
 def resolve_class_names(
-    class_names: Sequence[str] | str | Path | None, search_dir: Path | None
+    class_names: Sequence[str] | str | Path | None,
+    search_dir: Path | None,
+    allow_duplicates: bool = False,
 ) -> tuple[str, ...] | None:
     """``class_names`` as given: a sequence, ``"imagenet"`` (the built-in list), a path to a text
-    file (one name a line); else a ``classnames.txt`` beside the data; else ``None``."""
+    file (one name a line); else a ``classnames.txt`` beside the data; else ``None``. A repeated
+    name is an error naming both labels unless ``allow_duplicates``
+    (:func:`~alignkit.probes.labels.check_class_names`)."""
     if isinstance(class_names, str) and class_names == "imagenet":
         return imagenet_class_names()
     if isinstance(class_names, (str, Path)):
@@ -111,13 +116,14 @@ def resolve_class_names(
                 f"class_names must be a list, 'imagenet' or a text file: got {str(class_names)!r}"
                 " (no such file)"
             )
-        return tuple(line.strip() for line in path.read_text("utf-8").splitlines() if line.strip())
+        names = [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
+        return check_class_names(names, str(path), allow_duplicates=allow_duplicates)
     if class_names is not None:
-        return tuple(str(c) for c in class_names)
+        return check_class_names(class_names, "class_names", allow_duplicates=allow_duplicates)
     if search_dir is not None:
         for fname in _CLASS_NAME_FILES:
             if (search_dir / fname).is_file():
-                return resolve_class_names(search_dir / fname, None)
+                return resolve_class_names(search_dir / fname, None, allow_duplicates)
     return None
 
 
@@ -126,7 +132,7 @@ def _template_captions(
 ) -> list[str]:
     if label is None or class_names is None or not 0 <= label < len(class_names):
         return []
-    return [t.format(class_names[label]) for t in templates]
+    return [fill_template(t, class_names[label]) for t in templates]
 
 
 def check_label(label: int | None, class_names: tuple[str, ...] | None) -> str | None:
@@ -235,6 +241,7 @@ def read_manifest(
     id_column: str = "id",
     class_names: Sequence[str] | str | Path | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    allow_duplicate_class_names: bool = False,
 ) -> RawProbe:
     """A JSONL or CSV manifest. Image paths are relative to the manifest's folder (or
     ``images``). Without an ``id`` column, a row's id is its image path and rows naming the same
@@ -251,7 +258,8 @@ def read_manifest(
             f"manifest {path} is missing required column 'image'; found columns: {found}"
         )
     caption_col = "captions" if "captions" in has else "caption" if "caption" in has else None
-    names = resolve_class_names(class_names, path.parent)
+    names = resolve_class_names(class_names, path.parent, allow_duplicate_class_names)
+    templates = check_templates(templates, "templates")
     if caption_col is None and "label" not in has:
         raise AlignkitError(
             f"manifest {path} is missing required column 'caption' or 'captions' (or 'label' "
@@ -475,6 +483,7 @@ def read_imagefolder(
     *,
     class_names: Sequence[str] | str | Path | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    allow_duplicate_class_names: bool = False,
 ) -> RawProbe:
     """An ImageNet-style labelled set: ``root/<class>/<image>``; labels index the sorted class
     folders. Class names: ``class_names``, else ``classnames.txt`` in ``root``, else the built-in
@@ -483,7 +492,8 @@ def read_imagefolder(
     dirs = _class_dirs(root)
     if not dirs:
         raise AlignkitError(f"no class folders with images in {root}")
-    names = resolve_class_names(class_names, root)
+    names = resolve_class_names(class_names, root, allow_duplicate_class_names)
+    templates = check_templates(templates, "templates")
     if names is None:
         if all(_WNID.match(d.name) for d in dirs):
             index = {w: i for i, w in enumerate(imagenet_wnids())}
@@ -513,10 +523,10 @@ FORMATS: dict[str, Callable[..., RawProbe]] = {
 }
 
 _FORMAT_OPTIONS = {
-    "manifest": {"images", "id_column", "class_names", "templates"},
+    "manifest": {"images", "id_column", "class_names", "templates", "allow_duplicate_class_names"},
     "coco": {"images"},
     "flickr": {"images"},
-    "imagefolder": {"class_names", "templates"},
+    "imagefolder": {"class_names", "templates", "allow_duplicate_class_names"},
 }
 
 

@@ -86,6 +86,7 @@ def _load_imagenet_samples(
     *,
     class_names: Sequence[str] | str | Path = "imagenet",
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    allow_duplicate_class_names: bool = False,
 ) -> RawProbe:
     folder = root / "imagenet-samples"
     if not (folder / "labels.jsonl").is_file():
@@ -96,7 +97,11 @@ def _load_imagenet_samples(
             "holding imagenet-samples/",
         )
     return read_manifest(
-        folder / "labels.jsonl", id_column="synset", class_names=class_names, templates=templates
+        folder / "labels.jsonl",
+        id_column="synset",
+        class_names=class_names,
+        templates=templates,
+        allow_duplicate_class_names=allow_duplicate_class_names,
     )
 
 
@@ -387,6 +392,7 @@ def load_probe(
             and mtime); ``"read"`` only reads and hashes the bytes.
         progress: show progress bars (image checks over 200 files, downloads).
         **options: format options: ``images`` (image folder), ``class_names``, ``templates``,
+            ``allow_duplicate_class_names`` (else two labels with one name are an error),
             ``id_column``, ``format``; for ``coco-val2017``: ``download_missing``, ``images_zip``,
             ``annotations_zip``, ``keep_archives``.
 

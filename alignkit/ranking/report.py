@@ -14,6 +14,7 @@ import pandas as pd
 
 from alignkit import plots
 from alignkit._words import counted
+from alignkit.metrics.calibration import P_FLOOR
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -26,18 +27,20 @@ def _num(value: float, digits: int = 3) -> str:
 
 
 def p_text(p: float, log10_p: float = math.nan) -> str:
-    """A p-value as tables show it: 3 decimals down to 0.001 (``0.012``), below that two
-    significant digits from its log10 (``2.3e-45``, also where p itself underflows to 0:
-    ``4.1e-412``); ``0 (beyond the null law's range)`` when p is exactly 0 under the law; ``–``
-    without a p."""
+    """A p-value as tables show it: 3 decimals down to 0.001 (``0.012``), then two significant
+    digits from its log10 down to :data:`~alignkit.metrics.calibration.P_FLOOR` (``2.3e-04``),
+    and ``< 1e-4`` below that floor, where the analytic null's tail was never checked against
+    permutations (also where p underflows to 0 or lies beyond the null law's range; the CSVs
+    keep the exact ``log10_p``); ``–`` without a p."""
     if p is None or not np.isfinite(p):
         return "–"
     if p >= 0.001:
         return f"{p:.3f}"
-    if log10_p is None or np.isnan(log10_p):  # no log10 (an older table): p as it is
-        return f"{p:.1e}" if p > 0 else "0"
-    if log10_p == -math.inf:
-        return "0 (beyond the null law's range)"
+    if log10_p is None or np.isnan(log10_p):  # no log10 (an older table): from p itself
+        log10_p = math.log10(p) if p > 0 else -math.inf
+    floor = math.log10(P_FLOOR)
+    if log10_p < floor:
+        return f"< 1e{round(floor)}"
     exponent = math.floor(log10_p)
     mantissa = round(10 ** (log10_p - exponent), 1)
     if mantissa >= 10:
@@ -206,6 +209,13 @@ def _verdict_lines(r: Ranking) -> list[str]:
             f"- p at its floor: {len(floor)} of the scores {have}"
             f" p = 1/(B+1) = {1 / (b + 1):.3g}, the smallest {counted(b, 'permutation')} can give;"
             " more permutations (or the analytic null of the CKA family) resolve smaller p."
+        )
+    below = int((r.table[f"{r.metric}_log10_p"] < math.log10(P_FLOOR)).sum())
+    if below:
+        lines.append(
+            f"- p < 1e-4 for {counted(below, 'pair')}: printed as such, since the analytic null's"
+            " tail was checked against permutations only down to there; scores.csv keeps the"
+            " exact log10_p."
         )
     real = r.table[~r.table["control"]]
     if real.empty:

@@ -210,6 +210,10 @@ class PredictivityConfig:
             )
         if self.train:
             self.train_config()  # fails now, listing the valid keys, not after scoring
+        if self.zeroshot:  # a template that cannot be filled: now, not after training
+            from alignkit.evaluation.prompts import load_templates
+
+            load_templates(self.templates)
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
