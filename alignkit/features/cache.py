@@ -13,7 +13,8 @@ Layout under ``root`` (default ``<alignkit cache dir>/features``)::
     _memo/<lookup>.json             cheap encoder identity -> key (see :func:`lookup_key`): a hit
                                     without building the encoder
 
-The key is a hash of what changes the numbers and nothing else (see :func:`feature_key`). Every
+The key is a hash of what changes the numbers and nothing else (:mod:`alignkit.features.keys`);
+where the cache is, :mod:`alignkit.features.location`. Every
 file is written to a temporary name in the same folder and renamed into place (``os.replace`` is
 atomic), so a reader never sees a partial file. The sidecar is renamed last and is the commit
 marker: an entry counts only when its sidecar names the current format version and the tensor
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
 import json
 import logging
 import re
@@ -33,7 +33,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -42,22 +42,17 @@ from alignkit._files import file_lock as _file_lock
 from alignkit.errors import AlignkitError
 from alignkit.features._io import atomic_path, load_tensor, save_tensor, sha256_file
 from alignkit.features.featureset import FeatureSet
-
-if TYPE_CHECKING:
-    from alignkit.encoders.base import Encoder
-    from alignkit.probes.base import ProbeSet
+from alignkit.features.keys import (
+    FORMAT_VERSION,
+    IMAGE_FEATURES_VERSION,
+    effective_precision,
+    feature_key,
+    key_fields,
+    lookup_key,
+)
+from alignkit.features.location import ENTRY_DIR, CacheLocation, locate_cache, resolve_cache_root
 
 log = logging.getLogger(__name__)
-
-#: Bump when the stored layout or the meaning of stored numbers changes; older entries are rebuilt.
-FORMAT_VERSION = 1
-
-#: Enters the key of image encoders only: bump when the features of image encoders change with no
-#: other key field changing, so older image entries are never reused (text entries stay valid).
-#: 2: images decoded as a viewer shows them (:mod:`alignkit.images`: EXIF orientation, 16-bit
-#: greyscale, alpha on white), and encoders frozen before any forward (``torchvision:``'s width
-#: probe no longer moves its BatchNorm statistics).
-IMAGE_FEATURES_VERSION = 2
 
 _SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 
@@ -75,172 +70,6 @@ class CacheEntry:
     size: int  # bytes on disk, tensor file + sidecar
     created: str  # ISO 8601, UTC
     path: Path  # the .safetensors file
-
-
-# -- the key ------------------------------------------------------------------------------------
-def effective_precision(encoder: Encoder) -> str:
-    """The float format the model really computes in: ``fp32`` on CPU (autocast is off there),
-    else what :func:`alignkit._device.autocast` picks on the GPU. It changes the numbers, so it is
-    part of the key; the device itself is not."""
-    precision = getattr(encoder, "precision", "auto")
-    device = getattr(encoder, "device", torch.device("cpu"))
-    return _precision(device, precision)
-
-
-def key_fields(
-    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
-) -> dict[str, Any]:
-    """Everything that changes the numbers of an extraction, as a JSON-able dict.
-
-    Encoder spec, weights identity, ``encoder.config()`` (pooling, layer, preprocessing), the
-    effective precision, the probe fingerprint and the feature format version; for image encoders
-    :data:`IMAGE_FEATURES_VERSION`; for text encoders the caption policy, plus the seed when the
-    policy is ``random``. Not the batch size, device, worker count or progress bar.
-    """
-    fields: dict[str, Any] = {
-        "format": FORMAT_VERSION,
-        "encoder": encoder.name,
-        "modality": encoder.modality,
-        "weights": encoder.weights_identity(),
-        "config": encoder.config(),
-        "precision": effective_precision(encoder),
-        "probe": probe.fingerprint,
-    }
-    if encoder.modality == "image":
-        fields["image_features"] = IMAGE_FEATURES_VERSION
-    if encoder.modality == "text":
-        fields["caption_policy"] = caption_policy
-        if caption_policy == "random":
-            fields["seed"] = int(seed)
-    return fields
-
-
-def feature_key(
-    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
-) -> str:
-    """The cache key (32 hex digits) of ``encoder`` on ``probe``: a sha256 of :func:`key_fields`."""
-    fields = key_fields(encoder, probe, caption_policy, seed)
-    try:
-        text = json.dumps(fields, sort_keys=True)
-    except TypeError as exc:
-        raise AlignkitError(
-            f"{encoder.name}: config() and weights_identity() must be JSON-serialisable to form a "
-            f"cache key: got {fields['config']!r} ({exc})"
-        ) from exc
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-# -- where the cache is ---------------------------------------------------------------------------
-_ENTRY_DIR = re.compile(r"^[0-9a-f]{2}$")
-_NOTED: set[str] = set()
-
-
-@dataclass(frozen=True)
-class CacheLocation:
-    """Where a cache lives, as :func:`locate_cache` resolved it.
-
-    Attributes:
-        root: the cache root (``$ALIGNKIT_CACHE_DIR``, or what ``--cache`` names).
-        features: the folder of the feature entries, ``root / "features"`` (the folder itself
-            when an old-layout folder holding entries directly was given).
-        note: why the given folder was not taken as the root, or None when it was.
-    """
-
-    root: Path
-    features: Path
-    note: str | None = None
-
-
-def _holds_entries(folder: Path) -> bool:
-    """True when ``folder`` is laid out like a features folder: ``ab/<key>.json|.safetensors``."""
-    try:
-        for child in folder.iterdir():
-            if child.is_dir() and _ENTRY_DIR.match(child.name):
-                if any(p.suffix in (".json", ".safetensors", ".partial") for p in child.iterdir()):
-                    return True
-    except OSError:
-        return False
-    return False
-
-
-def locate_cache(path: str | Path | None = None) -> CacheLocation:
-    """Resolve a cache location given by a user: ``path`` names the cache ROOT (entries under
-    ``<root>/features``), like ``$ALIGNKIT_CACHE_DIR``; None means ``$ALIGNKIT_CACHE_DIR`` (else
-    ``~/.cache/alignkit``).
-
-    A features folder given in place of its root is recognised and used, with a note (logged once
-    per folder): a folder named ``features`` with no ``features/`` inside stands for its parent,
-    and a folder that holds entries directly (``ab/<key>.json``, the layout an older ``--cache``
-    wrote) is used as the features folder itself. Nothing is created.
-    """
-    if path is None:
-        root = _paths.cache_dir()
-        return CacheLocation(root, root / "features")
-    given = Path(path).expanduser()
-    if given.exists() and not given.is_dir():
-        raise AlignkitError(f"a cache location is a folder: got the file {given}")
-    if (given / "features").is_dir():
-        return CacheLocation(given, given / "features")
-    if given.name == "features":
-        note = f"{given} is a features folder: using its parent {given.parent} as the cache root"
-        return _noted(CacheLocation(given.parent, given, note))
-    if _holds_entries(given):
-        note = (
-            f"{given} holds feature entries directly (the older --cache layout): reading and "
-            "writing them there"
-        )
-        return _noted(CacheLocation(given, given, note))
-    return CacheLocation(given, given / "features")
-
-
-def _noted(location: CacheLocation) -> CacheLocation:
-    if location.note and str(location.features) not in _NOTED:
-        _NOTED.add(str(location.features))
-        log.warning("%s", location.note)
-    return location
-
-
-def resolve_cache_root(path: str | Path | None = None) -> Path:
-    """The cache root that ``path`` stands for (see :func:`locate_cache`); None -> the default,
-    ``$ALIGNKIT_CACHE_DIR`` (else ``~/.cache/alignkit``)."""
-    return locate_cache(path).root
-
-
-def lookup_key(
-    spec: str,
-    options: dict[str, Any],
-    probe: ProbeSet,
-    caption_policy: str = "first",
-    seed: int = 0,
-) -> str | None:
-    """A key (32 hex digits) for :meth:`FeatureCache.recall` found without building the encoder:
-    sha256 of :func:`alignkit.encoders.identity.encoder_identity` (spec, options incl. device,
-    weights, libraries, code), the effective precision, the probe fingerprint, the caption policy
-    and seed. None when the encoder has no cheap identity (it must be built)."""
-    from alignkit._device import resolve_device
-    from alignkit.encoders.identity import encoder_identity
-
-    identity = encoder_identity(spec, **options)
-    if identity is None:
-        return None
-    device = resolve_device(options.get("device", "auto"))
-    fields = {
-        "format": FORMAT_VERSION,
-        "encoder": identity,
-        "precision": _precision(device, options.get("precision", "auto")),
-        "probe": probe.fingerprint,
-        "caption_policy": caption_policy,
-        "seed": int(seed),
-    }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _precision(device: torch.device, precision: str) -> str:
-    if torch.device(device).type != "cuda" or precision == "fp32":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return str(precision)
 
 
 # -- small file helpers -------------------------------------------------------------------------
@@ -518,7 +347,7 @@ class FeatureCache:
         if not self.root.is_dir():
             return entries
         for sidecar in self.root.glob("*/*.json"):
-            if not _ENTRY_DIR.match(sidecar.parent.name):
+            if not ENTRY_DIR.match(sidecar.parent.name):
                 continue
             try:
                 side = json.loads(sidecar.read_text())
@@ -580,6 +409,7 @@ def _matches(pattern: str, key: str, *names: str) -> bool:
 
 __all__ = [
     "FORMAT_VERSION",
+    "IMAGE_FEATURES_VERSION",
     "CacheEntry",
     "CacheLocation",
     "FeatureCache",

@@ -12,7 +12,7 @@ Storage, in the same content-addressed cache as pooled features (``FeatureCache.
     ab/ab12...ef.json          sidecar: kind "tokens", shapes, byte size, sha256 (the commit marker)
     ab/ab12...ef.partial/      shards of an extraction in progress (resumable)
 
-The key is :func:`~alignkit.features.cache.key_fields` plus ``kind="tokens"``, so it never equals
+The key is :func:`~alignkit.features.keys.key_fields` plus ``kind="tokens"``, so it never equals
 the pooled entry's key. Shards are written as the extraction goes and the final file is streamed
 from them, so neither extraction nor reading holds more than one shard in memory: the ``tokens``
 tensor a reader gets is a read-only ``numpy.memmap`` of the file (pages come from disk as they are
@@ -40,8 +40,9 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.features._io import atomic_path, sha256_file
-from alignkit.features.cache import FORMAT_VERSION, FeatureCache, key_fields
+from alignkit.features.cache import FeatureCache
 from alignkit.features.featureset import ProvenanceMixin, caption_ids
+from alignkit.features.keys import FORMAT_VERSION, key_fields
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -268,7 +269,7 @@ def extract_tokens(
         AlignkitError: the encoder has no token features, an unknown caption policy, bad
             arguments (checked before any model work).
     """
-    from alignkit.features.extract import (
+    from alignkit.features._arguments import (
         _check_arguments,
         _check_run,
         _resolve_cache,
@@ -438,15 +439,15 @@ class _TokenJob:
             bar.close()
 
     def _images(self, spans):
-        from alignkit.features.extract import (
+        from alignkit.features._work import (
             _Collate,
             _Failed,
             _ImageRows,
             _preprocess_fn,
             _to_device,
             _worker_context,
-            default_num_workers,
         )
+        from alignkit.features.extract import default_num_workers
 
         workers = (
             default_num_workers(self.enc.device) if self.num_workers is None else self.num_workers
