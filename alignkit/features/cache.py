@@ -12,6 +12,9 @@ Layout under ``root`` (default ``<alignkit cache dir>/features``)::
     ab/ab12...ef.lock               serialises the final commit of one key between processes
     _memo/<lookup>.json             cheap encoder identity -> key (see :func:`lookup_key`): a hit
                                     without building the encoder
+    _images/<encoder key>/<key>.json  the image digests of an image entry's rows, so that the
+                                    same images under another probe, or a subsample, are read
+                                    from it (see :meth:`FeatureCache.lookup`)
 
 The key is a hash of what changes the numbers and nothing else (:mod:`alignkit.features.keys`);
 where the cache is, :mod:`alignkit.features.location`. Every
@@ -40,11 +43,13 @@ import torch
 from alignkit import _paths
 from alignkit._files import file_lock as _file_lock
 from alignkit.errors import AlignkitError
+from alignkit.features import _image_index as image_index
 from alignkit.features._io import atomic_path, load_tensor, save_tensor, sha256_file
 from alignkit.features.featureset import FeatureSet
 from alignkit.features.keys import (
     FORMAT_VERSION,
     IMAGE_FEATURES_VERSION,
+    ImageRows,
     effective_precision,
     feature_key,
     key_fields,
@@ -211,42 +216,103 @@ class FeatureCache:
         return side is not None and self._problem(key, side) is None
 
     # write
-    def put(self, key: str, features: FeatureSet) -> Path:
+    def put(self, key: str, features: FeatureSet, images: ImageRows | None = None) -> Path:
         """Store ``features`` under ``key`` atomically; returns the tensor file's path.
+        ``images``: the entry holds image features of these rows (see :meth:`lookup`).
 
         Safe when several processes put the same key: the commit is serialised by a lock file,
         and a process that finds a sound entry already committed leaves it as it is.
         """
         path = self.path(key)
         with _file_lock(self._lock(key)):
-            side = self._read_sidecar(key)
-            if side is not None and self._problem(key, side) is None:
-                return path  # another process committed this key first
-            provenance = dict(features.provenance)
-            metadata = {
-                "format": str(FORMAT_VERSION),
-                "key": key,
-                "ids": json.dumps(list(features.ids)),
-                "provenance": json.dumps(provenance, sort_keys=True, default=str),
-            }
-            save_tensor(path, features.features, metadata)
-            sidecar = {
-                "format": FORMAT_VERSION,
-                "key": key,
-                "shape": list(features.features.shape),
-                "n": features.n,
-                "dim": features.dim,
-                "dtype": "float32",
-                "size": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "encoder": features.encoder,
-                "probe": str(provenance.get("probe", "?")),
-                "created": str(provenance.get("created") or _now()),
-                "provenance": provenance,
-            }
-            with atomic_path(self._sidecar(key)) as tmp:
-                tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
+            self._commit(key, features)
+        if images is not None:
+            image_index.write(self.root, key, images)
         return path
+
+    def _commit(self, key: str, features: FeatureSet) -> None:
+        """Write the entry of ``key`` unless a sound one is there (call under its lock)."""
+        path = self.path(key)
+        side = self._read_sidecar(key)
+        if side is not None and self._problem(key, side) is None:
+            return  # another process committed this key first
+        provenance = dict(features.provenance)
+        metadata = {
+            "format": str(FORMAT_VERSION),
+            "key": key,
+            "ids": json.dumps(list(features.ids)),
+            "provenance": json.dumps(provenance, sort_keys=True, default=str),
+        }
+        save_tensor(path, features.features, metadata)
+        sidecar = {
+            "format": FORMAT_VERSION,
+            "key": key,
+            "shape": list(features.features.shape),
+            "n": features.n,
+            "dim": features.dim,
+            "dtype": "float32",
+            "size": path.stat().st_size,
+            "sha256": sha256_file(path),
+            "encoder": features.encoder,
+            "probe": str(provenance.get("probe", "?")),
+            "created": str(provenance.get("created") or _now()),
+            "provenance": provenance,
+        }
+        with atomic_path(self._sidecar(key)) as tmp:
+            tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
+
+    # image features found by the images they show (alignkit.features.keys.ImageRows)
+    def lookup(
+        self, key: str, ids: tuple[str, ...], images: ImageRows | None = None
+    ) -> FeatureSet | None:
+        """The features stored for ``key``, as the rows ``ids``; None when the cache lacks them.
+
+        Without ``images`` (text features): the entry of ``key`` when it holds exactly ``ids``.
+        With ``images`` (image features, keyed by the images alone): the entry of ``key`` (the
+        same images in the same order, under whatever ids they had), else the entry written under
+        ``images.legacy_key`` before image keys, else any entry of the same encoder that holds
+        every wanted image (its rows gathered by image digest: a subsample of an extracted
+        probe). A hit for other ids comes back with ``ids`` and ``provenance["cached_from"]``,
+        the key of the entry it was read from.
+        """
+        if images is None:
+            return self.get(key, ids=ids)
+        hit = self._as_rows(self.get(key), key, ids)
+        if hit is None and images.legacy_key in self:
+            hit = self._as_rows(self.get(images.legacy_key, ids=ids), key, ids)
+            if hit is not None:  # let subsamples find it too
+                image_index.write(self.root, images.legacy_key, images)
+        return hit if hit is not None else self._rows_of_other_entry(key, ids, images)
+
+    def _as_rows(self, fs: FeatureSet | None, key: str, ids: tuple[str, ...]) -> FeatureSet | None:
+        """``fs`` (all its rows) as the rows ``ids``."""
+        if fs is None or fs.n != len(ids):
+            return None
+        if fs.ids == tuple(ids):
+            return fs
+        source = fs.provenance.get("cache_key")
+        return FeatureSet(
+            fs.features, tuple(ids), {**fs.provenance, "cache_key": key, "cached_from": source}
+        )
+
+    def _rows_of_other_entry(
+        self, key: str, ids: tuple[str, ...], images: ImageRows
+    ) -> FeatureSet | None:
+        """The wanted images' rows of the newest entry of the same encoder holding them all."""
+        for record in image_index.records(self.root, images.encoder_key):
+            where: dict[str, int] = {}
+            for i, digest in enumerate(record["digests"]):
+                where.setdefault(digest, i)
+            if not all(d in where for d in images.digests):
+                continue
+            fs = self.get(record["key"])
+            if fs is None or fs.n != len(record["digests"]):
+                continue
+            rows = [where[d] for d in images.digests]
+            chosen = fs.features.index_select(-2, torch.tensor(rows, dtype=torch.long))
+            part = FeatureSet(chosen, tuple(fs.ids[i] for i in rows), fs.provenance)
+            return self._as_rows(part, key, ids)
+        return None
 
     # shards of an extraction in progress
     def put_shard(self, key: str, start: int, stop: int, features: torch.Tensor) -> Path:
@@ -387,6 +453,7 @@ class FeatureCache:
             removed += 1
         if pattern == "*":
             shutil.rmtree(self.root / "_memo", ignore_errors=True)
+            shutil.rmtree(image_index.folder(self.root), ignore_errors=True)
         if pattern == "*" and self.root.is_dir():
             for path in self.root.glob("*/*"):
                 if path.suffix == ".partial" and path.is_dir():

@@ -38,6 +38,7 @@ from alignkit.features._arguments import (
 from alignkit.features._work import _Job
 from alignkit.features.cache import FeatureCache, feature_key, lookup_key
 from alignkit.features.featureset import FeatureSet, caption_ids
+from alignkit.features.keys import image_rows
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -191,8 +192,9 @@ def _extract(
     key to remember for the result (see :func:`alignkit.features.keys.lookup_key`)."""
     per_caption = enc.modality == "text" and caption_policy == "all"
     ids = caption_ids(probe) if per_caption else probe.ids
+    images = image_rows(enc, probe)  # image features are found by the images they show
     if store is not None:
-        hit = store.get(key, ids=ids)
+        hit = _for_probe(store.lookup(key, ids, images), probe)
         usable = hit is not None
         if ranks is not None:  # every rank must take the same branch: all hit, or all extract
             usable = _distributed.all_true(usable, ranks)
@@ -226,12 +228,20 @@ def _extract(
     features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
     result = FeatureSet(features, ids, _provenance(enc, probe, caption_policy, seed, key))
     if store is not None and (ranks is None or ranks.is_main):
-        store.put(key, result)
+        store.put(key, result, images)
         store.drop_shards(key)
         if lookup is not None:
             store.remember(lookup, key)
     _distributed.barrier(ranks)
     return result
+
+
+def _for_probe(hit: FeatureSet | None, probe: ProbeSet) -> FeatureSet | None:
+    """A cache hit read from another probe's entry, its provenance naming ``probe``."""
+    if hit is None or "cached_from" not in hit.provenance:
+        return hit
+    provenance = {**hit.provenance, "probe": probe.name, "probe_fingerprint": probe.fingerprint}
+    return FeatureSet(hit.features, hit.ids, provenance)
 
 
 def fit_to_probe(encoder: Encoder, probe: ProbeSet) -> Encoder:

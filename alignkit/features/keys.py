@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,16 +39,16 @@ def effective_precision(encoder: Encoder) -> str:
     return _precision(device, precision)
 
 
-def key_fields(
-    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
-) -> dict[str, Any]:
-    """Everything that changes the numbers of an extraction, as a JSON-able dict.
+#: Enters the key of image features (:func:`images_fingerprint`): bump when its recipe changes.
+#: Image entries written before it (keyed by the probe fingerprint) are still found, by
+#: :func:`probe_key_fields`.
+IMAGES_KEY_VERSION = "images-1"
 
-    Encoder spec, weights identity, ``encoder.config()`` (pooling, layer, preprocessing), the
-    effective precision, the probe fingerprint and the feature format version; for image encoders
-    :data:`IMAGE_FEATURES_VERSION`; for text encoders the caption policy, plus the seed when the
-    policy is ``random``. Not the batch size, device, worker count or progress bar.
-    """
+
+def encoder_fields(encoder: Encoder) -> dict[str, Any]:
+    """What the encoder adds to a key: the feature format version, spec, modality, weights
+    identity, ``encoder.config()`` (pooling, layer, preprocessing), the effective precision; for
+    image encoders :data:`IMAGE_FEATURES_VERSION`."""
     fields: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "encoder": encoder.name,
@@ -55,10 +56,35 @@ def key_fields(
         "weights": encoder.weights_identity(),
         "config": encoder.config(),
         "precision": effective_precision(encoder),
-        "probe": probe.fingerprint,
     }
     if encoder.modality == "image":
         fields["image_features"] = IMAGE_FEATURES_VERSION
+    return fields
+
+
+def key_fields(
+    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
+) -> dict[str, Any]:
+    """Everything that changes the numbers of an extraction, as a JSON-able dict.
+
+    :func:`encoder_fields`, then what the rows give the encoder: for image encoders the images
+    alone (:func:`images_fingerprint`: their content digests in row order), so captions, row
+    ids, labels, dropped rows and which probe or subsample holds the images do not enter; for
+    text encoders the probe fingerprint and the caption policy, plus the seed when the policy is
+    ``random``. Not the batch size, device, worker count or progress bar.
+    """
+    if encoder.modality == "image":
+        return {**encoder_fields(encoder), "images": images_fingerprint(probe)}
+    return probe_key_fields(encoder, probe, caption_policy, seed)
+
+
+def probe_key_fields(
+    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
+) -> dict[str, Any]:
+    """:func:`encoder_fields` and the probe fingerprint (ids, captions, labels, images, dropped
+    rows), plus the caption policy (and seed) of text encoders: the key of text features, of
+    token features, and of the image features written before :data:`IMAGES_KEY_VERSION`."""
+    fields = {**encoder_fields(encoder), "probe": probe.fingerprint}
     if encoder.modality == "text":
         fields["caption_policy"] = caption_policy
         if caption_policy == "random":
@@ -66,16 +92,69 @@ def key_fields(
     return fields
 
 
+def images_fingerprint(probe: ProbeSet) -> str:
+    """32 hex digits of sha256 over :data:`IMAGES_KEY_VERSION`, the image content digest of
+    every row in row order (:meth:`ProbeRow.image_digest`) and the probe's ``content_key``
+    (e.g. the synthetic renderer's version)."""
+    h = hashlib.sha256(IMAGES_KEY_VERSION.encode())
+    for digest in image_digests(probe):
+        h.update(f"{digest}\n".encode())
+    h.update(json.dumps(list(probe.content_key)).encode())
+    return h.hexdigest()[:32]
+
+
+def image_digests(probe: ProbeSet) -> tuple[str, ...]:
+    """The image content digest of every row, in row order."""
+    return tuple(row.image_digest() for row in probe.rows)
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """How the cache finds image features other than by their own key.
+
+    Attributes:
+        encoder_key: 32 hex digits: the part of the key the encoder gives
+            (:func:`encoder_fields` and the probe's ``content_key``); entries with the same
+            ``encoder_key`` hold features of the same encoder, so rows of one can serve another.
+        digests: the image content digest of each wanted row, in row order.
+        legacy_key: the key these features had before :data:`IMAGES_KEY_VERSION` (by the probe
+            fingerprint, :func:`probe_key_fields`).
+    """
+
+    encoder_key: str
+    digests: tuple[str, ...]
+    legacy_key: str
+
+
+def image_rows(encoder: Encoder, probe: ProbeSet) -> ImageRows | None:
+    """The :class:`ImageRows` of an image encoder on ``probe``; None for other encoders."""
+    if encoder.modality != "image":
+        return None
+    shared = {
+        **encoder_fields(encoder),
+        "images_key": IMAGES_KEY_VERSION,
+        "content_key": list(probe.content_key),
+    }
+    return ImageRows(
+        encoder_key=_hash(shared, encoder.name),
+        digests=image_digests(probe),
+        legacy_key=_hash(probe_key_fields(encoder, probe), encoder.name),
+    )
+
+
 def feature_key(
     encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
 ) -> str:
     """The cache key (32 hex digits) of ``encoder`` on ``probe``: a sha256 of :func:`key_fields`."""
-    fields = key_fields(encoder, probe, caption_policy, seed)
+    return _hash(key_fields(encoder, probe, caption_policy, seed), encoder.name)
+
+
+def _hash(fields: dict[str, Any], name: str) -> str:
     try:
         text = json.dumps(fields, sort_keys=True)
     except TypeError as exc:
         raise AlignkitError(
-            f"{encoder.name}: config() and weights_identity() must be JSON-serialisable to form a "
+            f"{name}: config() and weights_identity() must be JSON-serialisable to form a "
             f"cache key: got {fields['config']!r} ({exc})"
         ) from exc
     return hashlib.sha256(text.encode()).hexdigest()[:32]

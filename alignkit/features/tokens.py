@@ -12,11 +12,11 @@ Storage, in the same content-addressed cache as pooled features (``FeatureCache.
     ab/ab12...ef.json          sidecar: kind "tokens", shapes, byte size, sha256 (the commit marker)
     ab/ab12...ef.partial/      shards of an extraction in progress (resumable)
 
-The key is :func:`~alignkit.features.keys.key_fields` plus ``kind="tokens"``, so it never equals
-the pooled entry's key. Shards are written as the extraction goes and the final file is streamed
-from them, so neither extraction nor reading holds more than one shard in memory: the ``tokens``
-tensor a reader gets is a read-only ``numpy.memmap`` of the file (pages come from disk as they are
-touched), so a cache larger than RAM trains with bounded memory.
+The key is :func:`~alignkit.features.keys.probe_key_fields` plus ``kind="tokens"``, so it never
+equals the pooled entry's key. Shards are written as the extraction goes and the final file is
+streamed from them, so neither extraction nor reading holds more than one shard in memory: the
+``tokens`` tensor a reader gets is a read-only ``numpy.memmap`` of the file (pages come from disk
+as they are touched), so a cache larger than RAM trains with bounded memory.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from alignkit.errors import AlignkitError
 from alignkit.features._io import atomic_path, sha256_file
 from alignkit.features.cache import FeatureCache
 from alignkit.features.featureset import ProvenanceMixin, caption_ids
-from alignkit.features.keys import FORMAT_VERSION, key_fields
+from alignkit.features.keys import FORMAT_VERSION, probe_key_fields
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -198,7 +198,7 @@ def token_key(
 ) -> str:
     """Cache key (32 hex digits) of the token features of ``encoder`` on ``probe``."""
     fields = {
-        **key_fields(encoder, probe, caption_policy, seed),
+        **probe_key_fields(encoder, probe, caption_policy, seed),
         "kind": "tokens",
         "token_format": TOKEN_FORMAT,
     }
