@@ -62,6 +62,8 @@ def test_a_subsample_of_extracted_images_is_read_from_the_full_entry(probe, stor
     rows = [probe.ids.index(i) for i in part.ids]
     assert torch.equal(sub.features, full.features[rows])
     assert sub.ids == part.ids
+    assert sub.provenance["probe_fingerprint"] == part.fingerprint
+    assert sub.provenance["cached_from"] == full.provenance["cache_key"]
     # layered features: rows gathered along the row axis of (L, n, d)
     _extract(TinyImageEncoder(layer="all"), probe, store)
     layered = _extract(TinyImageEncoder(layer="all", fail_on_call=1), part, store)
@@ -108,6 +110,15 @@ def test_entries_keyed_by_probe_fingerprint_are_still_read(probe, store, monkeyp
     assert sub.n == 4 and len(store.list()) == 1
 
 
+def test_an_entry_found_without_its_encoder_names_the_same_encoder_key(probe, store):
+    enc = TinyImageEncoder()
+    fs = _extract(enc, probe, store)
+    by_entry = keys_module.entry_image_rows(fs.provenance, probe)
+    assert by_entry.encoder_key == keys_module.image_rows(enc, probe).encoder_key
+    other = TinyImageEncoder(layer="all")
+    assert by_entry.encoder_key != keys_module.image_rows(other, probe).encoder_key
+
+
 def test_text_keys_are_unchanged(probe):
     from test_features_support import HashTextEncoder
 
@@ -150,3 +161,45 @@ def test_real_one_caption_manifest_and_subsample_reuse_the_image_features(data_d
     rows = [full.ids.index(i) for i in part.ids]
     assert torch.equal(sub.features, first.features[rows])
     assert len(store.list()) == 1
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_entry_from_before_image_keys_serves_a_subsample_after_a_cache_hit(
+    data_dir, tmp_path, monkeypatch
+):
+    """A spec's entry written before image keys (by probe fingerprint, with no image index) is
+    indexed when a rerun reads it without building the encoder; --n 10 then reads its rows."""
+    from alignkit.features import _work
+
+    spec, root = "torchvision:mobilenet_v2", tmp_path / "cache"
+    full = load_probe("flickr8k:dev", n=24, data_dir=data_dir, progress=False)
+    kw = {"batch_size": 8, "num_workers": 0, "cache": root, "progress": False, "device": "cpu"}
+
+    def old_fields(encoder, probe, caption_policy="first", seed=0):
+        return keys_module.probe_key_fields(encoder, probe, caption_policy, seed)
+
+    with monkeypatch.context() as m:  # the cache as the code before image keys left it
+        m.setattr(keys_module, "key_fields", old_fields)
+        m.setattr(FeatureCache, "index_images", lambda *a: None)
+        first = extract_features(spec, full, **kw)
+    assert not (root / "features" / "_images").exists()
+    runs = []
+    run = _work._Job.run
+    monkeypatch.setattr(_work._Job, "run", lambda self, a, b: runs.append(b - a) or run(self, a, b))
+    again = extract_features(spec, full, **kw)  # the memo: not even built
+    assert runs == [] and torch.equal(again.features, first.features)
+    part = load_probe("flickr8k:dev", n=10, data_dir=data_dir, progress=False)
+    sub = extract_features(spec, part, **kw)
+    assert runs == []
+    rows = [full.ids.index(i) for i in part.ids]
+    assert torch.equal(sub.features, first.features[rows])
+    # and `train --cache-only` counts them as cached, but not other images
+    from alignkit.errors import AlignkitError
+    from alignkit.train_pair import require_cached
+
+    smaller = load_probe("flickr8k:dev", n=6, data_dir=data_dir, progress=False)
+    require_cached([spec], smaller, cache=root)
+    other = load_probe("flickr8k:test", n=6, data_dir=data_dir, progress=False)
+    with pytest.raises(AlignkitError, match="--cache-only"):
+        require_cached([spec], other, cache=root)

@@ -125,9 +125,7 @@ def _resolve_cache(cache: bool | str | Path | FeatureCache | None) -> FeatureCac
 def _provenance(
     enc: Encoder, probe: ProbeSet, caption_policy: str, seed: int, key: str
 ) -> dict[str, Any]:
-    import alignkit
-
-    text = enc.modality == "text"
+    """What a FeatureSet records of where it came from."""
     return {
         "encoder": enc.name,
         "modality": enc.modality,
@@ -136,6 +134,19 @@ def _provenance(
         "pooling": getattr(enc, "pooling", "default"),
         "layer": getattr(enc, "layer", "last"),
         "precision": effective_precision(enc),
+        **_origin(enc, probe, caption_policy, seed, key),
+    }
+
+
+def _origin(
+    enc: Encoder, probe: ProbeSet, caption_policy: str, seed: int, key: str
+) -> dict[str, Any]:
+    """The end of every extraction's provenance (features and tokens): the caption policy and
+    seed of a text encoder, the probe, alignkit's version, the time and the cache key."""
+    import alignkit
+
+    text = enc.modality == "text"
+    return {
         "caption_policy": caption_policy if text else None,
         "seed": int(seed) if text and caption_policy == "random" else None,
         "probe": probe.name,

@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignkit.features._io import atomic_path
-from alignkit.features.keys import FORMAT_VERSION
+from alignkit.features.keys import FORMAT_VERSION, KEY_PATTERN
 
 if TYPE_CHECKING:
     from alignkit.features.keys import ImageRows
 
 log = logging.getLogger("alignkit.features.cache")
 
-_KEY = re.compile(r"^[0-9a-f]{8,64}$")
-
 
 def folder(root: Path) -> Path:
     """The index folder of the cache's features folder ``root``."""
     return root / "_images"
+
+
+def has(root: Path, key: str, images: ImageRows) -> bool:
+    """True when the record of ``key`` is already filed under ``images.encoder_key``."""
+    return (folder(root) / images.encoder_key / f"{key}.json").is_file()
 
 
 def write(root: Path, key: str, images: ImageRows) -> None:
@@ -46,7 +48,7 @@ def write(root: Path, key: str, images: ImageRows) -> None:
 def records(root: Path, encoder_key: str) -> list[dict[str, Any]]:
     """The index records of one encoder, newest first; unreadable or foreign ones left out."""
     here = folder(root) / encoder_key
-    if not _KEY.match(encoder_key) or not here.is_dir():
+    if not KEY_PATTERN.fullmatch(encoder_key) or not here.is_dir():
         return []
     found = []
     for path in here.glob("*.json"):
@@ -54,7 +56,7 @@ def records(root: Path, encoder_key: str) -> list[dict[str, Any]]:
             record = json.loads(path.read_text())
             ok = (
                 record.get("format") == FORMAT_VERSION
-                and _KEY.match(str(record["key"]))
+                and KEY_PATTERN.fullmatch(str(record["key"]))
                 and isinstance(record["digests"], list)
             )
             if ok:

@@ -49,6 +49,7 @@ from alignkit.features.featureset import FeatureSet
 from alignkit.features.keys import (
     FORMAT_VERSION,
     IMAGE_FEATURES_VERSION,
+    KEY_PATTERN,
     ImageRows,
     effective_precision,
     feature_key,
@@ -136,7 +137,7 @@ class FeatureCache:
 
     # paths
     def _check_key(self, key: str) -> str:
-        if not re.fullmatch(r"[0-9a-f]{8,64}", key or ""):
+        if not KEY_PATTERN.fullmatch(key or ""):
             raise AlignkitError(f"a cache key is a lower-case hex string: got {key!r}")
         return key
 
@@ -227,7 +228,7 @@ class FeatureCache:
         with _file_lock(self._lock(key)):
             self._commit(key, features)
         if images is not None:
-            image_index.write(self.root, key, images)
+            self.index_images(key, images)
         return path
 
     def _commit(self, key: str, features: FeatureSet) -> None:
@@ -281,19 +282,29 @@ class FeatureCache:
         if hit is None and images.legacy_key in self:
             hit = self._as_rows(self.get(images.legacy_key, ids=ids), key, ids)
             if hit is not None:  # let subsamples find it too
-                image_index.write(self.root, images.legacy_key, images)
+                self.index_images(images.legacy_key, images)
         return hit if hit is not None else self._rows_of_other_entry(key, ids, images)
 
-    def _as_rows(self, fs: FeatureSet | None, key: str, ids: tuple[str, ...]) -> FeatureSet | None:
-        """``fs`` (all its rows) as the rows ``ids``."""
+    def index_images(self, key: str, images: ImageRows) -> None:
+        """Note that the entry ``key`` holds the images ``images.digests`` (in row order), so
+        that :meth:`lookup` finds them for another probe. Written once per entry."""
+        if image_index.has(self.root, key, images):
+            return
+        image_index.write(self.root, key, images)
+
+    def _as_rows(
+        self, fs: FeatureSet | None, key: str, ids: tuple[str, ...], part_of: str | None = None
+    ) -> FeatureSet | None:
+        """``fs`` as the rows ``ids``: unchanged when it is a whole entry with these ids, else
+        with the provenance of a set read from another entry (``part_of``: of which it is a
+        part)."""
         if fs is None or fs.n != len(ids):
             return None
-        if fs.ids == tuple(ids):
+        if fs.ids == tuple(ids) and part_of is None:
             return fs
-        source = fs.provenance.get("cache_key")
-        return FeatureSet(
-            fs.features, tuple(ids), {**fs.provenance, "cache_key": key, "cached_from": source}
-        )
+        source = part_of or fs.provenance.get("cache_key")
+        provenance = {**fs.provenance, "cache_key": key, "cached_from": source}
+        return FeatureSet(fs.features, tuple(ids), provenance)
 
     def _rows_of_other_entry(
         self, key: str, ids: tuple[str, ...], images: ImageRows
@@ -310,8 +321,8 @@ class FeatureCache:
                 continue
             rows = [where[d] for d in images.digests]
             chosen = fs.features.index_select(-2, torch.tensor(rows, dtype=torch.long))
-            part = FeatureSet(chosen, tuple(fs.ids[i] for i in rows), fs.provenance)
-            return self._as_rows(part, key, ids)
+            part = FeatureSet(chosen, tuple(ids), fs.provenance)
+            return self._as_rows(part, key, ids, part_of=str(record["key"]))
         return None
 
     # shards of an extraction in progress

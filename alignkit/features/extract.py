@@ -38,7 +38,7 @@ from alignkit.features._arguments import (
 from alignkit.features._work import _Job
 from alignkit.features.cache import FeatureCache, feature_key, lookup_key
 from alignkit.features.featureset import FeatureSet, caption_ids
-from alignkit.features.keys import image_rows
+from alignkit.features.keys import entry_image_rows, image_rows
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -152,27 +152,14 @@ def extract_features(
     fit_to_probe(enc, probe)
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
+    args = (batch_size, workers, caption_policy, seed, progress, lookup)
     if distributed is True:
         with _distributed.process_group(enc.device) as ranks:
-            return _extract(
-                enc,
-                probe,
-                store,
-                key,
-                ranks,
-                batch_size,
-                workers,
-                caption_policy,
-                seed,
-                progress,
-                lookup,
-            )
+            return _extract(enc, probe, store, key, ranks, *args)
     ranks = _distributed.current_ranks(enc.device) if distributed is None else None
     if ranks is None and distributed is None:
         _distributed.warn_unsharded()
-    return _extract(
-        enc, probe, store, key, ranks, batch_size, workers, caption_policy, seed, progress, lookup
-    )
+    return _extract(enc, probe, store, key, ranks, *args)
 
 
 def _extract(
@@ -200,8 +187,8 @@ def _extract(
             usable = _distributed.all_true(usable, ranks)
         if usable:
             log.info("%s on %s: %d rows from the feature cache", enc.name, probe.name, hit.n)
-            if lookup is not None:
-                store.remember(lookup, key)
+            if lookup is not None and "cached_from" not in hit.provenance:
+                store.remember(lookup, hit.provenance.get("cache_key", key))  # its own entry
             return hit
 
     blocks = _distributed.row_blocks(len(ids), batch_size, ranks.world if ranks else 1)
@@ -330,4 +317,7 @@ def _recall(
     if hit.ids != (caption_ids(probe) if per_caption else probe.ids):
         return None
     log.info("%s on %s: %d rows from the feature cache (not built)", spec, probe.name, hit.n)
+    images = entry_image_rows(hit.provenance, probe)
+    if images is not None:  # an entry keyed by probe: let subsamples of its images find it too
+        store.index_images(str(hit.provenance["cache_key"]), images)
     return hit

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
     from alignkit.probes.base import ProbeSet
 
+
+#: What a cache key looks like: lower-case hex (32 digits from :func:`feature_key`; 8 to 64 read).
+KEY_PATTERN = re.compile(r"[0-9a-f]{8,64}")
 
 #: Bump when the stored layout or the meaning of stored numbers changes; older entries are rebuilt.
 FORMAT_VERSION = 1
@@ -130,16 +134,34 @@ def image_rows(encoder: Encoder, probe: ProbeSet) -> ImageRows | None:
     """The :class:`ImageRows` of an image encoder on ``probe``; None for other encoders."""
     if encoder.modality != "image":
         return None
-    shared = {
-        **encoder_fields(encoder),
-        "images_key": IMAGES_KEY_VERSION,
-        "content_key": list(probe.content_key),
-    }
     return ImageRows(
-        encoder_key=_hash(shared, encoder.name),
+        encoder_key=_encoder_key(encoder_fields(encoder), probe),
         digests=image_digests(probe),
         legacy_key=_hash(probe_key_fields(encoder, probe), encoder.name),
     )
+
+
+def entry_image_rows(provenance: dict[str, Any], probe: ProbeSet) -> ImageRows | None:
+    """The :class:`ImageRows` of a cache entry of image features of ``probe``'s rows, from the
+    provenance it records (which holds every field of :func:`encoder_fields`), for an entry
+    found without building its encoder; None for other entries."""
+    if provenance.get("modality") != "image" or "cache_key" not in provenance:
+        return None
+    fields = {name: provenance.get(name) for name in _PROVENANCE_FIELDS}
+    fields.update(format=FORMAT_VERSION, image_features=IMAGE_FEATURES_VERSION)
+    return ImageRows(
+        encoder_key=_encoder_key(fields, probe),
+        digests=image_digests(probe),
+        legacy_key=str(provenance["cache_key"]),
+    )
+
+
+_PROVENANCE_FIELDS = ("encoder", "modality", "weights", "config", "precision")
+
+
+def _encoder_key(fields: dict[str, Any], probe: ProbeSet) -> str:
+    shared = {**fields, "images_key": IMAGES_KEY_VERSION, "content_key": list(probe.content_key)}
+    return _hash(shared, str(fields["encoder"]))
 
 
 def feature_key(

@@ -31,7 +31,6 @@ import struct
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -308,7 +307,7 @@ def extract_tokens(
 def _token_provenance(
     enc: Encoder, probe: ProbeSet, policy: str, seed: int, key: str
 ) -> dict[str, Any]:
-    import alignkit
+    from alignkit.features._arguments import _origin
 
     text = enc.modality == "text"
     return {
@@ -320,13 +319,7 @@ def _token_provenance(
         "dtype": "float16",
         # ViT CLS/register tokens in front of the patch tokens (timm's num_prefix_tokens)
         "prefix_tokens": 0 if text else int(getattr(enc, "n_prefix", 0) or 0),
-        "caption_policy": policy if text else None,
-        "seed": int(seed) if text and policy == "random" else None,
-        "probe": probe.name,
-        "probe_fingerprint": probe.fingerprint,
-        "alignkit_version": alignkit.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cache_key": key,
+        **_origin(enc, probe, policy, seed, key),
     }
 
 
