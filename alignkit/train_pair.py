@@ -84,6 +84,7 @@ def require_cached(
     from alignkit.encoders import create_encoder
     from alignkit.features.cache import feature_key
     from alignkit.features.extract import _resolve_cache
+    from alignkit.features.keys import image_rows
     from alignkit.features.tokens import _cached, token_key
 
     store = _resolve_cache(cache)
@@ -97,6 +98,9 @@ def require_cached(
 
             ids = caption_ids(probe) if enc.modality == "text" else probe.ids
             hit = _cached(store, token_key(enc, probe, policy), ids) is not None
+        elif enc.modality == "image":  # by its images: under another probe or in a larger set
+            found = store.lookup(feature_key(enc, probe), probe.ids, image_rows(enc, probe))
+            hit = found is not None
         else:
             hit = feature_key(enc, probe, policy) in store
         if not hit:

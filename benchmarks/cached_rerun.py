@@ -95,14 +95,14 @@ def _instrument(phases: _Phases) -> None:
 
     import alignkit.metrics as metrics
     import alignkit.ranking.pipeline as pipeline
-    from alignkit.ranking.result import Ranking
+    from alignkit.ranking import report
 
     phases.wrap(pipeline, "load_ranking_probe", "probe")
     phases.wrap(pipeline, "_extract", "features (cache)")
     phases.wrap(metrics, "score_pairs", "scoring")
     for attr in ("plot_heatmap", "plot_agreement", "plot_top_pairs", "plot_layers"):
-        phases.wrap(Ranking, attr, "figures: draw")
-    phases.wrap(Ranking, "summary", "summary.md")
+        phases.wrap(report, attr, "figures: draw")
+    phases.wrap(report, "summary", "summary.md")
     save = Figure.savefig
 
     def savefig(fig: Any, fname: Any, *args: Any, **kwargs: Any) -> Any:

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from metrics import inputs  # noqa: E402
 
-from alignkit.metrics.neighbours import _drop_self, _recall, knn_lists  # noqa: E402
+from alignkit.metrics.knn import knn_lists  # noqa: E402
+from alignkit.metrics.knn_graph import _drop_self, _recall  # noqa: E402
 
 
 def main() -> None:

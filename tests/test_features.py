@@ -191,7 +191,7 @@ def test_text_encoder_that_needs_fitting_is_fitted_on_every_caption(probe):
 
 
 def test_workers_get_the_model_free_preprocessor_when_the_backend_has_one(probe, monkeypatch):
-    from alignkit.features.extract import _preprocess_fn
+    from alignkit.features._work import _preprocess_fn
 
     enc = TinyImageEncoder()
     assert _preprocess_fn(enc) == enc.preprocess  # overrides preprocess itself: use it

@@ -9,7 +9,7 @@ import pytest
 from test_features_support import HashTextEncoder, TinyImageEncoder, make_probe
 
 from alignkit.features import FeatureCache, extract_features
-from alignkit.features import cache as cache_module
+from alignkit.features import keys as keys_module
 
 
 def test_image_entries_of_an_older_image_pipeline_are_recomputed(
@@ -17,10 +17,10 @@ def test_image_entries_of_an_older_image_pipeline_are_recomputed(
 ) -> None:
     probe = make_probe(tmp_path / "img", 6)
     store = FeatureCache(tmp_path / "cache")
-    version = cache_module.IMAGE_FEATURES_VERSION
+    version = keys_module.IMAGE_FEATURES_VERSION
     assert version >= 2  # 1 was Image.convert("RGB") and the drifting MobileNetV2
     with monkeypatch.context() as m:  # entries written by the older pipeline
-        m.setattr(cache_module, "IMAGE_FEATURES_VERSION", version - 1)
+        m.setattr(keys_module, "IMAGE_FEATURES_VERSION", version - 1)
         old_image, old_text = TinyImageEncoder(), HashTextEncoder()
         extract_features(old_image, probe, cache=store, num_workers=0, progress=False)
         extract_features(old_text, probe, cache=store, progress=False)

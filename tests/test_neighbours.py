@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.metrics import knn as exact
 from alignkit.metrics import neighbours as nb
 from alignkit.metrics.neighbours import knn_graph, knn_lists, mutual_knn, mutual_knn_detail
 
@@ -29,11 +30,11 @@ def tiles(request, monkeypatch):
     the cell filter all run; "filter only" opens cells however many pass, so that the sparse
     merges run too (by default weak thresholds send a block to topk instead)."""
     if request.param != "default tiles":
-        monkeypatch.setattr(nb, "TILE", 64)
-        monkeypatch.setattr(nb, "SUB_TILE", 32)
+        monkeypatch.setattr(exact, "TILE", 64)
+        monkeypatch.setattr(exact, "SUB_TILE", 32)
         monkeypatch.setattr("alignkit.metrics._engine.BLOCK_ELEMENTS", 64 * 96)
     if request.param == "small tiles, filter only":
-        monkeypatch.setattr(nb, "_OPEN_SHARE", 1.0)
+        monkeypatch.setattr(exact, "_OPEN_SHARE", 1.0)
     return request.param
 
 
@@ -58,8 +59,8 @@ def _clustered(n: int, d: int, seed: int) -> np.ndarray:
 def test_knn_lists_equal_a_dense_stable_sort(n, k, dtype, tiles, monkeypatch):
     x = _clustered(n, 24, seed=n).astype(dtype)
     calls = []
-    merge = nb._merge_offers
-    monkeypatch.setattr(nb, "_merge_offers", lambda *a: calls.append(1) or merge(*a))
+    merge = exact._merge_offers
+    monkeypatch.setattr(exact, "_merge_offers", lambda *a: calls.append(1) or merge(*a))
     idx, sim = knn_lists(torch.from_numpy(x), k)
     expected = _naive_lists(x.astype(np.float64), k)
     np.testing.assert_array_equal(idx.numpy(), expected)
@@ -101,7 +102,7 @@ def test_relabelled_lists_are_the_lists_of_the_permuted_input(tiles):
     opts = {"k": 6}
     sx = nb._knn_prepare(torch.from_numpy(x), opts, "x")
     sy = nb._knn_prepare(torch.from_numpy(y), opts, "y")
-    idx_p, _ = nb._relabel(sy.idx, sy.sim, perm)
+    idx_p, _ = exact._relabel(sy.idx, sy.sim, perm)
     np.testing.assert_array_equal(np.sort(idx_p.numpy(), 1), _naive_lists(y[perm.numpy()], 6))
     cross = nb._knn_cross(sx, sy, perm, opts)
     score = nb._mutual_knn_finish(sx, sy, cross, opts)

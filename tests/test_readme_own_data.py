@@ -127,9 +127,9 @@ def test_readme_own_data_example_on_60_flickr8k_rows(
 
     # the scores are those of the users' 60 rows: biased linear CKA recomputed here from the
     # cached features, row by row in the manifest's order
-    from alignkit.ranking.folder import load
+    from alignkit.ranking import Ranking
 
-    loaded = load(out, features=True)
+    loaded = Ranking.load(out, features=True)
     assert list(loaded.probe.ids) == [r["id"] for r in rows]
     text = np.asarray(loaded.features[TEXT].features, dtype=np.float64).reshape(ROWS, -1)
     for vision, row in ((VISION, real), (CONTROL, control)):

@@ -12,8 +12,12 @@ Layout under ``root`` (default ``<alignkit cache dir>/features``)::
     ab/ab12...ef.lock               serialises the final commit of one key between processes
     _memo/<lookup>.json             cheap encoder identity -> key (see :func:`lookup_key`): a hit
                                     without building the encoder
+    _images/<encoder key>/<key>.json  the image digests of an image entry's rows, so that the
+                                    same images under another probe, or a subsample, are read
+                                    from it (see :meth:`FeatureCache.lookup`)
 
-The key is a hash of what changes the numbers and nothing else (see :func:`feature_key`). Every
+The key is a hash of what changes the numbers and nothing else (:mod:`alignkit.features.keys`);
+where the cache is, :mod:`alignkit.features.location`. Every
 file is written to a temporary name in the same folder and renamed into place (``os.replace`` is
 atomic), so a reader never sees a partial file. The sidecar is renamed last and is the commit
 marker: an entry counts only when its sidecar names the current format version and the tensor
@@ -25,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
 import json
 import logging
 import re
@@ -33,31 +36,29 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from alignkit import _paths
 from alignkit._files import file_lock as _file_lock
 from alignkit.errors import AlignkitError
+from alignkit.features import _image_index as image_index
 from alignkit.features._io import atomic_path, load_tensor, save_tensor, sha256_file
 from alignkit.features.featureset import FeatureSet
-
-if TYPE_CHECKING:
-    from alignkit.encoders.base import Encoder
-    from alignkit.probes.base import ProbeSet
+from alignkit.features.keys import (
+    FORMAT_VERSION,
+    IMAGE_FEATURES_VERSION,
+    KEY_PATTERN,
+    ImageRows,
+    effective_precision,
+    feature_key,
+    key_fields,
+    lookup_key,
+)
+from alignkit.features.location import ENTRY_DIR, CacheLocation, locate_cache, resolve_cache_root
 
 log = logging.getLogger(__name__)
-
-#: Bump when the stored layout or the meaning of stored numbers changes; older entries are rebuilt.
-FORMAT_VERSION = 1
-
-#: Enters the key of image encoders only: bump when the features of image encoders change with no
-#: other key field changing, so older image entries are never reused (text entries stay valid).
-#: 2: images decoded as a viewer shows them (:mod:`alignkit.images`: EXIF orientation, 16-bit
-#: greyscale, alpha on white), and encoders frozen before any forward (``torchvision:``'s width
-#: probe no longer moves its BatchNorm statistics).
-IMAGE_FEATURES_VERSION = 2
 
 _SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 
@@ -75,172 +76,6 @@ class CacheEntry:
     size: int  # bytes on disk, tensor file + sidecar
     created: str  # ISO 8601, UTC
     path: Path  # the .safetensors file
-
-
-# -- the key ------------------------------------------------------------------------------------
-def effective_precision(encoder: Encoder) -> str:
-    """The float format the model really computes in: ``fp32`` on CPU (autocast is off there),
-    else what :func:`alignkit._device.autocast` picks on the GPU. It changes the numbers, so it is
-    part of the key; the device itself is not."""
-    precision = getattr(encoder, "precision", "auto")
-    device = getattr(encoder, "device", torch.device("cpu"))
-    return _precision(device, precision)
-
-
-def key_fields(
-    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
-) -> dict[str, Any]:
-    """Everything that changes the numbers of an extraction, as a JSON-able dict.
-
-    Encoder spec, weights identity, ``encoder.config()`` (pooling, layer, preprocessing), the
-    effective precision, the probe fingerprint and the feature format version; for image encoders
-    :data:`IMAGE_FEATURES_VERSION`; for text encoders the caption policy, plus the seed when the
-    policy is ``random``. Not the batch size, device, worker count or progress bar.
-    """
-    fields: dict[str, Any] = {
-        "format": FORMAT_VERSION,
-        "encoder": encoder.name,
-        "modality": encoder.modality,
-        "weights": encoder.weights_identity(),
-        "config": encoder.config(),
-        "precision": effective_precision(encoder),
-        "probe": probe.fingerprint,
-    }
-    if encoder.modality == "image":
-        fields["image_features"] = IMAGE_FEATURES_VERSION
-    if encoder.modality == "text":
-        fields["caption_policy"] = caption_policy
-        if caption_policy == "random":
-            fields["seed"] = int(seed)
-    return fields
-
-
-def feature_key(
-    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
-) -> str:
-    """The cache key (32 hex digits) of ``encoder`` on ``probe``: a sha256 of :func:`key_fields`."""
-    fields = key_fields(encoder, probe, caption_policy, seed)
-    try:
-        text = json.dumps(fields, sort_keys=True)
-    except TypeError as exc:
-        raise AlignkitError(
-            f"{encoder.name}: config() and weights_identity() must be JSON-serialisable to form a "
-            f"cache key: got {fields['config']!r} ({exc})"
-        ) from exc
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-# -- where the cache is ---------------------------------------------------------------------------
-_ENTRY_DIR = re.compile(r"^[0-9a-f]{2}$")
-_NOTED: set[str] = set()
-
-
-@dataclass(frozen=True)
-class CacheLocation:
-    """Where a cache lives, as :func:`locate_cache` resolved it.
-
-    Attributes:
-        root: the cache root (``$ALIGNKIT_CACHE_DIR``, or what ``--cache`` names).
-        features: the folder of the feature entries, ``root / "features"`` (the folder itself
-            when an old-layout folder holding entries directly was given).
-        note: why the given folder was not taken as the root, or None when it was.
-    """
-
-    root: Path
-    features: Path
-    note: str | None = None
-
-
-def _holds_entries(folder: Path) -> bool:
-    """True when ``folder`` is laid out like a features folder: ``ab/<key>.json|.safetensors``."""
-    try:
-        for child in folder.iterdir():
-            if child.is_dir() and _ENTRY_DIR.match(child.name):
-                if any(p.suffix in (".json", ".safetensors", ".partial") for p in child.iterdir()):
-                    return True
-    except OSError:
-        return False
-    return False
-
-
-def locate_cache(path: str | Path | None = None) -> CacheLocation:
-    """Resolve a cache location given by a user: ``path`` names the cache ROOT (entries under
-    ``<root>/features``), like ``$ALIGNKIT_CACHE_DIR``; None means ``$ALIGNKIT_CACHE_DIR`` (else
-    ``~/.cache/alignkit``).
-
-    A features folder given in place of its root is recognised and used, with a note (logged once
-    per folder): a folder named ``features`` with no ``features/`` inside stands for its parent,
-    and a folder that holds entries directly (``ab/<key>.json``, the layout an older ``--cache``
-    wrote) is used as the features folder itself. Nothing is created.
-    """
-    if path is None:
-        root = _paths.cache_dir()
-        return CacheLocation(root, root / "features")
-    given = Path(path).expanduser()
-    if given.exists() and not given.is_dir():
-        raise AlignkitError(f"a cache location is a folder: got the file {given}")
-    if (given / "features").is_dir():
-        return CacheLocation(given, given / "features")
-    if given.name == "features":
-        note = f"{given} is a features folder: using its parent {given.parent} as the cache root"
-        return _noted(CacheLocation(given.parent, given, note))
-    if _holds_entries(given):
-        note = (
-            f"{given} holds feature entries directly (the older --cache layout): reading and "
-            "writing them there"
-        )
-        return _noted(CacheLocation(given, given, note))
-    return CacheLocation(given, given / "features")
-
-
-def _noted(location: CacheLocation) -> CacheLocation:
-    if location.note and str(location.features) not in _NOTED:
-        _NOTED.add(str(location.features))
-        log.warning("%s", location.note)
-    return location
-
-
-def resolve_cache_root(path: str | Path | None = None) -> Path:
-    """The cache root that ``path`` stands for (see :func:`locate_cache`); None -> the default,
-    ``$ALIGNKIT_CACHE_DIR`` (else ``~/.cache/alignkit``)."""
-    return locate_cache(path).root
-
-
-def lookup_key(
-    spec: str,
-    options: dict[str, Any],
-    probe: ProbeSet,
-    caption_policy: str = "first",
-    seed: int = 0,
-) -> str | None:
-    """A key (32 hex digits) for :meth:`FeatureCache.recall` found without building the encoder:
-    sha256 of :func:`alignkit.encoders.identity.encoder_identity` (spec, options incl. device,
-    weights, libraries, code), the effective precision, the probe fingerprint, the caption policy
-    and seed. None when the encoder has no cheap identity (it must be built)."""
-    from alignkit._device import resolve_device
-    from alignkit.encoders.identity import encoder_identity
-
-    identity = encoder_identity(spec, **options)
-    if identity is None:
-        return None
-    device = resolve_device(options.get("device", "auto"))
-    fields = {
-        "format": FORMAT_VERSION,
-        "encoder": identity,
-        "precision": _precision(device, options.get("precision", "auto")),
-        "probe": probe.fingerprint,
-        "caption_policy": caption_policy,
-        "seed": int(seed),
-    }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _precision(device: torch.device, precision: str) -> str:
-    if torch.device(device).type != "cuda" or precision == "fp32":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return str(precision)
 
 
 # -- small file helpers -------------------------------------------------------------------------
@@ -302,7 +137,7 @@ class FeatureCache:
 
     # paths
     def _check_key(self, key: str) -> str:
-        if not re.fullmatch(r"[0-9a-f]{8,64}", key or ""):
+        if not KEY_PATTERN.fullmatch(key or ""):
             raise AlignkitError(f"a cache key is a lower-case hex string: got {key!r}")
         return key
 
@@ -382,42 +217,113 @@ class FeatureCache:
         return side is not None and self._problem(key, side) is None
 
     # write
-    def put(self, key: str, features: FeatureSet) -> Path:
+    def put(self, key: str, features: FeatureSet, images: ImageRows | None = None) -> Path:
         """Store ``features`` under ``key`` atomically; returns the tensor file's path.
+        ``images``: the entry holds image features of these rows (see :meth:`lookup`).
 
         Safe when several processes put the same key: the commit is serialised by a lock file,
         and a process that finds a sound entry already committed leaves it as it is.
         """
         path = self.path(key)
         with _file_lock(self._lock(key)):
-            side = self._read_sidecar(key)
-            if side is not None and self._problem(key, side) is None:
-                return path  # another process committed this key first
-            provenance = dict(features.provenance)
-            metadata = {
-                "format": str(FORMAT_VERSION),
-                "key": key,
-                "ids": json.dumps(list(features.ids)),
-                "provenance": json.dumps(provenance, sort_keys=True, default=str),
-            }
-            save_tensor(path, features.features, metadata)
-            sidecar = {
-                "format": FORMAT_VERSION,
-                "key": key,
-                "shape": list(features.features.shape),
-                "n": features.n,
-                "dim": features.dim,
-                "dtype": "float32",
-                "size": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "encoder": features.encoder,
-                "probe": str(provenance.get("probe", "?")),
-                "created": str(provenance.get("created") or _now()),
-                "provenance": provenance,
-            }
-            with atomic_path(self._sidecar(key)) as tmp:
-                tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
+            self._commit(key, features)
+        if images is not None:
+            self.index_images(key, images)
         return path
+
+    def _commit(self, key: str, features: FeatureSet) -> None:
+        """Write the entry of ``key`` unless a sound one is there (call under its lock)."""
+        path = self.path(key)
+        side = self._read_sidecar(key)
+        if side is not None and self._problem(key, side) is None:
+            return  # another process committed this key first
+        provenance = dict(features.provenance)
+        metadata = {
+            "format": str(FORMAT_VERSION),
+            "key": key,
+            "ids": json.dumps(list(features.ids)),
+            "provenance": json.dumps(provenance, sort_keys=True, default=str),
+        }
+        save_tensor(path, features.features, metadata)
+        sidecar = {
+            "format": FORMAT_VERSION,
+            "key": key,
+            "shape": list(features.features.shape),
+            "n": features.n,
+            "dim": features.dim,
+            "dtype": "float32",
+            "size": path.stat().st_size,
+            "sha256": sha256_file(path),
+            "encoder": features.encoder,
+            "probe": str(provenance.get("probe", "?")),
+            "created": str(provenance.get("created") or _now()),
+            "provenance": provenance,
+        }
+        with atomic_path(self._sidecar(key)) as tmp:
+            tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
+
+    # image features found by the images they show (alignkit.features.keys.ImageRows)
+    def lookup(
+        self, key: str, ids: tuple[str, ...], images: ImageRows | None = None
+    ) -> FeatureSet | None:
+        """The features stored for ``key``, as the rows ``ids``; None when the cache lacks them.
+
+        Without ``images`` (text features): the entry of ``key`` when it holds exactly ``ids``.
+        With ``images`` (image features, keyed by the images alone): the entry of ``key`` (the
+        same images in the same order, under whatever ids they had), else the entry written under
+        ``images.legacy_key`` before image keys, else any entry of the same encoder that holds
+        every wanted image (its rows gathered by image digest: a subsample of an extracted
+        probe). A hit for other ids comes back with ``ids`` and ``provenance["cached_from"]``,
+        the key of the entry it was read from.
+        """
+        if images is None:
+            return self.get(key, ids=ids)
+        hit = self._as_rows(self.get(key), key, ids)
+        if hit is None and images.legacy_key in self:
+            hit = self._as_rows(self.get(images.legacy_key, ids=ids), key, ids)
+            if hit is not None:  # let subsamples find it too
+                self.index_images(images.legacy_key, images)
+        return hit if hit is not None else self._rows_of_other_entry(key, ids, images)
+
+    def index_images(self, key: str, images: ImageRows) -> None:
+        """Note that the entry ``key`` holds the images ``images.digests`` (in row order), so
+        that :meth:`lookup` finds them for another probe. Written once per entry."""
+        if image_index.has(self.root, key, images):
+            return
+        image_index.write(self.root, key, images)
+
+    def _as_rows(
+        self, fs: FeatureSet | None, key: str, ids: tuple[str, ...], part_of: str | None = None
+    ) -> FeatureSet | None:
+        """``fs`` as the rows ``ids``: unchanged when it is a whole entry with these ids, else
+        with the provenance of a set read from another entry (``part_of``: of which it is a
+        part)."""
+        if fs is None or fs.n != len(ids):
+            return None
+        if fs.ids == tuple(ids) and part_of is None:
+            return fs
+        source = part_of or fs.provenance.get("cache_key")
+        provenance = {**fs.provenance, "cache_key": key, "cached_from": source}
+        return FeatureSet(fs.features, tuple(ids), provenance)
+
+    def _rows_of_other_entry(
+        self, key: str, ids: tuple[str, ...], images: ImageRows
+    ) -> FeatureSet | None:
+        """The wanted images' rows of the newest entry of the same encoder holding them all."""
+        for record in image_index.records(self.root, images.encoder_key):
+            where: dict[str, int] = {}
+            for i, digest in enumerate(record["digests"]):
+                where.setdefault(digest, i)
+            if not all(d in where for d in images.digests):
+                continue
+            fs = self.get(record["key"])
+            if fs is None or fs.n != len(record["digests"]):
+                continue
+            rows = [where[d] for d in images.digests]
+            chosen = fs.features.index_select(-2, torch.tensor(rows, dtype=torch.long))
+            part = FeatureSet(chosen, tuple(ids), fs.provenance)
+            return self._as_rows(part, key, ids, part_of=str(record["key"]))
+        return None
 
     # shards of an extraction in progress
     def put_shard(self, key: str, start: int, stop: int, features: torch.Tensor) -> Path:
@@ -518,7 +424,7 @@ class FeatureCache:
         if not self.root.is_dir():
             return entries
         for sidecar in self.root.glob("*/*.json"):
-            if not _ENTRY_DIR.match(sidecar.parent.name):
+            if not ENTRY_DIR.match(sidecar.parent.name):
                 continue
             try:
                 side = json.loads(sidecar.read_text())
@@ -558,6 +464,7 @@ class FeatureCache:
             removed += 1
         if pattern == "*":
             shutil.rmtree(self.root / "_memo", ignore_errors=True)
+            shutil.rmtree(image_index.folder(self.root), ignore_errors=True)
         if pattern == "*" and self.root.is_dir():
             for path in self.root.glob("*/*"):
                 if path.suffix == ".partial" and path.is_dir():
@@ -580,6 +487,7 @@ def _matches(pattern: str, key: str, *names: str) -> bool:
 
 __all__ = [
     "FORMAT_VERSION",
+    "IMAGE_FEATURES_VERSION",
     "CacheEntry",
     "CacheLocation",
     "FeatureCache",

@@ -12,11 +12,11 @@ Storage, in the same content-addressed cache as pooled features (``FeatureCache.
     ab/ab12...ef.json          sidecar: kind "tokens", shapes, byte size, sha256 (the commit marker)
     ab/ab12...ef.partial/      shards of an extraction in progress (resumable)
 
-The key is :func:`~alignkit.features.cache.key_fields` plus ``kind="tokens"``, so it never equals
-the pooled entry's key. Shards are written as the extraction goes and the final file is streamed
-from them, so neither extraction nor reading holds more than one shard in memory: the ``tokens``
-tensor a reader gets is a read-only ``numpy.memmap`` of the file (pages come from disk as they are
-touched), so a cache larger than RAM trains with bounded memory.
+The key is :func:`~alignkit.features.keys.probe_key_fields` plus ``kind="tokens"``, so it never
+equals the pooled entry's key. Shards are written as the extraction goes and the final file is
+streamed from them, so neither extraction nor reading holds more than one shard in memory: the
+``tokens`` tensor a reader gets is a read-only ``numpy.memmap`` of the file (pages come from disk
+as they are touched), so a cache larger than RAM trains with bounded memory.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import struct
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +39,9 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.features._io import atomic_path, sha256_file
-from alignkit.features.cache import FORMAT_VERSION, FeatureCache, key_fields
+from alignkit.features.cache import FeatureCache
 from alignkit.features.featureset import ProvenanceMixin, caption_ids
+from alignkit.features.keys import FORMAT_VERSION, probe_key_fields
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -197,7 +197,7 @@ def token_key(
 ) -> str:
     """Cache key (32 hex digits) of the token features of ``encoder`` on ``probe``."""
     fields = {
-        **key_fields(encoder, probe, caption_policy, seed),
+        **probe_key_fields(encoder, probe, caption_policy, seed),
         "kind": "tokens",
         "token_format": TOKEN_FORMAT,
     }
@@ -268,7 +268,7 @@ def extract_tokens(
         AlignkitError: the encoder has no token features, an unknown caption policy, bad
             arguments (checked before any model work).
     """
-    from alignkit.features.extract import (
+    from alignkit.features._arguments import (
         _check_arguments,
         _check_run,
         _resolve_cache,
@@ -307,7 +307,7 @@ def extract_tokens(
 def _token_provenance(
     enc: Encoder, probe: ProbeSet, policy: str, seed: int, key: str
 ) -> dict[str, Any]:
-    import alignkit
+    from alignkit.features._arguments import _origin
 
     text = enc.modality == "text"
     return {
@@ -319,13 +319,7 @@ def _token_provenance(
         "dtype": "float16",
         # ViT CLS/register tokens in front of the patch tokens (timm's num_prefix_tokens)
         "prefix_tokens": 0 if text else int(getattr(enc, "n_prefix", 0) or 0),
-        "caption_policy": policy if text else None,
-        "seed": int(seed) if text and policy == "random" else None,
-        "probe": probe.name,
-        "probe_fingerprint": probe.fingerprint,
-        "alignkit_version": alignkit.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cache_key": key,
+        **_origin(enc, probe, policy, seed, key),
     }
 
 
@@ -438,15 +432,15 @@ class _TokenJob:
             bar.close()
 
     def _images(self, spans):
-        from alignkit.features.extract import (
+        from alignkit.features._work import (
             _Collate,
             _Failed,
             _ImageRows,
             _preprocess_fn,
             _to_device,
             _worker_context,
-            default_num_workers,
         )
+        from alignkit.features.extract import default_num_workers
 
         workers = (
             default_num_workers(self.enc.device) if self.num_workers is None else self.num_workers

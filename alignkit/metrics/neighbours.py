@@ -8,24 +8,11 @@ its code (minyoungg/platonic-rep, ``metrics.py`` and ``measure_alignment.py``):
 * ties at the k-th place go to the smaller row index (platonic-rep leaves them to ``argsort``),
   so results are deterministic.
 
-Exact neighbour lists (:func:`knn_lists`) come from a blocked search over the similarity matrix
-S = X̂X̂ᵀ that never holds it: S is symmetric, so only blocks on and above the diagonal are
-multiplied (n²·d FLOPs per input, half of a full product, plus n·SUB_TILE·d for the diagonal
-strips), and each block offers its entries to the running top-(k+1) lists of both its rows and
-its columns. After the first tile almost no entry beats a row's current (k+1)-th value, so each
-block is first reduced to maxima over 4 x 4 cells and only the cells that can change a list are
-opened (blocks with weak thresholds take a plain ``topk``). Memory O(n·k + BLOCK_ELEMENTS).
-
-Ties: the values are exact as the GEMM computed them; a row whose k-th and (k+1)-th values are
-equal is recomputed and sorted stably, so ties at the k-th place go to the smaller row index,
-in float32 and float64 alike (tested against a dense stable sort).
-
-A permutation of the pairing only relabels y's lists (O(n·k), :func:`_relabel`), so permutation
-nulls and all-pairs scoring never redo a neighbour search.
-
-Past one machine's patience (n beyond about 50,000), ``backend="faiss"`` finds approximate lists
-with an HNSW graph and reports their recall against exact search on a sample of rows
-(:func:`knn_graph`, :class:`NeighbourResult`, :func:`mutual_knn_detail`).
+The neighbour lists are exact (:mod:`alignkit.metrics.knn`, a blocked search that never holds
+the n x n similarity matrix; ties at the k-th place to the smaller row index), or, past one
+machine's patience (n beyond about 50,000), approximate from faiss with their recall measured
+(:mod:`alignkit.metrics.knn_graph`: :func:`knn_graph`, :class:`NeighbourResult`, used by
+:func:`mutual_knn_detail`).
 """
 
 from __future__ import annotations
@@ -34,13 +21,27 @@ import logging
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from alignkit.errors import AlignkitError, unknown_key
+from alignkit.errors import AlignkitError
 from alignkit.metrics import _engine
-from alignkit.metrics._checks import ArrayLike, as_features, as_pair, check_k, check_min_rows
+from alignkit.metrics._checks import ArrayLike, as_pair, check_k, check_min_rows
 from alignkit.metrics._engine import Engine, Options, evaluate
+from alignkit.metrics.knn import _relabel, knn_lists
+from alignkit.metrics.knn_graph import NeighbourResult, knn_graph
+
+__all__ = [  # knn_lists, knn_graph and NeighbourResult live in knn and knn_graph
+    "CKNNA_ENGINE",
+    "MUTUAL_KNN_ENGINE",
+    "MutualKnnResult",
+    "NeighbourResult",
+    "cknna",
+    "knn_graph",
+    "knn_lists",
+    "mutual_knn",
+    "mutual_knn_chance",
+    "mutual_knn_detail",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -51,260 +52,6 @@ class _KnnState:
     idx: torch.Tensor  # (n, k) int64 neighbour rows, ascending within each row
     sim: torch.Tensor  # (n, k) float64 cosine similarity to each of them
     self_cknna: float  # n(n-3)·HSIC_u(M∘K, M∘K) with M the neighbour mask of K itself
-
-
-def knn_lists(x: torch.Tensor, k: int, name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine k-nearest neighbours of every row, self excluded, ties to the smaller index.
-
-    Args:
-        x: checked ``(n, d)`` features; rows with zero norm are an error (cosine undefined).
-        k: 1 <= k <= n - 1.
-
-    Returns:
-        ``idx (n, k)`` int64 (ascending per row) and ``sim (n, k)`` float64 cosine similarities.
-    """
-    n = x.shape[0]
-    xn = _normalised(x, name)
-    if k == n - 1:  # every other row is a neighbour: the set is unique
-        idx = torch.arange(n, device=x.device).repeat(n, 1)
-        idx = idx[idx != torch.arange(n, device=x.device).unsqueeze(1)].view(n, k)
-        return idx, _gather_sims(xn, idx)
-    vals, idx = _running_topk(xn, k + 1)  # (n, k+1) descending, exact values
-    tied = torch.nonzero(vals[:, k - 1] == vals[:, k]).flatten()
-    if tied.numel():
-        # a tie across the k-th place: recompute those rows; a stable descending sort keeps
-        # index order among equal values, so the smaller index wins
-        for rows in tied.split(_engine.block_rows(n)):  # (c, n) blocks of bounded size
-            s = xn[rows] @ xn.T  # (c, n)
-            s[torch.arange(rows.numel(), device=x.device), rows] = -math.inf
-            srt = torch.sort(s, dim=1, descending=True, stable=True)
-            vals[rows], idx[rows] = srt.values[:, : k + 1], srt.indices[:, : k + 1]
-    idx, order = idx[:, :k].sort(dim=1)
-    return idx, vals[:, :k].gather(1, order).double()
-
-
-def _normalised(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Rows scaled to unit L2 norm; a row of zeros is an error (its cosine is undefined)."""
-    norms = x.norm(dim=1)
-    zero = int((norms == 0).sum())
-    if zero:
-        raise AlignkitError(
-            f"{name} has {zero} of {x.shape[0]} rows that are all zeros: cosine neighbours are "
-            "undefined"
-        )
-    return x / norms.unsqueeze(1)
-
-
-def _gather_sims(xn: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each row to its listed neighbours, ``(n, k)`` float64."""
-    out = torch.empty(idx.shape, dtype=torch.float64, device=xn.device)
-    chunk = max(1, _engine.BLOCK_ELEMENTS // (idx.shape[1] * xn.shape[1]))
-    for i0 in range(0, idx.shape[0], chunk):
-        nb = xn[idx[i0 : i0 + chunk]]  # (c, k, d)
-        out[i0 : i0 + chunk] = (nb @ xn[i0 : i0 + chunk].unsqueeze(2)).squeeze(2).double()
-    return out
-
-
-TILE = 1024
-"""Rows per tile of the blocked search: MKL's float32 GEMM reaches its full rate at about a
-thousand rows (measured 58 GFLOP/s per core at 1,024 rows against 50 at 256, d = 384)."""
-
-SUB_TILE = 256
-"""Rows per strip inside a diagonal tile: the wasted lower half of each diagonal square is then
-n·SUB_TILE/2 entries in all, not n·TILE/2."""
-
-_FAN = 4  # the max-filter's cells are _FAN x _FAN entries
-_OPEN_SHARE = 0.15  # above this share of cells to open, a block's plain topk is cheaper
-
-
-def _running_topk(xn: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The m largest off-diagonal entries of each row of S = xn xnᵀ, never holding S.
-
-    S is symmetric, so only the blocks on and above the diagonal are multiplied: n²·d FLOPs plus
-    n·SUB_TILE·d, half of a full product. Rows are zero-padded to a multiple of 16; tile I (TILE
-    rows, the last one shorter) multiplies its diagonal square in SUB_TILE-row strips, each from
-    its own diagonal on, then the rest of its rows in column chunks of at most
-    ``_engine.BLOCK_ELEMENTS`` entries. Each block offers every entry S_ij to row i's running
-    top-m and, right of the block's own diagonal square, to row j's, so every unordered pair
-    reaches both of its rows exactly once.
-
-    An offer matters only if it beats its row's current m-th value, and after the first tile
-    few do (about m / rows seen so far). So a block is reduced to maxima over cells of 4 x 4
-    entries (one vectorised pass), each compared with the lowest threshold of the 8 rows it
-    could offer to; only passing cells are opened, compared entry by entry and merged
-    (:func:`_offer`). Rows whose lists are not full yet (the first tile) take a plain ``topk``.
-
-    The values returned are exact (as the block GEMMs computed them) and descending per row;
-    which index of several equal values is kept is unspecified (the caller resolves ties at the
-    boundary). Memory O(n·m + BLOCK_ELEMENTS).
-    """
-    n, d = xn.shape
-    dev, dtype = xn.device, xn.dtype
-    step = 16  # tiles, strips and chunks in multiples of 16 rows (cells need 4)
-    n_pad = -(-n // step) * step
-    tile = max(step, min(TILE, math.isqrt(_engine.BLOCK_ELEMENTS) // step * step, n_pad))
-    sub = max(step, min(SUB_TILE, tile) // step * step)
-    chunk = max(tile, _engine.BLOCK_ELEMENTS // tile // step * step)
-    if n_pad != n:
-        xn = torch.cat([xn, torch.zeros(n_pad - n, d, dtype=dtype, device=dev)])
-    vals = torch.full((n_pad, m), -math.inf, dtype=dtype, device=dev)
-    vals[n:] = math.inf  # padding rows take no offers
-    idx = torch.zeros((n_pad, m), dtype=torch.int64, device=dev)
-
-    def block(r0: int, r1: int, c0: int, c1: int, own_from: int) -> None:
-        """Offer S[r0:r1, c0:c1] to its rows, and its columns >= own_from to their rows."""
-        s = xn[r0:r1] @ xn[c0:c1].T  # (b, w)
-        if c0 == r0:
-            s.diagonal().fill_(-math.inf)  # self excluded
-        if c1 > n:
-            s[:, max(0, n - c0) :] = -math.inf  # padding columns
-        if r1 > n:
-            s[max(0, n - r0) :] = -math.inf  # padding rows
-        _offer(vals, idx, s, r0, c0, own_from)
-
-    for i0 in range(0, n_pad, tile):
-        i1 = min(n_pad, i0 + tile)
-        for r0 in range(i0, i1, sub):  # the diagonal square, in strips
-            r1 = min(i1, r0 + sub)
-            block(r0, r1, r0, i1, r1)
-        for c0 in range(i1, n_pad, chunk):  # the rest of the tile's rows
-            block(i0, i1, c0, min(n_pad, c0 + chunk), c0)
-    return vals[:n], idx[:n]
-
-
-def _offer(
-    vals: torch.Tensor, idx: torch.Tensor, s: torch.Tensor, r0: int, c0: int, own_from: int
-) -> None:
-    """Merge block s = S[r0:r0+b, c0:c0+w] into the running lists, in place: every entry into
-    its row's list, and the entries of columns >= own_from into their column's list.
-
-    Cell filter: the block's maxima over cells of 4 x 4 entries (rows R + t·b/4, columns
-    4C .. 4C+3: one vectorised pass over the block, one over a quarter of it) are compared with
-    the lowest threshold of the 8 rows a cell can offer to; only passing cells are read (as
-    16-byte runs), compared entry by entry and merged. A direction whose lists are not full
-    yet, or a block with more than _OPEN_SHARE of its cells to open (thresholds still weak),
-    takes a plain ``topk`` of the block instead.
-    """
-    b, w = s.shape
-    m, q = vals.shape[1], _FAN
-    off = own_from - c0
-    inf = torch.full((max(0, off),), math.inf, dtype=vals.dtype, device=vals.device)
-    thr_r = vals[r0 : r0 + b, m - 1]  # (b,)
-    thr_c = torch.cat([inf, vals[own_from : c0 + w, m - 1]])  # (w,); +inf: not ours to offer
-    rows_dense = bool(torch.isneginf(thr_r).any())  # lists not full yet
-    cols_dense = off < w and bool(torch.isneginf(thr_c).any())
-    thr_r = torch.full_like(thr_r, math.inf) if rows_dense else thr_r  # +inf: offered by topk
-    thr_c = torch.full_like(thr_c, math.inf) if cols_dense else thr_c
-    big = small = torch.zeros(0, dtype=torch.int64, device=s.device)
-    if not (rows_dense and (cols_dense or off >= w)):
-        cell = s.view(q, b // q, w).amax(0)  # (b/4, w): max over rows R + t·b/4
-        cell = torch.nn.functional.max_pool1d(cell.unsqueeze(1), q, q).squeeze(1)  # (b/4, w/4)
-        low_r = thr_r.view(q, b // q).amin(0)  # (b/4,)
-        low_c = thr_c.view(w // q, q).amin(1)  # (w/4,)
-        big, small = torch.nonzero(cell > torch.minimum(low_r.unsqueeze(1), low_c), as_tuple=True)
-        if big.numel() > _OPEN_SHARE * cell.numel():  # thresholds still weak: topk is cheaper
-            rows_dense, cols_dense = True, off < w
-            big = big[:0]
-    if rows_dense:  # the plain top-m of each row of the block
-        v, p = torch.topk(s, min(m, w), dim=1)
-        _merge_dense(vals, idx, r0, v, p + c0)
-    if cols_dense:
-        v, p = torch.topk(s[:, off:].T.contiguous(), min(m, b), dim=1)  # topk on dim 0 is slow
-        _merge_dense(vals, idx, own_from, v, p + r0)
-    if not big.numel():
-        return
-    fan = torch.arange(q, device=s.device)
-    rows = big.unsqueeze(1) + fan * (b // q)  # (P, 4)
-    v = s.view(-1, q).index_select(0, (rows * (w // q) + small.unsqueeze(1)).view(-1))
-    v = v.view(-1, q, q)  # (P, 4, 4): [cell, row t, column u]
-    cols = small.unsqueeze(1) * q + fan  # (P, 4)
-    for to_row, (own, other, own0, other0) in (
-        (True, (rows, cols, r0, c0)),
-        (False, (cols, rows, c0, r0)),
-    ):
-        thr = (thr_r if to_row else thr_c)[own]  # (P, 4)
-        keep = v > (thr.unsqueeze(2) if to_row else thr.unsqueeze(1))
-        p, t, u = torch.nonzero(keep, as_tuple=True)
-        a, z = (t, u) if to_row else (u, t)
-        _merge_offers(vals, idx, own[p, a] + own0, other[p, z] + other0, v[p, t, u])
-
-
-def _merge_dense(
-    vals: torch.Tensor, idx: torch.Tensor, o0: int, v: torch.Tensor, p: torch.Tensor
-) -> None:
-    """Rows o0.. of the running lists keep the best m of their list and (v, p). In place."""
-    m = vals.shape[1]
-    o1 = o0 + v.shape[0]
-    top, pos = torch.topk(torch.cat([vals[o0:o1], v], dim=1), m, dim=1)
-    idx[o0:o1] = torch.cat([idx[o0:o1], p], dim=1).gather(1, pos)
-    vals[o0:o1] = top
-
-
-def _merge_offers(
-    vals: torch.Tensor,
-    idx: torch.Tensor,
-    owners: torch.Tensor,
-    nbrs: torch.Tensor,
-    offered: torch.Tensor,
-) -> None:
-    """Merge (owner row, neighbour, value) offers, a few per owner, into the running top-m."""
-    if not owners.numel():
-        return
-    m = vals.shape[1]
-    order = torch.argsort(owners)
-    owners, nbrs, offered = owners[order], nbrs[order], offered[order]
-    uniq, counts = torch.unique_consecutive(owners, return_counts=True)
-    width = int(counts.max())
-    if uniq.numel() * width > 8 * owners.numel() + 4096:  # a few owners with many offers
-        _merge(vals, idx, owners, nbrs, offered)
-        return
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(owners.numel(), device=owners.device) - starts.repeat_interleave(counts)
-    row = torch.arange(uniq.numel(), device=owners.device).repeat_interleave(counts)
-    pv = torch.full((uniq.numel(), width), -math.inf, dtype=vals.dtype, device=vals.device)
-    pi = torch.zeros((uniq.numel(), width), dtype=torch.int64, device=vals.device)
-    pv[row, slot], pi[row, slot] = offered, nbrs
-    top, pos = torch.topk(torch.cat([vals[uniq], pv], dim=1), m, dim=1)
-    idx[uniq] = torch.cat([idx[uniq], pi], dim=1).gather(1, pos)
-    vals[uniq] = top
-
-
-def _merge(
-    vals: torch.Tensor,
-    idx: torch.Tensor,
-    owners: torch.Tensor,
-    nbrs: torch.Tensor,
-    offered: torch.Tensor,
-) -> None:
-    """Merge offered (owner row, neighbour, value) entries into the running top-m, in place."""
-    m = vals.shape[1]
-    touched = torch.unique(owners)  # sorted
-    own = torch.cat([touched.repeat_interleave(m), owners])
-    nb = torch.cat([idx[touched].flatten(), nbrs])
-    val = torch.cat([vals[touched].flatten(), offered])
-    order = torch.argsort(val, descending=True, stable=True)
-    order = order[torch.argsort(own[order], stable=True)]  # by owner, then value descending
-    counts = torch.unique_consecutive(own[order], return_counts=True)[1]  # each >= m
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.numel(), device=vals.device) - starts.repeat_interleave(counts)
-    keep = order[rank < m]  # m per touched owner, in owner order
-    vals[touched] = val[keep].view(-1, m)
-    idx[touched] = nb[keep].view(-1, m)
-
-
-def _relabel(
-    idx: torch.Tensor, sim: torch.Tensor, perm: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neighbour lists of y after pairing row i of x with row perm[i] of y.
-
-    Row i of the permuted y is y[perm[i]]; its neighbours are the rows j with perm[j] in
-    N(perm[i]), i.e. perm⁻¹(N(perm[i])). O(n·k), no new search.
-    """
-    if perm is None:
-        return idx, sim
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(perm.numel(), device=perm.device)
-    return inv[idx[perm]], sim[perm]
 
 
 def _matches(
@@ -506,187 +253,3 @@ def cknna(x: ArrayLike, y: ArrayLike, k: int = 10) -> float:
     """
     xt, yt = as_pair(x, y)
     return evaluate(CKNNA_ENGINE, xt, yt, {"k": k})
-
-
-# ------------------------------------------------------------------------------------------------
-# approximate neighbours (faiss) and neighbour lists with their recall
-
-BACKENDS = ("exact", "faiss", "faiss-ivf")
-"""Neighbour backends: exact blocked search; faiss's HNSW graph (``"faiss"``, the approximate
-backend to use); faiss's inverted file (``"faiss-ivf"``)."""
-
-
-@dataclass(frozen=True, eq=False)
-class NeighbourResult:
-    """Cosine k-nearest-neighbour lists of one representation, with what they cost in recall.
-
-    Attributes:
-        idx: ``(n, k)`` int64 neighbour rows, ascending within each row, self excluded.
-        sim: ``(n, k)`` float64 cosine similarity to each of them.
-        backend: one of :data:`BACKENDS`.
-        recall: mean over ``recall_rows`` sampled rows of the share of listed neighbours that
-            belong to the exact top k (a listed neighbour counts when its similarity reaches
-            the exact k-th largest, so exact ties never count against it); 1.0 for the exact
-            backend, NaN when no rows were sampled.
-        recall_rows: rows sampled for ``recall`` (0 for the exact backend: nothing to check).
-    """
-
-    idx: torch.Tensor
-    sim: torch.Tensor
-    backend: str
-    recall: float
-    recall_rows: int
-
-
-def knn_graph(
-    x: ArrayLike,
-    k: int = 10,
-    backend: str = "exact",
-    recall_sample: int = 1000,
-    nprobe: int = 32,
-    seed: int = 0,
-    ef_search: int = 64,
-) -> NeighbourResult:
-    """Cosine k-nearest neighbours of every row (self excluded), exact or approximate.
-
-    ``backend="exact"``: :func:`knn_lists` (blocked GEMM, n²·d multiply-adds; ties at the k-th
-    place go to the smaller row index). The approximate backends search inner products of the
-    L2-normalised rows with faiss (Douze et al. 2024, "The Faiss library"); which of several
-    tied rows is kept is then unspecified:
-
-    * ``"faiss"``: a hierarchical navigable small-world graph (``faiss.IndexHNSWFlat``, 16 links
-      per node, efConstruction 40; Malkov & Yashunin 2018), each row searched with a beam of
-      ``ef_search``; about n·log n graph steps to build and to search, so it grows far slower
-      than exact search's n². The one to use past n of about 50,000 (docs/metrics-speed.md: at
-      n = 100,000, d = 768 it took 60 CPU s per input at recall 0.994, the exact search 113 s;
-      at n = 20,000 the exact search was the faster); below that use the exact search.
-    * ``"faiss-ivf"``: an inverted file (``faiss.IndexIVFFlat``, round(2·√n) lists, k-means on
-      40 sampled points per list; Jégou, Douze & Schmid 2011), ``nprobe`` lists searched per
-      query: n²·d·nprobe/lists multiply-adds, not at GEMM speed, so it seldom beats the exact
-      search at the same recall; kept for comparison.
-
-    The recall of an approximate backend against exact search is measured on ``recall_sample``
-    random rows (``recall_sample·n·d`` multiply-adds) and reported, so the cost of the
-    approximation is visible beside the score. Rows that an index returns fewer than k others
-    for are searched exactly.
-
-    Args:
-        x: ``(n, d)`` features; a row of zeros is an error.
-        k: 1 <= k <= n - 1.
-        backend: one of :data:`BACKENDS` (faiss needs ``pip install faiss-cpu``, the ``ann``
-            extra).
-        recall_sample: rows checked against exact search (approximate backends; 0 skips it).
-        nprobe: inverted lists searched per query (``"faiss-ivf"``); more is slower and closer.
-        seed: seeds the recall sample and the k-means of ``"faiss-ivf"``.
-        ef_search: beam width of the graph search (``"faiss"``, at least k + 1); more is
-            slower and closer. The graph is built in insertion order: with one thread the
-            result is deterministic, with several it may differ between runs.
-
-    Returns:
-        A :class:`NeighbourResult`.
-
-    Raises:
-        AlignkitError: bad input, an unknown backend, or faiss not installed.
-    """
-    if backend not in BACKENDS:
-        raise unknown_key("neighbour backend", str(backend), BACKENDS)
-    xt = as_features(x, "x")
-    n = xt.shape[0]
-    check_min_rows(n, 2, "k-nearest neighbours")
-    k = check_k(k, n)
-    if backend == "exact":
-        idx, sim = knn_lists(xt, k)
-        return NeighbourResult(idx, sim, "exact", 1.0, 0)
-    if isinstance(recall_sample, bool) or not isinstance(recall_sample, (int, np.integer)):
-        raise AlignkitError(f"recall_sample must be an integer >= 0: got {recall_sample!r}")
-    if recall_sample < 0:
-        raise AlignkitError(f"recall_sample must be an integer >= 0: got {recall_sample}")
-    for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise AlignkitError(f"{name} must be a positive integer: got {value!r}")
-    faiss = _require_faiss()
-    xn = _normalised(xt, "x").float().cpu().contiguous()  # faiss searches float32 on the CPU
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(torch.get_num_threads())  # the caller's thread budget
-    try:
-        if backend == "faiss":
-            sim, found = _hnsw_search(faiss, xn.numpy(), k, int(ef_search))
-        else:
-            sim, found = _ivf_search(faiss, xn.numpy(), k, int(nprobe), seed)
-    finally:
-        faiss.omp_set_num_threads(threads)
-    idx, sim = _drop_self(xn, torch.from_numpy(found), torch.from_numpy(sim), k)
-    rows = min(int(recall_sample), n)
-    recall = _recall(xn, idx, k, rows, seed) if rows else math.nan
-    return NeighbourResult(idx.to(xt.device), sim.to(xt.device), backend, recall, rows)
-
-
-def _require_faiss():  # noqa: ANN202 - a module
-    try:
-        import faiss
-    except ImportError as exc:
-        raise AlignkitError(
-            "backend='faiss' needs the Python package 'faiss': pip install faiss-cpu "
-            "(or alignkit[ann]); or use backend='exact'"
-        ) from exc
-    return faiss
-
-
-def _hnsw_search(faiss, xn: np.ndarray, k: int, ef_search: int):  # noqa: ANN001, ANN202
-    """HNSW graph of every row, then each row's k + 1 most similar: ``(sim, found)`` (n, k+1)."""
-    index = faiss.IndexHNSWFlat(xn.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 40
-    index.add(xn)
-    index.hnsw.efSearch = max(ef_search, k + 1)
-    return index.search(xn, k + 1)
-
-
-def _ivf_search(faiss, xn: np.ndarray, k: int, nprobe: int, seed: int):  # noqa: ANN001, ANN202
-    """IVF-Flat index of every row, then each row's k + 1 most similar: ``(sim, found)``."""
-    n, d = xn.shape
-    lists = max(1, min(int(round(2 * math.sqrt(n))), n // 40))  # faiss wants >= 39 points/list
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    index.cp.niter = 10  # k-means iterations: the lists need to be balanced, not optimal
-    pick = np.random.default_rng(seed).choice(n, min(n, 40 * lists), replace=False)
-    index.train(xn[np.sort(pick)])  # k-means on a sample: its cost was most of the search's
-    index.add(xn)
-    index.nprobe = min(nprobe, lists)
-    return index.search(xn, k + 1)
-
-
-def _drop_self(
-    xn: torch.Tensor, found: torch.Tensor, sim: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(idx, sim) ``(n, k)`` from an index's k + 1 results per row: self dropped where found,
-    else the weakest; rows with fewer than k + 1 results (-1) are searched exactly."""
-    n = found.shape[0]
-    short = torch.nonzero((found < 0).any(1)).flatten()
-    for rows in short.split(_engine.block_rows(n)):
-        s = xn[rows] @ xn.T  # (c, n)
-        top = torch.topk(s, k + 1, dim=1)
-        found[rows], sim[rows] = top.indices, top.values
-    sim = sim.double()
-    is_self = found == torch.arange(n).unsqueeze(1)
-    drop = torch.where(is_self.any(1), is_self.int().argmax(1), torch.full((n,), k))
-    keep = torch.ones_like(is_self)
-    keep[torch.arange(n), drop] = False
-    found, sim = found[keep].view(n, k), sim[keep].view(n, k)
-    found, order = found.sort(dim=1)
-    return found, sim.gather(1, order)
-
-
-def _recall(xn: torch.Tensor, idx: torch.Tensor, k: int, rows: int, seed: int) -> float:
-    """Share of listed neighbours within the exact top k, on ``rows`` sampled rows."""
-    n = xn.shape[0]
-    pick = torch.from_numpy(np.sort(np.random.default_rng([seed, 2]).choice(n, rows, False)))
-    hits = 0
-    step = max(1, _engine.BLOCK_ELEMENTS // n)
-    for i0 in range(0, rows, step):
-        p = pick[i0 : i0 + step]
-        s = (xn[p] @ xn.T).double()  # (c, n)
-        s[torch.arange(p.numel()), p] = -math.inf
-        kth = torch.topk(s, k, dim=1).values[:, -1:]  # exact k-th largest
-        listed = s.gather(1, idx[p].to(s.device))
-        hits += int((listed >= kth).sum())
-    return hits / (rows * k)

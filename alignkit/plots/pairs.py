@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,99 +84,147 @@ def heatmap(
         cell is a patch with ``gid == "nonsignificant"``. The colour bar marks chance (z = 0,
         or score = chance level) with a tick labelled "chance".
     """
+    cells = _Cells.of(scores, metric, order)
+    nv, nt = cells.score.shape
+    ax = _axes(ax, (max(6.4, 2.8 + 1.2 * nt), max(3.8, 1.9 + 0.62 * nv)))
+    scale = _colour_scale(cells)
+    image = ax.imshow(
+        np.ma.masked_invalid(scale.values), cmap=scale.cmap, norm=scale.norm, aspect="auto"
+    )
+    if colorbar:
+        bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+        bar.set_label(scale.label)
+        if scale.norm is not None:  # z = 0 / score = chance level: where "no relation" sits
+            mark_chance(bar, 0.0, color="black", linewidth=1.2)
+    for i in range(nv):
+        for j in range(nt):
+            _annotate_cell(ax, cells, scale, image, i, j, alpha)
+    _label_encoders(ax, cells.table, labels, controls)
+    ax.set_xticks(np.arange(-0.5, nt, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, nv, 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set_title(_heatmap_title(title, metric, cells, scale, alpha), fontsize=10)
+    return ax
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """The vision x text matrices a heatmap shows, in one row and column order: ``table`` (the
+    scores, with the encoders as index and columns) and ``(nv, nt)`` float arrays."""
+
+    table: pd.DataFrame
+    score: np.ndarray
+    z: np.ndarray
+    null_mean: np.ndarray
+    p: np.ndarray
+    chance: np.ndarray
+
+    @classmethod
+    def of(
+        cls, scores: pd.DataFrame, metric: str, order: tuple[Sequence[str], Sequence[str]] | None
+    ) -> _Cells:
+        table = score_matrix(scores, metric, "score")
+        if order is not None:
+            rows = [v for v in order[0] if v in table.index]
+            cols = [t for t in order[1] if t in table.columns]
+            table = table.reindex(index=rows, columns=cols)
+        others = {
+            c: score_matrix(scores, metric, c).reindex_like(table).to_numpy(dtype=float)
+            for c in ("z", "null_mean", "p", "chance")
+        }
+        return cls(table, table.to_numpy(dtype=float), **others)
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """What a cell's colour shows: ``values`` (nv, nt) through ``norm`` and ``cmap``."""
+
+    values: np.ndarray
+    norm: Any
+    cmap: Any
+    label: str
+    has_null: bool
+
+
+def _colour_scale(cells: _Cells) -> _Scale:
+    """z against the null when there is one, else score minus the chance level when there is
+    one (both centred on 0 = chance), else the raw score."""
     import matplotlib.colors as mcolors
-    import matplotlib.patches as mpatches
     import matplotlib.pyplot as plt
 
-    score = score_matrix(scores, metric, "score")
-    if order is not None:
-        rows = [v for v in order[0] if v in score.index]
-        cols = [t for t in order[1] if t in score.columns]
-        score = score.reindex(index=rows, columns=cols)
-    z = score_matrix(scores, metric, "z").reindex_like(score)
-    null_mean = score_matrix(scores, metric, "null_mean").reindex_like(score)
-    p = score_matrix(scores, metric, "p").reindex_like(score)
-    chance = score_matrix(scores, metric, "chance").reindex_like(score)
-    nv, nt = score.shape
-    ax = _axes(ax, (max(6.4, 2.8 + 1.2 * nt), max(3.8, 1.9 + 0.62 * nv)))
-    has_null = bool(np.isfinite(z.to_numpy(dtype=float)).any())
-    has_chance = bool(np.isfinite(chance.to_numpy(dtype=float)).any())
-    if has_null:
-        values = z.to_numpy(dtype=float)
-        finite = values[np.isfinite(values)]
-        lim = max(3.0, float(np.abs(finite).max())) if finite.size else 3.0
-        norm: Any = mcolors.TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
-        cmap = plt.get_cmap("RdBu_r")
-        cbar_label = "z-score vs. shuffled pairs\n(0 = chance level)"
-    elif has_chance:
-        values = score.to_numpy(dtype=float) - chance.to_numpy(dtype=float)
+    z, score, chance = cells.z, cells.score, cells.chance
+    if np.isfinite(z).any():
+        finite = z[np.isfinite(z)]
+        lim = max(3.0, float(np.abs(finite).max()))
+        norm = mcolors.TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
+        label = "z-score vs. shuffled pairs\n(0 = chance level)"
+        return _Scale(z, norm, plt.get_cmap("RdBu_r"), label, has_null=True)
+    if np.isfinite(chance).any():
+        values = score - chance
         finite = values[np.isfinite(values)]
         lim = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
         norm = mcolors.TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
-        cmap = plt.get_cmap("RdBu_r")
-        cbar_label = "score − chance level\n(0 = chance)"
-    else:
-        values = score.to_numpy(dtype=float)
-        norm = None
-        cmap = plt.get_cmap("viridis")
-        cbar_label = "score (no null computed)"
-    masked = np.ma.masked_invalid(values)
-    image = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto")
-    if colorbar:
-        bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
-        bar.set_label(cbar_label)
-        if norm is not None:  # z = 0 / score = chance level: where "no relation" sits
-            mark_chance(bar, 0.0, color="black", linewidth=1.2)
-    pvals = p.to_numpy(dtype=float)
-    zvals = z.to_numpy(dtype=float)
-    nvals = null_mean.to_numpy(dtype=float)
-    svals = score.to_numpy(dtype=float)
-    for i in range(nv):
-        for j in range(nt):
-            if not np.isfinite(svals[i, j]):
-                continue
-            nonsig = np.isfinite(pvals[i, j]) and pvals[i, j] >= alpha
-            colour = (
-                "black"
-                if not np.isfinite(values[i, j])
-                else _text_colour(cmap(image.norm(values[i, j])))
-            )
-            text = _fmt(svals[i, j])
-            if np.isfinite(zvals[i, j]):
-                text += f"\n{_fmt_z(zvals[i, j])}"
-                if np.isfinite(nvals[i, j]) and abs(nvals[i, j]) >= 0.005:
-                    text += f"\nnull {nvals[i, j]:.2f}"  # worth showing: a floor (biased CKA, kNN)
-            ax.text(
-                j,
-                i,
-                text,
-                ha="center",
-                va="center",
-                fontsize=8.5,
-                color="0.35" if nonsig else colour,
-                fontstyle="italic" if nonsig else "normal",
-            )
-            if nonsig:
-                ax.add_patch(
-                    mpatches.Rectangle(
-                        (j - 0.5, i - 0.5),
-                        1,
-                        1,
-                        fill=False,
-                        hatch=NONSIG_HATCH,
-                        edgecolor="0.55",
-                        linewidth=0,
-                        gid=NONSIG_GID,
-                    )
-                )
+        label = "score − chance level\n(0 = chance)"
+        return _Scale(values, norm, plt.get_cmap("RdBu_r"), label, has_null=False)
+    return _Scale(score, None, plt.get_cmap("viridis"), "score (no null computed)", False)
+
+
+def _annotate_cell(
+    ax: Axes, cells: _Cells, scale: _Scale, image: Any, i: int, j: int, alpha: float
+) -> None:
+    """Score, z and a null floor worth showing in cell (i, j); hatched when p >= alpha."""
+    import matplotlib.patches as mpatches
+
+    score, z, p, null = cells.score[i, j], cells.z[i, j], cells.p[i, j], cells.null_mean[i, j]
+    if not np.isfinite(score):
+        return
+    nonsig = np.isfinite(p) and p >= alpha
+    value = scale.values[i, j]
+    colour = "black" if not np.isfinite(value) else _text_colour(scale.cmap(image.norm(value)))
+    text = _fmt(score)
+    if np.isfinite(z):
+        text += f"\n{_fmt_z(z)}"
+        if np.isfinite(null) and abs(null) >= 0.005:
+            text += f"\nnull {null:.2f}"  # worth showing: a floor (biased CKA, kNN)
+    ax.text(
+        j,
+        i,
+        text,
+        ha="center",
+        va="center",
+        fontsize=8.5,
+        color="0.35" if nonsig else colour,
+        fontstyle="italic" if nonsig else "normal",
+    )
+    if nonsig:
+        hatch = mpatches.Rectangle(
+            (j - 0.5, i - 0.5),
+            1,
+            1,
+            fill=False,
+            hatch=NONSIG_HATCH,
+            edgecolor="0.55",
+            linewidth=0,
+            gid=NONSIG_GID,
+        )
+        ax.add_patch(hatch)
+
+
+def _label_encoders(
+    ax: Axes, score: pd.DataFrame, labels: Mapping[str, str] | None, controls: Sequence[str]
+) -> None:
+    """Tick labels of the encoders; controls grey, italic, "(control)", set apart by a rule."""
     names = dict(labels) if labels is not None else short_labels([*score.index, *score.columns])
     control_set = set(controls)
 
     def tick(spec: str) -> str:
         return names.get(spec, spec) + (" (control)" if spec in control_set else "")
 
-    ax.set_xticks(range(nt), [tick(t) for t in score.columns], rotation=35, ha="right")
-    ax.set_yticks(range(nv), [tick(v) for v in score.index])
+    ax.set_xticks(
+        range(len(score.columns)), [tick(t) for t in score.columns], rotation=35, ha="right"
+    )
+    ax.set_yticks(range(len(score.index)), [tick(v) for v in score.index])
     for label, spec in [
         *zip(ax.get_xticklabels(), score.columns, strict=True),
         *zip(ax.get_yticklabels(), score.index, strict=True),
@@ -191,19 +240,20 @@ def heatmap(
             ax.axvline(j - 0.5, color="0.2", linestyle="--", linewidth=1.2)
     ax.set_xlabel("text encoder")
     ax.set_ylabel("vision encoder")
-    ax.set_xticks(np.arange(-0.5, nt, 1), minor=True)
-    ax.set_yticks(np.arange(-0.5, nv, 1), minor=True)
-    ax.grid(which="minor", color="white", linewidth=1.5)
-    ax.tick_params(which="minor", length=0)
-    if title is None:
-        title = metric_label(metric)
+
+
+def _heatmap_title(
+    title: str | None, metric: str, cells: _Cells, scale: _Scale, alpha: float
+) -> str:
+    """``title`` (default the metric's name) and what the hatching means."""
+    title = metric_label(metric) if title is None else title
+    pvals = cells.p
     n_nonsig = int((np.isfinite(pvals) & (pvals >= alpha)).sum())
-    if has_null and n_nonsig:
+    if scale.has_null and n_nonsig:
         title += f"\nhatched: p ≥ {alpha:g} (not above shuffled pairs)"
-    elif has_null and np.isfinite(pvals).any():
+    elif scale.has_null and np.isfinite(pvals).any():
         title += f"\nevery pair above shuffled pairs (p < {alpha:g})"
-    ax.set_title(title, fontsize=10)
-    return ax
+    return title
 
 
 def top_pairs(

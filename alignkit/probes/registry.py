@@ -21,17 +21,12 @@ from alignkit._paths import data_dir as default_data_dir
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.probes.base import ProbeRow, ProbeSet, hash_order
 from alignkit.probes.checks import CHECKS, check_images
+from alignkit.probes.classnames import DEFAULT_TEMPLATES, check_label
 from alignkit.probes.download import RemoteFile, download, file_lock
-from alignkit.probes.formats import (
-    DEFAULT_TEMPLATES,
-    Entry,
-    RawProbe,
-    check_label,
-    detect_format,
-    read_coco,
-    read_manifest,
-    read_path,
-)
+from alignkit.probes.formats import detect_format, read_path
+from alignkit.probes.layouts import read_coco
+from alignkit.probes.manifest import read_manifest
+from alignkit.probes.raw import Entry, RawProbe
 from alignkit.probes.synthetic import read_synthetic
 
 log = logging.getLogger("alignkit.probes")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from alignkit.probes.formats import Entry, RawProbe
+from alignkit.probes.raw import Entry, RawProbe
 
 RENDER_VERSION = "synthetic-v2"
 IMAGE_SIZE = 224

@@ -11,19 +11,26 @@ same object draws every figure on a given matplotlib Axes and writes the run fol
 One idea per file:
 
     pipeline.py   rank_encoders: check the settings, load, extract, score -> Ranking
-    result.py     Ranking (scores and the tables computed from them), LayerResult
-    report.py     figures, the console table and summary.md of a Ranking
-    folder.py     the run folder: save and load
+    extraction.py the features of one encoder of a run (from the cache when there)
+    result.py     RankingResult (scores and the tables computed from them), LayerResult
+    report.py     figures, the console table and summary.md of a result
+    folder.py     the run folder: save and read
+    api.py        Ranking: a RankingResult with report's and folder's functions as methods
+
+Imports go one way, result <- report, folder <- api <- pipeline: a result never imports the
+code that draws or writes it.
 """
 
 from alignkit.config import RankConfig
+from alignkit.ranking.api import Ranking
 from alignkit.ranking.pipeline import check_probe_size, default_probe, rank_encoders
-from alignkit.ranking.result import LayerResult, Ranking
+from alignkit.ranking.result import LayerResult, RankingResult
 
 __all__ = [
     "LayerResult",
     "RankConfig",
     "Ranking",
+    "RankingResult",
     "check_probe_size",
     "default_probe",
     "rank_encoders",

@@ -1,4 +1,5 @@
-"""A ranking's run folder: what :meth:`Ranking.save` writes and :meth:`Ranking.load` reads.
+"""A ranking's run folder: what :meth:`Ranking.save` writes (:func:`save`) and :meth:`Ranking.load`
+reads (:func:`read`).
 
     scores.csv            long-form scores (alignkit.metrics.SCORE_COLUMNS)
     ranking.csv           the pair table (Ranking.table)
@@ -22,17 +23,19 @@ import pandas as pd
 
 from alignkit import plots
 from alignkit.errors import AlignkitError
+from alignkit.ranking import report
+from alignkit.ranking.result import LayerResult
 from alignkit.runs import RUN_FILE, RunFolder, read_run_json, write_run_json
 
 if TYPE_CHECKING:  # pragma: no cover
-    from alignkit.ranking.result import Ranking
+    from alignkit.ranking.result import RankingResult
 
 RANKING_FILE = "ranking.csv"
 SCORES_FILE = "scores.csv"
 
 
 def save(
-    r: Ranking,
+    r: RankingResult,
     out_dir: str | Path,
     *,
     overwrite: bool = False,
@@ -45,13 +48,13 @@ def save(
     return run.out
 
 
-def heatmap_formats(r: Ranking) -> tuple[str, ...]:
+def heatmap_formats(r: RankingResult) -> tuple[str, ...]:
     """The heatmaps' file formats when none are given: PNG, and SVG when the run's config asked
     for it (``svg=True``, ``--svg``)."""
     return ("png", "svg") if r.metadata.get("config", {}).get("svg") else ("png",)
 
 
-def write(r: Ranking, folder: Path, formats: Sequence[str] | None = None) -> None:
+def write(r: RankingResult, folder: Path, formats: Sequence[str] | None = None) -> None:
     """Write every file of the run folder into ``folder`` (an existing, empty folder: the
     temporary one of a :class:`~alignkit.runs.RunFolder`). ``formats``: of the heatmaps
     (default :func:`heatmap_formats`); the other figures are PNG."""
@@ -71,10 +74,10 @@ def write(r: Ranking, folder: Path, formats: Sequence[str] | None = None) -> Non
     r.table.to_csv(folder / RANKING_FILE, index=False)
     written += [SCORES_FILE, RANKING_FILE]
     for m in r.metrics:
-        fig_out(r.plot_heatmap(m).figure, f"heatmap_{m}", formats)
+        fig_out(report.plot_heatmap(r, m).figure, f"heatmap_{m}", formats)
     if len(r.metrics) > 1:
-        fig_out(r.plot_agreement().figure, "agreement", ["png"])
-    fig_out(r.plot_top_pairs().figure, "top_pairs", ["png"])
+        fig_out(report.plot_agreement(r).figure, "agreement", ["png"])
+    fig_out(report.plot_top_pairs(r).figure, "top_pairs", ["png"])
     if r.layers:
         (folder / "layers").mkdir()
         rows = []
@@ -93,11 +96,11 @@ def write(r: Ranking, folder: Path, formats: Sequence[str] | None = None) -> Non
                 for j in range(lt)
             ]
             stem = f"layers/{_slug(lr.vision)}__{_slug(lr.text)}"
-            fig_out(r.plot_layers(lr.vision, lr.text).figure, stem, ["png"])
+            fig_out(report.plot_layers(r, lr.vision, lr.text).figure, stem, ["png"])
         pd.DataFrame(rows).to_csv(folder / "layer_scores.csv", index=False)
         r.layer_table().to_csv(folder / "layers_best.csv", index=False)
         written += ["layer_scores.csv", "layers_best.csv"]
-    (folder / "summary.md").write_text(r.summary(), encoding="utf-8")
+    (folder / "summary.md").write_text(report.summary(r), encoding="utf-8")
     written.append("summary.md")
     meta = {
         **r.metadata,
@@ -108,15 +111,15 @@ def write(r: Ranking, folder: Path, formats: Sequence[str] | None = None) -> Non
     write_run_json(folder, meta)
 
 
-def load(folder: str | Path, *, features: bool = False, progress: bool = False) -> Ranking:
-    """Read a run folder written by :func:`save` (scores, metadata and layer scores).
+def read(folder: str | Path, *, features: bool = False, progress: bool = False) -> dict[str, Any]:
+    """The fields of the :class:`~alignkit.ranking.Ranking` saved in a run folder by :func:`save`
+    (scores, metadata and layer scores), as keyword arguments of its constructor;
+    :meth:`Ranking.load` builds it.
 
     ``features=True`` also brings back the probe and every encoder's features (from the
     feature cache when they are there, else by extracting them again), so that
     :meth:`Ranking.neighbours` works; the probe must still have the run's fingerprint.
     """
-    from alignkit.ranking.result import LayerResult, Ranking
-
     folder = Path(folder)
     if not (folder / RUN_FILE).is_file() or not (folder / SCORES_FILE).is_file():
         raise AlignkitError(
@@ -151,16 +154,16 @@ def load(folder: str | Path, *, features: bool = False, progress: bool = False) 
                     int(meta.get("config", {}).get("permutations", 0)),
                 )
             )
-    ranking = Ranking(
-        scores,
-        metric=meta.get("primary_metric"),
-        alpha=float(meta.get("alpha", 0.05)),
-        layers=layers,
-        metadata=meta,
-    )
+    fields: dict[str, Any] = {
+        "scores": scores,
+        "metric": meta.get("primary_metric"),
+        "alpha": float(meta.get("alpha", 0.05)),
+        "layers": layers,
+        "metadata": meta,
+    }
     if features:
-        ranking.probe, ranking.features = _features_of(meta, folder, progress)
-    return ranking
+        fields["probe"], fields["features"] = _features_of(meta, folder, progress)
+    return fields
 
 
 def _features_of(meta: dict[str, Any], folder: Path, progress: bool) -> tuple[Any, dict]:
@@ -173,7 +176,7 @@ def _features_of(meta: dict[str, Any], folder: Path, progress: bool) -> tuple[An
     from alignkit.config import EncoderEntry, config_from_mapping
     from alignkit.features import FeatureCache
     from alignkit.ranking.checks import load_ranking_probe
-    from alignkit.ranking.pipeline import _extract
+    from alignkit.ranking.extraction import _extract
 
     cfg = config_from_mapping(meta.get("config") or {}, source=str(folder / RUN_FILE))
     probe, _ = load_ranking_probe(cfg)
@@ -215,4 +218,4 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", plots.short_label(spec, 60)).strip("_")
 
 
-__all__ = ["RANKING_FILE", "SCORES_FILE", "load", "save", "write"]
+__all__ = ["RANKING_FILE", "SCORES_FILE", "read", "save", "write"]

@@ -19,7 +19,7 @@ from alignkit.metrics.calibration import P_FLOOR
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-    from alignkit.ranking.result import Ranking
+    from alignkit.ranking.result import RankingResult
 
 
 def _num(value: float, digits: int = 3) -> str:
@@ -48,7 +48,7 @@ def p_text(p: float, log10_p: float = math.nan) -> str:
     return f"{mantissa:.1f}e{exponent:+03d}"
 
 
-def title(r: Ranking, what: str) -> str:
+def title(r: RankingResult, what: str) -> str:
     """``"<what> — <probe>, n=<rows>"`` for a figure of ``r``."""
     probe = r.metadata.get("probe", {}).get("name")
     where = str(probe).split("[")[0] if probe else "probe"  # "flickr8k:test[n=500,seed=0]"
@@ -60,7 +60,7 @@ def title(r: Ranking, what: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # figures
 # ----------------------------------------------------------------------------------------------
-def heatmap_order(r: Ranking) -> tuple[list[str], list[str]]:
+def heatmap_order(r: RankingResult) -> tuple[list[str], list[str]]:
     """One row and column order for every metric's heatmap: encoders by their mean score under
     the primary metric (best first), real encoders before controls."""
     main = r.main_scores[r.main_scores["metric"] == r.metric]
@@ -74,7 +74,7 @@ def heatmap_order(r: Ranking) -> tuple[list[str], list[str]]:
     return ordered("vision"), ordered("text")
 
 
-def plot_heatmap(r: Ranking, metric: str | None = None, *, ax: Axes | None = None) -> Axes:
+def plot_heatmap(r: RankingResult, metric: str | None = None, *, ax: Axes | None = None) -> Axes:
     metric = metric or r.metric
     return plots.heatmap(
         r.main_scores,
@@ -87,7 +87,7 @@ def plot_heatmap(r: Ranking, metric: str | None = None, *, ax: Axes | None = Non
     )
 
 
-def plot_agreement(r: Ranking, *, ax: Axes | None = None) -> Axes:
+def plot_agreement(r: RankingResult, *, ax: Axes | None = None) -> Axes:
     tau = r.agreement()
     n_pairs = tau.attrs["n_pairs"]
     what = f"Metric agreement (Kendall τ) over {counted(n_pairs, 'real pair')}"
@@ -97,7 +97,7 @@ def plot_agreement(r: Ranking, *, ax: Axes | None = None) -> Axes:
 
 
 def plot_top_pairs(
-    r: Ranking, top: int = 10, *, metric: str | None = None, ax: Axes | None = None
+    r: RankingResult, top: int = 10, *, metric: str | None = None, ax: Axes | None = None
 ) -> Axes:
     metric = metric or r.metric
     what = f"Top pairs by {plots.metric_label(metric)}"
@@ -106,7 +106,7 @@ def plot_top_pairs(
     )
 
 
-def plot_layers(r: Ranking, vision: str, text: str, *, ax: Axes | None = None) -> Axes:
+def plot_layers(r: RankingResult, vision: str, text: str, *, ax: Axes | None = None) -> Axes:
     """One pair's layer x layer heatmap on the colour scale shared by all pairs of the run
     (widened to the metric's chance level where it has one, which is marked on it)."""
     from alignkit.metrics import METRICS
@@ -138,7 +138,7 @@ def plot_layers(r: Ranking, vision: str, text: str, *, ax: Axes | None = None) -
 # ----------------------------------------------------------------------------------------------
 # text
 # ----------------------------------------------------------------------------------------------
-def format_table(r: Ranking, top: int = 10) -> str:
+def format_table(r: RankingResult, top: int = 10) -> str:
     """Fixed-width table of the ``top`` pairs: rank, short names, score, interval, z, p, ranks
     under the other metrics, and a note (``control`` or ``n.s.``)."""
     t = r.top(top)
@@ -168,7 +168,7 @@ def format_table(r: Ranking, top: int = 10) -> str:
     return df.to_string(index=False)
 
 
-def _agreement_lines(r: Ranking) -> list[str]:
+def _agreement_lines(r: RankingResult) -> list[str]:
     tau = r.agreement()
     n_pairs = tau.attrs["n_pairs"]
     head = f"## Metric agreement (Kendall τ between rankings, {counted(n_pairs, 'real pair')})"
@@ -198,7 +198,7 @@ def _agreement_lines(r: Ranking) -> list[str]:
     return lines
 
 
-def _verdict_lines(r: Ranking) -> list[str]:
+def _verdict_lines(r: RankingResult) -> list[str]:
     """p at its floor, the pairs tied with the best, and a one-line recommendation."""
     lines = [""]
     floor = r.p_at_floor()
@@ -263,7 +263,7 @@ def _min_pairs() -> int:
     return MIN_AGREEMENT_PAIRS
 
 
-def summary(r: Ranking, top: int = 10) -> str:
+def summary(r: RankingResult, top: int = 10) -> str:
     """Markdown: the run's facts, the top pairs, agreement, controls, layers, skipped encoders."""
     md = r.metadata
     probe = md.get("probe", {})

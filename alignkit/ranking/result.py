@@ -1,18 +1,17 @@
 """The result of a ranking run: the scores and the tables read from them.
 
-:class:`Ranking` holds the long-form scores (``alignkit.metrics.SCORE_COLUMNS``), the layer x
+:class:`RankingResult` holds the long-form scores (``alignkit.metrics.SCORE_COLUMNS``), the layer x
 layer results and the run's metadata; everything else (the pair table, ranks under each metric,
-agreement between metrics, nearest neighbours of a row) is computed from those on demand. Its
-figures and text reports are in :mod:`alignkit.ranking.report`, its folder I/O in
-:mod:`alignkit.ranking.folder`; the methods here are the one place a user looks for them.
+agreement between metrics, nearest neighbours of a row) is computed from those on demand. It
+imports none of the code that draws, reports or writes it (:mod:`alignkit.ranking.report`,
+:mod:`alignkit.ranking.folder`); :class:`alignkit.ranking.Ranking` (:mod:`alignkit.ranking.api`)
+adds those as methods, the one place a user looks for them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,8 +20,6 @@ import pandas as pd
 from alignkit.errors import AlignkitError, unknown_key
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.axes import Axes
-
     from alignkit.features import FeatureSet
     from alignkit.probes import ProbeSet
 
@@ -85,8 +82,9 @@ class LayerResult:
 
 
 @dataclass
-class Ranking:
-    """The result of :func:`rank_encoders`: tables, figures and the run folder.
+class RankingResult:
+    """The scores of a ranking run and the tables computed from them (the figures, reports and
+    run folder are :class:`alignkit.ranking.Ranking`'s).
 
     Attributes:
         scores: long-form scores, exactly :data:`alignkit.metrics.SCORE_COLUMNS`, one row per
@@ -359,72 +357,3 @@ class Ranking:
                 "cosine": sims[order],
             }
         )
-
-    # -- figures and reports (alignkit.ranking.report) ------------------------------------------
-    def plot_heatmap(self, metric: str | None = None, *, ax: Axes | None = None) -> Axes:
-        """Vision x text heatmap of ``metric`` (default the primary); see ``plots.heatmap``."""
-        from alignkit.ranking import report
-
-        return report.plot_heatmap(self, metric, ax=ax)
-
-    def plot_agreement(self, *, ax: Axes | None = None) -> Axes:
-        """Kendall τ between the metrics' rankings of the real pairs (see :meth:`agreement`)."""
-        from alignkit.ranking import report
-
-        return report.plot_agreement(self, ax=ax)
-
-    def plot_top_pairs(
-        self, top: int = 10, *, metric: str | None = None, ax: Axes | None = None
-    ) -> Axes:
-        """Bar chart of the best pairs with their intervals and null means."""
-        from alignkit.ranking import report
-
-        return report.plot_top_pairs(self, top, metric=metric, ax=ax)
-
-    def plot_layers(self, vision: str, text: str, *, ax: Axes | None = None) -> Axes:
-        """Layer x layer heatmap of one pair with its best cell and corrected p."""
-        from alignkit.ranking import report
-
-        return report.plot_layers(self, vision, text, ax=ax)
-
-    def format_table(self, top: int = 10) -> str:
-        """A readable fixed-width table of the best pairs (for the console)."""
-        from alignkit.ranking import report
-
-        return report.format_table(self, top)
-
-    def summary(self, top: int = 10) -> str:
-        """A short markdown report of the run, to paste into a lab notebook."""
-        from alignkit.ranking import report
-
-        return report.summary(self, top)
-
-    # -- files (alignkit.ranking.folder) --------------------------------------------------------
-    def save(
-        self,
-        out_dir: str | Path,
-        *,
-        overwrite: bool = False,
-        formats: Sequence[str] | None = None,
-    ) -> Path:
-        """Write the run folder (tables, figures, ``summary.md``, ``run.json``); returns it.
-
-        ``formats``: of the heatmaps, e.g. ``("png", "svg")``; default PNG, plus SVG when the
-        run was made with ``svg=True``. The other figures are PNG.
-
-        Written atomically (:class:`alignkit.runs.RunFolder`): a failure leaves an earlier run in
-        ``out_dir`` untouched; a folder holding another run is replaced only with
-        ``overwrite=True``; a non-empty folder that is not a run folder is never replaced.
-        """
-        from alignkit.ranking import folder
-
-        return folder.save(self, out_dir, overwrite=overwrite, formats=formats)
-
-    @classmethod
-    def load(cls, folder: str | Path, *, features: bool = False) -> Ranking:
-        """Read a run folder written by :meth:`save` (scores, metadata and layer scores);
-        ``features=True`` also brings back the probe and the features (from the feature cache)
-        that :meth:`neighbours` needs."""
-        from alignkit.ranking import folder as _folder
-
-        return _folder.load(folder, features=features)

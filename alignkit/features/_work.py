@@ -1,0 +1,256 @@
+"""The work of an extraction: probe rows in fixed batches through DataLoader workers
+(images) or the tokenizer (captions), then the encoder's forward, with the rows saved to the
+cache shard by shard so that an interrupted run resumes (see :mod:`alignkit.features.extract`
+for why batches are fixed by the row index alone)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from alignkit.errors import AlignkitError
+
+if TYPE_CHECKING:
+    from alignkit.encoders.base import Encoder
+    from alignkit.features.cache import FeatureCache
+    from alignkit.probes.base import ProbeRow, ProbeSet
+
+log = logging.getLogger("alignkit.features.extract")
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A row that could not be read in a worker (raised as one clean error in the main process)."""
+
+    row_id: str
+    source: str
+    reason: str
+
+
+class _ImageRows(torch.utils.data.Dataset):
+    """Probe rows by global index -> ``encoder.preprocess(image)``; runs in worker processes."""
+
+    def __init__(self, rows: tuple[ProbeRow, ...], preprocess: Any) -> None:
+        self.rows = rows
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Any:
+        row = self.rows[index]
+        try:
+            return self.preprocess(row.load_image())
+        except Exception as exc:  # reported with the row and file by the main process
+            source = "<rendered>" if callable(row.image) else str(row.image)
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+            return _Failed(row.id, source, reason)
+
+
+class _Collate:
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, items: list[Any]) -> Any:
+        for item in items:
+            if isinstance(item, _Failed):
+                return item
+        return self.collate(items)
+
+
+def _preprocess_fn(enc: Encoder) -> Any:
+    """What workers run per image: the backend's model-free ``preprocessor`` when the encoder
+    uses the base ``preprocess`` (cheap to send to workers), else its own ``preprocess``."""
+    from alignkit.encoders.base import Encoder as Base
+
+    overridden = getattr(type(enc), "preprocess", None) is not Base.preprocess
+    return enc.preprocess if overridden else getattr(enc, "preprocessor", enc.preprocess)
+
+
+def _worker_context() -> str | None:
+    """``fork`` on Linux: workers inherit the encoder instead of unpickling it (models with
+    native sessions, e.g. onnxruntime, do not pickle; Python 3.14 makes forkserver the default)."""
+    import multiprocessing
+    import sys
+
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return None
+
+
+def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return type(batch)(_to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+@dataclass
+class _Job:
+    enc: Encoder
+    probe: ProbeSet
+    batch_size: int
+    workers: int
+    caption_policy: str
+    seed: int
+    store: FeatureCache | None
+    key: str
+    progress: bool
+    label: str  # progress bar title
+
+    def run(self, start: int, stop: int) -> torch.Tensor:
+        """Features of rows ``[start, stop)``, ``(..., stop - start, d)`` float32 CPU: shards
+        already in the cache are loaded, the rest computed and saved shard by shard."""
+        from tqdm.auto import tqdm
+
+        pieces: dict[int, torch.Tensor] = {}  # row offset -> (..., rows, d)
+        if self.store is not None:
+            for a, _, tensor in self.store.load_shards(self.key, start, stop):
+                pieces[a] = tensor
+        chunks = self._missing_chunks(start, stop, pieces)
+        done = (stop - start) - sum(b - a for a, b in chunks)
+        if done:
+            log.info(
+                "%s: resuming, %d of %d rows already in shards", self.enc.name, done, stop - start
+            )
+        bar = tqdm(
+            total=stop - start,
+            initial=done,
+            unit="item",
+            desc=self.label,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=False,
+        )
+        t0 = time.perf_counter()
+        try:
+            # batches never straddle a chunk: each chunk (one future shard) is whole batches
+            batches = [
+                (lo, min(lo + self.batch_size, hi))
+                for first, hi in chunks
+                for lo in range(first, hi, self.batch_size)
+            ]
+            compute = self._image_batches if self.enc.modality == "image" else self._text_batches
+            pending = iter(chunks)
+            chunk = next(pending, None)
+            held: list[torch.Tensor] = []  # batch outputs since the last shard
+            held_from = chunk[0] if chunk else start  # first row of `held`
+            every = self.store.shard_seconds if self.store is not None else None
+            saved_at = time.monotonic()
+            for (lo, hi), out in zip(batches, compute(batches), strict=True):
+                held.append(out)
+                bar.update(hi - lo)
+                chunk_done = chunk is not None and hi == chunk[1]
+                overdue = every is not None and time.monotonic() - saved_at >= every
+                if chunk_done or overdue:  # keep the rows since the last shard, save them
+                    pieces[held_from] = torch.cat(held, dim=-2)
+                    held = []
+                    if self.store is not None:
+                        self._save_shard(held_from, hi, pieces[held_from])
+                    saved_at = time.monotonic()
+                    held_from = hi
+                    if chunk_done:
+                        chunk = next(pending, None)
+                        held_from = chunk[0] if chunk else hi
+        finally:
+            bar.close()
+        log.info(
+            "%s: %d rows in %.1f s", self.enc.name, stop - start - done, time.perf_counter() - t0
+        )
+        if not pieces:  # a rank with no rows
+            return torch.empty((0, 0))
+        return torch.cat([pieces[a] for a in sorted(pieces)], dim=-2)
+
+    def _missing_chunks(
+        self, start: int, stop: int, pieces: dict[int, torch.Tensor]
+    ) -> list[tuple[int, int]]:
+        """Row ranges still to compute, cut at global multiples of the shard size so that each
+        is one future shard and batches start where an uninterrupted run starts them (a shard
+        saved by time ends on a batch boundary, so the batches after it are the same too)."""
+        shard_rows = self.batch_size * (self.store.shard_batches if self.store else 1 << 20)
+        covered = sorted((a, a + t.shape[-2]) for a, t in pieces.items())
+        gaps, cursor = [], start
+        for a, b in covered:
+            if a > cursor:
+                gaps.append((cursor, a))
+            cursor = max(cursor, b)
+        if cursor < stop:
+            gaps.append((cursor, stop))
+        chunks = []
+        for a, b in gaps:
+            while a < b:
+                edge = min(b, (a // shard_rows + 1) * shard_rows)
+                chunks.append((a, edge))
+                a = edge
+        return chunks
+
+    def _save_shard(self, a: int, b: int, block: torch.Tensor) -> None:
+        try:
+            self.store.put_shard(self.key, a, b, block)
+        except OSError as exc:  # shards only make resuming cheaper; never fail the run for one
+            log.warning("could not write a resume shard of rows [%d, %d): %s", a, b, exc)
+
+    def _forward(self, batch: Any) -> torch.Tensor:
+        out = self.enc.forward(batch)
+        if out.ndim not in (2, 3):
+            raise AlignkitError(
+                f"{self.enc.name}.forward must return (B, dim) or (layers, B, dim): got shape "
+                f"{tuple(out.shape)}"
+            )
+        return out.detach().to("cpu", torch.float32)
+
+    def _image_batches(self, batches: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
+        if not batches:
+            return
+        cuda = self.enc.device.type == "cuda"
+        workers = min(self.workers, len(batches))
+        loader = torch.utils.data.DataLoader(
+            _ImageRows(self.probe.rows, _preprocess_fn(self.enc)),
+            batch_sampler=[list(range(a, b)) for a, b in batches],
+            num_workers=workers,
+            collate_fn=_Collate(self.enc.collate),
+            pin_memory=cuda,
+            prefetch_factor=2 if workers else None,  # batches in flight per worker
+            multiprocessing_context=_worker_context() if workers else None,
+        )
+        for (a, b), batch in zip(batches, loader, strict=True):
+            if isinstance(batch, _Failed):
+                raise AlignkitError(
+                    f"probe {self.probe.name}: cannot read the image of row {batch.row_id!r} "
+                    f"({batch.source}): {batch.reason}"
+                )
+            out = self._forward(_to_device(batch, self.enc.device, non_blocking=cuda))
+            if out.shape[-2] != b - a:
+                raise AlignkitError(
+                    f"{self.enc.name}.forward returned {out.shape[-2]} rows for a batch of {b - a}"
+                )
+            yield out
+
+    def _text_batches(self, batches: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
+        rows = self.probe.rows
+        mean = self.caption_policy == "mean"
+        if self.caption_policy == "all":  # batches index captions, not rows
+            chosen = [c for row in rows for c in row.captions]
+        elif not mean:  # one caption per row; `random` depends on (seed, row id) only
+            chosen = self.probe.captions(self.caption_policy, self.seed)
+        for a, b in batches:
+            counts = [len(rows[i].captions) for i in range(a, b)] if mean else None
+            captions = [c for i in range(a, b) for c in rows[i].captions] if mean else chosen[a:b]
+            batch = self.enc.collate([self.enc.preprocess(c) for c in captions])
+            out = self._forward(_to_device(batch, self.enc.device, non_blocking=False))
+            if out.shape[-2] != len(captions):
+                raise AlignkitError(
+                    f"{self.enc.name}.forward returned {out.shape[-2]} rows for "
+                    f"{len(captions)} captions"
+                )
+            if counts is not None:  # (..., sum(counts), d) -> (..., b - a, d): mean per row
+                out = torch.stack([part.mean(dim=-2) for part in out.split(counts, dim=-2)], dim=-2)
+            yield out
