@@ -5,7 +5,7 @@ A run folder written by ``alignkit train`` (or :func:`save_aligned`) holds::
     config.json              what to rebuild: the vision and text encoder specs and options,
                              their weights identity, token-level or pooled features, the
                              TrainConfig, probes and validation metrics
-    projector.safetensors    the projector weights (alignkit.projectors.save_model format)
+    projector.safetensors    the projector weights (alignkit.training.save_model format)
 
 :func:`load_aligned` rebuilds the encoders from their specs, checks that their weights identity is
 the one the projectors were trained on (a different checkpoint gives different features, and the
@@ -25,7 +25,7 @@ from alignkit.errors import AlignkitError
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
-    from alignkit.projectors.modules import AlignmentModel
+    from alignkit.training.modules import AlignmentModel
 
 CONFIG = "config.json"
 PROJECTOR = "projector.safetensors"
@@ -127,7 +127,7 @@ class AlignedModel:
         )
 
     def _features(self, encoder: Encoder, record: EncoderRecord, items: list[Any], image: bool):
-        from alignkit.projectors.data import TokenFeatures
+        from alignkit.training.data import TokenFeatures
 
         if not record.tokens:
             return encoder.encode(items)
@@ -146,7 +146,7 @@ class AlignedModel:
         out = []
         for a in range(0, len(items), self.batch_size):
             x = self._features(encoder, record, items[a : a + self.batch_size], image)
-            from alignkit.projectors.data import to_device
+            from alignkit.training.data import to_device
 
             device = next(self.model.parameters()).device
             out.append(tower(to_device(x, device, torch.float32)).float().cpu())
@@ -191,7 +191,7 @@ def load_aligned(
 
     from alignkit._device import resolve_device
     from alignkit.encoders import create_encoder
-    from alignkit.projectors.build import load_model
+    from alignkit.training.build import load_model
 
     run_dir = Path(run_dir)
     body = read_config(run_dir)

@@ -10,7 +10,7 @@ Stages, each cached or resumable so an interrupted experiment continues where it
    evaluation probes (the content-addressed feature cache);
 2. **scores**: :func:`alignkit.score_pairs` of every vision x text pair on the scoring probe, with
    the permutation null (so each metric also has its calibrated z); ``scores.csv``;
-3. **training**: one fixed recipe (:class:`alignkit.projectors.TrainConfig`) per pair on the
+3. **training**: one fixed recipe (:class:`alignkit.training.TrainConfig`) per pair on the
    training probe, early-stopped on the validation probe, in ``pairs/<pair>/``; a finished pair
    folder is reused (``train_projector`` returns a finished run as is);
 4. **evaluation**: :func:`alignkit.evaluation.evaluate_pair` (zero-shot, retrieval) per pair,
@@ -75,7 +75,7 @@ class PredictivityConfig:
         templates: zero-shot prompt templates (``imagenet80``, ``imagenet7``, ``single``, a file).
         metrics: pre-training metrics (``alignkit.METRICS`` keys); permutations: null size (for z);
             k: neighbourhood size.
-        train: :class:`alignkit.projectors.TrainConfig` fields of the fixed recipe.
+        train: :class:`alignkit.training.TrainConfig` fields of the fixed recipe.
         results: post-training result keys to correlate (``fnmatch`` patterns over metric keys).
         bootstrap: bootstrap resamples of pairs; level: interval coverage; seed: all randomness.
     """
@@ -145,9 +145,9 @@ class PredictivityConfig:
 
     def train_config(self) -> Any:
         try:
-            from alignkit.projectors import TrainConfig
+            from alignkit.training import TrainConfig
         except ImportError as exc:  # pragma: no cover - part of alignkit once merged
-            raise AlignkitError(f"training needs alignkit.projectors: {exc}") from exc
+            raise AlignkitError(f"training needs alignkit.training: {exc}") from exc
         return TrainConfig.from_dict(dict(self.train))
 
     def to_dict(self) -> dict[str, Any]:
@@ -369,7 +369,7 @@ def run_predictivity(
     from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
     from alignkit.evaluation.prompts import caption_probe
     from alignkit.evaluation.runs import write_run_config
-    from alignkit.projectors import train_projector
+    from alignkit.training import train_projector
 
     t1 = time.perf_counter()
     eval_key = config.stage_key(
@@ -481,7 +481,7 @@ def _read_stage_json(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def _paired(config, probe, v, t, features, caption_probe) -> Any:  # noqa: ANN001
-    from alignkit.projectors import PairedFeatures
+    from alignkit.training import PairedFeatures
 
     image = features(v, probe)
     if config.train_captions == "all":

@@ -84,7 +84,7 @@ def test_train_writes_a_run_folder_that_load_aligned_reloads(models, probes, tmp
 
     import alignkit
     from alignkit.encoders import create_encoder
-    from alignkit.projectors import load_model
+    from alignkit.training import load_model
 
     aligned = alignkit.load_aligned(out, device="cpu")
     images = tiny.images(3)
@@ -144,8 +144,8 @@ def test_resume_with_another_config_or_other_widths_is_refused(models, probes, t
 def test_interrupted_run_keeps_its_checkpoint_and_resumes(
     models, probes, tmp_path, capsys, monkeypatch
 ):
-    import alignkit.projectors as projectors
-    from alignkit.projectors import load_model
+    import alignkit.training as projectors
+    from alignkit.training import load_model
 
     full = tmp_path / "full"
     assert _run(_base(models, probes, full, "--eval-every", "1"), capsys)[0] == 0
@@ -237,7 +237,7 @@ def test_docs_trainconfig_table_states_the_dataclass_defaults():
     import dataclasses
     import re
 
-    from alignkit.projectors import TrainConfig
+    from alignkit.training import TrainConfig
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", doc, flags=re.M))

@@ -11,8 +11,8 @@ import torch
 from _training_support import synthetic_pairs
 
 from alignkit.errors import AlignkitError
-from alignkit.projectors import PairedFeatures, TrainConfig, load_model, train_projector
-from alignkit.projectors.trainer import _SimulatedStop, learning_rate, retrieval_recall
+from alignkit.training import PairedFeatures, TrainConfig, load_model, train_projector
+from alignkit.training.trainer import _SimulatedStop, learning_rate, retrieval_recall
 
 FAST = TrainConfig(width=16, batch_size=32, epochs=6, lr=3e-3, eval_every=3, patience=None)
 
@@ -71,7 +71,7 @@ def test_training_aligns_well_above_chance(loss, tokens):
 
 
 def test_all_captions_put_every_caption_in_the_batch(monkeypatch):
-    from alignkit.projectors import trainer
+    from alignkit.training import trainer
 
     seen = []
     original = trainer.batch_loss
@@ -207,7 +207,7 @@ KILLED_RUN = """
 import sys, dataclasses
 sys.path.insert(0, {tests!r})
 from _training_support import synthetic_pairs
-from alignkit.projectors import TrainConfig, train_projector
+from alignkit.training import TrainConfig, train_projector
 config = TrainConfig(**{config!r})
 train_projector(config, synthetic_pairs(64), out_dir={out!r}, progress=False, device="cpu")
 """
@@ -259,7 +259,7 @@ def test_a_killed_process_resumes_to_bitwise_the_same_weights(tmp_path):
 def test_plot_history_draws_on_the_axes_it_is_given():
     from matplotlib.figure import Figure
 
-    from alignkit.projectors import plot_history
+    from alignkit.training import plot_history
 
     train, val = synthetic_pairs(64), synthetic_pairs(20, seed=2, id_prefix="v")
     result = train_projector(dataclasses.replace(FAST, epochs=2), train, val, progress=False)

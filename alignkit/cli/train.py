@@ -64,7 +64,7 @@ def _shown_default(name: str, default: Any) -> str:
 
 def _fields_help() -> dict[str, str]:
     """Each TrainConfig field's option help, ending in its default."""
-    from alignkit.projectors.config import TrainConfig
+    from alignkit.training.config import TrainConfig
 
     return {
         f.name: f"{_FIELDS_TEXT[f.name]} (default: {_shown_default(f.name, f.default)})"
@@ -110,7 +110,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _train_config(values: dict[str, Any]):
-    from alignkit.projectors import TrainConfig
+    from alignkit.training import TrainConfig
 
     cfg = {k: v for k, v in values.items() if k in _FIELDS_HELP and v is not None}
     if cfg.get("clip_grad") == 0:
@@ -234,7 +234,7 @@ def train_command(
     top: Annotated[int, typer.Option("--top", help="with --from-ranking: how many pairs")] = 3,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    from alignkit.train_pair import train_pair
+    from alignkit.training.pair import train_pair
 
     values: dict[str, Any] = _read_file(config) if config is not None else {}
     given = {

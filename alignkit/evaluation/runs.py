@@ -1,6 +1,6 @@
 """Trained run folders as :class:`AlignedPair` s, and the metrics.json they get.
 
-A run folder (written by ``alignkit train`` / :func:`alignkit.projectors.train_projector`) holds
+A run folder (written by ``alignkit train`` / :func:`alignkit.training.train_projector`) holds
 
 * ``projector.safetensors``: the projector pair (format ``alignkit.projector/1``);
 * ``config.json``: the encoders it was trained on, as ``{"vision": SPEC, "text": SPEC}`` where
@@ -124,11 +124,9 @@ def load_pair(run_dir: str | Path, device: str = "cpu") -> AlignedPair:
     vision, v_opts = _encoder_entry(cfg, "image", run / "config.json")
     text, t_opts = _encoder_entry(cfg, "text", run / "config.json")
     try:
-        from alignkit.projectors import load_model
+        from alignkit.training import load_model
     except ImportError as exc:  # pragma: no cover - part of alignkit once merged
-        raise AlignkitError(
-            f"loading a trained projector needs alignkit.projectors: {exc}"
-        ) from exc
+        raise AlignkitError(f"loading a trained projector needs alignkit.training: {exc}") from exc
     model, *_ = load_model(run / "projector.safetensors", device="cpu")
     model.eval()
     holder = cfg.get("encoders", cfg)

@@ -35,7 +35,7 @@ class TrainConfig:
     sets). Stopping early while the learning rate is still near its peak cost 2-4 recall points.
 
     Model
-      projector   registry key (``alignkit.projectors.PROJECTORS``): the pooled projector of both
+      projector   registry key (``alignkit.training.PROJECTORS``): the pooled projector of both
                   towers, or, on token-level features, the per-token projection of image patches,
                   of the image CLS token and of text tokens (freeze-align uses ``residual``)
       text_head   token-level text only: the head after the masked mean (freeze-align: ``mlp_head``)
@@ -81,8 +81,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from alignkit.errors import unknown_key
-        from alignkit.projectors.losses import LOSSES
-        from alignkit.projectors.modules import PROJECTORS
+        from alignkit.training.losses import LOSSES
+        from alignkit.training.modules import PROJECTORS
 
         if self.projector not in PROJECTORS:
             raise unknown_key("projector (TrainConfig.projector)", self.projector, list(PROJECTORS))

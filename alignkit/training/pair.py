@@ -2,7 +2,7 @@
 
 :func:`train_pair` is what ``alignkit train`` runs: load and check the probes, get the features
 through the cache (pooled, or token-level with ``tokens=True``; text with every caption), pair
-them, train with :func:`alignkit.projectors.train_projector`, and write a run folder that
+them, train with :func:`alignkit.training.train_projector`, and write a run folder that
 :func:`alignkit.load_aligned` reads::
 
     run.json                 the command, status (running / done), times, alignkit version
@@ -33,7 +33,7 @@ from alignkit.errors import AlignkitError
 
 if TYPE_CHECKING:
     from alignkit.probes.base import ProbeSet
-    from alignkit.projectors import TrainConfig, TrainResult
+    from alignkit.training import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def train_pair(
             keyword options, e.g. ``{"pooling": "mean"}``).
         probe: training probe: a spec such as ``flickr8k:train`` or a ProbeSet; must be one
             training split (:func:`check_training_probe`).
-        config: the :class:`~alignkit.projectors.TrainConfig`.
+        config: the :class:`~alignkit.training.TrainConfig`.
         out_dir: the run folder (see the module docstring for refuse / resume / overwrite).
         val: validation probe for early stopping, disjoint from ``probe`` by id and image content.
         n: train on a seeded subsample of this many probe rows (``val_n``: of validation rows).
@@ -209,7 +209,7 @@ def train_pair(
     from alignkit.encoders import create_encoder
     from alignkit.features import check_disjoint, extract_features, extract_tokens, paired_features
     from alignkit.probes import load_probe
-    from alignkit.projectors import TrainConfig, train_projector
+    from alignkit.training import TrainConfig, train_projector
 
     if not isinstance(config, TrainConfig):
         raise AlignkitError(f"config must be a TrainConfig: got {type(config).__name__}")

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from alignkit._device import resolve_device
 from alignkit.errors import AlignkitError
-from alignkit.projectors.build import ModelSpec, build_model, save_model
-from alignkit.projectors.config import TrainConfig
-from alignkit.projectors.data import (
+from alignkit.training.build import ModelSpec, build_model, save_model
+from alignkit.training.config import TrainConfig
+from alignkit.training.data import (
     Batch,
     PairedFeatures,
     TokenFeatures,
@@ -42,8 +42,8 @@ from alignkit.projectors.data import (
     slice_features,
     to_device,
 )
-from alignkit.projectors.distributed import DistContext, gather_rows, split_bounds
-from alignkit.projectors.modules import AlignmentModel
+from alignkit.training.distributed import DistContext, gather_rows, split_bounds
+from alignkit.training.modules import AlignmentModel
 
 __all__ = ["TrainResult", "train_projector", "retrieval_recall", "plot_history", "embed"]
 
@@ -364,7 +364,7 @@ def train_projector(
     is); False starts over. Under torchrun (``WORLD_SIZE`` > 1) the process group is joined or
     created (and then destroyed), each rank takes its slice of every global batch of
     ``config.batch_size`` images, and the loss sees the whole global batch (see
-    :mod:`alignkit.projectors.distributed`).
+    :mod:`alignkit.training.distributed`).
 
     Raises :class:`AlignkitError` for bad input, for a checkpoint whose config or feature widths
     differ, and when the loss becomes NaN/Inf (naming the step and batch; the last checkpoint
