@@ -137,8 +137,9 @@ def test_resume_with_another_config_or_other_widths_is_refused(models, probes, t
     # same config, other vision encoder (24-wide ConvNext instead of the 32-wide ViT)
     args = _base(models, probes, out)
     args[args.index(models["vit"])] = models["cnn"]
-    code, _, err = _run(args, capsys)
-    assert code == 1 and "image_dim 32 (data: 24)" in err, err
+    code, _, err = _run(args, capsys)  # refused before extraction, naming the encoder
+    assert code == 1 and "with other inputs (vision.spec: " in err, err
+    assert models["cnn"] in err and len(err.strip().splitlines()) == 1
 
 
 def test_interrupted_run_keeps_its_checkpoint_and_resumes(
@@ -159,7 +160,8 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes(
     with pytest.raises(Exception, match="SimulatedStop|_SimulatedStop|^$"):
         main(["train", "--quiet", *_base(models, probes, out, "--eval-every", "1")])
     assert (out / "checkpoint.safetensors").is_file()
-    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    status = json.loads((out / "run.json").read_text())  # the run ended with an exception
+    assert status["status"] == "failed" and "_SimulatedStop" in status["error"]
     monkeypatch.setattr(projectors, "train_projector", real)
     assert _run(_base(models, probes, out, "--eval-every", "1"), capsys)[0] == 0
     a, *_ = load_model(full / "projector.safetensors")

@@ -1,168 +1,77 @@
 """Train the projectors of one vision x text encoder pair on a probe, into a run folder.
 
-:func:`train_pair` is what ``alignkit train`` runs: load and check the probes, get the features
-through the cache (pooled, or token-level with ``tokens=True``; text with every caption), pair
-them, train with :func:`alignkit.training.train_projector`, and write a run folder that
+:func:`train_pair` is what ``alignkit train`` runs, as a list of stages: check the inputs (the
+probes, split-checked; the encoders; the folder; an unfinished run's checkpoint against this
+run), all before any feature extraction; get the features through the cache (pooled, or
+token-level with ``tokens=True``; text with every caption); train with
+:func:`alignkit.training.train_projector`; and write a run folder that
 :func:`alignkit.load_aligned` reads::
 
-    run.json                 the command, status (running / done), times, alignkit version
-    config.json              encoders (spec, options, weights identity), TrainConfig, probes,
-                             validation metrics (alignkit.aligned)
+    run.json                 the command, status (running / done / failed / interrupted), times,
+                             the batch size and epochs used, alignkit version
+    config.json              encoders (spec, options, weights identity), TrainConfig as used,
+                             probes, validation metrics (alignkit.aligned)
     projector.safetensors    final weights; checkpoint.safetensors, best.safetensors,
                              history.csv, history.png (the trainer's files)
 
-Run folders: a new folder is created; an unfinished run of the same config resumes from its last
-checkpoint (a different config is refused by the trainer); a finished run is refused unless
-``overwrite=True``, which moves the old folder aside and deletes it only once the new run is done.
+Run folders (:mod:`alignkit.training.folder`): a new folder is created; an unfinished run
+resumes from its last checkpoint when everything it was computed from is the same (else it is
+refused before any extraction, listing what differs); a finished run is refused unless
+``overwrite=True``, which moves the old folder aside and deletes it only once the new run is
+done (a new run that fails puts it back).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignkit.errors import AlignkitError
+from alignkit.training.checkpoint import CHECKPOINT, read_meta, resume_differences
+from alignkit.training.folder import (
+    check_out_dir,
+    end_out_dir,
+    now,
+    prepare_out_dir,
+    write_run_file,
+)
+from alignkit.training.inputs import (
+    check_training_probe,
+    check_validation_probe,
+    load_split_probe,
+    provenance,
+    require_cached,
+)
 
 if TYPE_CHECKING:
+    from alignkit.encoders.base import Encoder
     from alignkit.probes.base import ProbeSet
     from alignkit.training import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
+__all__ = ["PairRun", "check_training_probe", "require_cached", "train_pair"]
+
+TOO_FEW_IMAGES = 100  # below this a contrastive projector learns little beyond chance
+TOO_FEW_STEPS = 20  # optimizer steps in all
 
 
 @dataclass(frozen=True)
 class PairRun:
-    """What :func:`train_pair` returns: the folder, the trainer's result and timings (s)."""
+    """What :func:`train_pair` returns: the folder, the trainer's result, timings (s), and the
+    TrainConfig actually used (the batch no larger than the training set)."""
 
     out_dir: Path
     result: TrainResult
     features_s: float
     train_s: float
+    config: TrainConfig | None = None
 
 
-# -- checks (cheap, before any model work) -------------------------------------------------------
-def check_training_probe(probe: ProbeSet, spec: str) -> None:
-    """A training probe must be one training split: refuse a probe that mixes splits or is
-    another split (dev/test), which would train on evaluation data."""
-    splits = {str(r.attributes["split"]) for r in probe.rows if "split" in r.attributes}
-    if len(splits) > 1:
-        base = spec.partition(":")[0]
-        raise AlignkitError(
-            f"probe {spec} has no single training split (its rows are from splits "
-            f"{', '.join(sorted(splits))}): pass --probe {base}:train"
-        )
-    if splits and splits != {"train"}:
-        base = spec.partition(":")[0]
-        raise AlignkitError(
-            f"probe {spec} is the {next(iter(splits))!r} split, not a training split: pass "
-            f"--probe {base}:train (and that split as --val only if it is a dev split)"
-        )
-
-
-def require_cached(
-    specs: list[str],
-    probe: ProbeSet,
-    *,
-    tokens: bool = False,
-    cache: Any = True,
-    options: dict[str, dict[str, Any]] | None = None,
-) -> None:
-    """Raise a one-line error unless the features of every encoder in ``specs`` on ``probe``
-    are already in the cache (``--cache-only``). Text encoders are looked up with
-    ``caption_policy="all"``. Building an encoder to compute its key reads its weights file
-    but runs no model work."""
-    from alignkit.encoders import create_encoder
-    from alignkit.features.cache import feature_key
-    from alignkit.features.extract import _resolve_cache
-    from alignkit.features.tokens import _cached, token_key
-
-    store = _resolve_cache(cache)
-    if store is None:
-        raise AlignkitError("--cache-only needs a feature cache: drop --cache off")
-    for spec in specs:
-        enc = create_encoder(spec, device="cpu", **(options or {}).get(spec, {}))
-        policy = "all" if enc.modality == "text" else "first"
-        if tokens:
-            from alignkit.features.featureset import caption_ids
-
-            ids = caption_ids(probe) if enc.modality == "text" else probe.ids
-            hit = _cached(store, token_key(enc, probe, policy), ids) is not None
-        else:
-            hit = feature_key(enc, probe, policy) in store
-        if not hit:
-            kind = "token features" if tokens else "features"
-            raise AlignkitError(
-                f"--cache-only: the {kind} of {spec} on {probe.name} are not in the cache "
-                f"{store.root}: run `alignkit extract -e {spec} --probe {probe.name}"
-                f"{' --caption-policy all' if enc.modality == 'text' else ''}` first, or drop "
-                "--cache-only"
-            )
-
-
-# -- run folders ---------------------------------------------------------------------------------
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json(path: Path, body: dict[str, Any]) -> None:
-    from alignkit.features._io import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(body, indent=1, sort_keys=True, default=str))
-
-
-def prepare_out_dir(out_dir: Path, *, overwrite: bool) -> Path | None:
-    """Make ``out_dir`` ready for a run; returns the folder an overwritten run was moved to
-    (deleted by :func:`finish_out_dir`), or None.
-
-    New or empty: used. Holds an unfinished alignkit run (run.json status ``running``): kept, the
-    trainer resumes from its checkpoint. Holds a finished run: refused. With ``overwrite`` an
-    alignkit run folder (finished or not) is moved aside and the run starts over.
-    Anything else: refused (never delete a folder alignkit did not write).
-    """
-    if not out_dir.exists():
-        out_dir.mkdir(parents=True)
-        return None
-    if not out_dir.is_dir():
-        raise AlignkitError(f"--out {out_dir} is a file: expected a folder for the run")
-    if not any(out_dir.iterdir()):
-        return None
-    try:
-        status = json.loads((out_dir / RUN_FILE).read_text()).get("status")
-    except (OSError, ValueError):
-        raise AlignkitError(
-            f"--out {out_dir} exists and is not an alignkit training run: pick another --out"
-        ) from None
-    if status == "running" and not overwrite:
-        log.info("%s holds an unfinished run: resuming it", out_dir)
-        return None
-    if not overwrite:
-        raise AlignkitError(
-            f"--out {out_dir} already holds a finished run: pass --overwrite to replace it, or "
-            "pick another --out"
-        )
-    aside = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(out_dir, aside)  # atomic: the old run is whole until the new one is done
-    out_dir.mkdir()
-    return aside
-
-
-def finish_out_dir(aside: Path | None) -> None:
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-# -- the run -------------------------------------------------------------------------------------
 def train_pair(
     vision: str,
     text: str,
@@ -179,7 +88,9 @@ def train_pair(
     cache: Any = True,
     cache_only: bool = False,
     device: str = "auto",
-    batch_size: int = 64,
+    extract_batch: int = 64,
+    skip_bad: bool = False,
+    val_test_split: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     command: list[str] | None = None,
@@ -189,103 +100,234 @@ def train_pair(
     Args:
         vision, text: encoder specs (``vision_options`` / ``text_options``: ``create_encoder``
             keyword options, e.g. ``{"pooling": "mean"}``).
-        probe: training probe: a spec such as ``flickr8k:train`` or a ProbeSet; must be one
-            training split (:func:`check_training_probe`).
-        config: the :class:`~alignkit.training.TrainConfig`.
+        probe: training probe: a spec such as ``flickr8k:train`` (or ``PATH:train`` for a
+            manifest with a ``split`` column) or a ProbeSet; must be one training split.
+        config: the :class:`~alignkit.training.TrainConfig`; a ``batch_size`` larger than the
+            training set is lowered to its size (recorded as used, with a warning).
         out_dir: the run folder (see the module docstring for refuse / resume / overwrite).
-        val: validation probe for early stopping, disjoint from ``probe`` by id and image content.
-        n: train on a seeded subsample of this many probe rows (``val_n``: of validation rows).
+        val: validation probe for early stopping, disjoint from ``probe`` by id and image
+            content; not a test split unless ``val_test_split``.
+        n: train on a seeded subsample of this many probe rows (``val_n``: of validation rows;
+            None or 0: all rows).
         tokens: token-level features (memory-mapped float16) instead of pooled ones.
         cache_only: fail (one line) when a feature set is not already cached.
-        batch_size: extraction batch size (rows per encoder forward).
+        extract_batch: rows per encoder forward during extraction.
+        skip_bad: drop unreadable probe rows instead of failing.
 
     Raises:
-        AlignkitError: bad probes (mixed splits, overlapping validation), a missing cache entry
-            with ``cache_only``, a finished ``out_dir`` without ``overwrite``, and every trainer
-            error (config differing from an unfinished run's, feature widths, NaN loss).
+        AlignkitError: bad probes (mixed splits, a test split as val, overlapping validation),
+            an encoder of the wrong modality or without token features, a missing cache entry
+            with ``cache_only``, a finished ``out_dir`` without ``overwrite``, an unfinished
+            run in ``out_dir`` computed from other settings or inputs, and every trainer error.
     """
-    import alignkit
-    from alignkit.aligned import EncoderRecord, write_config
-    from alignkit.encoders import create_encoder
-    from alignkit.features import check_disjoint, extract_features, extract_tokens, paired_features
-    from alignkit.probes import load_probe
-    from alignkit.training import TrainConfig, train_projector
+    from alignkit.training import TrainConfig
 
     if not isinstance(config, TrainConfig):
         raise AlignkitError(f"config must be a TrainConfig: got {type(config).__name__}")
     out_dir = Path(out_dir)
+    check_out_dir(out_dir, overwrite=overwrite)  # cheap refusals first
     opts = {vision: dict(vision_options or {}), text: dict(text_options or {})}
-    train_probe = load_probe(probe) if isinstance(probe, str) else probe
-    probe_spec = probe if isinstance(probe, str) else train_probe.name
-    check_training_probe(train_probe, probe_spec)
-    if n is not None:
-        train_probe = train_probe.subsample(n)
-    val_probe = None
-    if val is not None:
-        val_probe = load_probe(val) if isinstance(val, str) else val
-        if val_n is not None:
-            val_probe = val_probe.subsample(val_n)
-        check_disjoint(train_probe, val_probe)
+    train_probe, probe_spec, val_probe = _probes(
+        probe, val, n, val_n, skip_bad, val_test_split, progress
+    )
+    encoders = _encoders(vision, text, opts, device, tokens)
     if cache_only:
         for p in (train_probe, val_probe):
             if p is not None:
                 require_cached([vision, text], p, tokens=tokens, cache=cache, options=opts)
+    config = _fit_recipe(config, len(train_probe))
+    record = provenance(encoders, opts, train_probe, val_probe, tokens)
+    _check_resume(out_dir, overwrite, config, record)
     aside = prepare_out_dir(out_dir, overwrite=overwrite)
-    run_body = {
+    run_body = _run_body(command, config)
+    write_run_file(out_dir, run_body)
+    try:
+        t0 = time.perf_counter()
+        get = dict(cache=cache, progress=progress, extract_batch=extract_batch, tokens=tokens)
+        train = _features(encoders, train_probe, **get)
+        val_features = _features(encoders, val_probe, **get) if val_probe is not None else None
+        features_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        from alignkit.training import train_projector
+
+        result = train_projector(
+            config, train, val_features, out_dir, device=device, progress=progress,
+            provenance=record,
+        )  # fmt: skip
+        train_s = time.perf_counter() - t1
+        _write_config(out_dir, encoders, opts, tokens, train, config, result, record, probe_spec)
+    except BaseException as exc:
+        end_out_dir(out_dir, aside, run_body, exc)
+        raise
+    run_body.update(features_s=round(features_s, 2), train_s=round(train_s, 2))
+    run_body.update(steps=result.steps, stopped_early=result.stopped_early)
+    end_out_dir(out_dir, aside, run_body, None)
+    return PairRun(out_dir, result, features_s, train_s, config)
+
+
+# -- stages ---------------------------------------------------------------------------------------
+def _probes(
+    probe: str | ProbeSet,
+    val: str | ProbeSet | None,
+    n: int | None,
+    val_n: int | None,
+    skip_bad: bool,
+    val_test_split: bool,
+    progress: bool,
+) -> tuple[ProbeSet, str, ProbeSet | None]:
+    """The training probe (split-checked, subsampled), its spec, and the validation probe
+    (split-checked, subsampled, disjoint from the training rows)."""
+    from alignkit.features import check_disjoint
+
+    train_probe = (
+        load_split_probe(probe, skip_bad=skip_bad, progress=progress)
+        if isinstance(probe, str)
+        else probe
+    )
+    probe_spec = probe if isinstance(probe, str) else train_probe.name
+    check_training_probe(train_probe, probe_spec)
+    if n:
+        train_probe = train_probe.subsample(n)
+    if val is None:
+        return train_probe, probe_spec, None
+    val_probe = (
+        load_split_probe(val, skip_bad=skip_bad, progress=progress) if isinstance(val, str) else val
+    )
+    check_validation_probe(
+        val_probe, val if isinstance(val, str) else val_probe.name, allow_test=val_test_split
+    )
+    if val_n:
+        val_probe = val_probe.subsample(val_n)
+    check_disjoint(train_probe, val_probe)
+    return train_probe, probe_spec, val_probe
+
+
+def _encoders(
+    vision: str, text: str, opts: dict[str, dict[str, Any]], device: str, tokens: bool
+) -> tuple[Encoder, Encoder]:
+    """Both encoders (weights read, no model run), checked for modality and token features."""
+    from alignkit.encoders import create_encoder
+
+    pair = tuple(create_encoder(s, device=device, **opts[s]) for s in (vision, text))
+    if pair[0].modality != "image" or pair[1].modality != "text":
+        raise AlignkitError(
+            f"vision must be an image encoder and text a text encoder: got {vision} "
+            f"({pair[0].modality}) and {text} ({pair[1].modality})"
+        )
+    if tokens:
+        lacking = [enc.name for enc in pair if not getattr(enc, "has_tokens", False)]
+        if lacking:
+            raise AlignkitError(
+                f"tokens=True needs token-level features, which {' and '.join(lacking)} "
+                "does not have (token features exist for CNNs, timm and hf image models, and "
+                "hf / sentence-transformers text models); leave out tokens for pooled features"
+            )
+    return pair  # type: ignore[return-value]
+
+
+def _fit_recipe(config: TrainConfig, n_images: int) -> TrainConfig:
+    """The recipe as it will run on ``n_images``: a batch no larger than the data (warned), and
+    a warning when the data or the schedule is too small to learn anything."""
+    from alignkit.training.trainer import steps_per_epoch
+
+    if config.batch_size > n_images >= 2:
+        log.warning(
+            "batch_size %d is larger than the %d training images: training with batches of %d "
+            "(recorded so in config.json)", config.batch_size, n_images, n_images,
+        )  # fmt: skip
+        config = dataclasses.replace(config, batch_size=n_images)
+    steps = config.epochs * steps_per_epoch(n_images, config.batch_size)
+    if n_images < TOO_FEW_IMAGES:
+        log.warning(
+            "only %d training images: a contrastive projector learns little from so few "
+            "(expect retrieval near chance); use a probe with hundreds of images or more",
+            n_images,
+        )
+    elif steps < TOO_FEW_STEPS:
+        log.warning(
+            "only %d optimizer steps in all (%d images, batch %d, %d epochs): too few to learn "
+            "much; lower batch_size or raise epochs",
+            steps, n_images, config.batch_size, config.epochs,
+        )  # fmt: skip
+    return config
+
+
+def _check_resume(
+    out_dir: Path, overwrite: bool, config: TrainConfig, record: dict[str, Any]
+) -> None:
+    """Refuse, before any extraction, to resume an unfinished run computed from other settings
+    or inputs than this one (the trainer checks again, with the training rows, at its start)."""
+    if overwrite:
+        return
+    meta = read_meta(out_dir / CHECKPOINT)
+    if meta is None:
+        return
+    diffs = resume_differences(meta, {"config": config.to_dict(), "provenance": record})
+    if diffs:
+        raise AlignkitError(
+            f"{out_dir} holds an unfinished run {' and '.join(diffs)}: rerun with that run's "
+            "settings to resume it, pass overwrite=True to start over, or pick another out_dir"
+        )
+
+
+def _run_body(command: list[str] | None, config: TrainConfig) -> dict[str, Any]:
+    import alignkit
+
+    return {
         "kind": "train",
         "command": command,
         "status": "running",
-        "started": _now(),
+        "started": now(),
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
         "alignkit_version": alignkit.__version__,
     }
-    _write_json(out_dir / RUN_FILE, run_body)
 
-    t0 = time.perf_counter()
-    encoders = {spec: create_encoder(spec, device=device, **opts[spec]) for spec in (vision, text)}
-    if encoders[vision].modality != "image" or encoders[text].modality != "text":
-        raise AlignkitError(
-            f"--vision must be an image encoder and --text a text encoder: got {vision} "
-            f"({encoders[vision].modality}) and {text} ({encoders[text].modality})"
-        )
 
-    def features(p: ProbeSet):
-        kw = {"cache": cache, "progress": progress, "batch_size": batch_size}
-        get = extract_tokens if tokens else extract_features
-        return paired_features(
-            get(encoders[vision], p, **kw), get(encoders[text], p, caption_policy="all", **kw)
-        )
+def _features(
+    encoders: tuple[Encoder, Encoder],
+    probe: ProbeSet,
+    *,
+    cache: Any,
+    progress: bool,
+    extract_batch: int,
+    tokens: bool,
+):
+    """Paired features of ``probe`` (text with every caption), through the cache."""
+    from alignkit.features import extract_features, extract_tokens, paired_features
 
-    train = features(train_probe)
-    val_features = features(val_probe) if val_probe is not None else None
-    features_s = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    result = train_projector(config, train, val_features, out_dir, device=device, progress=progress)
-    train_s = time.perf_counter() - t1
-    records = (
-        EncoderRecord.of(encoders[vision], opts[vision], tokens, train.image_dim),
-        EncoderRecord.of(encoders[text], opts[text], tokens, train.text_dim),
+    kw = {"cache": cache, "progress": progress, "batch_size": extract_batch}
+    get = extract_tokens if tokens else extract_features
+    return paired_features(
+        get(encoders[0], probe, **kw), get(encoders[1], probe, caption_policy="all", **kw)
     )
+
+
+def _write_config(
+    out_dir: Path,
+    encoders: tuple[Encoder, Encoder],
+    opts: dict[str, dict[str, Any]],
+    tokens: bool,
+    train: Any,
+    config: TrainConfig,
+    result: TrainResult,
+    record: dict[str, Any],
+    probe_spec: str,
+) -> None:
+    """config.json: what :func:`alignkit.load_aligned` needs, and what the run was computed
+    from (the recipe as used, the probes)."""
+    from alignkit.aligned import EncoderRecord, write_config
+
+    vision, text = encoders
     write_config(
         out_dir,
-        records[0],
-        records[1],
+        EncoderRecord.of(vision, opts[vision.name], tokens, train.image_dim),
+        EncoderRecord.of(text, opts[text.name], tokens, train.text_dim),
         config.to_dict(),
         extra={
             "features": "tokens" if tokens else "pooled",
-            "probe": {
-                "spec": probe_spec,
-                "name": train_probe.name,
-                "n": len(train_probe),
-                "fingerprint": train_probe.fingerprint,
-            },
-            "val": None
-            if val_probe is None
-            else {
-                "name": val_probe.name,
-                "n": len(val_probe),
-                "fingerprint": val_probe.fingerprint,
-            },
+            "probe": {"spec": probe_spec, **_probe_record(record["train"])},
+            "val": None if record["val"] is None else _probe_record(record["val"]),
             "best_step": result.best_step,
             "steps": result.steps,
             "stopped_early": result.stopped_early,
@@ -293,15 +335,7 @@ def train_pair(
             "parameters": result.model.num_parameters(),
         },
     )
-    run_body.update(
-        status="done",
-        finished=_now(),
-        features_s=round(features_s, 2),
-        train_s=round(train_s, 2),
-    )
-    _write_json(out_dir / RUN_FILE, run_body)
-    finish_out_dir(aside)
-    return PairRun(out_dir, result, features_s, train_s)
 
 
-__all__ = ["PairRun", "check_training_probe", "prepare_out_dir", "require_cached", "train_pair"]
+def _probe_record(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"n": entry["rows"], "fingerprint": entry["fingerprint"], "name": entry.get("name")}
