@@ -267,3 +267,19 @@ def test_plot_history_draws_on_the_axes_it_is_given():
     assert plot_history(result.history, ax=ax) is ax
     assert [line.get_label() for line in ax.get_lines()] == ["train loss", "val loss"]
     assert list(ax.get_lines()[0].get_xdata()) == list(result.history["step"])
+
+
+def test_nan_loss_names_a_checkpoint_only_when_one_was_written(tmp_path):
+    """Issue 16 item 14: the message said "the last checkpoint is in DIR" with none written."""
+    train = synthetic_pairs(64)
+    poisoned = PairedFeatures(
+        torch.full_like(train.image, math.nan), train.text, train.text_to_image, train.image_ids
+    )
+    with pytest.raises(AlignkitError, match="at step 1 .*no checkpoint was written") as err:
+        train_projector(FAST, poisoned, out_dir=tmp_path / "a", progress=False)
+    assert "last checkpoint" not in str(err.value)
+    assert not (tmp_path / "a" / "checkpoint.safetensors").exists()
+    with pytest.raises(_SimulatedStop):  # a checkpoint at step 3 (eval_every=3), killed at 4
+        train_projector(FAST, train, out_dir=tmp_path / "b", progress=False, _stop_at_step=4)
+    with pytest.raises(AlignkitError, match=r"at step 4 .*the last checkpoint \(step 3\) is in"):
+        train_projector(FAST, poisoned, out_dir=tmp_path / "b", progress=False)

@@ -68,6 +68,12 @@ OutOpt = Annotated[
 def cli_message(message: str) -> str:
     """A library message in this command's words (``val_test_split=True`` ->
     ``--val-test-split``, ``pass probe=X`` -> ``pass --probe X``, ``out_dir`` -> ``--out``)."""
+    from alignkit.options import declared
+
+    flags = {
+        f.name: opt.flag or "--" + f.name.replace("_", "-") for f, opt in declared(TrainOptions)
+    }
+    message = re.sub(r"TrainConfig\.(\w+)", lambda m: flags.get(m[1], m[0]), message)
     message = cli_words(message, TrainOptions, _FLAGS)
     message = message.replace("resume=False", "--overwrite")
     return re.sub(r"(?<![\w-])out_dir\b", "--out", message)

@@ -68,15 +68,15 @@ def check_validation_probe(probe: ProbeSet, spec: str, *, allow_test: bool = Fal
     base = spec.rpartition(":")[0] if ":" in spec and splits else spec
     if len(splits) > 1 and not allow_test:
         raise AlignkitError(
-            f"val {spec} mixes the splits {', '.join(sorted(splits))}: pass val={base}:dev "
-            "(a dev split), or val_test_split=True to validate on it anyway"
+            f"val {spec} mixes the splits {', '.join(sorted(splits))}: pass val={base}:SPLIT "
+            "with a dev split, or val_test_split=True to validate on it anyway"
         )
     test = splits & set(EVAL_SPLITS)
     if test and len(splits) == 1 and not allow_test:
         raise AlignkitError(
             f"val {spec} is the {next(iter(test))!r} split: choosing the weights by test recall "
-            f"makes the test numbers optimistic; pass val={base}:dev, or val_test_split=True "
-            "to validate on it anyway"
+            "makes the test numbers optimistic; validate on a dev split (for Flickr8k: "
+            "flickr8k:dev), or pass val_test_split=True to validate on it anyway"
         )
 
 
@@ -115,8 +115,8 @@ def require_cached(
             raise AlignkitError(
                 f"cache_only=True: the {kind} of {spec} on {probe.name} are not in the cache "
                 f"{store.root}: run `alignkit extract -e {spec} --probe {probe.name}"
-                f"{' --caption-policy all' if enc.modality == 'text' else ''}` first, or leave "
-                "out cache_only"
+                f"{' --caption-policy all' if enc.modality == 'text' else ''}` first, or drop "
+                "cache_only=True"
             )
 
 

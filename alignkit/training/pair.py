@@ -135,9 +135,11 @@ def train_pair(
         for p in (train_probe, val_probe):
             if p is not None:
                 require_cached([vision, text], p, tokens=tokens, cache=cache, options=opts)
-    config = _fit_recipe(config, len(train_probe))
+    config, warnings = _fit_recipe(config, len(train_probe))
     record = provenance(encoders, opts, train_probe, val_probe, tokens)
     _check_resume(out_dir, overwrite, config, record)
+    for warning in warnings:
+        log.warning("%s", warning)
     aside = prepare_out_dir(out_dir, overwrite=overwrite)
     run_body = _run_body(command, config)
     write_run_file(out_dir, run_body)
@@ -225,31 +227,31 @@ def _encoders(
     return pair  # type: ignore[return-value]
 
 
-def _fit_recipe(config: TrainConfig, n_images: int) -> TrainConfig:
-    """The recipe as it will run on ``n_images``: a batch no larger than the data (warned), and
-    a warning when the data or the schedule is too small to learn anything."""
+def _fit_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, list[str]]:
+    """The recipe as it will run on ``n_images`` (a batch no larger than the data), and the
+    warnings to give: the batch lowered, or data or a schedule too small to learn anything."""
     from alignkit.training.trainer import steps_per_epoch
 
+    warnings = []
     if config.batch_size > n_images >= 2:
-        log.warning(
-            "batch_size %d is larger than the %d training images: training with batches of %d "
-            "(recorded so in config.json)", config.batch_size, n_images, n_images,
-        )  # fmt: skip
+        warnings.append(
+            f"a batch of {config.batch_size} images is larger than the {n_images} training "
+            f"images: training with batches of {n_images} (recorded so in config.json)"
+        )
         config = dataclasses.replace(config, batch_size=n_images)
     steps = config.epochs * steps_per_epoch(n_images, config.batch_size)
     if n_images < TOO_FEW_IMAGES:
-        log.warning(
-            "only %d training images: a contrastive projector learns little from so few "
-            "(expect retrieval near chance); use a probe with hundreds of images or more",
-            n_images,
+        warnings.append(
+            f"only {n_images} training images: a contrastive projector learns little from so "
+            "few (expect retrieval near chance); use a probe with hundreds of images or more"
         )
     elif steps < TOO_FEW_STEPS:
-        log.warning(
-            "only %d optimizer steps in all (%d images, batch %d, %d epochs): too few to learn "
-            "much; lower batch_size or raise epochs",
-            steps, n_images, config.batch_size, config.epochs,
-        )  # fmt: skip
-    return config
+        warnings.append(
+            f"only {steps} optimizer steps in all ({n_images} images, batch "
+            f"{config.batch_size}, {config.epochs} epochs): too few to learn much; use a "
+            "smaller batch or more epochs"
+        )
+    return config, warnings
 
 
 def _check_resume(
