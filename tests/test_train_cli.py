@@ -411,3 +411,12 @@ def test_every_message_names_options_the_command_has(models, probes, tmp_path, c
         assert not re.search(python_names, err), (name, err)
         unknown = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", err)) - flags
         assert not unknown, (name, unknown, err)
+
+
+def test_the_options_table_in_docs_training_is_the_declaration():
+    from alignkit.cli._options import options_markdown
+    from alignkit.cli.train import TrainOptions
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    table = doc.split("<!-- options:begin -->\n", 1)[1].split("\n<!-- options:end -->", 1)[0]
+    assert table == options_markdown(TrainOptions), "regenerate the table in docs/training.md"

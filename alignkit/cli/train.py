@@ -286,10 +286,12 @@ def _command(
     for key, value in cfg_values.items():
         if key in ("vision", "text", "from_ranking", "top"):
             continue
-        if value is True:
+        if key == "cache" and value is False:
+            argv += [flags[key], "off"]
+        elif value is True:
             argv.append(flags[key])
         elif value is not False:
-            argv += [flags[key], "off" if value is None and key == "cache" else str(value)]
+            argv += [flags[key], str(value)]
     return [*argv, "--out", str(folder)]
 
 
