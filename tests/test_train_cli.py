@@ -420,3 +420,22 @@ def test_the_options_table_in_docs_training_is_the_declaration():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     table = doc.split("<!-- options:begin -->\n", 1)[1].split("\n<!-- options:end -->", 1)[0]
     assert table == options_markdown(TrainOptions), "regenerate the table in docs/training.md"
+
+
+def test_a_config_file_sets_every_option_and_the_command_line_wins(
+    models, probes, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    path = tmp_path / "train.toml"
+    path.write_text(
+        f'vision = "{models["vit"]}"\ntext = "{models["bert"]}"\nprobe = "{probes["train"]}"\n'
+        f'val = "{probes["dev"]}"\nepochs = 3\nbatch_size = 8\nwidth = 16\ndevice = "cpu"\n'
+        f'out = "{out}"\ncache = "off"\npatience = 0\n'
+    )
+    code, _, err = _run(["--config", str(path), "--lr", "0.02"], capsys)
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())["train_config"]
+    assert cfg["lr"] == 0.02 and cfg["width"] == 16 and cfg["patience"] is None
+    path.write_text(path.read_text() + "epoch = 4\n")
+    code, _, err = _run(["--config", str(path)], capsys)
+    assert code == 1 and "unknown key 'epoch'" in err and "did you mean 'epochs'" in err, err

@@ -107,6 +107,10 @@ def _configs(cfg_values: dict, config: Path | None) -> tuple[TrainRunConfig, Tra
     for name in ("n", "val_n"):
         if values[name] == 0:
             values[name] = None
+    if isinstance(values["cache"], str):  # a file's `cache = "off"` means what --cache off does
+        from alignkit.vocabulary import cache_from_cli
+
+        values["cache"] = cache_from_cli(values["cache"])
     try:
         recipe = TrainConfig(**{k: v for k, v in values.items() if k in _RECIPE})
         run = TrainRunConfig(**{k: v for k, v in values.items() if k in _RUN})

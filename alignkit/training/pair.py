@@ -213,7 +213,7 @@ def _encoders(
     pair = tuple(create_encoder(s, device=device, **opts[s]) for s in (vision, text))
     if pair[0].modality != "image" or pair[1].modality != "text":
         raise AlignkitError(
-            f"vision must be an image encoder and text a text encoder: got {vision} "
+            f"vision must be an image encoder and text must be a text encoder: got {vision} "
             f"({pair[0].modality}) and {text} ({pair[1].modality})"
         )
     if tokens:
