@@ -439,3 +439,23 @@ def test_a_config_file_sets_every_option_and_the_command_line_wins(
     path.write_text(path.read_text() + "epoch = 4\n")
     code, _, err = _run(["--config", str(path)], capsys)
     assert code == 1 and "unknown key 'epoch'" in err and "did you mean 'epochs'" in err, err
+
+
+def test_ctrl_c_says_what_was_kept(models, probes, tmp_path, capsys, monkeypatch):
+    import alignkit.training as training
+
+    out = tmp_path / "run"
+    assert _run(_base(models, probes, out), capsys)[0] == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_projector", interrupted)
+    code, _, err = _run(_base(models, probes, out, "--overwrite", "--lr", "0.01"), capsys)
+    assert code == 130 and "the earlier finished run" in err and "back in place" in err, err
+    assert json.loads((out / "run.json").read_text())["status"] == "done"
+    fresh = tmp_path / "fresh"
+    code, _, err = _run(_base(models, probes, fresh), capsys)
+    assert code == 130 and "interrupted before the first checkpoint" in err, err
+    assert f"resume with: alignkit train --vision {models['vit']}" in err and str(fresh) in err
+    assert json.loads((fresh / "run.json").read_text())["status"] == "interrupted"

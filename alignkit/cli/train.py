@@ -173,7 +173,7 @@ def _train_one(
             progress=not quiet, command=command,
         )  # fmt: skip
     except KeyboardInterrupt:
-        typer.secho(_interrupted(folder, command), err=True)
+        typer.secho(_interrupted(folder, command, overwrite), err=True)
         raise typer.Exit(130) from None
     m = result.result.metrics
     return {
@@ -189,9 +189,15 @@ def _train_one(
     }
 
 
-def _interrupted(folder: Path, command: list[str]) -> str:
+def _interrupted(folder: Path, command: list[str], overwrite: bool) -> str:
     """What Ctrl-C kept and the command that resumes it."""
     from alignkit.training.checkpoint import CHECKPOINT, read_meta
+
+    if overwrite and _finished(folder):  # the new run was dropped, the earlier one put back
+        return (
+            f"interrupted: the earlier finished run in {folder} is back in place; run "
+            f"{shlex.join(command)} --overwrite to replace it"
+        )
 
     try:
         meta = read_meta(folder / CHECKPOINT)
