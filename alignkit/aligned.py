@@ -34,7 +34,7 @@ from alignkit.runs.trained import (
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
     from alignkit.evaluation.evaluate import AlignedPair
-    from alignkit.projectors.modules import AlignmentModel
+    from alignkit.training.modules import AlignmentModel
 
 
 class AlignedModel:
@@ -70,7 +70,7 @@ class AlignedModel:
         )
 
     def _features(self, encoder: Encoder, record: EncoderRecord, items: list[Any], image: bool):
-        from alignkit.projectors.data import TokenFeatures
+        from alignkit.training.data import TokenFeatures
 
         if not record.tokens:
             return encoder.encode(items)
@@ -89,7 +89,7 @@ class AlignedModel:
         out = []
         for a in range(0, len(items), self.batch_size):
             x = self._features(encoder, record, items[a : a + self.batch_size], image)
-            from alignkit.projectors.data import to_device
+            from alignkit.training.data import to_device
 
             device = next(self.model.parameters()).device
             out.append(tower(to_device(x, device, torch.float32)).float().cpu())
@@ -134,7 +134,7 @@ def load_aligned(
 
     from alignkit._device import resolve_device
     from alignkit.encoders import create_encoder
-    from alignkit.projectors.build import load_model
+    from alignkit.training.build import load_model
 
     run_dir = Path(run_dir)
     body = read_config(run_dir)
@@ -185,7 +185,7 @@ def load_pair(run_dir: str | Path, device: str = "cpu") -> AlignedPair:
             weights, or config.json's encoder widths disagree with the projector's inputs.
     """
     from alignkit.evaluation.evaluate import AlignedPair
-    from alignkit.projectors.build import load_model
+    from alignkit.training.build import load_model
 
     run = Path(run_dir)
     cfg = check_run_folder(run)

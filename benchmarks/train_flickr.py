@@ -46,7 +46,7 @@ def features(vision: str, text: str, split: str, n: int | None, cache_only: bool
         probe = probe.subset(range(n), name=f"{probe.name}[:{n}]")  # a prefix: cache reuse
     kw = dict(progress=False, cache=True)
     if cache_only:
-        from alignkit.train_pair import require_cached
+        from alignkit.training.pair import require_cached
 
         require_cached([vision, text], probe)
     img = extract_features(vision, probe, **kw)
@@ -55,8 +55,8 @@ def features(vision: str, text: str, split: str, n: int | None, cache_only: bool
 
 
 def run(name: str, config, train, val, test) -> dict:
-    from alignkit.projectors import train_projector
-    from alignkit.projectors.trainer import embed, retrieval_recall
+    from alignkit.training import train_projector
+    from alignkit.training.trainer import embed, retrieval_recall
 
     t0 = time.perf_counter()
     result = train_projector(config, train, val, None, device="cpu", progress=False)
@@ -130,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from alignkit.projectors import TrainConfig
+    from alignkit.training import TrainConfig
 
     rows = []
     base = tuple(args.baseline_pair)

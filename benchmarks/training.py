@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignkit.projectors import PairedFeatures, TokenFeatures, TrainConfig, train_projector  # noqa: E402
+from alignkit.training import PairedFeatures, TokenFeatures, TrainConfig, train_projector  # noqa: E402
 
 THREADS = 1  # the default; --threads changes it
 
@@ -171,7 +171,7 @@ import json, sys, threading, time
 import numpy as np, torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {repo!r})
-from alignkit.projectors import PairedFeatures, TokenFeatures, TrainConfig, train_projector
+from alignkit.training import PairedFeatures, TokenFeatures, TrainConfig, train_projector
 
 def status():
     out = {{}}

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignkit.projectors import PairedFeatures, TokenFeatures, TrainConfig, train_projector  # noqa: E402
+from alignkit.training import PairedFeatures, TokenFeatures, TrainConfig, train_projector  # noqa: E402
 
 
 def check_device(precision: str) -> torch.device:

@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _training_support import ddp_cases, ddp_train_set  # noqa: E402
 
-from alignkit.projectors import TrainConfig, build_model, train_projector  # noqa: E402
-from alignkit.projectors.build import ModelSpec  # noqa: E402
-from alignkit.projectors.distributed import DistContext  # noqa: E402
-from alignkit.projectors.trainer import batch_loss  # noqa: E402
+from alignkit.training import TrainConfig, build_model, train_projector  # noqa: E402
+from alignkit.training.build import ModelSpec  # noqa: E402
+from alignkit.training.distributed import DistContext  # noqa: E402
+from alignkit.training.trainer import batch_loss  # noqa: E402
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from alignkit.projectors import PairedFeatures, TokenFeatures
+from alignkit.training import PairedFeatures, TokenFeatures
 
 
 def synthetic_pairs(
@@ -63,8 +63,8 @@ def uneven_pairs(tokens: bool = False) -> PairedFeatures:
 
 def ddp_cases() -> dict:
     """{name: (config, data, global batch)}: the cases the 2-rank gradient test compares."""
-    from alignkit.projectors import TrainConfig
-    from alignkit.projectors.data import make_batch
+    from alignkit.training import TrainConfig
+    from alignkit.training.data import make_batch
 
     rows = torch.tensor([0, 1, 2, 4, 5, 6, 8])  # 7 images: ranks hold 3 and 4
     cases = {}

@@ -196,7 +196,7 @@ def test_real_entry_from_before_image_keys_serves_a_subsample_after_a_cache_hit(
     assert torch.equal(sub.features, first.features[rows])
     # and `train --cache-only` counts them as cached, but not other images
     from alignkit.errors import AlignkitError
-    from alignkit.train_pair import require_cached
+    from alignkit.training.inputs import require_cached
 
     smaller = load_probe("flickr8k:dev", n=6, data_dir=data_dir, progress=False)
     require_cached([spec], smaller, cache=root)

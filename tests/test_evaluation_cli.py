@@ -34,7 +34,7 @@ def _run(error_capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir):
     """A real (tiny) training run: a linear projector on 40 flickr8k:train pairs."""
-    from alignkit.projectors import PairedFeatures, TrainConfig, train_projector
+    from alignkit.training import PairedFeatures, TrainConfig, train_projector
 
     train = load_probe("flickr8k:train", n=40, progress=False, data_dir=data_dir)
     img = extract_features(VISION, train, device="cpu", progress=False).features

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.errors import AlignkitError
-from alignkit.projectors import (
+from alignkit.training import (
     PROJECTORS,
     ClipLoss,
     ModelSpec,
@@ -24,8 +24,8 @@ from alignkit.projectors import (
     num_parameters,
     siglip_loss,
 )
-from alignkit.projectors.data import make_batch
-from alignkit.projectors.modules import ImageTokenTower, TextTokenTower
+from alignkit.training.data import make_batch
+from alignkit.training.modules import ImageTokenTower, TextTokenTower
 
 # ------------------------------------------------------------------------------------------------
 # projectors
@@ -331,3 +331,17 @@ def test_token_features_read_from_a_memmap_one_batch_at_a_time(tmp_path):
     assert part.tokens.shape == (3, 4, d) and part.tokens.dtype == torch.float16
     torch.testing.assert_close(part.tokens, torch.from_numpy(np.asarray(mm[[0, 2, 4], :4])))
     assert tokens.take(torch.tensor([1, 2])).tokens.shape == (2, t, d)
+
+
+def test_old_projectors_import_path_warns_and_forwards():
+    import alignkit.training as training
+
+    with pytest.warns(DeprecationWarning, match="import TrainConfig from alignkit.training"):
+        from alignkit.projectors import TrainConfig
+    assert TrainConfig is training.TrainConfig
+    with pytest.warns(DeprecationWarning, match="alignkit.training"):
+        import alignkit.projectors as old
+
+        assert old.train_projector is training.train_projector
+    with pytest.raises(AttributeError):
+        old.no_such_name  # noqa: B018

@@ -84,7 +84,7 @@ def test_train_writes_a_run_folder_that_load_aligned_reloads(models, probes, tmp
 
     import alignkit
     from alignkit.encoders import create_encoder
-    from alignkit.projectors import load_model
+    from alignkit.training import load_model
 
     aligned = alignkit.load_aligned(out, device="cpu")
     images = tiny.images(3)
@@ -137,15 +137,16 @@ def test_resume_with_another_config_or_other_widths_is_refused(models, probes, t
     # same config, other vision encoder (24-wide ConvNext instead of the 32-wide ViT)
     args = _base(models, probes, out)
     args[args.index(models["vit"])] = models["cnn"]
-    code, _, err = _run(args, capsys)
-    assert code == 1 and "image_dim 32 (data: 24)" in err, err
+    code, _, err = _run(args, capsys)  # refused before extraction, naming the encoder
+    assert code == 1 and "with other inputs (vision.spec: " in err, err
+    assert models["cnn"] in err and len(err.strip().splitlines()) == 1
 
 
 def test_interrupted_run_keeps_its_checkpoint_and_resumes(
     models, probes, tmp_path, capsys, monkeypatch
 ):
-    import alignkit.projectors as projectors
-    from alignkit.projectors import load_model
+    import alignkit.training as projectors
+    from alignkit.training import load_model
 
     full = tmp_path / "full"
     assert _run(_base(models, probes, full, "--eval-every", "1"), capsys)[0] == 0
@@ -159,7 +160,8 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes(
     with pytest.raises(Exception, match="SimulatedStop|_SimulatedStop|^$"):
         main(["train", "--quiet", *_base(models, probes, out, "--eval-every", "1")])
     assert (out / "checkpoint.safetensors").is_file()
-    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    status = json.loads((out / "run.json").read_text())  # the run ended with an exception
+    assert status["status"] == "failed" and "_SimulatedStop" in status["error"]
     monkeypatch.setattr(projectors, "train_projector", real)
     assert _run(_base(models, probes, out, "--eval-every", "1"), capsys)[0] == 0
     a, *_ = load_model(full / "projector.safetensors")
@@ -237,7 +239,7 @@ def test_docs_trainconfig_table_states_the_dataclass_defaults():
     import dataclasses
     import re
 
-    from alignkit.projectors import TrainConfig
+    from alignkit.training import TrainConfig
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", doc, flags=re.M))
@@ -250,3 +252,210 @@ def test_docs_trainconfig_table_states_the_dataclass_defaults():
             assert float(text) == f.default, (f.name, text, f.default)
         else:
             assert text == f.default, (f.name, text, f.default)
+
+
+# -- issue 16 items 7, 10, 14 and issue 17 items 1, 3, 4, 5 ---------------------------------------
+def test_manifest_split_advice_works_and_a_test_split_val_needs_opt_in(
+    models, probes, tmp_path, capsys, caplog
+):
+    mixed = str(probes["mixed"])  # 3 train rows, 3 test rows (a `split` column)
+    out = tmp_path / "run"
+    args = _base(models, probes, out)
+    args[args.index("--probe") + 1] = mixed
+    code, _, err = _run(args, capsys)
+    assert code == 1 and f"pass --probe {mixed}:train" in err, err
+    args[args.index("--probe") + 1] = f"{mixed}:train"  # the advice, followed
+    args[args.index("--val") + 1] = f"{mixed}:test"
+    code, _, err = _run(args, capsys)
+    assert code == 1 and "'test' split" in err and "--val-test-split" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    code, stdout, err = _run([*args, "--val-test-split"], capsys)
+    assert code == 0, err
+    # the batch actually used (3 images, not the 8 asked for) is what the folder records
+    cfg = json.loads((out / "config.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    assert cfg["train_config"]["batch_size"] == 3 and run["batch_size"] == 3
+    assert run["epochs"] == 3 and run["steps"] == 3
+    assert "larger than the 3 training images" in caplog.text
+    assert "only 3 training images" in caplog.text  # too small to learn anything
+    assert f"next: alignkit evaluate --run {out} --retrieval {mixed}:test" in stdout
+
+
+def test_a_failed_run_says_so_and_overwrite_puts_the_finished_run_back(
+    models, probes, tmp_path, capsys, monkeypatch
+):
+    import alignkit.training as training
+    from alignkit.errors import AlignkitError
+
+    out = tmp_path / "run"
+    assert _run(_base(models, probes, out), capsys)[0] == 0
+    weights = (out / "projector.safetensors").read_bytes()
+
+    def fails(*args, **kwargs):
+        raise AlignkitError("simulated training failure")
+
+    monkeypatch.setattr(training, "train_projector", fails)
+    code, _, err = _run(_base(models, probes, out, "--overwrite", "--lr", "0.01"), capsys)
+    assert code == 1 and "simulated training failure" in err
+    assert json.loads((out / "run.json").read_text())["status"] == "done"
+    assert json.loads((out / "config.json").read_text())["train_config"]["lr"] == 0.001
+    assert (out / "projector.safetensors").read_bytes() == weights
+    assert not list(tmp_path.glob(".run.old-*"))
+    fresh = tmp_path / "fresh"
+    assert _run(_base(models, probes, fresh), capsys)[0] == 1
+    run = json.loads((fresh / "run.json").read_text())
+    assert run["status"] == "failed" and "simulated training failure" in run["error"]
+
+
+def test_from_ranking_top_2_after_top_1_trains_only_the_second(models, probes, tmp_path, capsys):
+    ranking = tmp_path / "rank"
+    ranking.mkdir()
+    with open(ranking / "ranking.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "vision", "text", "control", "linear_cka"])
+        w.writerow([1, models["vit"], models["bert"], False, 0.5])
+        w.writerow([2, models["cnn"], models["bert"], False, 0.4])
+    args = _base(models, probes, tmp_path / "runs")
+    for flag in ("--vision", "--text"):
+        i = args.index(flag)
+        del args[i : i + 2]
+    assert _run([*args, "--from-ranking", str(ranking), "--top", "1"], capsys)[0] == 0
+    (first,) = (tmp_path / "runs").iterdir()
+    stamp = (first / "projector.safetensors").stat().st_mtime_ns
+    code, stdout, err = _run([*args, "--from-ranking", str(ranking), "--top", "2"], capsys)
+    assert code == 0, err
+    assert stdout.count("training ") == 1 and "kept " in stdout and f"{first}" in stdout
+    assert (first / "projector.safetensors").stat().st_mtime_ns == stamp
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    assert "next: alignkit evaluate --run" in stdout and stdout.count("--run ") == 2
+
+
+def test_batch_size_1_is_refused_before_any_work(models, probes, tmp_path, capsys):
+    from alignkit.errors import AlignkitError
+    from alignkit.training import TrainConfig
+
+    code, _, err = _run(_base(models, probes, tmp_path / "run", "--batch-size", "1"), capsys)
+    assert code == 1 and "--batch-size must be >= 2" in err and not (tmp_path / "run").exists()
+    with pytest.raises(AlignkitError, match="batch_size must be >= 2"):
+        TrainConfig(batch_size=1)
+
+
+def _bad_row_manifest(folder: Path) -> Path:
+    rows = [json.loads(x) for x in (folder / "train.jsonl").read_text().splitlines()]
+    rows.append({**rows[0], "id": "missing", "image": "no-such-image.png"})
+    path = folder / "with-bad-row.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_tokens_without_token_features_fail_before_extraction_and_skip_bad_is_accepted(
+    models, probes, tmp_path, capsys, monkeypatch
+):
+    cache = tmp_path / "cache"
+    args = _base(models, probes, tmp_path / "run", "--tokens", "--cache", str(cache))
+    args[args.index(models["bert"])] = "tfidf:svd-16"
+    code, _, err = _run(args, capsys)
+    assert code == 1 and "--tokens needs token-level features" in err and "tfidf" in err, err
+    assert not list(cache.rglob("*.safetensors")) and not (tmp_path / "run").exists()
+    bad = _bad_row_manifest(probes["train"].parent)
+    args = _base(models, probes, tmp_path / "skip", "--cache", str(cache))
+    args[args.index("--probe") + 1] = str(bad)
+    code, _, err = _run(args, capsys)
+    assert code == 1 and "--skip-bad" in err and "skip_bad" not in err, err
+    code, _, err = _run([*args, "--skip-bad"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "skip" / "config.json").read_text())["probe"]["n"] == 24
+
+
+def test_every_message_names_options_the_command_has(models, probes, tmp_path, capsys):
+    """Issue 17 item 3: what a CLI user reads names CLI options, never Python arguments."""
+    import re
+
+    code, helptext, _ = run_cli(["train", "--help"], capsys)
+    flags = set(re.findall(r"--[a-z][a-z-]+", helptext))
+    finished = tmp_path / "done"
+    assert _run(_base(models, probes, finished), capsys)[0] == 0
+    unfinished = tmp_path / "unfinished"
+    assert _run(_base(models, probes, unfinished), capsys)[0] == 0
+    run = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**run, "status": "running"}))
+    mixed = str(probes["mixed"])
+    cases = {
+        "mixed probe": ["--probe", mixed],
+        "test val": ["--probe", f"{mixed}:train", "--val", f"{mixed}:test"],
+        "batch 1": ["--batch-size", "1"],
+        "bad row": ["--probe", str(_bad_row_manifest(probes["train"].parent))],
+        "finished": ["--out", str(finished)],
+        "other lr": ["--out", str(unfinished), "--lr", "0.5"],
+        "cache only": ["--cache", str(tmp_path / "empty"), "--cache-only"],
+        "patience": ["--patience", "-1"],
+        "dropout": ["--dropout", "2"],
+        "loss": ["--loss", "cosine"],
+    }
+    for name, extra in cases.items():
+        args = _base(models, probes, tmp_path / "new")
+        for i in range(0, len(extra), 2):
+            if extra[i] in args:
+                args[args.index(extra[i]) + 1] = extra[i + 1]
+            else:
+                args += extra[i : i + 2] if i + 1 < len(extra) else extra[i:]
+        code, _, err = _run(args, capsys)
+        assert code == 1, (name, err)
+        assert len(err.strip().splitlines()) == 1, (name, err)
+        assert not re.search(r"\b[a-z_]+=(True|False)|\b(pass|or|use|set) [a-z_]+=", err), (
+            name,
+            err,
+        )
+        assert "TrainConfig." not in err, (name, err)
+        python_names = r"\b(cache_only|skip_bad|val_test_split|batch_size|out_dir|val_n)\b"
+        assert not re.search(python_names, err), (name, err)
+        unknown = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", err)) - flags
+        assert not unknown, (name, unknown, err)
+
+
+def test_the_options_table_in_docs_training_is_the_declaration():
+    from alignkit.cli._options import options_markdown
+    from alignkit.cli.train import TrainOptions
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    table = doc.split("<!-- options:begin -->\n", 1)[1].split("\n<!-- options:end -->", 1)[0]
+    assert table == options_markdown(TrainOptions), "regenerate the table in docs/training.md"
+
+
+def test_a_config_file_sets_every_option_and_the_command_line_wins(
+    models, probes, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    path = tmp_path / "train.toml"
+    path.write_text(
+        f'vision = "{models["vit"]}"\ntext = "{models["bert"]}"\nprobe = "{probes["train"]}"\n'
+        f'val = "{probes["dev"]}"\nepochs = 3\nbatch_size = 8\nwidth = 16\ndevice = "cpu"\n'
+        f'out = "{out}"\ncache = "off"\npatience = 0\n'
+    )
+    code, _, err = _run(["--config", str(path), "--lr", "0.02"], capsys)
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())["train_config"]
+    assert cfg["lr"] == 0.02 and cfg["width"] == 16 and cfg["patience"] is None
+    path.write_text(path.read_text() + "epoch = 4\n")
+    code, _, err = _run(["--config", str(path)], capsys)
+    assert code == 1 and "unknown key 'epoch'" in err and "did you mean 'epochs'" in err, err
+
+
+def test_ctrl_c_says_what_was_kept(models, probes, tmp_path, capsys, monkeypatch):
+    import alignkit.training as training
+
+    out = tmp_path / "run"
+    assert _run(_base(models, probes, out), capsys)[0] == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_projector", interrupted)
+    code, _, err = _run(_base(models, probes, out, "--overwrite", "--lr", "0.01"), capsys)
+    assert code == 130 and "the earlier finished run" in err and "back in place" in err, err
+    assert json.loads((out / "run.json").read_text())["status"] == "done"
+    fresh = tmp_path / "fresh"
+    code, _, err = _run(_base(models, probes, fresh), capsys)
+    assert code == 130 and "interrupted before the first checkpoint" in err, err
+    assert f"resume with: alignkit train --vision {models['vit']}" in err and str(fresh) in err
+    assert json.loads((fresh / "run.json").read_text())["status"] == "interrupted"

@@ -56,3 +56,17 @@ def test_train_on_flickr8k_subset_beats_chance(data_dir, tmp_path, capsys):
     i2t, t2i = _recall_at_k(sim, text_to_image, 5)
     # chance: i2t R@5 = 1 - C(495,5)/C(500,5) = 4.9 %, t2i R@5 = 5 %
     assert i2t > 25 and t2i > 20, (i2t, t2i)
+
+
+def test_flickr8k_test_split_as_val_is_refused_before_any_extraction(data_dir, tmp_path, capsys):
+    """Issue 16 item 7: early stopping on test recall would choose the weights by the test."""
+    from _cli import run_cli
+
+    out = tmp_path / "run"
+    args = ["train", "--quiet", "--vision", VISION, "--text", TEXT, "--n", "300",
+            "--val", "flickr8k:test", "--out", str(out),
+            "--cache", str(tmp_path / "cache")]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "flickr8k:test is the 'test' split" in err and "--val-test-split" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert not (tmp_path / "cache").exists()

@@ -11,8 +11,8 @@ import torch
 from _training_support import synthetic_pairs
 
 from alignkit.errors import AlignkitError
-from alignkit.projectors import PairedFeatures, TrainConfig, load_model, train_projector
-from alignkit.projectors.trainer import _SimulatedStop, learning_rate, retrieval_recall
+from alignkit.training import PairedFeatures, TrainConfig, load_model, train_projector
+from alignkit.training.trainer import _SimulatedStop, learning_rate, retrieval_recall
 
 FAST = TrainConfig(width=16, batch_size=32, epochs=6, lr=3e-3, eval_every=3, patience=None)
 
@@ -71,7 +71,7 @@ def test_training_aligns_well_above_chance(loss, tokens):
 
 
 def test_all_captions_put_every_caption_in_the_batch(monkeypatch):
-    from alignkit.projectors import trainer
+    from alignkit.training import trainer
 
     seen = []
     original = trainer.batch_loss
@@ -207,7 +207,7 @@ KILLED_RUN = """
 import sys, dataclasses
 sys.path.insert(0, {tests!r})
 from _training_support import synthetic_pairs
-from alignkit.projectors import TrainConfig, train_projector
+from alignkit.training import TrainConfig, train_projector
 config = TrainConfig(**{config!r})
 train_projector(config, synthetic_pairs(64), out_dir={out!r}, progress=False, device="cpu")
 """
@@ -259,7 +259,7 @@ def test_a_killed_process_resumes_to_bitwise_the_same_weights(tmp_path):
 def test_plot_history_draws_on_the_axes_it_is_given():
     from matplotlib.figure import Figure
 
-    from alignkit.projectors import plot_history
+    from alignkit.training import plot_history
 
     train, val = synthetic_pairs(64), synthetic_pairs(20, seed=2, id_prefix="v")
     result = train_projector(dataclasses.replace(FAST, epochs=2), train, val, progress=False)
@@ -267,3 +267,19 @@ def test_plot_history_draws_on_the_axes_it_is_given():
     assert plot_history(result.history, ax=ax) is ax
     assert [line.get_label() for line in ax.get_lines()] == ["train loss", "val loss"]
     assert list(ax.get_lines()[0].get_xdata()) == list(result.history["step"])
+
+
+def test_nan_loss_names_a_checkpoint_only_when_one_was_written(tmp_path):
+    """Issue 16 item 14: the message said "the last checkpoint is in DIR" with none written."""
+    train = synthetic_pairs(64)
+    poisoned = PairedFeatures(
+        torch.full_like(train.image, math.nan), train.text, train.text_to_image, train.image_ids
+    )
+    with pytest.raises(AlignkitError, match="at step 1 .*no checkpoint was written") as err:
+        train_projector(FAST, poisoned, out_dir=tmp_path / "a", progress=False)
+    assert "last checkpoint" not in str(err.value)
+    assert not (tmp_path / "a" / "checkpoint.safetensors").exists()
+    with pytest.raises(_SimulatedStop):  # a checkpoint at step 3 (eval_every=3), killed at 4
+        train_projector(FAST, train, out_dir=tmp_path / "b", progress=False, _stop_at_step=4)
+    with pytest.raises(AlignkitError, match=r"at step 4 .*the last checkpoint \(step 3\) is in"):
+        train_projector(FAST, poisoned, out_dir=tmp_path / "b", progress=False)

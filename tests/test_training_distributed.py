@@ -11,10 +11,10 @@ import torch
 from _launch import launch
 from _training_support import ddp_cases, ddp_train_config, ddp_train_set
 
-from alignkit.projectors import TrainConfig, build_model, train_projector
-from alignkit.projectors.build import ModelSpec
-from alignkit.projectors.distributed import DistContext, split_bounds
-from alignkit.projectors.trainer import batch_loss
+from alignkit.training import TrainConfig, build_model, train_projector
+from alignkit.training.build import ModelSpec
+from alignkit.training.distributed import DistContext, split_bounds
+from alignkit.training.trainer import batch_loss
 
 WORKER = Path(__file__).with_name("_train_ddp_worker.py")
 

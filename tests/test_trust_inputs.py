@@ -87,7 +87,7 @@ def run_dir(tmp_path_factory, data_dir):
     """A tiny real run folder (linear projector on 40 flickr8k:train pairs, random encoders)."""
     from alignkit.evaluation.runs import write_run_config
     from alignkit.features import extract_features
-    from alignkit.projectors import PairedFeatures, TrainConfig, train_projector
+    from alignkit.training import PairedFeatures, TrainConfig, train_projector
 
     train = load_probe("flickr8k:train", n=40, progress=False, data_dir=data_dir)
     img = extract_features(VISION, train, device="cpu", progress=False).features

@@ -1,4 +1,4 @@
-"""From FeatureSets to the projector trainer's :class:`~alignkit.projectors.PairedFeatures`."""
+"""From FeatureSets to the projector trainer's :class:`~alignkit.training.PairedFeatures`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from alignkit.features.tokens import TokenFeatureSet
 
 if TYPE_CHECKING:
     from alignkit.probes.base import ProbeSet
-    from alignkit.projectors.data import PairedFeatures
+    from alignkit.training.data import PairedFeatures
 
 AnyFeatures = FeatureSet | TokenFeatureSet
 
@@ -36,7 +36,7 @@ def paired_features(image: AnyFeatures, text: AnyFeatures) -> PairedFeatures:
         AlignkitError: modalities swapped, layer-wise features, or the two sets describe
             different probe rows (ids, order, or probe fingerprint).
     """
-    from alignkit.projectors.data import PairedFeatures, TokenFeatures
+    from alignkit.training.data import PairedFeatures, TokenFeatures
 
     for name, fs, want in (("image", image, "image"), ("text", text, "text")):
         if not isinstance(fs, (FeatureSet, TokenFeatureSet)):

@@ -1,57 +1,30 @@
-"""Projectors that align frozen encoders: modules, losses, the trainer (one process or torchrun).
+"""Deprecated: the projectors, losses and trainer moved to :mod:`alignkit.training`.
 
-    from alignkit.projectors import PairedFeatures, TrainConfig, train_projector
-    config = TrainConfig(projector="mlp", loss="clip")
-    result = train_projector(config, train, val, out_dir="runs/x")
-    result.model.encode_image(x)          # (n, width), L2-normalised
-
-See docs/training.md for the projectors, the loss formulas and the distributed semantics.
+``from alignkit.projectors import TrainConfig`` still works and warns once per name; write
+``from alignkit.training import TrainConfig``. The submodules (``alignkit.projectors.trainer``
+and the rest) are gone: import them from ``alignkit.training``.
 """
 
 from __future__ import annotations
 
-import importlib
+import warnings
 from typing import Any
-
-# Exports resolve on first use (PEP 562), so that the light `config` module (TrainConfig, which
-# the CLI reads for its help) can be imported without torch.
-_EXPORTS = {
-    "ModelSpec": "build",
-    "build_model": "build",
-    "load_model": "build",
-    "save_model": "build",
-    "TrainConfig": "config",
-    "PairedFeatures": "data",
-    "TokenFeatures": "data",
-    "LOSSES": "losses",
-    "ClipLoss": "losses",
-    "SigLipLoss": "losses",
-    "clip_loss": "losses",
-    "siglip_loss": "losses",
-    "PROJECTORS": "modules",
-    "AlignmentModel": "modules",
-    "ImageTokenTower": "modules",
-    "PooledTower": "modules",
-    "TextTokenTower": "modules",
-    "build_projector": "modules",
-    "num_parameters": "modules",
-    "TrainResult": "trainer",
-    "plot_history": "trainer",
-    "retrieval_recall": "trainer",
-    "train_projector": "trainer",
-}
-
-__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    import alignkit.training as training
+
+    if name.startswith("__") or name not in training.__all__:
         raise AttributeError(f"module 'alignkit.projectors' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"alignkit.projectors.{module}"), name)
-    globals()[name] = value
-    return value
+    warnings.warn(
+        f"alignkit.projectors is deprecated: import {name} from alignkit.training",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(training, name)
 
 
 def __dir__() -> list[str]:
-    return __all__
+    import alignkit.training as training
+
+    return list(training.__all__)

@@ -68,7 +68,7 @@ class PredictivityConfig:
         templates: zero-shot prompt templates (``imagenet80``, ``imagenet7``, ``single``, a file).
         metrics: pre-training metrics (``alignkit.METRICS`` keys); permutations: null size (for z);
             k: neighbourhood size.
-        train: :class:`alignkit.projectors.TrainConfig` fields of the fixed recipe.
+        train: :class:`alignkit.training.TrainConfig` fields of the fixed recipe.
         results: post-training result keys to correlate (``fnmatch`` patterns over metric keys).
         bootstrap: bootstrap resamples of pairs; level: interval coverage; seed: all randomness.
         device, cache: where models run and where features are cached (not part of the
@@ -224,7 +224,7 @@ class PredictivityConfig:
         return spec in self.controls or spec.startswith(CONTROL_PREFIXES)
 
     def train_config(self) -> Any:
-        from alignkit.projectors import TrainConfig
+        from alignkit.training import TrainConfig
 
         return TrainConfig.from_dict(dict(self.train))
 

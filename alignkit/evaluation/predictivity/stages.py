@@ -313,9 +313,9 @@ def _pairs(
 def _train_and_evaluate(run: _Run, v: str, t: str, key: str) -> dict[str, Any]:
     """One pair: train the recipe into its folder, name its encoders, evaluate, write metrics."""
     from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
-    from alignkit.projectors import train_projector
     from alignkit.runs.metrics import write_metrics
     from alignkit.runs.trained import write_run_config
+    from alignkit.training import train_projector
 
     config, folder = run.config, pair_folder(run.out, v, t)
     train = _paired(run, run.probes["train"], v, t)
@@ -379,7 +379,7 @@ def _read_stage_json(path: Path, key: str) -> dict[str, Any] | None:
 
 def _paired(run: _Run, probe: Any, v: str, t: str) -> Any:
     from alignkit.evaluation.prompts import caption_probe
-    from alignkit.projectors import PairedFeatures
+    from alignkit.training import PairedFeatures
 
     image = run.features(v, probe)
     if run.config.train_captions == "all":

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.projectors.config import TrainConfig
-from alignkit.projectors.data import PairedFeatures, TokenFeatures
-from alignkit.projectors.losses import build_loss
-from alignkit.projectors.modules import (
+from alignkit.training.config import TrainConfig
+from alignkit.training.data import PairedFeatures, TokenFeatures
+from alignkit.training.losses import build_loss
+from alignkit.training.modules import (
     AlignmentModel,
     ImageTokenTower,
     PooledTower,

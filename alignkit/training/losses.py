@@ -21,7 +21,7 @@ caption per image (``M = B``, ``img(j) = j``) both losses are the textbook ones.
 
 Both kernels take ``image_rows`` / ``text_rows``: the rows whose terms this process computes,
 against *all* columns (open_clip's ``local_loss``). Each term is divided by the global count (B or
-M), so the per-process values add up to the loss above (see :mod:`alignkit.projectors.distributed`).
+M), so the per-process values add up to the loss above (see :mod:`alignkit.training.distributed`).
 """
 
 from __future__ import annotations

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["DistContext", "gather_rows", "split_bounds"]
+from alignkit.training.data import Batch, slice_features, to_device
+
+if TYPE_CHECKING:
+    from alignkit.training.modules import AlignmentModel
+
+__all__ = ["DistContext", "batch_loss", "gather_rows", "split_bounds"]
 
 
 def split_bounds(n: int, world: int) -> list[int]:
@@ -100,3 +106,52 @@ class DistContext:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+
+def _local_batch(
+    batch: Batch, ctx: DistContext
+) -> tuple[Any, Any, slice, slice, list[int], list[int]]:
+    """This rank's image and caption rows of a global batch, their slices in the global batch,
+    and every rank's row counts (for the gather)."""
+    bounds = split_bounds(len(batch.image_rows), ctx.world)
+    image_sizes = [bounds[r + 1] - bounds[r] for r in range(ctx.world)]
+    text_slices = [batch.text_slice(bounds[r], bounds[r + 1]) for r in range(ctx.world)]
+    text_sizes = [s.stop - s.start for s in text_slices]
+    img_slice = slice(bounds[ctx.rank], bounds[ctx.rank + 1])
+    txt_slice = text_slices[ctx.rank]
+    image = slice_features(batch.image, img_slice)
+    text = slice_features(batch.text, txt_slice)
+    return image, text, img_slice, txt_slice, image_sizes, text_sizes
+
+
+def batch_loss(
+    model: AlignmentModel,
+    forward: nn.Module,
+    batch: Batch,
+    ctx: DistContext,
+    device: torch.device,
+    dtype: torch.dtype,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, float, tuple[Any, Any]]:
+    """This rank's share of the loss of one global batch, and the global loss's value.
+
+    ``forward`` is ``model`` or its DDP wrapper. Each rank embeds its slice of ``batch``, gathers
+    every rank's embeddings (with gradients), and scores its own rows against all columns; the
+    returned tensor is that share (the shares sum to the one-process loss of the batch; multiply
+    by the world size before ``backward`` under DDP, which averages gradients). Also returns the
+    local inputs (for error messages).
+    """
+    image, text, img_sl, txt_sl, image_sizes, text_sizes = _local_batch(batch, ctx)
+    image, text = to_device(image, device, dtype), to_device(text, device, dtype)
+    t2i = batch.text_to_image.to(device)
+    if amp_dtype is None:
+        autocast = torch.autocast(device.type, enabled=False)
+    else:
+        autocast = torch.autocast("cuda", dtype=amp_dtype)
+    with autocast:
+        img_emb, txt_emb = forward(image, text)  # (b, D), (m, D): this rank's rows
+    img_all = gather_rows(img_emb.to(dtype), image_sizes)  # (B, D): the global batch
+    txt_all = gather_rows(txt_emb.to(dtype), text_sizes)  # (M, D)
+    local = model.loss(img_all, txt_all, t2i, img_sl, txt_sl)  # this rank's terms
+    value = float(ctx.all_sum(local.detach()))  # the global batch's loss
+    return local, value, (image, text)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.errors import unknown_key
-from alignkit.projectors.data import TokenFeatures
+from alignkit.training.data import TokenFeatures
 
 __all__ = [
     "PROJECTORS",

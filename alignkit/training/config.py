@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignkit.errors import AlignkitError
+from alignkit.options import option
+from alignkit.vocabulary import shared
 
-__all__ = ["TrainConfig", "PRECISIONS", "CAPTION_MODES", "EARLY_STOP_METRICS"]
+__all__ = ["TrainConfig", "TrainRunConfig", "PRECISIONS", "CAPTION_MODES", "EARLY_STOP_METRICS"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 CAPTION_MODES = ("one", "all")
@@ -35,7 +37,7 @@ class TrainConfig:
     sets). Stopping early while the learning rate is still near its peak cost 2-4 recall points.
 
     Model
-      projector   registry key (``alignkit.projectors.PROJECTORS``): the pooled projector of both
+      projector   registry key (``alignkit.training.PROJECTORS``): the pooled projector of both
                   towers, or, on token-level features, the per-token projection of image patches,
                   of the image CLS token and of text tokens (freeze-align uses ``residual``)
       text_head   token-level text only: the head after the masked mean (freeze-align: ``mlp_head``)
@@ -60,29 +62,68 @@ class TrainConfig:
       early_stop_metric one of EARLY_STOP_METRICS (recalls in %, higher is better; val_loss lower)
     """
 
-    projector: str = "linear"
-    text_head: str = "mlp_head"
-    width: int = 512
-    hidden: int | None = None
-    dropout: float = 0.0
-    loss: str = "clip"
-    captions: str = "all"
-    epochs: int = 10
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.02
-    warmup: float = 0.05
-    clip_grad: float | None = 1.0
-    precision: str = "auto"
-    seed: int = 0
-    eval_every: int = 0
-    patience: int | None = 5
-    early_stop_metric: str = "mean_recall"
+    projector: str = option(
+        "linear",
+        "Projector of both towers: linear, mlp (Linear-GELU-Linear), residual (linear + MLP "
+        "branch, freeze-align's), glu (gated, SAIL).",
+        metavar="NAME",
+    )
+    text_head: str = option(
+        "mlp_head", "Token-level text only: the head after the masked mean.", metavar="NAME"
+    )
+    width: int = option(512, "Shared embedding width.", metavar="D")
+    hidden: int | None = option(
+        None, "Hidden width of mlp/residual/glu. Default: --width.", metavar="H", type=int
+    )
+    dropout: float = option(0.0, "Dropout probability in the projectors, in [0, 1).", metavar="P")
+    loss: str = option(
+        "clip",
+        "clip (InfoNCE, learnable temperature) or siglip (sigmoid, scale + bias).",
+        metavar="NAME",
+    )
+    captions: str = option(
+        "all",
+        "one (a random caption of each image per step) or all (every caption a positive).",
+        metavar="MODE",
+    )
+    epochs: int = option(10, "Epochs; the cosine schedule decays to 0 over them.", metavar="E")
+    batch_size: int = option(
+        512,
+        "Images per optimizer step (global, split across torchrun ranks); at most the "
+        "training set's size, and at least 2.",
+        metavar="B",
+    )
+    lr: float = option(1e-3, "Peak learning rate of AdamW.", metavar="LR")
+    weight_decay: float = option(0.02, "AdamW weight decay on matrices.", metavar="WD")
+    warmup: float = option(
+        0.05, "Fraction of the steps with a linear warmup, then cosine decay.", metavar="F"
+    )
+    clip_grad: float | None = option(
+        1.0, "Max gradient L2 norm; 0 = no clipping.", metavar="NORM", type=float
+    )
+    precision: str = option(
+        "auto",
+        "auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16, fp64.",
+        metavar="NAME",
+    )
+    seed: int = shared("seed")
+    eval_every: int = option(
+        0, "Steps between validations and checkpoints; 0 = every epoch.", metavar="STEPS"
+    )
+    patience: int | None = option(
+        5,
+        "Stop after this many validations without improvement; 0 = never.",
+        metavar="K",
+        type=int,
+    )
+    early_stop_metric: str = option(
+        "mean_recall", "mean_recall, i2t_r1/5/10, t2i_r1/5/10 or val_loss.", metavar="NAME"
+    )
 
     def __post_init__(self) -> None:
         from alignkit.errors import unknown_key
-        from alignkit.projectors.losses import LOSSES
-        from alignkit.projectors.modules import PROJECTORS
+        from alignkit.training.losses import LOSSES
+        from alignkit.training.modules import PROJECTORS
 
         if self.projector not in PROJECTORS:
             raise unknown_key("projector (TrainConfig.projector)", self.projector, list(PROJECTORS))
@@ -101,6 +142,11 @@ class TrainConfig:
         _positive_int("width", self.width)
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
+        if self.batch_size < 2:
+            raise AlignkitError(
+                "TrainConfig.batch_size must be >= 2: a contrastive loss needs another image in "
+                f"the batch as a negative (with 1 the loss is exactly 0): got {self.batch_size}"
+            )
         if self.hidden is not None:
             _positive_int("hidden", self.hidden)
         if self.patience is not None:
@@ -155,3 +201,73 @@ def _in_range(name: str, value: float, lo: float, hi: float, upper_open: bool = 
     if not ok:
         bracket = ")" if upper_open else "]"
         raise AlignkitError(f"TrainConfig.{name} must lie in [{lo}, {hi}{bracket}: got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """What one ``alignkit train`` run trains on and how it gets its features (the recipe is
+    :class:`TrainConfig`). Each field is a command-line option and a ``--config`` file key."""
+
+    vision: str | None = option(None, "Vision encoder spec.", short="-v", metavar="SPEC", type=str)
+    text: str | None = option(None, "Text encoder spec.", short="-t", metavar="SPEC", type=str)
+    probe: str = option(
+        "flickr8k:train",
+        "Training probe: one training split (a named probe's, or a manifest's `split` column "
+        "as PATH:train).",
+        short="-p",
+        metavar="PROBE",
+    )
+    val: str | None = option(
+        None,
+        "Validation probe for early stopping and the best weights, disjoint from --probe by id "
+        "and image content (e.g. flickr8k:dev); not a test split. Default: no validation "
+        "(train --epochs, keep the last weights).",
+        metavar="PROBE",
+        type=str,
+    )
+    val_test_split: bool = option(
+        False,
+        "Allow a --val whose rows are a test split (its numbers then pick the weights: "
+        "report them as validation, not as held-out test results).",
+    )
+    n: int | None = shared("n", help_extra="Of the training probe. Default: all rows.")
+    val_n: int | None = option(
+        None,
+        "Validation rows: a seeded subsample of ROWS --val rows; 0 = all rows.",
+        metavar="ROWS",
+        type=int,
+    )
+    tokens: bool = option(
+        False,
+        "Token-level features (CNN map / ViT tokens / text token states, float16, "
+        "memory-mapped) instead of pooled ones; both encoders must have token features.",
+    )
+    from_ranking: str | None = option(
+        None,
+        "A rank-encoders run folder: train its --top best real (non-control) pairs, each into "
+        "OUT/<rank>-<vision>__<text>; a pair whose folder holds a finished run is kept, not "
+        "retrained.",
+        metavar="RUN_DIR",
+        type=str,
+    )
+    top: int = option(3, "With --from-ranking: how many pairs.", metavar="K")
+    cache_only: bool = option(
+        False, "Never run an encoder: fail at once when a feature set is not in the cache."
+    )
+    device: str = shared("device")
+    cache: str | bool = shared("cache")
+    extract_batch: int = shared("extract_batch")
+    skip_bad: bool = shared("skip_bad")
+    threads: int | None = shared("threads")
+
+    def __post_init__(self) -> None:
+        for name in ("n", "val_n"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise AlignkitError(f"{name} must be a number of rows >= 0: got {value!r}")
+        if not isinstance(self.top, int) or self.top < 1:
+            raise AlignkitError(f"top must be >= 1: got {self.top!r}")
+        if not isinstance(self.extract_batch, int) or self.extract_batch < 1:
+            raise AlignkitError(f"extract_batch must be >= 1: got {self.extract_batch!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise AlignkitError(f"threads must be >= 1: got {self.threads!r}")

@@ -1,0 +1,160 @@
+"""What a pair-level run trains on: its probes (split-checked), its encoders (checked before any
+model work) and the record of both that a checkpoint keeps (:func:`provenance`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alignkit.errors import AlignkitError
+
+if TYPE_CHECKING:
+    from alignkit.encoders.base import Encoder
+    from alignkit.probes.base import ProbeSet
+
+__all__ = [
+    "EVAL_SPLITS",
+    "check_training_probe",
+    "check_validation_probe",
+    "load_split_probe",
+    "provenance",
+    "require_cached",
+]
+
+log = logging.getLogger("alignkit.training.pair")
+
+EVAL_SPLITS = ("test",)  # splits whose rows are held out for reporting, never for choosing
+
+
+def _splits(probe: ProbeSet) -> set[str]:
+    return {str(r.attributes["split"]) for r in probe.rows if "split" in r.attributes}
+
+
+def load_split_probe(spec: str, *, skip_bad: bool = False, progress: bool = True) -> ProbeSet:
+    """:func:`alignkit.probes.load_probe`, also for ``PATH:SPLIT`` (the rows of a manifest whose
+    ``split`` column says SPLIT), as the split-check messages suggest."""
+    from alignkit.probes import load_probe
+    from alignkit.probes.registry import NAMED_PROBES
+
+    base, sep, split = spec.rpartition(":")
+    named = spec.partition(":")[0] in NAMED_PROBES
+    if sep and split and not named and not Path(spec).exists() and Path(base).exists():
+        return load_probe(base, split=split, skip_bad=skip_bad, progress=progress)
+    return load_probe(spec, skip_bad=skip_bad, progress=progress)
+
+
+def check_training_probe(probe: ProbeSet, spec: str) -> None:
+    """A training probe must be one training split: refuse a probe that mixes splits or is
+    another split (dev/test), which would train on evaluation data."""
+    splits = _splits(probe)
+    base = spec.rpartition(":")[0] if ":" in spec and splits else spec
+    if len(splits) > 1:
+        raise AlignkitError(
+            f"probe {spec} has no single training split (its rows are from splits "
+            f"{', '.join(sorted(splits))}): pass probe={base}:train"
+        )
+    if splits and splits != {"train"}:
+        raise AlignkitError(
+            f"probe {spec} is the {next(iter(splits))!r} split, not a training split: pass "
+            f"probe={base}:train (and that split as val only if it is a dev split)"
+        )
+
+
+def check_validation_probe(probe: ProbeSet, spec: str, *, allow_test: bool = False) -> None:
+    """A validation probe picks the weights (early stopping, the best step), so it must not be
+    a held-out test split (:data:`EVAL_SPLITS`) or mix splits, unless ``allow_test``."""
+    splits = _splits(probe)
+    base = spec.rpartition(":")[0] if ":" in spec and splits else spec
+    if len(splits) > 1 and not allow_test:
+        raise AlignkitError(
+            f"val {spec} mixes the splits {', '.join(sorted(splits))}: pass val={base}:SPLIT "
+            "with a dev split, or val_test_split=True to validate on it anyway"
+        )
+    test = splits & set(EVAL_SPLITS)
+    if test and len(splits) == 1 and not allow_test:
+        raise AlignkitError(
+            f"val {spec} is the {next(iter(test))!r} split: choosing the weights by test recall "
+            "makes the test numbers optimistic; validate on a dev split (for Flickr8k: "
+            "flickr8k:dev), or pass val_test_split=True to validate on it anyway"
+        )
+
+
+def require_cached(
+    specs: list[str],
+    probe: ProbeSet,
+    *,
+    tokens: bool = False,
+    cache: Any = True,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Raise a one-line error unless the features of every encoder in ``specs`` on ``probe``
+    are already in the cache (``cache_only``). Text encoders are looked up with
+    ``caption_policy="all"``. Building an encoder to compute its key reads its weights file
+    but runs no model work."""
+    from alignkit.encoders import create_encoder
+    from alignkit.features.cache import feature_key
+    from alignkit.features.extract import _resolve_cache
+    from alignkit.features.keys import image_rows
+    from alignkit.features.tokens import _cached, token_key
+
+    store = _resolve_cache(cache)
+    if store is None:
+        raise AlignkitError("cache_only=True needs a feature cache: pass a cache folder")
+    for spec in specs:
+        enc = create_encoder(spec, device="cpu", **(options or {}).get(spec, {}))
+        policy = "all" if enc.modality == "text" else "first"
+        if tokens:
+            from alignkit.features.featureset import caption_ids
+
+            ids = caption_ids(probe) if enc.modality == "text" else probe.ids
+            hit = _cached(store, token_key(enc, probe, policy), ids) is not None
+        elif enc.modality == "image":  # by its images: under another probe or in a larger set
+            found = store.lookup(feature_key(enc, probe), probe.ids, image_rows(enc, probe))
+            hit = found is not None
+        else:
+            hit = feature_key(enc, probe, policy) in store
+        if not hit:
+            kind = "token features" if tokens else "features"
+            raise AlignkitError(
+                f"cache_only=True: the {kind} of {spec} on {probe.name} are not in the cache "
+                f"{store.root}: run `alignkit extract -e {spec} --probe {probe.name}"
+                f"{' --caption-policy all' if enc.modality == 'text' else ''}` first, or drop "
+                "cache_only=True"
+            )
+
+
+def provenance(
+    encoders: tuple[Encoder, Encoder],
+    options: dict[str, dict[str, Any]],
+    train: ProbeSet,
+    val: ProbeSet | None,
+    tokens: bool,
+) -> dict[str, Any]:
+    """Everything a run's trajectory depends on besides the recipe: each encoder's spec,
+    weights identity and options; the feature kind; each probe's fingerprint and row count and
+    the feature cache keys of both encoders on it. JSON-able; computed without model work."""
+    from alignkit.features.cache import feature_key
+    from alignkit.features.tokens import token_key
+
+    key = token_key if tokens else feature_key
+    vision, text = encoders
+    record: dict[str, Any] = {
+        side: {
+            "spec": enc.name,
+            "weights": enc.weights_identity(),
+            "options": {k: str(v) for k, v in sorted(options.get(enc.name, {}).items())},
+        }
+        for side, enc in (("vision", vision), ("text", text))
+    }
+    record["features"] = "tokens" if tokens else "pooled"
+    for name, probe in (("train", train), ("val", val)):
+        record[name] = None
+        if probe is not None:
+            record[name] = {
+                "name": probe.name,
+                "fingerprint": probe.fingerprint,
+                "rows": len(probe),
+                "cache_keys": [key(vision, probe, "first"), key(text, probe, "all")],
+            }
+    return record

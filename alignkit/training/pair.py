@@ -1,0 +1,343 @@
+"""Train the projectors of one vision x text encoder pair on a probe, into a run folder.
+
+:func:`train_pair` is what ``alignkit train`` runs, as a list of stages: check the inputs (the
+probes, split-checked; the encoders; the folder; an unfinished run's checkpoint against this
+run), all before any feature extraction; get the features through the cache (pooled, or
+token-level with ``tokens=True``; text with every caption); train with
+:func:`alignkit.training.train_projector`; and write a run folder that
+:func:`alignkit.load_aligned` reads::
+
+    run.json                 the command, status (running / done / failed / interrupted), times,
+                             the batch size and epochs used, alignkit version
+    config.json              encoders (spec, options, weights identity), TrainConfig as used,
+                             probes, validation metrics (alignkit.aligned)
+    projector.safetensors    final weights; checkpoint.safetensors, best.safetensors,
+                             history.csv, history.png (the trainer's files)
+
+Run folders (:mod:`alignkit.training.folder`): a new folder is created; an unfinished run
+resumes from its last checkpoint when everything it was computed from is the same (else it is
+refused before any extraction, listing what differs); a finished run is refused unless
+``overwrite=True``, which moves the old folder aside and deletes it only once the new run is
+done (a new run that fails puts it back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alignkit.errors import AlignkitError
+from alignkit.training.checkpoint import CHECKPOINT, read_meta, resume_differences
+from alignkit.training.folder import (
+    check_out_dir,
+    end_out_dir,
+    now,
+    prepare_out_dir,
+    write_run_file,
+)
+from alignkit.training.inputs import (
+    check_training_probe,
+    check_validation_probe,
+    load_split_probe,
+    provenance,
+    require_cached,
+)
+
+if TYPE_CHECKING:
+    from alignkit.encoders.base import Encoder
+    from alignkit.probes.base import ProbeSet
+    from alignkit.training import TrainConfig, TrainResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PairRun", "check_training_probe", "require_cached", "train_pair"]
+
+TOO_FEW_IMAGES = 100  # below this a contrastive projector learns little beyond chance
+TOO_FEW_STEPS = 20  # optimizer steps in all
+
+
+@dataclass(frozen=True)
+class PairRun:
+    """What :func:`train_pair` returns: the folder, the trainer's result, timings (s), and the
+    TrainConfig actually used (the batch no larger than the training set)."""
+
+    out_dir: Path
+    result: TrainResult
+    features_s: float
+    train_s: float
+    config: TrainConfig | None = None
+
+
+def train_pair(
+    vision: str,
+    text: str,
+    probe: str | ProbeSet,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    val: str | ProbeSet | None = None,
+    n: int | None = None,
+    val_n: int | None = None,
+    tokens: bool = False,
+    vision_options: dict[str, Any] | None = None,
+    text_options: dict[str, Any] | None = None,
+    cache: Any = True,
+    cache_only: bool = False,
+    device: str = "auto",
+    extract_batch: int = 64,
+    skip_bad: bool = False,
+    val_test_split: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: list[str] | None = None,
+) -> PairRun:
+    """Train projectors aligning ``vision`` and ``text`` on ``probe``; write ``out_dir``.
+
+    Args:
+        vision, text: encoder specs (``vision_options`` / ``text_options``: ``create_encoder``
+            keyword options, e.g. ``{"pooling": "mean"}``).
+        probe: training probe: a spec such as ``flickr8k:train`` (or ``PATH:train`` for a
+            manifest with a ``split`` column) or a ProbeSet; must be one training split.
+        config: the :class:`~alignkit.training.TrainConfig`; a ``batch_size`` larger than the
+            training set is lowered to its size (recorded as used, with a warning).
+        out_dir: the run folder (see the module docstring for refuse / resume / overwrite).
+        val: validation probe for early stopping, disjoint from ``probe`` by id and image
+            content; not a test split unless ``val_test_split``.
+        n: train on a seeded subsample of this many probe rows (``val_n``: of validation rows;
+            None or 0: all rows).
+        tokens: token-level features (memory-mapped float16) instead of pooled ones.
+        cache_only: fail (one line) when a feature set is not already cached.
+        extract_batch: rows per encoder forward during extraction.
+        skip_bad: drop unreadable probe rows instead of failing.
+
+    Raises:
+        AlignkitError: bad probes (mixed splits, a test split as val, overlapping validation),
+            an encoder of the wrong modality or without token features, a missing cache entry
+            with ``cache_only``, a finished ``out_dir`` without ``overwrite``, an unfinished
+            run in ``out_dir`` computed from other settings or inputs, and every trainer error.
+    """
+    from alignkit.training import TrainConfig
+
+    if not isinstance(config, TrainConfig):
+        raise AlignkitError(f"config must be a TrainConfig: got {type(config).__name__}")
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, overwrite=overwrite)  # cheap refusals first
+    opts = {vision: dict(vision_options or {}), text: dict(text_options or {})}
+    train_probe, probe_spec, val_probe = _probes(
+        probe, val, n, val_n, skip_bad, val_test_split, progress
+    )
+    encoders = _encoders(vision, text, opts, device, tokens)
+    if cache_only:
+        for p in (train_probe, val_probe):
+            if p is not None:
+                require_cached([vision, text], p, tokens=tokens, cache=cache, options=opts)
+    config, warnings = _fit_recipe(config, len(train_probe))
+    record = provenance(encoders, opts, train_probe, val_probe, tokens)
+    _check_resume(out_dir, overwrite, config, record)
+    for warning in warnings:
+        log.warning("%s", warning)
+    aside = prepare_out_dir(out_dir, overwrite=overwrite)
+    run_body = _run_body(command, config)
+    write_run_file(out_dir, run_body)
+    try:
+        t0 = time.perf_counter()
+        get = dict(cache=cache, progress=progress, extract_batch=extract_batch, tokens=tokens)
+        train = _features(encoders, train_probe, **get)
+        val_features = _features(encoders, val_probe, **get) if val_probe is not None else None
+        features_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        from alignkit.training import train_projector
+
+        result = train_projector(
+            config, train, val_features, out_dir, device=device, progress=progress,
+            provenance=record,
+        )  # fmt: skip
+        train_s = time.perf_counter() - t1
+        _write_config(out_dir, encoders, opts, tokens, train, config, result, record, probe_spec)
+    except BaseException as exc:
+        end_out_dir(out_dir, aside, run_body, exc)
+        raise
+    run_body.update(features_s=round(features_s, 2), train_s=round(train_s, 2))
+    run_body.update(steps=result.steps, stopped_early=result.stopped_early)
+    end_out_dir(out_dir, aside, run_body, None)
+    return PairRun(out_dir, result, features_s, train_s, config)
+
+
+# -- stages ---------------------------------------------------------------------------------------
+def _probes(
+    probe: str | ProbeSet,
+    val: str | ProbeSet | None,
+    n: int | None,
+    val_n: int | None,
+    skip_bad: bool,
+    val_test_split: bool,
+    progress: bool,
+) -> tuple[ProbeSet, str, ProbeSet | None]:
+    """The training probe (split-checked, subsampled), its spec, and the validation probe
+    (split-checked, subsampled, disjoint from the training rows)."""
+    from alignkit.features import check_disjoint
+
+    train_probe = (
+        load_split_probe(probe, skip_bad=skip_bad, progress=progress)
+        if isinstance(probe, str)
+        else probe
+    )
+    probe_spec = probe if isinstance(probe, str) else train_probe.name
+    check_training_probe(train_probe, probe_spec)
+    if n:
+        train_probe = train_probe.subsample(n)
+    if val is None:
+        return train_probe, probe_spec, None
+    val_probe = (
+        load_split_probe(val, skip_bad=skip_bad, progress=progress) if isinstance(val, str) else val
+    )
+    check_validation_probe(
+        val_probe, val if isinstance(val, str) else val_probe.name, allow_test=val_test_split
+    )
+    if val_n:
+        val_probe = val_probe.subsample(val_n)
+    check_disjoint(train_probe, val_probe)
+    return train_probe, probe_spec, val_probe
+
+
+def _encoders(
+    vision: str, text: str, opts: dict[str, dict[str, Any]], device: str, tokens: bool
+) -> tuple[Encoder, Encoder]:
+    """Both encoders (weights read, no model run), checked for modality and token features."""
+    from alignkit.encoders import create_encoder
+
+    pair = tuple(create_encoder(s, device=device, **opts[s]) for s in (vision, text))
+    if pair[0].modality != "image" or pair[1].modality != "text":
+        raise AlignkitError(
+            f"vision must be an image encoder and text must be a text encoder: got {vision} "
+            f"({pair[0].modality}) and {text} ({pair[1].modality})"
+        )
+    if tokens:
+        lacking = [enc.name for enc in pair if not getattr(enc, "has_tokens", False)]
+        if lacking:
+            raise AlignkitError(
+                f"tokens=True needs token-level features, which {' and '.join(lacking)} "
+                "does not have (token features exist for CNNs, timm and hf image models, and "
+                "hf / sentence-transformers text models); leave out tokens for pooled features"
+            )
+    return pair  # type: ignore[return-value]
+
+
+def _fit_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, list[str]]:
+    """The recipe as it will run on ``n_images`` (a batch no larger than the data), and the
+    warnings to give: the batch lowered, or data or a schedule too small to learn anything."""
+    from alignkit.training.trainer import steps_per_epoch
+
+    warnings = []
+    if config.batch_size > n_images >= 2:
+        warnings.append(
+            f"a batch of {config.batch_size} images is larger than the {n_images} training "
+            f"images: training with batches of {n_images} (recorded so in config.json)"
+        )
+        config = dataclasses.replace(config, batch_size=n_images)
+    steps = config.epochs * steps_per_epoch(n_images, config.batch_size)
+    if n_images < TOO_FEW_IMAGES:
+        warnings.append(
+            f"only {n_images} training images: a contrastive projector learns little from so "
+            "few (expect retrieval near chance); use a probe with hundreds of images or more"
+        )
+    elif steps < TOO_FEW_STEPS:
+        warnings.append(
+            f"only {steps} optimizer steps in all ({n_images} images, batch "
+            f"{config.batch_size}, {config.epochs} epochs): too few to learn much; use a "
+            "smaller batch or more epochs"
+        )
+    return config, warnings
+
+
+def _check_resume(
+    out_dir: Path, overwrite: bool, config: TrainConfig, record: dict[str, Any]
+) -> None:
+    """Refuse, before any extraction, to resume an unfinished run computed from other settings
+    or inputs than this one (the trainer checks again, with the training rows, at its start)."""
+    if overwrite:
+        return
+    meta = read_meta(out_dir / CHECKPOINT)
+    if meta is None:
+        return
+    diffs = resume_differences(meta, {"config": config.to_dict(), "provenance": record})
+    if diffs:
+        raise AlignkitError(
+            f"{out_dir} holds an unfinished run {' and '.join(diffs)}: rerun with that run's "
+            "settings to resume it, pass overwrite=True to start over, or pick another out_dir"
+        )
+
+
+def _run_body(command: list[str] | None, config: TrainConfig) -> dict[str, Any]:
+    import alignkit
+
+    return {
+        "kind": "train",
+        "command": command,
+        "status": "running",
+        "started": now(),
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "alignkit_version": alignkit.__version__,
+    }
+
+
+def _features(
+    encoders: tuple[Encoder, Encoder],
+    probe: ProbeSet,
+    *,
+    cache: Any,
+    progress: bool,
+    extract_batch: int,
+    tokens: bool,
+):
+    """Paired features of ``probe`` (text with every caption), through the cache."""
+    from alignkit.features import extract_features, extract_tokens, paired_features
+
+    kw = {"cache": cache, "progress": progress, "batch_size": extract_batch}
+    get = extract_tokens if tokens else extract_features
+    return paired_features(
+        get(encoders[0], probe, **kw), get(encoders[1], probe, caption_policy="all", **kw)
+    )
+
+
+def _write_config(
+    out_dir: Path,
+    encoders: tuple[Encoder, Encoder],
+    opts: dict[str, dict[str, Any]],
+    tokens: bool,
+    train: Any,
+    config: TrainConfig,
+    result: TrainResult,
+    record: dict[str, Any],
+    probe_spec: str,
+) -> None:
+    """config.json: what :func:`alignkit.load_aligned` needs, and what the run was computed
+    from (the recipe as used, the probes)."""
+    from alignkit.aligned import EncoderRecord, write_config
+
+    vision, text = encoders
+    write_config(
+        out_dir,
+        EncoderRecord.of(vision, opts[vision.name], tokens, train.image_dim),
+        EncoderRecord.of(text, opts[text.name], tokens, train.text_dim),
+        config.to_dict(),
+        extra={
+            "features": "tokens" if tokens else "pooled",
+            "probe": {"spec": probe_spec, **_probe_record(record["train"])},
+            "val": None if record["val"] is None else _probe_record(record["val"]),
+            "best_step": result.best_step,
+            "steps": result.steps,
+            "stopped_early": result.stopped_early,
+            "val_metrics": result.metrics,
+            "parameters": result.model.num_parameters(),
+        },
+    )
+
+
+def _probe_record(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"n": entry["rows"], "fingerprint": entry["fingerprint"], "name": entry.get("name")}
