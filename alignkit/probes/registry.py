@@ -332,7 +332,8 @@ def _validate(
         )
         for i in selected
     )
-    return ProbeSet(name, rows, raw.class_names, dropped, raw.content_key, raw.root)
+    available = len(order) if n is not None else None  # good rows the n were drawn from
+    return ProbeSet(name, rows, raw.class_names, dropped, raw.content_key, raw.root, available)
 
 
 def _filter_split(raw: RawProbe, name: str, split: str) -> RawProbe:

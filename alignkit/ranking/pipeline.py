@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignkit._threads import choose_threads, limit_threads
+from alignkit._threads import choose_threads, limit_threads, threads_setting
 from alignkit.config import EncoderEntry, RankConfig
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.ranking.checks import (
@@ -86,7 +86,8 @@ def rank_encoders(
         loaded = probe
     if options:
         config = config.replace(**options)
-    return _run(config, probe=loaded, progress=progress, command=command)
+    with threads_setting(config.threads):
+        return _run(config, probe=loaded, progress=progress, command=command)
 
 
 def _extract(
@@ -107,7 +108,7 @@ def _extract(
         entry.spec,
         probe,
         options=options,
-        batch_size=config.batch_size,
+        batch_size=config.extract_batch,
         caption_policy=config.caption_policy,
         seed=config.seed,
         cache=config.cache,
