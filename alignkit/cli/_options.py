@@ -26,7 +26,8 @@ from typing import Annotated, Any
 import typer
 
 from alignkit.errors import AlignkitError
-from alignkit.options import declared, default_of, file_key
+from alignkit.options import Option, declared, default_of, file_key
+from alignkit.vocabulary import SHARED
 
 VALUES = "cfg_values"  # the parameter that receives the config options
 OLD = "deprecated__"  # prefix of the parameters of the hidden, deprecated flags
@@ -47,12 +48,8 @@ def typer_parameters(cls: type) -> list[inspect.Parameter]:
         if not opt.cli:
             continue
         default = default_of(f)
-        flag = opt.flag or _flag(f.name)
-        decls = [flag, *([opt.short] if opt.short else [])]
-        help_text = opt.help
-        shown = _default_text(default)
-        if shown:
-            help_text += f" Default: {shown}."
+        decls = _decls(f.name, opt)
+        help_text = _help(opt, default)
         if opt.repeat:
             kind: Any = list[str] | None
             value: Any = None
@@ -85,6 +82,26 @@ def typer_parameters(cls: type) -> list[inspect.Parameter]:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _decls(name: str, opt: Option) -> list[str]:
+    return [opt.flag or _flag(name), *([opt.short] if opt.short else [])]
+
+
+def _help(opt: Option, default: Any) -> str:
+    shown = _default_text(default)
+    return opt.help + (f" Default: {shown}." if shown else "")
+
+
+def shared_option(name: str) -> Any:
+    """The ``typer.Option`` of the shared concept ``name`` (:data:`alignkit.vocabulary.SHARED`)
+    for a command whose settings are not a config dataclass (``alignkit cache list``): the same
+    flag, short flag, metavar and help as on every other command. Its value is the raw
+    command-line value (``None``: not given); convert it with the concept's ``from_cli``."""
+    default, how = SHARED[name]
+    return typer.Option(
+        *_decls(name, how), metavar=how.metavar, help=_help(how, default), show_default=False
+    )
 
 
 def flag_of(cls: type, name: str) -> str:
@@ -207,5 +224,6 @@ __all__ = [
     "flag_of",
     "in_cli_words",
     "options_markdown",
+    "shared_option",
     "typer_parameters",
 ]
