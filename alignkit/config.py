@@ -259,7 +259,7 @@ class RankConfig:
         if self.threads is not None and (
             not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
         ):
-            raise AlignkitError(f"threads must be a positive integer or None: got {self.threads!r}")
+            raise AlignkitError(f"threads must be an integer >= 1: got {self.threads!r}")
         if self.caption_policy not in CAPTION_POLICIES:
             raise AlignkitError(
                 f"caption_policy must be one of {', '.join(CAPTION_POLICIES)}: "

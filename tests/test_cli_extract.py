@@ -155,3 +155,25 @@ def test_threads_hold_for_the_command_only(
     assert _threads.ENV not in os.environ  # and only they did
     code, _, err = run_cli([*argv, "--threads", "0"], capsys)
     assert code == 1 and "--threads must be an integer >= 1: got 0" in err
+
+
+def test_a_manifest_split_is_named_as_on_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--probe rows.jsonl:train`` reads the manifest's split column, as ``--split train``."""
+    import json
+
+    manifest = _manifest(tmp_path / "data", 10)
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["split"] = "train" if i < 7 else "dev"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["extract", "-e", "random:text-16", "--cache", "off", "-q"]
+    code, out, err = run_cli([*base, "-p", f"{manifest}:train"], capsys)
+    assert code == 0, err
+    assert ": 7 rows, fingerprint" in out
+    code, out2, err = run_cli([*base, "-p", str(manifest), "--split", "train"], capsys)
+    assert code == 0, err
+    assert out2.split("fingerprint ")[1][:16] == out.split("fingerprint ")[1][:16]
+    code, _, err = run_cli([*base, "-p", f"{manifest}:test"], capsys)
+    assert code == 1 and "train" in err and "dev" in err

@@ -200,7 +200,7 @@ def cli_words(message: str, cls: type, extra: dict[str, str] | None = None) -> s
     """A library message in the command's words: ``keep_going=True`` -> ``--keep-going``,
     ``or subsamples=0`` -> ``or --subsamples 0`` (after pass/or/use/set only, so facts such as
     ``n=12 rows`` stay), ``(n)`` -> ``(--n)``, ``caption_policy must`` -> ``--caption-policy
-    must`` for the fields of ``cls``
+    must``, ``option(s) class_names`` -> ``option(s) --class-names`` for the fields of ``cls``
     (and ``extra``: ``{"overwrite": "--overwrite"}``)."""
     import re
 
@@ -215,6 +215,7 @@ def cli_words(message: str, cls: type, extra: dict[str, str] | None = None) -> s
         message = re.sub(rf"{advice}{name}=(?=\s)", flag, message)  # "pass class_names= (a"
         message = re.sub(rf"\({name}\)", f"({flag})", message)
         message = re.sub(rf"(?<![\w.-]){name}(?= must\b)", flag, message)
+        message = re.sub(rf"(?<=option\(s\) ){name}\b", flag, message)  # "do not apply"
     return message
 
 

@@ -142,15 +142,14 @@ def check(config: ExtractConfig) -> None:
     """Everything that can fail before a probe or a model is loaded: encoders given, their
     backends known, the device usable."""
     from alignkit._device import resolve_device
-    from alignkit.encoders import _split
+    from alignkit.encoders import check_spec
 
     if not config.encoders:
         raise AlignkitError(
             "encoders must name at least one encoder spec (see `alignkit list-encoders`): got none"
         )
     for spec in config.encoders:
-        if not spec.startswith("random-init:"):
-            _split(spec)  # a malformed spec or an unknown backend fails here, listing them
+        check_spec(spec)  # a malformed spec or an unknown backend fails here, listing them
     resolve_device(config.device)
 
 

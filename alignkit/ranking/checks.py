@@ -50,6 +50,16 @@ def check_settings(config: RankConfig) -> Encoders:
     encoders = resolve_encoders(config)
     if config.n:
         check_probe_size(config.n, config)
+    if not config.keep_going:  # a malformed spec or an unknown backend, before the probe is read
+        from alignkit.encoders import check_spec
+
+        for entry in (e for side in encoders for e in side):
+            try:
+                check_spec(entry.spec)
+            except AlignkitError as exc:  # as the extraction would say it, minutes later
+                raise AlignkitError(
+                    f"encoder {entry.label} failed: {exc} (keep_going=True ranks the others)"
+                ) from None
     return encoders
 
 
