@@ -120,6 +120,24 @@ def limit_threads(n: int) -> Iterator[int]:
             torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def threads_setting(n: int | None) -> Iterator[None]:
+    """Run the block as if ``ALIGNKIT_THREADS=n`` were set (a config's or a command's
+    ``threads``); ``None`` leaves the environment's setting, or the automatic choice."""
+    if n is None:
+        yield
+        return
+    before = os.environ.get(ENV)
+    os.environ[ENV] = str(int(n))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
+
+
 def _limit_blas(n: int) -> contextlib.AbstractContextManager[object]:
     """threadpoolctl's limit of every loaded BLAS to at most ``n`` threads (a no-op where no
     BLAS pool uses more)."""
@@ -133,4 +151,12 @@ def _limit_blas(n: int) -> contextlib.AbstractContextManager[object]:
     return threadpool_limits(limits=over) if over else contextlib.nullcontext()
 
 
-__all__ = ["ENV", "WORK_PER_THREAD", "choose_threads", "free_cpus", "limit_threads", "usable_cpus"]
+__all__ = [
+    "ENV",
+    "WORK_PER_THREAD",
+    "choose_threads",
+    "free_cpus",
+    "limit_threads",
+    "threads_setting",
+    "usable_cpus",
+]

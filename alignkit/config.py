@@ -25,14 +25,16 @@ file.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import InitVar, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alignkit import options
 from alignkit.errors import AlignkitError
 from alignkit.options import Option, declared, default_of, file_key, merge, option, valid_keys
+from alignkit.vocabulary import shared
 
 DEFAULT_METRICS: tuple[str, ...] = ("linear_cka_unbiased", "linear_cka", "mutual_knn")
 DEFAULT_SET = "offline-small"
@@ -98,10 +100,6 @@ class EncoderEntry:
         return f"{self.spec}[{opts}]"
 
 
-def _cache_from_cli(value: str) -> str | bool:
-    return False if value.lower() in ("off", "no", "false", "0") else value
-
-
 # ----------------------------------------------------------------------------------------------
 # the ranking run
 # ----------------------------------------------------------------------------------------------
@@ -113,7 +111,9 @@ class RankConfig:
     --help``) is its documentation; the notes here are for Python callers:
     ``vision``/``text`` hold :class:`EncoderEntry` s (strings and ``{"spec": ...}`` mappings are
     converted); ``n=None`` means all rows up to 500, ``n=0`` all rows; ``cache`` is ``True``
-    (the default cache folder), a folder, or ``False`` (no cache).
+    (the default cache folder), a folder, or ``False`` (no cache); ``threads=None`` lets
+    alignkit choose by the work's size and the free CPUs (``ALIGNKIT_THREADS`` wins).
+    ``batch_size=`` is the deprecated name of ``extract_batch`` (a ``DeprecationWarning``).
     """
 
     vision: tuple[EncoderEntry, ...] = option(
@@ -148,12 +148,18 @@ class RankConfig:
         metavar="SPEC",
         type=str,
     )
-    n: int | None = option(
+    class_names: str | None = option(
         None,
-        f"Probe rows: a seeded, stable subsample; 0 = all rows. Not given: all rows up to "
-        f"{DEFAULT_N} (the same rows n={DEFAULT_N} picks).",
-        metavar="ROWS",
-        type=int,
+        "Class names of a labelled probe, one a line in label order, or 'imagenet'; a manifest "
+        "with labels and no captions gets its captions from them. Default: classnames.txt "
+        "beside the manifest.",
+        metavar="FILE|imagenet",
+        type=str,
+    )
+    n: int | None = shared(
+        "n",
+        default=None,
+        help_extra=f"Not given: all rows up to {DEFAULT_N} (the same rows --n {DEFAULT_N} picks).",
     )
     metrics: tuple[str, ...] = option(
         DEFAULT_METRICS,
@@ -188,23 +194,17 @@ class RankConfig:
         metavar="last|all",
     )
     k: int = option(10, "Neighbours for mutual_knn and cknna.", metavar="K")
-    seed: int = option(0, "Seed of the probe subsample, permutations and subsamples.")
-    batch_size: int = option(64, "Extraction batch size.", metavar="B")
+    seed: int = shared("seed")
+    extract_batch: int = shared("extract_batch", deprecated=("batch_size",))
     caption_policy: str = option(
         "first",
         "Which caption a text encoder sees for a row with several: the first, the mean of all "
         "caption embeddings (as the reference code), or a seeded random one.",
         metavar="first|mean|random",
     )
-    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:N.")
-    cache: str | bool = option(
-        True,
-        "Cache root (the same folder as ALIGNKIT_CACHE_DIR; features are kept in DIR/features), "
-        "or 'off' to recompute. Default ALIGNKIT_CACHE_DIR, else ~/.cache/alignkit.",
-        metavar="DIR|off",
-        type=str,
-        from_cli=_cache_from_cli,
-    )
+    device: str = shared("device")
+    threads: int | None = shared("threads")
+    cache: str | bool = shared("cache")
     alpha: float = option(
         0.05, "A pair is significantly above chance when its permutation p < alpha.", metavar="A"
     )
@@ -212,17 +212,22 @@ class RankConfig:
         False,
         "Skip encoders that fail to load (reported, and listed in run.json) instead of stopping.",
     )
-    skip_bad: bool = option(
-        False,
-        "Skip probe rows with a missing or unreadable image or an empty caption (listed in "
-        "run.json and summary.md) instead of stopping at the first.",
-    )
+    skip_bad: bool = shared("skip_bad", help_extra="They are listed in run.json and summary.md.")
     svg: bool = option(
         False,
         "Also write each metric's heatmap as SVG (vector, for papers) beside its PNG.",
     )
+    # RankConfig(batch_size=...) from before extract_batch: still works, with a warning
+    batch_size: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, batch_size: int | None = None) -> None:
+        if batch_size is not None:
+            warnings.warn(
+                "RankConfig(batch_size=...) is deprecated: use extract_batch=...",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "extract_batch", batch_size)
         object.__setattr__(
             self, "vision", tuple(EncoderEntry.parse(v, "vision") for v in self.vision)
         )
@@ -240,7 +245,7 @@ class RankConfig:
             )
         if self.null not in NULL_METHODS:
             raise AlignkitError(f"null must be one of {', '.join(NULL_METHODS)}: got {self.null!r}")
-        for name, low in (("permutations", 0), ("subsamples", 0), ("k", 1), ("batch_size", 1)):
+        for name, low in (("permutations", 0), ("subsamples", 0), ("k", 1), ("extract_batch", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise AlignkitError(f"{name} must be an integer >= {low}: got {value!r}")
@@ -251,6 +256,10 @@ class RankConfig:
                 f"n must be a number of rows (0 = all; None = all up to {DEFAULT_N}): "
                 f"got {self.n!r}"
             )
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
+        ):
+            raise AlignkitError(f"threads must be an integer >= 1: got {self.threads!r}")
         if self.caption_policy not in CAPTION_POLICIES:
             raise AlignkitError(
                 f"caption_policy must be one of {', '.join(CAPTION_POLICIES)}: "

@@ -17,6 +17,7 @@ fields into typer options, :func:`alignkit.cli._options.options_markdown` into a
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
@@ -45,6 +46,8 @@ class Option:
         from_cli: converts the parsed command-line value to the field's value.
         repeat: a repeatable flag whose values form the field's tuple.
         cli: ``False`` keeps the field out of the command line.
+        deprecated: old names still accepted, with a note: as config-file keys and (hidden)
+            as flags (``batch_size`` -> the key ``batch_size`` and the flag ``--batch-size``).
     """
 
     help: str
@@ -57,6 +60,11 @@ class Option:
     from_cli: Callable[[Any], Any] | None = None
     repeat: bool = False
     cli: bool = True
+    deprecated: tuple[str, ...] = ()
+
+
+class DeprecatedName(DeprecationWarning):
+    """An old spelling that still works; the command line prints it as a ``note:``."""
 
 
 def option(default: Any, help: str, **how: Any) -> Any:
@@ -84,7 +92,7 @@ def _field_by_key(cls: type) -> dict[str, str]:
     for f in fields(cls):
         out[file_key(f)] = f.name
         opt = f.metadata.get("option")
-        for alias in opt.aliases if opt is not None else ():
+        for alias in (*opt.aliases, *opt.deprecated) if opt is not None else ():
             out[alias] = f.name
     return out
 
@@ -120,6 +128,13 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "config", cls:
     if twice:
         raise AlignkitError(f"{source}: {', '.join(twice)} given twice (under an alias)")
     repeated = {f.name for f, opt in declared(cls) if opt.repeat}
+    for f, opt in declared(cls):
+        for old in set(opt.deprecated) & set(data):
+            warnings.warn(
+                f"{source}: the key {old!r} is deprecated; use {file_key(f)!r}",
+                DeprecatedName,
+                stacklevel=3,
+            )
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         name = by_key[key]
@@ -199,6 +214,7 @@ def merge(base: C, **overrides: Any) -> C:
 
 
 __all__ = [
+    "DeprecatedName",
     "Option",
     "config_from_mapping",
     "declared",

@@ -60,7 +60,7 @@ SHARED: dict[str, tuple[Any, Option]] = {
         False,
         Option(
             "Skip probe rows with a missing or unreadable image or an empty caption (counted "
-            "and listed in run.json) instead of stopping at the first.",
+            "and reported) instead of stopping at the first.",
         ),
     ),
     "threads": (
@@ -85,7 +85,9 @@ SHARED: dict[str, tuple[Any, Option]] = {
 }
 
 
-def shared(name: str, *, default: Any = ..., help_extra: str = "") -> Any:
+def shared(
+    name: str, *, default: Any = ..., help_extra: str = "", deprecated: tuple[str, ...] = ()
+) -> Any:
     """A dataclass field declared from :data:`SHARED`.
 
     Args:
@@ -93,6 +95,9 @@ def shared(name: str, *, default: Any = ..., help_extra: str = "") -> Any:
         default: only for ``n``, whose unset value means "all rows" on most commands and "all
             rows up to 500" on ``rank-encoders``; every other shared default is fixed.
         help_extra: a sentence appended to the shared help (what the default means here).
+        deprecated: this command's old names for the concept, still accepted with a note as a
+            config-file key and a hidden flag (``batch_size``: ``--batch-size`` on rank-encoders
+            and extract, from before ``--extract-batch``).
 
     Raises:
         KeyError: ``name`` is not a shared concept (the message lists them).
@@ -104,6 +109,8 @@ def shared(name: str, *, default: Any = ..., help_extra: str = "") -> Any:
         raise ValueError(f"the shared option {name!r} has one default on every command: {value!r}")
     if help_extra:
         how = replace(how, help=f"{how.help} {help_extra}")
+    if deprecated:
+        how = replace(how, deprecated=tuple(deprecated))
     return field(default=value if default is ... else default, metadata={"option": how})
 
 

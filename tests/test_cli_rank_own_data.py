@@ -252,3 +252,85 @@ def test_a_misspelt_encoder_gets_the_closest_names_first(tmp_path: Path, capsys)
     assert code == 1
     assert "did you mean: torchvision:mobilenet_v2 (loads offline)?" in err
     assert len(err) < 600  # not the backend's list of every architecture
+
+
+# -- the next step, sizes, class names, the shared words (issue 17 items 4, 5 and 7) ----------
+@pytest.mark.real
+def test_the_run_ends_with_the_train_line_and_says_n_of_the_whole_probe(
+    tmp_path: Path, capsys
+) -> None:
+    """A real pair (a ranking of controls only has nothing to train, and says nothing)."""
+    manifest = write_manifest(tmp_path / "data", 30)
+    out = tmp_path / "run"
+    argv = [*FAST, "--probe", str(manifest), "-n", "10", "-v", "torchvision:mobilenet_v2"]
+    argv += ["-t", "tfidf:svd-4", "-o", str(out)]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "(n=10 of 30 rows)" in stdout  # the subsample and the rows it was drawn from
+    line = (
+        f"alignkit train --from-ranking {out} --top 3 --probe TRAIN_PAIRS --val VAL_PAIRS "
+        f"--out {out}-train"
+    )
+    assert f"next: {line}\n" in stdout
+    summary = (out / "summary.md").read_text()
+    assert summary.endswith(f"## Next step\n\n`{line}`\n" + summary.split(f"`{line}`\n", 1)[1])
+    assert "TRAIN_PAIRS, VAL_PAIRS: your training and validation" in summary
+    assert json.loads((out / "run.json").read_text())["probe"]["rows_available"] == 30
+
+
+def test_the_train_line_is_exact_for_flickr8k(tmp_path: Path) -> None:
+    from alignkit.cli.rank import next_step
+
+    assert next_step(tmp_path / "r", "flickr8k:test") == (
+        f"`alignkit train --from-ranking {tmp_path / 'r'} --top 3 --probe flickr8k:train "
+        f"--val flickr8k:dev --out {tmp_path / 'r'}-train`"
+    )
+
+
+def test_class_names_give_a_labelled_manifest_its_captions(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "data"
+    write_manifest(folder, 12)
+    rows = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+    labelled = folder / "labelled.jsonl"
+    lines = [
+        json.dumps({"id": r["id"], "image": r["image"], "label": i % 3}) for i, r in enumerate(rows)
+    ]
+    labelled.write_text("\n".join(lines) + "\n")
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\nbird\n")
+    argv = [*FAST, "--probe", str(labelled), "--out", str(tmp_path / "run")]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and "pass --class-names" in err and "class_names=" not in err
+    code, stdout, err = run_cli([*argv, "--class-names", str(names)], capsys)
+    assert code == 0, err
+    assert "(n=12 of 12 rows)" in stdout
+
+
+def test_extract_batch_threads_and_the_old_batch_size(tmp_path: Path, capsys) -> None:
+    manifest = write_manifest(tmp_path / "data", 12)
+    base = [*FAST, "--probe", str(manifest)]
+    code, _, err = run_cli(
+        [*base, "--extract-batch", "5", "--threads", "1", "-o", str(tmp_path / "a")], capsys
+    )
+    assert code == 0, err
+    config = json.loads((tmp_path / "a" / "run.json").read_text())["config"]
+    assert config["extract_batch"] == 5 and config["threads"] == 1 and "batch_size" not in config
+    code, _, err = run_cli([*base, "--batch-size", "5", "-o", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    assert "note: --batch-size is deprecated; use --extract-batch" in err
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["extract_batch"] == 5
+    toml = tmp_path / "rank.toml"
+    toml.write_text("batch_size = 7\n")
+    code, _, err = run_cli([*base, "-c", str(toml), "-o", str(tmp_path / "c")], capsys)
+    assert code == 0, err
+    assert "the key 'batch_size' is deprecated; use 'extract_batch'" in err
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["config"]["extract_batch"] == 7
+
+
+def test_rank_config_batch_size_still_works_from_python_with_a_warning() -> None:
+    from alignkit.config import RankConfig
+
+    with pytest.warns(DeprecationWarning, match="use extract_batch="):
+        cfg = RankConfig(batch_size=8)
+    assert cfg.extract_batch == 8 and cfg.replace(n=3).extract_batch == 8
+    assert RankConfig(extract_batch=9).extract_batch == 9

@@ -138,7 +138,9 @@ def test_one_declaration_feeds_the_file_keys_and_the_command_line() -> None:
 
     command = typer.main.get_command(app).commands["rank-encoders"]  # type: ignore[attr-defined]
     flags = {
-        p.opts[0] for p in command.params if getattr(p, "opts", None) and p.opts[0] != "--help"
+        p.opts[0]
+        for p in command.params
+        if getattr(p, "opts", None) and p.opts[0] != "--help" and not p.hidden  # old spellings
     }
     from_fields = {opt.flag or "--" + f.name.replace("_", "-") for f, opt in declared(RankConfig)}
     assert flags == from_fields | {"--config", "--out", "--overwrite", "--top", "--quiet"}

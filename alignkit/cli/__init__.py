@@ -6,9 +6,12 @@ Each command group lives in its own module and registers itself on :data:`app`. 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
 
 import typer
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     code: int | str | None = 0
     try:
-        app(args=argv, prog_name="alignkit")
+        with _old_names_as_notes():
+            app(args=argv, prog_name="alignkit")
     except SystemExit as exc:  # click ends every command this way
         code = exc.code
     except AlignkitError as exc:
@@ -76,6 +80,26 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:
         _exit_now(code)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def _old_names_as_notes() -> Iterator[None]:
+    """An old spelling that still works (a deprecated config-file key) is a ``note:`` line on
+    stderr, each time, not a Python warning with a file and line number."""
+    from alignkit.options import DeprecatedName
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DeprecatedName)
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            if issubclass(category, DeprecatedName):
+                typer.secho(f"note: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show  # put back by catch_warnings
+        yield
 
 
 def _exit_now(code: int | str | None) -> None:

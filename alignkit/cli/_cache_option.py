@@ -20,20 +20,12 @@ from typing import Annotated
 
 import typer
 
+from alignkit.cli._options import shared_option
 from alignkit.errors import AlignkitError
 
 OFF = ("off", "no", "none", "false", "0")
 
-CacheOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--cache",
-        metavar="DIR|off",
-        help="Cache root (the same folder as ALIGNKIT_CACHE_DIR; features are kept in "
-        "DIR/features), or 'off' to compute without the cache. [default: $ALIGNKIT_CACHE_DIR, "
-        "else ~/.cache/alignkit]",
-    ),
-]
+CacheOpt = Annotated[str | None, shared_option("cache")]  # the shared --cache DIR|off
 OldCacheDirOpt = Annotated[
     Path | None,
     typer.Option("--cache-dir", hidden=True, help="deprecated spelling of --cache DIR"),

@@ -3,7 +3,8 @@
 ``--out/-o`` (the run folder), ``--config/-c`` (a TOML or YAML file with the config fields'
 keys), ``--overwrite`` and ``--quiet/-q`` mean the same on every command that has them. A command
 that needs to say more (what its folder holds) passes its own ``help`` through :func:`out_option`
-and friends; the flag, the short flag and the metavar stay fixed. The config fields shared by
+and friends; the flag and the short flag stay fixed (and the metavar, but for a command whose
+``--out`` is one FILE). The config fields shared by
 several commands are in :mod:`alignkit.vocabulary`.
 """
 
@@ -15,8 +16,9 @@ from typing import Annotated, Any
 import typer
 
 
-def out_option(help: str = "Run folder for this command's results.") -> Any:
-    return typer.Option("--out", "-o", metavar="DIR", help=help)
+def out_option(help: str = "Run folder for this command's results.", metavar: str = "DIR") -> Any:
+    """``--out/-o``; ``metavar`` FILE where the command writes one file (``extract``)."""
+    return typer.Option("--out", "-o", metavar=metavar, help=help)
 
 
 def config_option(

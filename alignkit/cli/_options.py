@@ -10,21 +10,27 @@ A command whose settings are a config dataclass declares no option of its own fo
 :func:`config_options` adds one typer option per :func:`alignkit.options.option` field (its flag,
 short alias, metavar, help text with the default) to the command's own parameters, and hands the
 command the options the user gave as one dict keyed by field name, already converted by each
-option's ``from_cli`` (apply them with ``config.replace(**cfg_values)``).
+option's ``from_cli`` (apply them with ``config.replace(**cfg_values)``). A field's deprecated
+names (:attr:`alignkit.options.Option.deprecated`) become hidden flags that still work and print
+a note naming the new flag.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
 
-from alignkit.options import declared, default_of, file_key
+from alignkit.errors import AlignkitError
+from alignkit.options import Option, declared, default_of, file_key
+from alignkit.vocabulary import SHARED
 
 VALUES = "cfg_values"  # the parameter that receives the config options
+OLD = "deprecated__"  # prefix of the parameters of the hidden, deprecated flags
 
 
 def _default_text(value: Any) -> str:
@@ -42,12 +48,8 @@ def typer_parameters(cls: type) -> list[inspect.Parameter]:
         if not opt.cli:
             continue
         default = default_of(f)
-        flag = opt.flag or "--" + f.name.replace("_", "-")
-        decls = [flag, *([opt.short] if opt.short else [])]
-        help_text = opt.help
-        shown = _default_text(default)
-        if shown:
-            help_text += f" Default: {shown}."
+        decls = _decls(f.name, opt)
+        help_text = _help(opt, default)
         if opt.repeat:
             kind: Any = list[str] | None
             value: Any = None
@@ -65,7 +67,62 @@ def typer_parameters(cls: type) -> list[inspect.Parameter]:
                 annotation=Annotated[kind, info],
             )
         )
+        for old in opt.deprecated:
+            hidden = typer.Option(_flag(old), metavar=opt.metavar, hidden=True)
+            params.append(
+                inspect.Parameter(
+                    OLD + old,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=value,
+                    annotation=Annotated[kind, hidden],
+                )
+            )
     return params
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _decls(name: str, opt: Option) -> list[str]:
+    return [opt.flag or _flag(name), *([opt.short] if opt.short else [])]
+
+
+def _help(opt: Option, default: Any) -> str:
+    shown = _default_text(default)
+    return opt.help + (f" Default: {shown}." if shown else "")
+
+
+def shared_option(name: str) -> Any:
+    """The ``typer.Option`` of the shared concept ``name`` (:data:`alignkit.vocabulary.SHARED`)
+    for a command whose settings are not a config dataclass (``alignkit cache list``): the same
+    flag, short flag, metavar and help as on every other command. Its value is the raw
+    command-line value (``None``: not given); convert it with the concept's ``from_cli``."""
+    default, how = SHARED[name]
+    return typer.Option(
+        *_decls(name, how), metavar=how.metavar, help=_help(how, default), show_default=False
+    )
+
+
+def flag_of(cls: type, name: str) -> str:
+    """The command-line flag of the field ``name`` of ``cls``."""
+    opt = dict((f.name, o) for f, o in declared(cls))[name]
+    return opt.flag or _flag(name)
+
+
+def _take_deprecated(kwargs: dict[str, Any], name: str, opt: Any) -> Any:
+    """The value of the field ``name`` given under an old flag (noted on stderr), else None."""
+    value = None
+    for old in opt.deprecated:
+        given = kwargs.pop(OLD + old)
+        if given is None or given is False:
+            continue
+        new = opt.flag or _flag(name)
+        if kwargs.get(name) not in (None, False) or value is not None:
+            raise AlignkitError(f"give {new} once: got it also as {_flag(old)}")
+        typer.secho(f"note: {_flag(old)} is deprecated; use {new}", err=True)
+        value = given
+    return value
 
 
 def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -86,7 +143,9 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
         def run(**kwargs: Any) -> Any:
             values = {}
             for name, opt in fields_.items():
-                value = kwargs.pop(name)
+                old = _take_deprecated(kwargs, name, opt)
+                value = kwargs.pop(name) if old is None else old
+                kwargs.pop(name, None)
                 if value is None or value is False or (opt.repeat and not value):
                     continue  # not given: the config file or the default decides
                 if opt.repeat:
@@ -120,15 +179,28 @@ def options_markdown(cls: type) -> str:
         shown = _default_text(default_of(f))
         if shown:
             text += f" Default: {shown}."
+        if opt.deprecated:
+            old = ", ".join(f"`{_flag(o)}`/`{o}`" for o in opt.deprecated)
+            text += f" Formerly {old} (still accepted, with a note)."
         rows.append(f"| {names} | {key} | {text.replace('|', chr(92) + '|')} |")
     return "\n".join(rows)
+
+
+@contextlib.contextmanager
+def in_cli_words(cls: type, extra: dict[str, str] | None = None) -> Iterator[None]:
+    """Re-raise a library :class:`~alignkit.errors.AlignkitError` in the command's words
+    (:func:`cli_words`): the library names Python arguments, the user typed flags."""
+    try:
+        yield
+    except AlignkitError as exc:
+        raise AlignkitError(cli_words(str(exc), cls, extra)) from exc
 
 
 def cli_words(message: str, cls: type, extra: dict[str, str] | None = None) -> str:
     """A library message in the command's words: ``keep_going=True`` -> ``--keep-going``,
     ``or subsamples=0`` -> ``or --subsamples 0`` (after pass/or/use/set only, so facts such as
     ``n=12 rows`` stay), ``(n)`` -> ``(--n)``, ``caption_policy must`` -> ``--caption-policy
-    must`` for the fields of ``cls``
+    must``, ``option(s) class_names`` -> ``option(s) --class-names`` for the fields of ``cls``
     (and ``extra``: ``{"overwrite": "--overwrite"}``)."""
     import re
 
@@ -140,9 +212,19 @@ def cli_words(message: str, cls: type, extra: dict[str, str] | None = None) -> s
             r"(?:(?<=pass )|(?<=or )|(?<=use )|(?<=set ))"  # "or subsamples=0", not "n=12 rows"
         )
         message = re.sub(rf"{advice}{name}=(?=\S)", flag + " ", message)
+        message = re.sub(rf"{advice}{name}=(?=\s)", flag, message)  # "pass class_names= (a"
         message = re.sub(rf"\({name}\)", f"({flag})", message)
         message = re.sub(rf"(?<![\w.-]){name}(?= must\b)", flag, message)
+        message = re.sub(rf"(?<=option\(s\) ){name}\b", flag, message)  # "do not apply"
     return message
 
 
-__all__ = ["cli_words", "config_options", "options_markdown", "typer_parameters"]
+__all__ = [
+    "cli_words",
+    "config_options",
+    "flag_of",
+    "in_cli_words",
+    "options_markdown",
+    "shared_option",
+    "typer_parameters",
+]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from alignkit._threads import ENV as THREADS_ENV
 from alignkit.cli import app, silence_third_party_progress
 from alignkit.cli._cache_option import CacheOpt, OldCacheDirOpt, OldNoCacheOpt, cache_setting
+from alignkit.cli._common import ConfigOpt, QuietOpt, out_option
+from alignkit.cli._options import config_options, in_cli_words
+from alignkit.errors import AlignkitError
+from alignkit.features.config import ExtractConfig, check, load
 
 if TYPE_CHECKING:
     from alignkit.features import FeatureCache
@@ -34,7 +35,6 @@ def _size(n_bytes: int) -> str:
 
 
 def _store(cache: str | None, cache_dir: Path | None, command: str) -> FeatureCache:
-    from alignkit.errors import AlignkitError
     from alignkit.features import FeatureCache
 
     setting = cache_setting(cache, cache_dir=cache_dir)
@@ -43,139 +43,88 @@ def _store(cache: str | None, cache_dir: Path | None, command: str) -> FeatureCa
     return FeatureCache.at(setting)
 
 
-@app.command(
-    "extract",
-    help="Extract features of a probe set with one or more encoders into the feature cache.\n\n"
+_EXTRACT_HELP = (
+    "Extract features of a probe set with one or more encoders into the feature cache.\n\n"
     "A second run with the same encoder, options and probe returns from the cache without model "
     "work; an interrupted run (Ctrl-C, a killed process) resumes from its last saved shard. "
-    "Under torchrun the rows are split across ranks.\n\n"
+    "Under torchrun the rows are split across ranks. Options can also come from a --config file "
+    "(TOML or YAML, the options' names as keys); the command line wins.\n\n"
     "Example: alignkit extract --encoder st:sentence-transformers/all-MiniLM-L6-v2 "
-    "--probe flickr8k:test",
+    "--probe flickr8k:test"
 )
+OutFileOpt = Annotated[
+    Path | None,
+    out_option("Also copy the features to this .safetensors file (one encoder).", "FILE"),
+]
+
+
+@app.command("extract", help=_EXTRACT_HELP)
+@config_options(ExtractConfig)
 def extract_command(
-    encoder: Annotated[
-        list[str],
-        typer.Option(
-            "--encoder", "-e", help="encoder spec, repeatable (see `alignkit list-encoders`)"
-        ),
-    ],
-    probe: Annotated[
-        str,
-        typer.Option(
-            "--probe", "-p", help="probe spec: a name (flickr8k:test, synthetic, ...) or a path"
-        ),
-    ] = "synthetic",
-    n: Annotated[
-        int | None,
-        typer.Option(
-            "--n", "-n", help="seeded, stable subsample of this many rows (under torchrun: -n)"
-        ),
-    ] = None,
-    split: Annotated[
-        str | None, typer.Option(help="keep only this split (train, dev, test)")
-    ] = None,
-    seed: Annotated[
-        int, typer.Option(help="seed of the subsample and of --caption-policy random")
-    ] = 0,
-    caption_policy: Annotated[
-        str, typer.Option(help="text encoders: first, random, or mean (average over all captions)")
-    ] = "first",
-    batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 64,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="image decoding workers [default: 1 on <= 2 cores, else 2; GPU: up to 8]"
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
-    skip_bad: Annotated[bool, typer.Option(help="drop unreadable rows instead of failing")] = False,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="where named probes live [default: $ALIGNKIT_DATA_DIR]")
-    ] = None,
-    cache: CacheOpt = None,
+    cfg_values: dict,
+    config: ConfigOpt = None,
+    out: OutFileOpt = None,
     cache_dir: OldCacheDirOpt = None,
     no_cache: OldNoCacheOpt = False,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="also copy the features to this .safetensors file (one encoder)"),
-    ] = None,
-    checkpoint_every: Annotated[
-        float,
-        typer.Option(
-            metavar="SECONDS",
-            help="save a resumable shard at the first batch boundary after this many seconds "
-            "(besides every 8 batches), so Ctrl-C keeps the work done",
-        ),
-    ] = 60.0,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            metavar="N",
-            help="CPU threads for torch [default: by work size and the CPUs free now; "
-            "$ALIGNKIT_THREADS]",
-        ),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """``alignkit extract`` (its help is the decorator's)."""
-    from alignkit.errors import AlignkitError
-    from alignkit.features import FeatureCache, cached_features, extract_features
-    from alignkit.probes import load_probe
+    """The options of ExtractConfig (alignkit/features/config.py) are added by @config_options."""
+    from alignkit.features.config import extract
+    from alignkit.options import load_config
 
     # under torchrun every rank runs this command; only rank 0 reports
-    say = typer.echo if os.environ.get("RANK", "0") == "0" else (lambda *args, **kwargs: None)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    say = typer.echo if rank0 else (lambda *args, **kwargs: None)
     if quiet:
         silence_third_party_progress()
-    if out is not None and len(encoder) != 1:
-        raise AlignkitError(f"--out takes the features of one encoder: got {len(encoder)} encoders")
-    setting = cache_setting(cache, cache_dir=cache_dir, no_cache=no_cache)
-    if threads is not None:
-        if threads < 1:
-            raise AlignkitError(f"--threads takes a positive number: got {threads}")
-        os.environ[THREADS_ENV] = str(threads)  # the library's choice defers to it
-    probe_set = load_probe(
-        probe, n=n, split=split, seed=seed, skip_bad=skip_bad, data_dir=data_dir, progress=not quiet
-    )
-    say(f"probe {probe_set.name}: {len(probe_set)} rows, fingerprint {probe_set.fingerprint}")
-    store = None if setting is False else FeatureCache.at(setting, shard_seconds=checkpoint_every)
-    common = {"caption_policy": caption_policy, "seed": seed, "device": device}
-    finished: list[str] = []
-    try:
-        for spec in encoder:
-            started = time.perf_counter()
-            since = datetime.now(timezone.utc).replace(microsecond=0)
-            fs = cached_features(spec, probe_set, cache=store, **common) if store else None
-            how = "from the cache (encoder not built)"
-            if fs is None:
-                fs = extract_features(
-                    spec,
-                    probe_set,
-                    batch_size=batch_size,
-                    num_workers=workers,
-                    cache=store if store else False,
-                    progress=not quiet,
-                    distributed=True,  # under torchrun: split the rows (a group only for this call)
-                    **common,
+    with in_cli_words(ExtractConfig):
+        base = load_config(config, ExtractConfig) if config is not None else ExtractConfig()
+        cfg = base.replace(**{**cfg_values, **_old_cache(cfg_values, cache_dir, no_cache)})
+        if out is not None and len(cfg.encoders) != 1:
+            raise AlignkitError(
+                f"--out takes the features of one encoder: got {len(cfg.encoders)} encoders"
+            )
+        check(cfg)  # settings and encoder specs, before the probe's images are read
+        probe_set = load(cfg, progress=not quiet)
+        say(f"probe {probe_set.name}: {len(probe_set)} rows, fingerprint {probe_set.fingerprint}")
+        finished: list[str] = []
+        try:
+            for done in extract(cfg, probe_set, progress=not quiet):
+                fs = done.features
+                layers = f" x {fs.n_layers} layers" if fs.layered else ""
+                say(
+                    f"{done.spec}: {fs.n} rows x {fs.dim}{layers} {done.how} in "
+                    f"{done.seconds:.2f} s ({done.where})"
                 )
-                created = datetime.fromisoformat(str(fs.provenance.get("created")))
-                how = "from the cache" if store and created < since else "extracted"
-            took = time.perf_counter() - started
-            key = str(fs.provenance.get("cache_key", ""))
-            where = f"cache {store.path(key)}" if store and key else "not cached"
-            layers = f" x {fs.n_layers} layers" if fs.layered else ""
-            say(f"{spec}: {fs.n} rows x {fs.dim}{layers} {how} in {took:.2f} s ({where})")
-            finished.append(spec)
-            if out is not None and os.environ.get("RANK", "0") == "0":
-                say(f"wrote {fs.save(out)}")
-    except KeyboardInterrupt:
-        # what the interrupted encoder kept is logged by the library; say what is complete
-        done = ", ".join(finished) if finished else "none"
-        resume = "; run the same command again to resume" if store else ""
-        typer.secho(
-            f"interrupted: {len(finished)} of {len(encoder)} encoders finished ({done}){resume}",
-            err=True,
-        )
-        raise typer.Exit(130) from None
+                finished.append(done.spec)
+                if out is not None and rank0:
+                    say(f"wrote {fs.save(out)}")
+        except KeyboardInterrupt:
+            # what the interrupted encoder kept is logged by the library; say what is complete
+            _interrupted(finished, cfg)
+
+
+def _old_cache(cfg_values: dict, cache_dir: Path | None, no_cache: bool) -> dict:
+    """``--cache-dir DIR`` / ``--no-cache`` (deprecated, noted) as a ``cache`` value."""
+    if cache_dir is None and not no_cache:
+        return {}
+    given = cfg_values.get("cache")
+    setting = cache_setting(
+        None if given is None else "off" if given is False else str(given),
+        cache_dir=cache_dir,
+        no_cache=no_cache,
+    )
+    return {"cache": False if setting is False else str(setting)}
+
+
+def _interrupted(finished: list[str], cfg: ExtractConfig) -> None:
+    done = ", ".join(finished) if finished else "none"
+    resume = "; run the same command again to resume" if cfg.cache is not False else ""
+    typer.secho(
+        f"interrupted: {len(finished)} of {len(cfg.encoders)} encoders finished ({done}){resume}",
+        err=True,
+    )
+    raise typer.Exit(130) from None
 
 
 @cache_app.command("list")

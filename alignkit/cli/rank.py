@@ -12,6 +12,7 @@ import typer
 
 from alignkit._words import counted
 from alignkit.cli import app, silence_third_party_progress
+from alignkit.cli._common import OverwriteOpt, QuietOpt, config_option, out_option
 from alignkit.cli._options import cli_words, config_options
 from alignkit.config import DEFAULT_N, RankConfig
 from alignkit.errors import AlignkitError
@@ -30,42 +31,20 @@ _HELP = (
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        metavar="FILE",
-        help="Run config, .toml or .yaml, with the options' names as keys (set, vision, text, "
+    config_option(
+        "Run config, .toml or .yaml, with the options' names as keys (set, vision, text, "
         "probe, n, metrics, permutations, ...); encoders may be tables "
-        "{spec = ..., pooling = ...}. Unknown keys are an error.",
+        "{spec = ..., pooling = ...}. Unknown keys are an error."
     ),
 ]
 OutOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--out",
-        "-o",
-        metavar="DIR",
-        help="Output folder for scores.csv, ranking.csv, heatmaps, run.json, summary.md. "
-        "Default runs/<probe>-<timestamp>.",
-    ),
-]
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite",
-        help="Replace the results of an earlier run in --out (swapped in only once "
-        "the new run has written everything).",
+    out_option(
+        "Output folder for scores.csv, ranking.csv, heatmaps, run.json, summary.md. "
+        "Default runs/<probe>-<timestamp>."
     ),
 ]
 TopOpt = Annotated[int, typer.Option("--top", help="Pairs shown in the console table.")]
-QuietOpt = Annotated[
-    bool,
-    typer.Option(
-        "--quiet",
-        "-q",
-        help="No progress bars or status lines; still prints the table and the folder.",
-    ),
-]
 
 
 @app.command("rank-encoders", help=_HELP)
@@ -132,8 +111,14 @@ def _rank(
         ranking = rank_encoders(
             config=cfg, progress=not quiet, command=_command(cfg, out_dir, top, probe_spec)
         )
+        real = bool((~ranking.table["control"].astype(bool)).any())
+        step = next_step(run_folder.out, probe_spec) if real else ""
         with run_folder as tmp:  # all files or none; an earlier run is replaced only at the end
             write_folder(ranking, tmp)
+            if step:
+                summary = tmp / "summary.md"
+                text = summary.read_text(encoding="utf-8")
+                summary.write_text(text + "\n## Next step\n\n" + step + "\n", encoding="utf-8")
         folder = run_folder.out
     finally:
         if handler is not None:
@@ -147,7 +132,8 @@ def _rank(
     typer.echo(
         f"{len(ranking.vision)} vision x {counted(len(ranking.text), 'text encoder')} on "
         f"{md['probe']['name']} "
-        f"(n={md['probe']['n']} of {md['probe'].get('rows_available', md['probe']['n'])} rows), "
+        f"(n={md['probe']['n']:,} of "
+        f"{md['probe'].get('rows_available') or md['probe']['n']:,} rows), "
         f"ranked by {ranking.metric}:"
     )
     typer.echo(ranking.format_table(top))
@@ -180,6 +166,26 @@ def _rank(
             fg=typer.colors.YELLOW,
         )
     typer.echo(f"\nwrote {folder}  ({elapsed:.1f} s)")
+    if step:  # train the best real pairs (a ranking of controls only has none)
+        command, _, note = step.partition("\n")
+        typer.echo("\nnext: " + command.strip("`") + ("\n  " + note if note else ""))
+
+
+def next_step(folder: Path, probe: str) -> str:
+    """The ``alignkit train --from-ranking`` command line that trains this ranking's best pairs,
+    in backticks; for a probe other than Flickr8k, a second line says what to put for the
+    placeholders. Printed at the end of the run and written at the end of summary.md."""
+    if probe.split(":")[0] == "flickr8k":
+        train, val, note = "flickr8k:train", "flickr8k:dev", ""
+    else:
+        train, val = "TRAIN_PAIRS", "VAL_PAIRS"
+        note = (
+            "\nTRAIN_PAIRS, VAL_PAIRS: your training and validation image-caption pairs (a "
+            "manifest or a named probe), disjoint from each other and from the probe ranked here."
+        )
+    argv = ["alignkit", "train", "--from-ranking", str(folder), "--top", "3"]
+    argv += ["--probe", train, "--val", val, "--out", f"{folder}-train"]
+    return "`" + " ".join(shlex.quote(a) for a in argv) + "`" + note
 
 
 def _command(cfg: RankConfig, out: Path, top: int, probe: str) -> list[str]:

@@ -93,6 +93,22 @@ def is_control(spec: str) -> bool:
     return backend in BACKENDS and BACKENDS[backend].control
 
 
+def check_spec(spec: str) -> tuple[str, str]:
+    """``(backend, model_id)`` of ``spec`` without building anything; a malformed spec or an
+    unknown backend (or one that cannot be randomly initialised) raises ``AlignkitError``
+    listing the valid ones. ``create_encoder`` and the commands call it before any work."""
+    if not (isinstance(spec, str) and spec.startswith(RANDOM_INIT)):
+        return _split(spec)
+    backend, model_id = _split(spec[len(RANDOM_INIT) :])
+    if not BACKENDS[backend].random_init:
+        able = [f"{RANDOM_INIT}{b}:..." for b, v in BACKENDS.items() if v.random_init]
+        raise AlignkitError(
+            f"{spec}: the {backend} backend cannot be randomly initialised; expected one of: "
+            + ", ".join(able)
+        )
+    return backend, model_id
+
+
 def create_encoder(
     spec: str,
     *,
@@ -116,18 +132,9 @@ def create_encoder(
     Returns:
         An :class:`Encoder`: ``encode(items) -> (n, dim)`` float32 CPU tensor.
     """
-    if isinstance(spec, str) and spec.startswith(RANDOM_INIT):
-        inner = spec[len(RANDOM_INIT) :]
-        backend, model_id = _split(inner)
-        if not BACKENDS[backend].random_init:
-            able = [f"{RANDOM_INIT}{b}:..." for b, v in BACKENDS.items() if v.random_init]
-            raise AlignkitError(
-                f"{spec}: the {backend} backend cannot be randomly initialised; expected one of: "
-                + ", ".join(able)
-            )
+    backend, model_id = check_spec(spec)
+    if spec.startswith(RANDOM_INIT):
         options = {**options, "random_init": True}
-    else:
-        backend, model_id = _split(spec)
     entry = BACKENDS[backend]
     cls = getattr(importlib.import_module(entry.module), entry.cls)
     kwargs = {"spec": spec, "device": device, "pooling": pooling, "layer": layer, **options}
@@ -407,6 +414,7 @@ __all__ = [
     "EncoderSet",
     "OFFLINE_MODELS",
     "POOLINGS",
+    "check_spec",
     "create_encoder",
     "is_control",
     "list_encoders",

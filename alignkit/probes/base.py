@@ -89,6 +89,8 @@ class ProbeSet:
             (e.g. the synthetic generator's version); enters the fingerprint.
         root: the folder the probe was read from (``None`` for the synthetic probe); informative
             only, never part of the fingerprint, so a probe fingerprints the same wherever it lives.
+        rows_available: the good rows a subsample (``load_probe(n=...)``) was drawn from;
+            informative only (``None``: not a subsample, or not known).
     """
 
     name: str
@@ -97,6 +99,7 @@ class ProbeSet:
     dropped: tuple[dict[str, str], ...] = ()
     content_key: tuple[str, ...] = ()
     root: Path | None = None
+    rows_available: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         seen: dict[str, int] = {}

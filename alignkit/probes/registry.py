@@ -332,7 +332,8 @@ def _validate(
         )
         for i in selected
     )
-    return ProbeSet(name, rows, raw.class_names, dropped, raw.content_key, raw.root)
+    available = len(order) if n is not None else None  # good rows the n were drawn from
+    return ProbeSet(name, rows, raw.class_names, dropped, raw.content_key, raw.root, available)
 
 
 def _filter_split(raw: RawProbe, name: str, split: str) -> RawProbe:
@@ -372,7 +373,7 @@ def load_probe(
 
     Args:
         spec: ``"synthetic"``, ``"flickr8k:test"``, ``"imagenet-samples"``, ``"coco-val2017"``,
-            or a path.
+            or a path; ``"PATH:SPLIT"`` is the same as ``split="SPLIT"`` on the path.
         n: a seeded, stable subsample of ``n`` rows, in seeded-hash order of the row ids: the
             first 500 rows of ``n=1000`` are the ``n=500`` rows. For ``synthetic``, the number of
             scenes (default 1,000); row ``i`` depends only on ``(seed, i)``.
@@ -402,6 +403,10 @@ def load_probe(
     name = str(spec)
     base, _, spec_split = name.partition(":")
     named = NAMED_PROBES.get(base) if isinstance(spec, str) else None
+    path, _, path_split = name.rpartition(":")  # "rows.jsonl:train": a manifest's split column
+    if named is None and path and not Path(spec).expanduser().exists():
+        if Path(path).expanduser().exists() and split in (None, path_split):
+            spec, split = path, path_split
     if named is None and not Path(spec).expanduser().exists():
         raise AlignkitError(
             f"probe {name!r} is neither a named probe ({', '.join(list_probes())}) "

@@ -50,6 +50,16 @@ def check_settings(config: RankConfig) -> Encoders:
     encoders = resolve_encoders(config)
     if config.n:
         check_probe_size(config.n, config)
+    if not config.keep_going:  # a malformed spec or an unknown backend, before the probe is read
+        from alignkit.encoders import check_spec
+
+        for entry in (e for side in encoders for e in side):
+            try:
+                check_spec(entry.spec)
+            except AlignkitError as exc:  # as the extraction would say it, minutes later
+                raise AlignkitError(
+                    f"encoder {entry.label} failed: {exc} (keep_going=True ranks the others)"
+                ) from None
     return encoders
 
 
@@ -147,10 +157,11 @@ def load_ranking_probe(
     n = config.n
     if n is None and spec.split(":")[0] == "synthetic":
         n = DEFAULT_N  # the synthetic probe is generated: any size exists
+    names = {} if config.class_names is None else {"class_names": config.class_names}
     probe = load_probe(
-        spec, n=n or None, seed=config.seed, skip_bad=config.skip_bad, progress=progress
+        spec, n=n or None, seed=config.seed, skip_bad=config.skip_bad, progress=progress, **names
     )
-    available = len(probe)
+    available = probe.rows_available or len(probe)  # before load_probe's subsample of n rows
     if config.n is None and n is None and available > DEFAULT_N:
         probe = probe.subsample(DEFAULT_N, seed=config.seed)
     if config.n is None:

@@ -34,7 +34,7 @@ def _extract(
         entry.spec,
         probe,
         options=options,
-        batch_size=config.batch_size,
+        batch_size=config.extract_batch,
         caption_policy=config.caption_policy,
         seed=config.seed,
         cache=config.cache,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignkit._threads import choose_threads, limit_threads
+from alignkit._threads import choose_threads, limit_threads, threads_setting
 from alignkit.config import EncoderEntry, RankConfig
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.ranking.api import Ranking
@@ -92,7 +92,8 @@ def rank_encoders(
         loaded = probe
     if options:
         config = config.replace(**options)
-    return _run(config, probe=loaded, progress=progress, command=command)
+    with threads_setting(config.threads):
+        return _run(config, probe=loaded, progress=progress, command=command)
 
 
 @dataclass
