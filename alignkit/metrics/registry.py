@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from alignkit.errors import AlignkitError, unknown_key
-from alignkit.metrics import cka, neighbours, rbf, svcca
+from alignkit.metrics import alignability, cka, neighbours, rbf, svcca
 from alignkit.metrics._engine import Engine
 
 
@@ -29,6 +29,10 @@ class Metric:
             with the metric's full options (so mutual-kNN's k/(n-1) reads ``options["k"]``),
             where one exists; None otherwise (use the null: :meth:`chance_level` says NaN).
         label: readable name for tables and figures (``"linear CKA (unbiased)"``).
+        row_groups: None when the score is invariant to any reordering of the rows; else
+            ``row_groups(n, options)`` gives ``(n,)`` labels of row positions (the held-out
+            metrics' folds) such that the score is invariant to reorderings that keep every
+            position's label, and reordering across labels re-draws the split.
     """
 
     name: str
@@ -40,6 +44,9 @@ class Metric:
     chance: Callable[[int, Mapping[str, Any]], float] | None = None
     engine: Engine = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
     label: str = ""
+    row_groups: Callable[[int, Mapping[str, Any]], Any] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -131,6 +138,42 @@ METRICS: dict[str, Metric] = {
         engine=svcca.SVCCA_ENGINE,
         label="SVCCA",
     ),
+    **{
+        f"{fit}_alignability": Metric(
+            f"{fit}_alignability",
+            function,
+            MappingProxyType({"folds": 5, "dims": 256, "fold_seed": 0}),
+            f"held-out retrieval MRR of {what}, {alignability.FOLDS}-fold",
+            invariances=_ALL,
+            chance=alignability.chance,
+            engine=engine,
+            label=label,
+            row_groups=alignability.row_groups,
+        )
+        for fit, function, engine, what, label in (
+            (
+                "ridge",
+                alignability.ridge_alignability,
+                alignability.RIDGE_ENGINE,
+                "ridge regression both ways (GCV penalty)",
+                "ridge (held-out MRR)",
+            ),
+            (
+                "procrustes",
+                alignability.procrustes_alignability,
+                alignability.PROCRUSTES_ENGINE,
+                "orthogonal Procrustes after PCA",
+                "Procrustes (held-out MRR)",
+            ),
+            (
+                "cca",
+                alignability.cca_alignability,
+                alignability.CCA_ENGINE,
+                "regularised CCA (canonical ridge, GCV penalties)",
+                "CCA (held-out MRR)",
+            ),
+        )
+    },
 }
 """Registered metrics by name. Add a variant with a new entry (other defaults), not a branch."""
 
