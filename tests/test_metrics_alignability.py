@@ -297,3 +297,31 @@ def test_ties_count_against_the_query(name):
     x2[j] = x2[j] + 1.0
     x2[k] = x2[i]
     assert metric(x2, x2) == pytest.approx(1.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# real features
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_pretrained_pair_beats_a_random_init_control(data_dir):
+    # 500 flickr8k:dev rows (the features are in the shared cache): EfficientNet-Lite0 and
+    # MiniLM captions against the same captions with a random-weight MobileNetV2
+    from alignkit.features import extract_features
+    from alignkit.probes import load_probe
+
+    probe = load_probe("flickr8k:dev", n=500, data_dir=data_dir, progress=False)
+    kw = {"batch_size": 32, "num_workers": 0, "cache": True, "device": "cpu", "progress": False}
+    text = extract_features("st:sentence-transformers/all-MiniLM-L6-v2", probe, **kw)
+    real = extract_features("efficientnet-lite:efficientnet_lite0", probe, **kw)
+    control = extract_features("random-init:torchvision:mobilenet_v2", probe, **kw)
+    table = score_pairs(
+        [real, control], [text], metrics=list(NAMES), n_permutations=19, progress=False
+    ).set_index(["vision", "metric"])
+    for name in NAMES:
+        pretrained = table.loc[(real.encoder, name)]
+        random_init = table.loc[(control.encoder, name)]
+        assert pretrained.score > random_init.score, name
+        assert pretrained.p == pytest.approx(1 / 20), name  # above all 19 re-pairings
+        assert pretrained.score > 3 * pretrained.chance, name  # chance: H_100 / 100 = 0.052
