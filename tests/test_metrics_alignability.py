@@ -325,3 +325,13 @@ def test_real_pretrained_pair_beats_a_random_init_control(data_dir):
         assert pretrained.score > random_init.score, name
         assert pretrained.p == pytest.approx(1 / 20), name  # above all 19 re-pairings
         assert pretrained.score > 3 * pretrained.chance, name  # chance: H_100 / 100 = 0.052
+
+
+def test_a_side_constant_outside_one_fold_is_a_one_line_error():
+    x, y = _pair(40, 5, 6)
+    labels = METRICS["ridge_alignability"].row_groups(40, METRICS["ridge_alignability"].defaults)
+    y[:] = 1.0
+    y[labels == 2] = np.random.default_rng(0).standard_normal((int(np.sum(labels == 2)), 6))
+    with pytest.raises(AlignkitError, match="y is constant on the training rows of a fold") as e:
+        ridge_alignability(x, y)
+    assert "\n" not in str(e.value)

@@ -155,6 +155,12 @@ def _prepare(x: torch.Tensor, opts: Options, name: str) -> _Side:
     folds = [torch.nonzero(labels == f).flatten().to(z.device) for f in range(opts["folds"])]
     scatter = z.T @ z
     moments = [_moments(z, scatter, h) for h in folds]
+    tiny = z.shape[0] * torch.finfo(torch.float64).eps * float(scatter.trace())  # rounding
+    if any(float(m.evals.sum()) <= tiny for m in moments):
+        raise AlignkitError(
+            f"{name} is constant on the training rows of a fold (all its variation is in one "
+            f"held-out fold): alignability is undefined; use more rows or another fold_seed"
+        )
     held = [(z[h] - m.mean) @ m.evecs for h, m in zip(folds, moments, strict=True)]
     return _Side(name, z, scatter, folds, moments, held)
 
