@@ -164,7 +164,8 @@ class RankConfig:
     metrics: tuple[str, ...] = option(
         DEFAULT_METRICS,
         "Metric, repeatable; the first orders the ranking. Choices: linear_cka_unbiased, "
-        "linear_cka (biased, as in the reference code), rbf_cka, mutual_knn, cknna, svcca.",
+        "linear_cka (biased, as in the reference code), rbf_cka, mutual_knn, cknna, svcca, "
+        "ridge_alignability, procrustes_alignability, cca_alignability (held-out retrieval MRR).",
         flag="--metric",
         short="-m",
         metavar="NAME",

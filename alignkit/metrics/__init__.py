@@ -1,7 +1,8 @@
 """Representation similarity metrics with calibration (issue #4).
 
 Conventions are in the module docstrings: :mod:`.cka` (linear, RBF and minibatch CKA),
-:mod:`.neighbours` (mutual-kNN, CKNNA), :mod:`.svcca`, :mod:`.calibration` (permutation nulls,
+:mod:`.neighbours` (mutual-kNN, CKNNA), :mod:`.svcca`, :mod:`.alignability` (held-out ridge,
+Procrustes and CCA retrieval), :mod:`.calibration` (permutation nulls,
 subsampling intervals). Every metric takes two ``(n, d)`` feature matrices of the same probe rows
 (torch tensors or numpy arrays, any float dtype, any device) and returns a float.
 :mod:`.pairs` scores every vision x text pair with them (:func:`score_pairs`, imported lazily:
@@ -13,6 +14,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from alignkit.metrics.alignability import (
+    alignability_chance,
+    cca_alignability,
+    fold_labels,
+    procrustes_alignability,
+    ridge_alignability,
+)
 from alignkit.metrics.calibration import (
     MaxOverCells,
     NullResult,
@@ -43,8 +51,11 @@ __all__ = [
     "MutualKnnResult",
     "NeighbourResult",
     "NullResult",
+    "alignability_chance",
     "analytic_null",
+    "cca_alignability",
     "cknna",
+    "fold_labels",
     "get_metric",
     "knn_graph",
     "knn_lists",
@@ -56,7 +67,9 @@ __all__ = [
     "mutual_knn_chance",
     "mutual_knn_detail",
     "permutation_null",
+    "procrustes_alignability",
     "rbf_cka",
+    "ridge_alignability",
     "subsample_interval",
     "svcca",
     "DEFAULT_METRICS",

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from alignkit.errors import AlignkitError, unknown_key
-from alignkit.metrics import cka, neighbours, rbf, svcca
+from alignkit.metrics import alignability, cka, neighbours, rbf, svcca
 from alignkit.metrics._engine import Engine
 
 
@@ -29,6 +29,10 @@ class Metric:
             with the metric's full options (so mutual-kNN's k/(n-1) reads ``options["k"]``),
             where one exists; None otherwise (use the null: :meth:`chance_level` says NaN).
         label: readable name for tables and figures (``"linear CKA (unbiased)"``).
+        row_groups: None when the score is invariant to any reordering of the rows; else
+            ``row_groups(n, options)`` gives ``(n,)`` labels of row positions (the held-out
+            metrics' folds) such that the score is invariant to reorderings that keep every
+            position's label, and reordering across labels re-draws the split.
     """
 
     name: str
@@ -40,6 +44,9 @@ class Metric:
     chance: Callable[[int, Mapping[str, Any]], float] | None = None
     engine: Engine = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
     label: str = ""
+    row_groups: Callable[[int, Mapping[str, Any]], Any] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -73,6 +80,9 @@ class Metric:
 
 _ALL = frozenset({"rotation", "scaling", "translation"})
 _ABOUT_ORIGIN = frozenset({"rotation", "scaling"})
+_HELD_OUT = MappingProxyType(
+    {"folds": alignability.FOLDS, "dims": alignability.DIMS, "fold_seed": 0}
+)
 
 METRICS: dict[str, Metric] = {
     "linear_cka": Metric(
@@ -130,6 +140,39 @@ METRICS: dict[str, Metric] = {
         invariances=_ALL,
         engine=svcca.SVCCA_ENGINE,
         label="SVCCA",
+    ),
+    "ridge_alignability": Metric(
+        "ridge_alignability",
+        alignability.ridge_alignability,
+        _HELD_OUT,
+        "held-out retrieval MRR of ridge both ways, GCV penalties (Hoerl & Kennard 1970)",
+        invariances=_ALL,
+        chance=alignability.chance,
+        engine=alignability.RIDGE_ENGINE,
+        label="ridge (held-out MRR)",
+        row_groups=alignability.row_groups,
+    ),
+    "procrustes_alignability": Metric(
+        "procrustes_alignability",
+        alignability.procrustes_alignability,
+        _HELD_OUT,
+        "held-out retrieval MRR of orthogonal Procrustes after PCA (Schönemann 1966)",
+        invariances=_ALL,
+        chance=alignability.chance,
+        engine=alignability.PROCRUSTES_ENGINE,
+        label="Procrustes (held-out MRR)",
+        row_groups=alignability.row_groups,
+    ),
+    "cca_alignability": Metric(
+        "cca_alignability",
+        alignability.cca_alignability,
+        _HELD_OUT,
+        "held-out retrieval MRR of regularised CCA: canonical ridge (Vinod 1976)",
+        invariances=_ALL,
+        chance=alignability.chance,
+        engine=alignability.CCA_ENGINE,
+        label="CCA (held-out MRR)",
+        row_groups=alignability.row_groups,
     ),
 }
 """Registered metrics by name. Add a variant with a new entry (other defaults), not a branch."""
