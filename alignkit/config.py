@@ -148,14 +148,7 @@ class RankConfig:
         metavar="SPEC",
         type=str,
     )
-    class_names: str | None = option(
-        None,
-        "Class names of a labelled probe, one a line in label order, or 'imagenet'; a manifest "
-        "with labels and no captions gets its captions from them. Default: classnames.txt "
-        "beside the manifest.",
-        metavar="FILE|imagenet",
-        type=str,
-    )
+    class_names: str | None = shared("class_names")
     n: int | None = shared(
         "n",
         default=None,

@@ -72,6 +72,16 @@ SHARED: dict[str, tuple[Any, Option]] = {
             type=int,
         ),
     ),
+    "class_names": (
+        None,
+        Option(
+            "Class names of a labelled probe, one a line in label order, or 'imagenet'; a "
+            "manifest with labels and no captions gets its captions from them. Default: "
+            "classnames.txt beside the manifest.",
+            metavar="FILE|imagenet",
+            type=str,
+        ),
+    ),
     "seed": (0, Option("Seed of every random choice of the run (subsamples, shuffles, init).")),
     "n": (
         None,

@@ -59,7 +59,8 @@ def python_only(command: str, message: str) -> list[str]:
         if flag not in flags:
             found.append(f"{flag} (no such option on {command})")
     snake = {p.name for p in params if "_" in (p.name or "")}
-    prose = re.sub(r"valid keys: .*|'[^']*'", "", message)  # config-file keys are snake_case
+    # config-file keys are snake_case: a list of a file's valid keys is no Python advice
+    prose = re.sub(r"(?:valid keys|expected some of): .*|'[^']*'", "", message)
     for word in re.findall(r"(?<![\w/.-])[a-z]+_[a-z_]+(?![\w/.=-])", prose):
         if word in snake:
             found.append(f"{word} (the Python name of --{word.replace('_', '-')})")

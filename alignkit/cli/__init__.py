@@ -1,13 +1,14 @@
 """The ``alignkit`` command: a thin typer layer over the library.
 
-Each command group lives in its own module and registers itself on :data:`app`. Library errors
+Each command group lives in its own module and registers itself on :data:`app` (defined in
+:mod:`alignkit.cli._app`, so that the command modules import it without importing this package
+back). Library errors
 (:class:`alignkit.errors.AlignkitError`) become one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import sys
 import warnings
@@ -15,44 +16,19 @@ from collections.abc import Iterator
 
 import typer
 
-from alignkit.errors import AlignkitError
-
-app = typer.Typer(
-    name="alignkit",
-    help="Rank frozen vision x text encoder pairs by how aligned they already are, "
-    "then train and evaluate the projectors that align them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-@app.callback()
-def _root() -> None:
-    """Rank frozen vision x text encoder pairs, then train and evaluate their projectors."""
-    # A callback keeps `alignkit` a command group even while only one command is registered.
-
-
-def silence_third_party_progress() -> None:
-    """``--quiet`` means no bars at all: also turn off transformers' and the hub's own
-    ("Loading weights", download bars), which do not go through alignkit's ``progress=``."""
-    for module, function in (
-        ("transformers.utils.logging", "disable_progress_bar"),
-        ("huggingface_hub.utils", "disable_progress_bars"),
-    ):
-        try:
-            getattr(importlib.import_module(module), function)()
-        except (ImportError, AttributeError):  # an older or absent library has no bar to silence
-            pass
-
+from alignkit.cli._app import app, silence_third_party_progress  # noqa: F401 (re-exported)
 
 # Command modules register themselves on `app` at import.
 # In this order, the workflow's, `alignkit --help` lists them.
-from alignkit.cli import encoders as _encoders  # noqa: E402,F401,I001
+# isort: off
+from alignkit.cli import encoders as _encoders  # noqa: E402,F401
 from alignkit.cli import extract as _extract  # noqa: E402,F401
 from alignkit.cli import rank as _rank  # noqa: E402,F401
 from alignkit.cli import train as _train  # noqa: E402,F401
 from alignkit.cli import evaluate as _evaluate  # noqa: E402,F401
+
+# isort: on
+from alignkit.errors import AlignkitError
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,7 +49,7 @@ def evaluate(
     quiet: bool,
 ) -> None:  # fmt: skip
     """``alignkit evaluate`` (see the module docstring)."""
-    from alignkit.cli import silence_third_party_progress
+    from alignkit.cli._app import silence_third_party_progress
 
     if quiet:
         silence_third_party_progress()
@@ -124,6 +124,10 @@ def _class_names(path: str | None, allow_duplicates: bool) -> list[str] | None:
 
     if path is None:
         return None
+    if path == "imagenet":
+        from alignkit.probes.classnames import imagenet_class_names
+
+        return list(imagenet_class_names())
     file = Path(path)
     if not file.is_file():
         raise AlignkitError(f"--class-names file not found: {file}")

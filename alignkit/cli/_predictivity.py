@@ -55,7 +55,7 @@ def predictivity(
     cfg_values: dict, out: Path, config: Path | None, overwrite: bool, cache_dir: Any, quiet: bool
 ) -> None:
     """``alignkit predictivity`` (see the module docstring)."""
-    from alignkit.cli import silence_third_party_progress
+    from alignkit.cli._app import silence_third_party_progress
     from alignkit.evaluation.predictivity import printable, run_predictivity, verdicts
     from alignkit.runs.folder import check_writable
 

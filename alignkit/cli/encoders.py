@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from alignkit.cli import app
+from alignkit.cli._app import app
 
 
 def _plain_table(header: list[str], rows: list[list[str]]) -> str:

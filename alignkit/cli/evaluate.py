@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from alignkit.cli import app
+from alignkit.cli._app import app
 from alignkit.cli._cache_option import OldCacheDirOpt
-from alignkit.cli._common import ConfigOpt, QuietOpt, out_option, overwrite_option
+from alignkit.cli._common import ConfigOpt, QuietOpt, config_option, out_option, overwrite_option
 from alignkit.cli._options import cli_words, config_options
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.config import EvaluateConfig
@@ -85,14 +85,13 @@ _PREDICTIVITY_HELP = (
 )
 GridOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        "--grid",
-        metavar="FILE",
-        help="Grid file, .toml/.yaml/.json, with the options' names as keys (--grid is the "
-        "older name). Unknown keys are an error.",
+    config_option(
+        "Grid file, .toml/.yaml/.json, with the options' names as keys (the recipe as a table "
+        "named train). Unknown keys are an error."
     ),
+]
+OldGridOpt = Annotated[
+    Path | None, typer.Option("--grid", hidden=True, help="deprecated spelling of --config")
 ]
 
 
@@ -103,6 +102,7 @@ def predictivity_command(
     cfg_values: dict,
     out: Annotated[Path, out_option("Experiment folder (resumes when it holds this experiment).")],
     config: GridOpt = None,
+    grid: OldGridOpt = None,
     overwrite: Annotated[
         bool,
         overwrite_option(
@@ -116,6 +116,11 @@ def predictivity_command(
     """``alignkit predictivity``: the CLI over :func:`run_predictivity`."""
     from alignkit.cli._predictivity import predictivity
 
+    if grid is not None:
+        if config is not None:
+            raise AlignkitError("give the grid file once, as --config FILE: got both --grid")
+        typer.secho("note: --grid is deprecated; use --config FILE", err=True)
+        config = grid
     try:
         predictivity(cfg_values, out, config, overwrite, cache_dir, quiet)
     except AlignkitError as exc:  # the library names Python arguments; say them as flags

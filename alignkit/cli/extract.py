@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from alignkit.cli import app, silence_third_party_progress
+from alignkit.cli._app import app, silence_third_party_progress
 from alignkit.cli._cache_option import CacheOpt, OldCacheDirOpt, OldNoCacheOpt, cache_setting
 from alignkit.cli._common import ConfigOpt, QuietOpt, out_option
 from alignkit.cli._options import config_options, in_cli_words

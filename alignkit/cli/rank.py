@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from alignkit._words import counted
-from alignkit.cli import app, silence_third_party_progress
+from alignkit.cli._app import app, silence_third_party_progress
 from alignkit.cli._common import OverwriteOpt, QuietOpt, config_option, out_option
 from alignkit.cli._options import cli_words, config_options
 from alignkit.config import DEFAULT_N, RankConfig

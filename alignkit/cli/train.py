@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from alignkit.cli import app, silence_third_party_progress
+from alignkit.cli._app import app, silence_third_party_progress
 from alignkit.cli._common import ConfigOpt, OverwriteOpt, QuietOpt, out_option
 from alignkit.cli._options import cli_words, config_options
 from alignkit.errors import AlignkitError
@@ -169,7 +169,8 @@ def _train_one(
             vision, text, run.probe, recipe, folder,
             val=run.val, n=run.n, val_n=run.val_n, tokens=run.tokens, cache=run.cache,
             cache_only=run.cache_only, device=run.device, extract_batch=run.extract_batch,
-            skip_bad=run.skip_bad, val_test_split=run.val_test_split, overwrite=overwrite,
+            skip_bad=run.skip_bad, val_test_split=run.val_test_split,
+            class_names=run.class_names, overwrite=overwrite,
             progress=not quiet, command=command,
         )  # fmt: skip
     except KeyboardInterrupt:

@@ -59,12 +59,7 @@ class EvaluateConfig:
     templates: str = option(
         "imagenet7", "Prompt templates: imagenet80, imagenet7, single, or a file.", metavar="NAME"
     )
-    class_names: str | None = option(
-        None,
-        "File of class names, one a line, in label order (overrides the probe's).",
-        metavar="FILE",
-        type=str,
-    )
+    class_names: str | None = shared("class_names", help_extra="Given, it overrides the probe's.")
     allow_duplicate_class_names: bool = option(
         False, "Accept two labels with one class name (their prompts are identical)."
     )

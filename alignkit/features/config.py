@@ -63,14 +63,7 @@ class ExtractConfig:
         metavar="NAME",
         type=str,
     )
-    class_names: str | None = option(
-        None,
-        "Class names of a labelled probe, one a line in label order, or 'imagenet'; a manifest "
-        "with labels and no captions gets its captions from them. Default: classnames.txt "
-        "beside the manifest.",
-        metavar="FILE|imagenet",
-        type=str,
-    )
+    class_names: str | None = shared("class_names")
     caption_policy: str = option(
         "first",
         "Which caption a text encoder sees for a row with several: the first, the mean of all "

@@ -258,6 +258,7 @@ class TrainRunConfig:
     cache: str | bool = shared("cache")
     extract_batch: int = shared("extract_batch")
     skip_bad: bool = shared("skip_bad")
+    class_names: str | None = shared("class_names")
     threads: int | None = shared("threads")
 
     def __post_init__(self) -> None:

@@ -31,17 +31,21 @@ def _splits(probe: ProbeSet) -> set[str]:
     return {str(r.attributes["split"]) for r in probe.rows if "split" in r.attributes}
 
 
-def load_split_probe(spec: str, *, skip_bad: bool = False, progress: bool = True) -> ProbeSet:
+def load_split_probe(
+    spec: str, *, skip_bad: bool = False, progress: bool = True, class_names: str | None = None
+) -> ProbeSet:
     """:func:`alignkit.probes.load_probe`, also for ``PATH:SPLIT`` (the rows of a manifest whose
-    ``split`` column says SPLIT), as the split-check messages suggest."""
+    ``split`` column says SPLIT), as the split-check messages suggest. ``class_names`` (a file or
+    ``"imagenet"``) gives a labelled manifest without captions its template captions."""
     from alignkit.probes import load_probe
     from alignkit.probes.registry import NAMED_PROBES
 
+    names = {"class_names": class_names} if class_names is not None else {}
     base, sep, split = spec.rpartition(":")
     named = spec.partition(":")[0] in NAMED_PROBES
     if sep and split and not named and not Path(spec).exists() and Path(base).exists():
-        return load_probe(base, split=split, skip_bad=skip_bad, progress=progress)
-    return load_probe(spec, skip_bad=skip_bad, progress=progress)
+        return load_probe(base, split=split, skip_bad=skip_bad, progress=progress, **names)
+    return load_probe(spec, skip_bad=skip_bad, progress=progress, **names)
 
 
 def check_training_probe(probe: ProbeSet, spec: str) -> None:

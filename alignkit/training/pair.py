@@ -91,6 +91,7 @@ def train_pair(
     extract_batch: int = 64,
     skip_bad: bool = False,
     val_test_split: bool = False,
+    class_names: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
     command: list[str] | None = None,
@@ -113,6 +114,8 @@ def train_pair(
         cache_only: fail (one line) when a feature set is not already cached.
         extract_batch: rows per encoder forward during extraction.
         skip_bad: drop unreadable probe rows instead of failing.
+        class_names: class names (a file or ``"imagenet"``) of a labelled manifest without
+            captions, which then trains on its template captions.
 
     Raises:
         AlignkitError: bad probes (mixed splits, a test split as val, overlapping validation),
@@ -128,7 +131,7 @@ def train_pair(
     check_out_dir(out_dir, overwrite=overwrite)  # cheap refusals first
     opts = {vision: dict(vision_options or {}), text: dict(text_options or {})}
     train_probe, probe_spec, val_probe = _probes(
-        probe, val, n, val_n, skip_bad, val_test_split, progress
+        probe, val, n, val_n, skip_bad, val_test_split, progress, class_names
     )
     encoders = _encoders(vision, text, opts, device, tokens)
     if cache_only:
@@ -176,13 +179,14 @@ def _probes(
     skip_bad: bool,
     val_test_split: bool,
     progress: bool,
+    class_names: str | None = None,
 ) -> tuple[ProbeSet, str, ProbeSet | None]:
     """The training probe (split-checked, subsampled), its spec, and the validation probe
     (split-checked, subsampled, disjoint from the training rows)."""
     from alignkit.features import check_disjoint
 
     train_probe = (
-        load_split_probe(probe, skip_bad=skip_bad, progress=progress)
+        load_split_probe(probe, skip_bad=skip_bad, progress=progress, class_names=class_names)
         if isinstance(probe, str)
         else probe
     )
@@ -193,7 +197,9 @@ def _probes(
     if val is None:
         return train_probe, probe_spec, None
     val_probe = (
-        load_split_probe(val, skip_bad=skip_bad, progress=progress) if isinstance(val, str) else val
+        load_split_probe(val, skip_bad=skip_bad, progress=progress, class_names=class_names)
+        if isinstance(val, str)
+        else val
     )
     check_validation_probe(
         val_probe, val if isinstance(val, str) else val_probe.name, allow_test=val_test_split
