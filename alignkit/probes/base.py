@@ -54,6 +54,9 @@ class ProbeRow:
         """``digest`` if set, else sha256 of the image file bytes (or of the rendered pixels)."""
         if self.digest:
             return self.digest
+        read_bytes = getattr(self.image, "read_bytes", None)  # an image inside a shard or table
+        if read_bytes is not None:
+            return hashlib.sha256(read_bytes()).hexdigest()
         if callable(self.image):
             img = self.load_image()
             h = hashlib.sha256(f"{img.size}".encode())
@@ -89,6 +92,9 @@ class ProbeSet:
             (e.g. the synthetic generator's version); enters the fingerprint.
         root: the folder the probe was read from (``None`` for the synthetic probe); informative
             only, never part of the fingerprint, so a probe fingerprints the same wherever it lives.
+        templates: the zero-shot prompt templates the data ships with (CLIP_benchmark's
+            ``zeroshot_classification_templates.txt``, each with one ``{}`` for the class name),
+            or ``None``; evaluation uses them unless given its own. Not part of the fingerprint.
     """
 
     name: str
@@ -97,6 +103,7 @@ class ProbeSet:
     dropped: tuple[dict[str, str], ...] = ()
     content_key: tuple[str, ...] = ()
     root: Path | None = None
+    templates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         seen: dict[str, int] = {}
@@ -161,7 +168,13 @@ class ProbeSet:
         """The rows at ``indices``, in that order."""
         rows = tuple(self.rows[i] for i in indices)
         return ProbeSet(
-            name or self.name, rows, self.class_names, self.dropped, self.content_key, self.root
+            name or self.name,
+            rows,
+            self.class_names,
+            self.dropped,
+            self.content_key,
+            self.root,
+            self.templates,
         )
 
     def subsample(self, n: int, seed: int = 0) -> ProbeSet:

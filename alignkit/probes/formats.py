@@ -74,6 +74,7 @@ class RawProbe:
     class_names: tuple[str, ...] | None = None
     content_key: tuple[str, ...] = ()
     needs_checks: bool = True  # file-backed rows get the image checks; rendered rows do not
+    templates: tuple[str, ...] | None = None  # prompt templates the data ships with ({} = class)
 
 
 # ----------------------------------------------------------------------------- class names

@@ -1,0 +1,191 @@
+"""webdataset shards (img2dataset's layout) and CLIP_benchmark's wds folders read as probes: the
+same rows as a manifest of the same images, to the byte, fingerprint and feature."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignkit.errors import AlignkitError
+from alignkit.features import extract_features
+from alignkit.features.cache import feature_key
+from alignkit.probes import load_probe
+
+pytestmark = pytest.mark.real
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def _flickr_rows(data_dir: Path, count: int) -> list[dict]:
+    lines = (data_dir / "flickr8k" / "pairs.jsonl").read_text("utf-8").splitlines()[:count]
+    rows = []
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        rows.append(
+            {
+                "id": f"{i:09d}",
+                "image": str(data_dir / "flickr8k" / rec["image"]),
+                "captions": rec["captions"],
+            }
+        )
+    return rows
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    return path
+
+
+def _write_shards(folder: Path, rows: list[dict], per_shard: int, image_ext: str = "jpg") -> None:
+    """img2dataset's layout: <key>.jpg, <key>.txt (captions a line), <key>.json metadata."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(0, len(rows), per_shard):
+        with tarfile.open(folder / f"{s // per_shard:05d}.tar", "w") as tf:
+            for r in rows[s : s + per_shard]:
+                key = r["id"]
+                _add(tf, f"{key}.{image_ext}", Path(r["image"]).read_bytes())
+                if "captions" in r:
+                    _add(tf, f"{key}.txt", "\n".join(r["captions"]).encode())
+                if "label" in r:
+                    _add(tf, f"{key}.cls", str(r["label"]).encode())
+                meta = {"key": key, "status": "success", "caption": r.get("captions", [""])[0]}
+                _add(tf, f"{key}.json", json.dumps(meta).encode())
+
+
+@pytest.fixture()
+def flickr24(data_dir: Path, tmp_path: Path) -> tuple[Path, Path, list[dict]]:
+    rows = _flickr_rows(data_dir, 24)
+    manifest = _write_manifest(tmp_path / "pairs.jsonl", rows)
+    _write_shards(tmp_path / "shards", rows, per_shard=10)  # 10 + 10 + 4
+    return manifest, tmp_path / "shards", rows
+
+
+def _same_rows(a, b) -> None:
+    assert a.ids == b.ids
+    assert [r.captions for r in a.rows] == [r.captions for r in b.rows]
+    assert a.labels == b.labels
+    assert [r.image_digest() for r in a.rows] == [r.image_digest() for r in b.rows]
+    assert a.fingerprint == b.fingerprint
+
+
+@pytest.mark.parametrize("form", ["pattern", "folder", "list", "joined"])
+def test_shards_equal_the_manifest(flickr24, form: str) -> None:
+    manifest, shards, _ = flickr24
+    spec = {
+        "pattern": f"{shards}/{{00000..00002}}.tar",
+        "folder": str(shards),
+        "list": [str(p) for p in sorted(shards.glob("*.tar"))],
+        "joined": "::".join(str(p) for p in sorted(shards.glob("*.tar"))),
+    }[form]
+    from_shards = load_probe(spec, progress=False)
+    from_manifest = load_probe(manifest, progress=False)
+    assert len(from_shards) == 24
+    _same_rows(from_shards, from_manifest)
+    # the image a worker decodes is the file's image, pixel for pixel
+    for k in (0, 13, 23):
+        assert from_shards[k].load_image().tobytes() == from_manifest[k].load_image().tobytes()
+
+
+def test_seeded_n_over_shards_is_the_manifest_subsample(flickr24) -> None:
+    manifest, shards, _ = flickr24
+    a = load_probe(str(shards), n=7, seed=3, progress=False)
+    b = load_probe(manifest, n=7, seed=3, progress=False)
+    _same_rows(a, b)
+    assert load_probe(str(shards), n=5, seed=3, progress=False).ids == a.ids[:5]
+
+
+@pytest.mark.slow
+def test_shard_features_and_cache_keys_equal_the_manifest(flickr24, tmp_path: Path) -> None:
+    from alignkit.encoders import create_encoder
+
+    manifest, shards, _ = flickr24
+    a = load_probe(str(shards), n=8, progress=False)
+    b = load_probe(manifest, n=8, progress=False)
+    enc = create_encoder("torchvision:mobilenet_v2", device="cpu")
+    assert feature_key(enc, a) == feature_key(enc, b)
+    fa = extract_features(enc, a, cache=False, num_workers=2, batch_size=4, progress=False)
+    fb = extract_features(enc, b, cache=False, num_workers=0, batch_size=4, progress=False)
+    assert fa.ids == fb.ids
+    assert torch.equal(fa.features, fb.features)  # bitwise
+
+
+# ----------------------------------------------------------------------------- CLIP_benchmark
+
+
+def _clip_benchmark(data_dir: Path, root: Path, retrieval: bool = False) -> tuple[Path, list]:
+    lines = (data_dir / "imagenet-samples" / "labels.jsonl").read_text().splitlines()[:20]
+    recs = [json.loads(x) for x in lines]
+    rows = []
+    for i, rec in enumerate(recs):
+        row = {"id": f"s{i:07d}", "image": str(data_dir / "imagenet-samples" / rec["image"])}
+        row["label"] = i % 5
+        if retrieval:
+            row["captions"] = [f"photo {i} of a thing", f"another caption {i}"]
+        rows.append(row)
+    (root / "test").mkdir(parents=True)
+    rows_by_shard = [rows[:12], rows[12:]]
+    for s, part in enumerate(rows_by_shard):
+        with tarfile.open(root / "test" / f"{s}.tar", "w") as tf:
+            for r in part:
+                _add(tf, f"{r['id']}.webp", Path(r["image"]).read_bytes())
+                if retrieval:
+                    _add(tf, f"{r['id']}.txt", "\n".join(r["captions"]).encode())
+                else:
+                    _add(tf, f"{r['id']}.cls", str(r["label"]).encode())
+    (root / "test" / "nshards.txt").write_text("2\n")
+    (root / "classnames.txt").write_text("tench\ngoldfish\nwhite shark\ntiger shark\nhammerhead\n")
+    (root / "zeroshot_classification_templates.txt").write_text(
+        "a photo of a {c}.\na blurry photo of the {c}.\n"
+    )
+    if retrieval:
+        (root / "dataset_type.txt").write_text("retrieval\n")
+    return root, rows
+
+
+def test_clip_benchmark_classification_folder(data_dir: Path, tmp_path: Path) -> None:
+    root, rows = _clip_benchmark(data_dir, tmp_path / "wds_tiny")
+    probe = load_probe(root, progress=False)
+    assert probe.class_names == ("tench", "goldfish", "white shark", "tiger shark", "hammerhead")
+    assert probe.templates == ("a photo of a {}.", "a blurry photo of the {}.")
+    assert probe.labels == [i % 5 for i in range(20)]
+    assert probe[8].captions == ("a photo of a tiger shark.", "a blurry photo of the tiger shark.")
+    # the same rows as a labelled manifest with the same class names and templates
+    for r in rows:
+        r.pop("captions", None)
+    manifest = _write_manifest(tmp_path / "labels.jsonl", rows)
+    same = load_probe(
+        manifest,
+        class_names=list(probe.class_names),
+        templates=probe.templates,
+        progress=False,
+    )
+    _same_rows(probe, same)
+    # the user's class names and templates win
+    own = load_probe(root, class_names=list("abcde"), templates=["{} it is"], progress=False)
+    assert own.templates == ("{} it is",)
+    assert own[8].captions == ("d it is",)
+
+
+def test_clip_benchmark_retrieval_folder(data_dir: Path, tmp_path: Path) -> None:
+    root, rows = _clip_benchmark(data_dir, tmp_path / "wds_ret", retrieval=True)
+    probe = load_probe(root, progress=False)
+    assert probe[3].captions == ("photo 3 of a thing", "another caption 3")
+    no_labels = [{k: v for k, v in r.items() if k != "label"} for r in rows]  # no .cls here
+    manifest = _write_manifest(tmp_path / "pairs.jsonl", no_labels)
+    _same_rows(probe, load_probe(manifest, progress=False))
+
+
+def test_clip_benchmark_shard_count_mismatch(data_dir: Path, tmp_path: Path) -> None:
+    root, _ = _clip_benchmark(data_dir, tmp_path / "wds_tiny")
+    (root / "test" / "nshards.txt").write_text("3\n")
+    with pytest.raises(AlignkitError, match=r"nshards.txt says 3 shards, found 2"):
+        load_probe(root, progress=False)
