@@ -15,6 +15,7 @@ the same files in place, by column, with random access by row.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import re
@@ -47,11 +48,35 @@ def _pyarrow() -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _table(path: str) -> Any:
-    """A whole file as an arrow table, memory-mapped (arrow) or read (parquet); per process."""
+    """An arrow (save_to_disk) file as a memory-mapped table: no copy; per process."""
     pa = _pyarrow()
-    if path.endswith(".parquet"):
-        return pa.parquet.read_table(path, memory_map=True)
     return pa.ipc.open_stream(pa.memory_map(path)).read_all()
+
+
+@functools.lru_cache(maxsize=64)
+def _group_starts(path: str) -> list[int]:
+    """First row of each row group of a parquet file."""
+    meta = _pyarrow().parquet.ParquetFile(path).metadata
+    starts, total = [], 0
+    for g in range(meta.num_row_groups):
+        starts.append(total)
+        total += meta.row_group(g).num_rows
+    return starts
+
+
+@functools.lru_cache(maxsize=2)
+def _group(path: str, group: int, column: str) -> Any:
+    """One column of one parquet row group: workers read rows in order, so a batch of rows costs
+    one read, and memory holds two row groups' images, not a file's."""
+    return _pyarrow().parquet.ParquetFile(path).read_row_group(group, columns=[column]).column(0)
+
+
+def _cell(path: str, row: int, column: str) -> Any:
+    if not path.endswith(".parquet"):
+        return _table(path).column(column)[row].as_py()
+    starts = _group_starts(path)
+    g = bisect.bisect_right(starts, row) - 1
+    return _group(path, g, column)[row - starts[g]].as_py()
 
 
 @dataclass(frozen=True)
@@ -63,7 +88,7 @@ class TableImage:
     column: str
 
     def read_bytes(self) -> bytes:
-        value = _table(self.path).column(self.column)[self.row].as_py()
+        value = _cell(self.path, self.row, self.column)
         data = value.get("bytes") if isinstance(value, dict) else value
         if not data:
             raise AlignkitError(f"{self}: no image bytes (an image stored only as a path?)")
@@ -210,7 +235,7 @@ def _columns(path: Path, names: list[str]) -> dict[str, list[Any]]:
     if path.suffix == ".parquet":
         table = pa.parquet.read_table(path, columns=names)
     else:
-        table = _table(str(path)).select(names)
+        table = _table(str(path)).select(names)  # memory-mapped: images are not read
     return {n: table.column(n).to_pylist() for n in names}
 
 
