@@ -189,3 +189,82 @@ def test_clip_benchmark_shard_count_mismatch(data_dir: Path, tmp_path: Path) -> 
     (root / "test" / "nshards.txt").write_text("3\n")
     with pytest.raises(AlignkitError, match=r"nshards.txt says 3 shards, found 2"):
         load_probe(root, progress=False)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            _add(tf, name, data)
+    return path
+
+
+@pytest.fixture()
+def jpeg(data_dir: Path) -> bytes:
+    return (data_dir / "imagenet-samples" / "images" / "n01440764.jpg").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([("k1.txt", b"a caption")], r"key k1\): no image member"),
+        ([("k1.jpg", None)], r"key k1\): no caption \(.txt member\)"),
+        ([("k1.jpg", None), ("k1.txt", "caf\xe9".encode("latin-1"))], r"k1\): .txt is not UTF-8"),
+        ([("k1.jpg", None), ("k1.cls", b"seven")], r"k1\): .cls 'seven' is not an integer"),
+    ],
+)
+def test_bad_sample_named_then_skipped(tmp_path: Path, jpeg: bytes, members, message) -> None:
+    good = [("k0.jpg", jpeg), ("k0.txt", b"the good one")]
+    bad = [(n, jpeg if d is None else d) for n, d in members]
+    shard = _shard(tmp_path / "s" / "00000.tar", good + bad)
+    with pytest.raises(AlignkitError, match=message) as err:
+        load_probe(str(shard), class_names=["a"], progress=False)
+    assert "00000.tar" in str(err.value) and "k1" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+    probe = load_probe(str(shard), class_names=["a"], skip_bad=True, progress=False)
+    assert probe.ids == ("k0",)
+    assert [d["id"] for d in probe.dropped] == ["k1"]
+
+
+@pytest.mark.parametrize("cut", ["in_image", "between_members", "no_end_blocks"])
+def test_truncated_shard_named(tmp_path: Path, jpeg: bytes, cut: str) -> None:
+    members = [
+        (f"k{i}.{e}", jpeg if e == "jpg" else b"cap") for i in range(3) for e in ("jpg", "txt")
+    ]
+    shard = _shard(tmp_path / "s" / "00007.tar", members)
+    whole = shard.read_bytes()
+    image_blocks = -(-len(jpeg) // 512) * 512
+    end = {
+        "in_image": 512 + 100,  # inside k0.jpg
+        "between_members": 2 * (512 + image_blocks + 1024) + 300,  # inside k2.jpg's header
+        "no_end_blocks": 3 * (512 + image_blocks + 1024),  # every member, no end-of-archive
+    }[cut]
+    shard.write_bytes(whole[:end])
+    with pytest.raises(AlignkitError, match=r"shard .*00007.tar is truncated") as err:
+        load_probe(str(shard), progress=False)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_not_a_tar_named(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    bogus = tmp_path / "s" / "00001.tar"
+    bogus.write_bytes(b"<html>404 not found</html>" * 40)
+    with pytest.raises(AlignkitError, match=r"shard .*00001.tar is not a tar file"):
+        load_probe(str(bogus), progress=False)
+
+
+def test_pattern_matching_nothing(tmp_path: Path) -> None:
+    with pytest.raises(AlignkitError, match=r"names 3 file\(s\) and 3 do not exist"):
+        load_probe(f"{tmp_path}/shards/{{00000..00002}}.tar", progress=False)
+
+
+def test_unreadable_image_in_shard_named_with_key(tmp_path: Path, jpeg: bytes) -> None:
+    members = [("k0.jpg", jpeg), ("k0.txt", b"good"), ("k1.jpg", jpeg[:400]), ("k1.txt", b"cut")]
+    shard = _shard(tmp_path / "s" / "00003.tar", members)
+    with pytest.raises(AlignkitError, match=r"'k1' \(shard .*00003.tar key k1\): unreadable image"):
+        load_probe(str(shard), progress=False)
+    probe = load_probe(str(shard), skip_bad=True, progress=False)
+    assert probe.ids == ("k0",) and len(probe.dropped) == 1

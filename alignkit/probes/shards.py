@@ -31,6 +31,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -186,6 +187,18 @@ def _take_text(sample: Sample, ext: str, data: bytes) -> None:
         sample.problem = sample.problem or f".cls {value[:40]!r} is not an integer class index"
 
 
+def _check_end(fh: Any, offset: int, size: int, shard: str, last_key: str) -> None:
+    """A tar ends with zero blocks after its last member; :mod:`tarfile` takes a header cut
+    short for the end, so a shard cut between members is caught here."""
+    fh.seek(offset)
+    tail = fh.read(512)
+    if len(tail) < 512 or tail.strip(b"\0"):
+        raise AlignkitError(
+            f"shard {shard} is truncated or damaged after key {last_key} (no end-of-archive "
+            f"block at byte {offset} of {size}); re-download or re-write the shard"
+        )
+
+
 def read_shard(path: Path) -> list[Sample]:
     """The samples of one shard, in the order their first member appears.
 
@@ -212,6 +225,7 @@ def read_shard(path: Path) -> list[Sample]:
                         "re-download or re-write the shard"
                     ) from None
                 if member is None:
+                    _check_end(data_fh, tf.offset, size, shard, last_key)
                     break
                 if not member.isfile():
                     continue
