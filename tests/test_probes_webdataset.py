@@ -268,3 +268,15 @@ def test_unreadable_image_in_shard_named_with_key(tmp_path: Path, jpeg: bytes) -
         load_probe(str(shard), progress=False)
     probe = load_probe(str(shard), skip_bad=True, progress=False)
     assert probe.ids == ("k0",) and len(probe.dropped) == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["000123.jpg", "a/b/000123.seg.png", "000123", ".hidden.txt", "x.y.z", "dir.v1/k.txt"],
+)
+def test_keys_follow_webdataset(name: str) -> None:
+    from alignkit.probes.shards import split_key
+
+    wds = pytest.importorskip("webdataset.tariterators")
+    key, ext = wds.base_plus_ext(name)
+    assert split_key(name) == ((key, ext) if key is not None else (None, ""))

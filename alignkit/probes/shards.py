@@ -17,11 +17,13 @@ Shards are given as a webdataset pattern (``shards/{00000..00099}.tar``, several
 and reads the small text members; images stay in the shard until a worker asks for them
 (random access by offset, so any subsample or resume point reads exactly its own rows).
 
-Why not webdataset's own reader: it streams a shard from start to end (no random access, so no
-exact resume or seeded subsample without reading everything before it); ``wids``, its random
-access variant, writes an index file beside each shard and needs sample counts up front.
-Patterns and keys follow webdataset (``webdataset.shardlists.expand_urls``,
-``webdataset.tariterators.base_plus_ext``), so a pattern means what it means there.
+Why not the ``webdataset`` package's reader: it streams a shard from start to end (no random
+access, so no exact resume or seeded subsample without reading everything before it), and
+importing it imports torch; ``wids``, its random-access variant, writes an index file beside
+each shard (read-only data fails) and needs sample counts up front. The tar headers are read by
+:mod:`tarfile`; patterns are expanded by ``braceexpand``, the package webdataset expands them
+with, and keys follow webdataset's rule (:func:`split_key`), so a pattern and a key mean what
+they mean there (docs/probes.md).
 """
 
 from __future__ import annotations
@@ -107,9 +109,20 @@ class Sample:
 
 
 def _expand(pattern: str) -> list[str]:
-    from webdataset.shardlists import expand_urls  # imported here: it imports torch
+    """webdataset's pattern syntax: ``::`` joins lists, braces expand (``{000..099}``)."""
+    from braceexpand import braceexpand
 
-    return list(expand_urls(pattern))
+    return [name for part in pattern.split("::") if part for name in braceexpand(part)]
+
+
+def split_key(name: str) -> tuple[str | None, str]:
+    """(key, extension) of a member name by webdataset's rule: the key runs to the first dot of
+    the base name (``a/b/000123.seg.png`` -> ``a/b/000123``, ``seg.png``); no dot -> no key."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
+        return None, ""
+    return (f"{folder}/{stem}" if folder else stem), ext
 
 
 def shard_paths(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -208,8 +221,6 @@ def read_shard(path: Path) -> list[Sample]:
     Raises:
         AlignkitError: not a tar file, or truncated (naming the shard and the last key read).
     """
-    from webdataset.tariterators import base_plus_ext
-
     shard = str(path)
     size = path.stat().st_size
     samples: dict[str, Sample] = {}
@@ -229,8 +240,8 @@ def read_shard(path: Path) -> list[Sample]:
                     break
                 if not member.isfile():
                     continue
-                key, ext = base_plus_ext(member.name)
-                if key is None or os.path.basename(member.name).startswith("."):
+                key, ext = split_key(member.name)
+                if key is None:
                     continue
                 ext = ext.lower()
                 if member.offset_data + member.size > size:
