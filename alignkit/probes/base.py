@@ -54,9 +54,8 @@ class ProbeRow:
         """``digest`` if set, else sha256 of the image file bytes (or of the rendered pixels)."""
         if self.digest:
             return self.digest
-        read_bytes = getattr(self.image, "read_bytes", None)  # an image inside a shard or table
-        if read_bytes is not None:
-            return hashlib.sha256(read_bytes()).hexdigest()
+        if callable(self.image) and hasattr(self.image, "read_bytes"):  # inside a shard or table
+            return hashlib.sha256(self.image.read_bytes()).hexdigest()
         if callable(self.image):
             img = self.load_image()
             h = hashlib.sha256(f"{img.size}".encode())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from alignkit.errors import AlignkitError, unknown_key
+from alignkit.probes.lazypath import ImagePath
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -57,7 +59,7 @@ class Entry:
     """A candidate row before validation. ``problem`` is a parse-level reason it is bad."""
 
     id: str
-    image: Path | Callable[[], Image.Image] | None
+    image: Path | ImagePath | Callable[[], Image.Image] | None
     captions: list[str]
     where: str
     label: int | None = None
@@ -270,6 +272,7 @@ def read_manifest(
         )
     entries: list[Entry] = []
     by_image: dict[str, Entry] = {}
+    prefix = os.path.join(os.fspath(base), "")
     for lineno, rec in records:
         where = f"{path.name} line {lineno}"
         if rec is None:
@@ -308,7 +311,7 @@ def read_manifest(
             continue
         entry = Entry(
             id=row_id if row_id is not None else image_rel,
-            image=(base / image_rel),
+            image=ImagePath.under(prefix, image_rel),  # a Path costs 15 us a row at 10^6 rows
             captions=[c.strip() for c in captions],
             where=where,
             label=label,

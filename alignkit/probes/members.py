@@ -39,6 +39,11 @@ class MemberImage(Protocol):
     def __call__(self) -> Image.Image: ...
 
 
+def is_member(image: object) -> bool:
+    """Whether a row's image is a reader of an image inside a container (not a file path)."""
+    return callable(image) and hasattr(image, "read_bytes")
+
+
 def decode_member(reader: MemberImage) -> Image.Image:
     """The reader's image as upright 8-bit RGB (:func:`alignkit.images.load_image`)."""
     return load_image(reader.read_bytes())

@@ -33,7 +33,7 @@ from alignkit.probes.formats import (
     read_manifest,
     read_path,
 )
-from alignkit.probes.members import check_members
+from alignkit.probes.members import check_members, is_member
 from alignkit.probes.synthetic import read_synthetic
 
 log = logging.getLogger("alignkit.probes")
@@ -245,16 +245,16 @@ def _cheap_problem(entry: Entry, class_names: tuple[str, ...] | None) -> str | N
 def _checked(raw: RawProbe, image: object) -> bool:
     """Whether load checks this row's image: a file, or an image inside a shard or table
     (rendered rows are not checked)."""
-    return raw.needs_checks and (not callable(image) or hasattr(image, "read_bytes"))
+    return raw.needs_checks and (not callable(image) or is_member(image))
 
 
 def _check_rows(images: Sequence[Any], level: str, progress: bool) -> list[FileCheck]:
     """Check image files and images inside containers, in order."""
-    inside = [i for i, im in enumerate(images) if hasattr(im, "read_bytes")]
+    inside = [i for i, im in enumerate(images) if is_member(im)]
     if not inside:
         return check_images(images, level=level, progress=progress)
     out: list[FileCheck | None] = [None] * len(images)
-    files = [i for i, im in enumerate(images) if not hasattr(im, "read_bytes")]
+    files = [i for i, im in enumerate(images) if not is_member(im)]
     for i, res in zip(files, check_images([images[i] for i in files], level=level), strict=True):
         out[i] = res
     members = check_members([images[i] for i in inside], level=level, progress=progress)
