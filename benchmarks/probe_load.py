@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=None, help="number of tar shards")
     ap.add_argument("--per-shard", type=int, default=10_000)
     ap.add_argument("--n", type=int, default=None, help="a seeded subsample of n rows")
+    ap.add_argument("--repeat", type=int, default=1, help="loads, each in a fresh process")
     ap.add_argument("--work", type=Path, default=Path("/tmp/alignkit-probe-load"))
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ALIGNKIT_DATA_DIR", ".")))
     args = ap.parse_args()
@@ -122,15 +123,19 @@ def main() -> None:
         spec, kind = str(write_manifest(args.work, args.rows, photos)), "manifest"
     else:
         spec, kind = write_shards(args.work, args.shards, args.per_shard, photos), "shards"
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(spec), json.dumps(args.n)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        sys.exit(f"load failed:\n{out.stderr[-3000:]}")
-    result = {"kind": kind, "spec": spec, "n": args.n, **json.loads(out.stdout.splitlines()[-1])}
+    loads = []
+    for _ in range(args.repeat):  # shards: the first load scans the tars, later ones the index
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, json.dumps(spec), json.dumps(args.n)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            sys.exit(f"load failed:\n{out.stderr[-3000:]}")
+        loads.append(json.loads(out.stdout.splitlines()[-1]))
+    result = {"kind": kind, "spec": spec, "n": args.n, "cpus": os.cpu_count(), **loads[-1]}
+    result["loads"] = loads
     print(json.dumps(result))
 
 

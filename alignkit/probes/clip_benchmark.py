@@ -21,7 +21,7 @@ from pathlib import Path
 
 from alignkit.errors import AlignkitError
 from alignkit.probes.formats import DEFAULT_TEMPLATES, RawProbe, resolve_class_names
-from alignkit.probes.shards import read_shard, samples_to_entries
+from alignkit.probes.shards import read_shard_list, samples_to_entries
 
 CLASS_NAMES_FILE = "classnames.txt"
 TEMPLATES_FILE = "zeroshot_classification_templates.txt"
@@ -94,7 +94,7 @@ def read_clip_benchmark(
         shipped = tuple(templates)
     entries = []
     for folder in splits:
-        samples = [s for p in _shards_of(folder) for s in read_shard(p)]
+        samples = read_shard_list(_shards_of(folder))
         if len(splits) > 1:
             for s in samples:
                 s.key = f"{folder.name}/{s.key}"

@@ -28,15 +28,21 @@ they mean there (docs/probes.md).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import tarfile
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from alignkit._files import atomic_write_text
+from alignkit._paths import cache_dir
 from alignkit.errors import AlignkitError
 from alignkit.probes.formats import (
     DEFAULT_TEMPLATES,
@@ -49,6 +55,8 @@ from alignkit.probes.members import decode_member
 #: Member extensions read as the sample's image, in order of preference.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 _TEXT_EXTENSIONS = ("txt", "cls")
+
+log = logging.getLogger("alignkit.probes")
 
 
 @dataclass(frozen=True)
@@ -212,8 +220,9 @@ def _check_end(fh: Any, offset: int, size: int, shard: str, last_key: str) -> No
         )
 
 
-def read_shard(path: Path) -> list[Sample]:
-    """The samples of one shard, in the order their first member appears.
+def _scan_shard(path: Path) -> list[Sample]:
+    """The samples of one shard, in the order their first member appears, read from its tar
+    headers and text members.
 
     Problems of one sample (no image, non-UTF-8 text, a ``.cls`` that is not an integer) are set
     on that sample; a shard that is not a tar, or is truncated, raises.
@@ -221,7 +230,7 @@ def read_shard(path: Path) -> list[Sample]:
     Raises:
         AlignkitError: not a tar file, or truncated (naming the shard and the last key read).
     """
-    shard = str(path)
+    shard = str(path.absolute())
     size = path.stat().st_size
     samples: dict[str, Sample] = {}
     last_key = "(none)"
@@ -321,10 +330,79 @@ def read_shards(
     paths = shard_paths(spec)
     folder = paths[0].parent
     names = resolve_class_names(class_names, folder)
-    samples = [s for p in paths for s in read_shard(p)]
+    samples = read_shard_list(paths)
     name = (
         os.fspath(spec)
         if not isinstance(spec, (list, tuple))
         else f"{paths[0]} (+{len(paths) - 1} shards)"
     )
     return RawProbe(name, folder.absolute(), samples_to_entries(samples, names, templates), names)
+
+
+# ----------------------------------------------------------------------------- shard index
+
+_INDEX_VERSION = 1
+
+
+def _index_file(shard: str) -> Path:
+    return cache_dir() / "shard-index" / f"{hashlib.sha256(shard.encode()).hexdigest()[:24]}.json"
+
+
+def _record(s: Sample) -> list[Any]:
+    where = [s.image.offset, s.image.size] if s.image is not None else [None, None]
+    return [s.key, *where, s.captions, s.label, s.problem]
+
+
+def _sample(shard: str, r: list[Any]) -> Sample:
+    key, offset, size, captions, label, problem = r
+    image = ShardImage(shard, offset, size, key) if offset is not None else None
+    return Sample(key, shard, image, captions, label, problem)
+
+
+def read_shard(path: Path) -> list[Sample]:
+    """The samples of one shard (see :func:`_scan_shard`), from the shard index in the cache
+    when the shard's size and mtime match it; else scanned, and the index written (atomically;
+    a read-only cache only costs the scan next time). A scan reads every tar header, about
+    30 us a member; the index reads back 10,000 samples in a few milliseconds.
+
+    Raises:
+        AlignkitError: not a tar file, or truncated (naming the shard and the last key read).
+    """
+    shard = str(path.absolute())
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise AlignkitError(f"cannot read shard {shard}: {exc.strerror or exc}") from None
+    stamp = [st.st_size, st.st_mtime_ns]
+    index = _index_file(shard)
+    try:
+        blob = json.loads(index.read_text("utf-8"))
+        if blob["version"] == _INDEX_VERSION and blob["shard"] == shard and blob["stamp"] == stamp:
+            return [_sample(shard, r) for r in blob["samples"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    samples = _scan_shard(path)
+    blob = {"version": _INDEX_VERSION, "shard": shard, "stamp": stamp}
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(index, json.dumps({**blob, "samples": [_record(x) for x in samples]}))
+    except OSError as exc:
+        log.debug("could not save shard index %s: %s", index, exc)
+    return samples
+
+
+def read_shard_list(paths: Sequence[Path]) -> list[Sample]:
+    """The samples of every shard, in order; shards without an index are scanned in parallel
+    processes (one per core), each shard by one process."""
+    if len(paths) < 2 or (os.cpu_count() or 1) < 2:
+        return [s for p in paths for s in read_shard(p)]
+    workers = min(len(paths), os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, mp_context=_fork()) as pool:
+        return [s for samples in pool.map(read_shard, paths) for s in samples]
+
+
+def _fork() -> Any:
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else None)
