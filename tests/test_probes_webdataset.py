@@ -280,3 +280,37 @@ def test_keys_follow_webdataset(name: str) -> None:
     wds = pytest.importorskip("webdataset.tariterators")
     key, ext = wds.base_plus_ext(name)
     assert split_key(name) == ((key, ext) if key is not None else (None, ""))
+
+
+def test_shard_index_reused_until_the_shard_changes(
+    flickr24, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alignkit.probes import shards
+
+    monkeypatch.setenv("ALIGNKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(shards, "PARALLEL_SCAN_MIN", 2)  # the first load scans in processes
+    manifest, folder, rows = flickr24
+    first = load_probe(str(folder), progress=False)
+    _same_rows(first, load_probe(manifest, progress=False))
+    log = tmp_path / "scanned.txt"  # shards are scanned in forked processes: log to a file
+    real_scan = shards._scan_shard
+
+    def logged_scan(path: Path):
+        with log.open("a") as fh:
+            fh.write(path.name + "\n")
+        return real_scan(path)
+
+    monkeypatch.setattr(shards, "_scan_shard", logged_scan)
+    again = load_probe(str(folder), progress=False)
+    assert not log.exists()  # every shard came from its index
+    _same_rows(first, again)
+    # a re-written shard (new captions) is scanned again, the others are not
+    for r in rows[10:20]:
+        r["captions"] = [f"new {r['id']}"]
+    (folder / "00001.tar").unlink()
+    _write_shards(tmp_path / "rewrite", rows[10:20], per_shard=10)
+    (tmp_path / "rewrite" / "00000.tar").rename(folder / "00001.tar")
+    changed = load_probe(str(folder), progress=False)
+    assert log.read_text().split() == ["00001.tar"]
+    assert changed[12].captions == (f"new {rows[12]['id']}",)
+    assert changed[2].captions == first[2].captions

@@ -342,6 +342,9 @@ def read_shards(
 # ----------------------------------------------------------------------------- shard index
 
 _INDEX_VERSION = 1
+#: Unindexed shards scanned in parallel processes from this many on (a fork costs more than a
+#: small shard's scan).
+PARALLEL_SCAN_MIN = 4
 
 
 def _index_file(shard: str) -> Path:
@@ -359,6 +362,28 @@ def _sample(shard: str, r: list[Any]) -> Sample:
     return Sample(key, shard, image, captions, label, problem)
 
 
+def _stamp(path: Path) -> tuple[str, list[int]]:
+    shard = str(path.absolute())
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise AlignkitError(f"cannot read shard {shard}: {exc.strerror or exc}") from None
+    return shard, [st.st_size, st.st_mtime_ns]
+
+
+def _from_index(path: Path) -> list[Sample] | None:
+    """The shard's samples from its index in the cache, or ``None`` when there is none for the
+    shard's present size and mtime."""
+    shard, stamp = _stamp(path)
+    try:
+        blob = json.loads(_index_file(shard).read_text("utf-8"))
+        if blob["version"] == _INDEX_VERSION and blob["shard"] == shard and blob["stamp"] == stamp:
+            return [_sample(shard, r) for r in blob["samples"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def read_shard(path: Path) -> list[Sample]:
     """The samples of one shard (see :func:`_scan_shard`), from the shard index in the cache
     when the shard's size and mtime match it; else scanned, and the index written (atomically;
@@ -368,20 +393,12 @@ def read_shard(path: Path) -> list[Sample]:
     Raises:
         AlignkitError: not a tar file, or truncated (naming the shard and the last key read).
     """
-    shard = str(path.absolute())
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise AlignkitError(f"cannot read shard {shard}: {exc.strerror or exc}") from None
-    stamp = [st.st_size, st.st_mtime_ns]
-    index = _index_file(shard)
-    try:
-        blob = json.loads(index.read_text("utf-8"))
-        if blob["version"] == _INDEX_VERSION and blob["shard"] == shard and blob["stamp"] == stamp:
-            return [_sample(shard, r) for r in blob["samples"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    found = _from_index(path)
+    if found is not None:
+        return found
+    shard, stamp = _stamp(path)
     samples = _scan_shard(path)
+    index = _index_file(shard)
     blob = {"version": _INDEX_VERSION, "shard": shard, "stamp": stamp}
     try:
         index.parent.mkdir(parents=True, exist_ok=True)
@@ -392,13 +409,21 @@ def read_shard(path: Path) -> list[Sample]:
 
 
 def read_shard_list(paths: Sequence[Path]) -> list[Sample]:
-    """The samples of every shard, in order; shards without an index are scanned in parallel
-    processes (one per core), each shard by one process."""
-    if len(paths) < 2 or (os.cpu_count() or 1) < 2:
-        return [s for p in paths for s in read_shard(p)]
-    workers = min(len(paths), os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers, mp_context=_fork()) as pool:
-        return [s for samples in pool.map(read_shard, paths) for s in samples]
+    """The samples of every shard, in order. Shards without an index are scanned, in parallel
+    processes (one per core) when there are :data:`PARALLEL_SCAN_MIN` or more of them."""
+    found = [_from_index(p) for p in paths]
+    todo = [i for i, f in enumerate(found) if f is None]
+    workers = min(len(todo), os.cpu_count() or 1)
+    if len(todo) >= PARALLEL_SCAN_MIN and workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=_fork()) as pool:
+            for i, samples in zip(
+                todo, pool.map(read_shard, [paths[i] for i in todo]), strict=True
+            ):
+                found[i] = samples
+    else:
+        for i in todo:
+            found[i] = read_shard(paths[i])
+    return [s for samples in found if samples is not None for s in samples]
 
 
 def _fork() -> Any:
