@@ -116,6 +116,14 @@ def test_shard_features_and_cache_keys_equal_the_manifest(flickr24, tmp_path: Pa
     fb = extract_features(enc, b, cache=False, num_workers=0, batch_size=4, progress=False)
     assert fa.ids == fb.ids
     assert torch.equal(fa.features, fb.features)  # bitwise
+    # an image found bad only at extraction (check="none") stops it with its shard and key
+    key, image = a.ids[3], a[3].image
+    data = bytearray(Path(image.shard).read_bytes())
+    data[image.offset : image.offset + image.size] = b"X" * image.size  # not an image any more
+    Path(image.shard).write_bytes(bytes(data))
+    bad = load_probe(str(shards), n=8, check="none", progress=False)
+    with pytest.raises(AlignkitError, match=rf"row '{key}' \(.*\.tar key {key}\)"):
+        extract_features(enc, bad, cache=False, num_workers=0, batch_size=4, progress=False)
 
 
 # ----------------------------------------------------------------------------- CLIP_benchmark
