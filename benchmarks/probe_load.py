@@ -31,7 +31,9 @@ import json, resource, sys, time
 from alignkit.probes import load_probe
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 spec, n = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system seconds
+def cpu():  # user + system seconds of this process and its finished children (shard scans)
+    who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    return sum(sum(resource.getrusage(w)[:2]) for w in who)
 t, c = time.perf_counter(), cpu()
 probe = load_probe(spec, n=n, progress=False)
 took, cpu_s = time.perf_counter() - t, cpu() - c

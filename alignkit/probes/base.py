@@ -105,6 +105,8 @@ class ProbeSet:
     templates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if len({row.id for row in self.rows}) == len(self.rows):  # the common case, in C speed
+            return
         seen: dict[str, int] = {}
         for i, row in enumerate(self.rows):
             if row.id in seen:
