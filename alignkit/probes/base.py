@@ -69,7 +69,7 @@ def hash_order(ids: Sequence[str], seed: int) -> list[int]:
     broken by position). Taking a prefix of this order gives a subsample that is stable under
     growing ``n``: the first 500 of the 1000-row subsample are the 500-row subsample."""
     keys = [hashlib.sha256(f"{seed}\x00{i}".encode()).digest() for i in ids]
-    return sorted(range(len(ids)), key=lambda j: (keys[j], j))
+    return sorted(range(len(ids)), key=keys.__getitem__)  # stable: ties keep their position
 
 
 def _row_choice(row_id: str, seed: int, k: int) -> int:
