@@ -135,3 +135,11 @@ def test_unreadable_image_bytes_named_with_the_row(rows20, tmp_path: Path) -> No
         load_probe(path, id_column="img_id", progress=False)
     probe = load_probe(path, id_column="img_id", skip_bad=True, progress=False)
     assert len(probe) == 3 and probe.dropped[0]["id"] == rows20[2]["id"]
+
+
+def test_a_manifest_beside_parquet_files_is_read_as_before(rows20, tmp_path: Path) -> None:
+    pq.write_table(_table(rows20[:5]), tmp_path / "extra.parquet")
+    manifest_rows = [{**r, "id": f"m{i}"} for i, r in enumerate(rows20[:7])]
+    _manifest(tmp_path / "pairs.jsonl", manifest_rows)
+    assert load_probe(tmp_path, progress=False).ids == tuple(f"m{i}" for i in range(7))
+    assert len(load_probe(tmp_path / "extra.parquet", progress=False)) == 5

@@ -27,8 +27,11 @@ FINGERPRINT_VERSION = "probe-fp-1"
 class ProbeRow:
     """One probe row.
 
-    ``image`` is a path to an image file, or a zero-argument picklable callable that renders a PIL
-    image (the synthetic probe), so rows travel to DataLoader workers. ``captions`` has at least one
+    ``image`` is a path to an image file (a :class:`pathlib.Path`, or an ``ImagePath`` string
+    for manifests), a reader of an image inside a container (``ShardImage``, ``TableImage``:
+    picklable, callable, with ``read_bytes()``; see :mod:`alignkit.probes.members`), or a
+    zero-argument picklable callable that renders a PIL image (the synthetic probe), so rows
+    travel to DataLoader workers. ``captions`` has at least one
     non-empty string (official order where the source has one). ``label`` indexes the probe's
     ``class_names`` when the probe is a labelled set. ``attributes`` holds anything an analysis may
     want to group by (synthetic scene attributes, split, source line). ``digest`` identifies the

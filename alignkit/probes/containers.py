@@ -49,6 +49,8 @@ def detect_container(spec: Any) -> str | None:
         return None
     path = Path(spec).expanduser()
     if path.is_dir():
+        if any(p.suffix.lower() in (".jsonl", ".csv") for p in path.iterdir()):
+            return None  # a manifest beside other files is read as before
         if is_clip_benchmark(path):
             return "clip_benchmark"
         if any(p.suffix == ".tar" for p in path.iterdir()):
