@@ -143,3 +143,12 @@ def test_a_manifest_beside_parquet_files_is_read_as_before(rows20, tmp_path: Pat
     _manifest(tmp_path / "pairs.jsonl", manifest_rows)
     assert load_probe(tmp_path, progress=False).ids == tuple(f"m{i}" for i in range(7))
     assert len(load_probe(tmp_path / "extra.parquet", progress=False)) == 5
+
+
+def test_a_split_column_selects_rows(rows20, tmp_path: Path) -> None:
+    table = _table(rows20[:9])
+    splits = ["train", "val", "test"] * 3
+    table = table.append_column("split", pa.array(splits))
+    pq.write_table(table, tmp_path / "test-00000-of-00001.parquet")  # the column wins
+    probe = load_probe(tmp_path, split="val", id_column="img_id", progress=False)
+    assert probe.ids == tuple(rows20[i]["id"] for i in (1, 4, 7))

@@ -269,7 +269,8 @@ def read_hf(
     templates: Sequence[str] = ("a photo of a {}.",),
 ) -> RawProbe:
     """An HF dataset on disk (parquet files or a ``save_to_disk`` folder) as candidate probe rows,
-    in file then row order. A hub file name ``train-00000-of-00002.parquet`` sets the ``split``.
+    in file then row order. A ``split`` column, else a hub file name
+    (``train-00000-of-00002.parquet``), sets the rows' ``split``.
 
     Raises:
         AlignkitError: no data files, a file that is not parquet/arrow, a named column missing.
@@ -294,7 +295,10 @@ def read_hf(
         if names is None:
             names = resolve_class_names(class_names, root if root.is_dir() else None)
             names = names or _class_names_from(feats, cols.label)
-        wanted = [c for c in (*cols.captions, cols.id, cols.label) if c is not None]
+        split_col = (
+            "split" if "split" in schema.names and _is_text(schema.field("split").type) else None
+        )
+        wanted = [c for c in (*cols.captions, cols.id, cols.label, split_col) if c is not None]
         data = _columns(path, list(dict.fromkeys(wanted)))
         count = len(data[wanted[0]])
         m = _SPLIT_FILE.match(path.stem)
@@ -312,7 +316,7 @@ def read_hf(
                     captions=captions,
                     where=f"{path.name} row {r}",
                     label=label,
-                    attributes=dict(attributes),
+                    attributes={"split": data[split_col][r]} if split_col else dict(attributes),
                     problem=problem,
                 )
             )
