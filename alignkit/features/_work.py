@@ -47,7 +47,8 @@ class _ImageRows(torch.utils.data.Dataset):
         try:
             return self.preprocess(row.load_image())
         except Exception as exc:  # reported with the row and file by the main process
-            source = "<rendered>" if callable(row.image) else str(row.image)
+            inside = hasattr(row.image, "read_bytes")  # a shard or table member names itself
+            source = "<rendered>" if callable(row.image) and not inside else str(row.image)
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
             return _Failed(row.id, source, reason)
 

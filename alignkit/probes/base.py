@@ -27,8 +27,11 @@ FINGERPRINT_VERSION = "probe-fp-1"
 class ProbeRow:
     """One probe row.
 
-    ``image`` is a path to an image file, or a zero-argument picklable callable that renders a PIL
-    image (the synthetic probe), so rows travel to DataLoader workers. ``captions`` has at least one
+    ``image`` is a path to an image file (a :class:`pathlib.Path`, or an ``ImagePath`` string
+    for manifests), a reader of an image inside a container (``ShardImage``, ``TableImage``:
+    picklable, callable, with ``read_bytes()``; see :mod:`alignkit.probes.members`), or a
+    zero-argument picklable callable that renders a PIL image (the synthetic probe), so rows
+    travel to DataLoader workers. ``captions`` has at least one
     non-empty string (official order where the source has one). ``label`` indexes the probe's
     ``class_names`` when the probe is a labelled set. ``attributes`` holds anything an analysis may
     want to group by (synthetic scene attributes, split, source line). ``digest`` identifies the
@@ -54,6 +57,8 @@ class ProbeRow:
         """``digest`` if set, else sha256 of the image file bytes (or of the rendered pixels)."""
         if self.digest:
             return self.digest
+        if callable(self.image) and hasattr(self.image, "read_bytes"):  # inside a shard or table
+            return hashlib.sha256(self.image.read_bytes()).hexdigest()
         if callable(self.image):
             img = self.load_image()
             h = hashlib.sha256(f"{img.size}".encode())
@@ -67,7 +72,7 @@ def hash_order(ids: Sequence[str], seed: int) -> list[int]:
     broken by position). Taking a prefix of this order gives a subsample that is stable under
     growing ``n``: the first 500 of the 1000-row subsample are the 500-row subsample."""
     keys = [hashlib.sha256(f"{seed}\x00{i}".encode()).digest() for i in ids]
-    return sorted(range(len(ids)), key=lambda j: (keys[j], j))
+    return sorted(range(len(ids)), key=keys.__getitem__)  # stable: ties keep their position
 
 
 def _row_choice(row_id: str, seed: int, k: int) -> int:
@@ -89,6 +94,9 @@ class ProbeSet:
             (e.g. the synthetic generator's version); enters the fingerprint.
         root: the folder the probe was read from (``None`` for the synthetic probe); informative
             only, never part of the fingerprint, so a probe fingerprints the same wherever it lives.
+        templates: the zero-shot prompt templates the data ships with (CLIP_benchmark's
+            ``zeroshot_classification_templates.txt``, each with one ``{}`` for the class name),
+            or ``None``; evaluation uses them unless given its own. Not part of the fingerprint.
         rows_available: the good rows a subsample (``load_probe(n=...)``) was drawn from;
             informative only (``None``: not a subsample, or not known).
     """
@@ -99,9 +107,12 @@ class ProbeSet:
     dropped: tuple[dict[str, str], ...] = ()
     content_key: tuple[str, ...] = ()
     root: Path | None = None
+    templates: tuple[str, ...] | None = None
     rows_available: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if len({row.id for row in self.rows}) == len(self.rows):  # the common case, in C speed
+            return
         seen: dict[str, int] = {}
         for i, row in enumerate(self.rows):
             if row.id in seen:
@@ -164,7 +175,13 @@ class ProbeSet:
         """The rows at ``indices``, in that order."""
         rows = tuple(self.rows[i] for i in indices)
         return ProbeSet(
-            name or self.name, rows, self.class_names, self.dropped, self.content_key, self.root
+            name or self.name,
+            rows,
+            self.class_names,
+            self.dropped,
+            self.content_key,
+            self.root,
+            self.templates,
         )
 
     def subsample(self, n: int, seed: int = 0) -> ProbeSet:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from alignkit.errors import AlignkitError
 from alignkit.probes.classnames import DEFAULT_TEMPLATES, resolve_class_names, template_captions
 from alignkit.probes.labels import check_templates
+from alignkit.probes.lazypath import ImagePath
 from alignkit.probes.raw import Entry, RawProbe
 
 
@@ -144,6 +146,7 @@ def read_manifest(
         )
     entries: list[Entry] = []
     by_image: dict[str, Entry] = {}
+    prefix = os.path.join(os.fspath(base), "")
     for lineno, rec in records:
         where = f"{path.name} line {lineno}"
         if rec is None:
@@ -182,7 +185,7 @@ def read_manifest(
             continue
         entry = Entry(
             id=row_id if row_id is not None else image_rel,
-            image=(base / image_rel),
+            image=ImagePath.under(prefix, image_rel),  # a Path costs 15 us a row at 10^6 rows
             captions=[c.strip() for c in captions],
             where=where,
             label=label,

@@ -12,13 +12,15 @@ from typing import Any
 
 from PIL import Image
 
+from alignkit.probes.lazypath import ImagePath
+
 
 @dataclass
 class Entry:
     """A candidate row before validation. ``problem`` is a parse-level reason it is bad."""
 
     id: str
-    image: Path | Callable[[], Image.Image] | None
+    image: Path | ImagePath | Callable[[], Image.Image] | None
     captions: list[str]
     where: str
     label: int | None = None
@@ -38,3 +40,4 @@ class RawProbe:
     class_names: tuple[str, ...] | None = None
     content_key: tuple[str, ...] = ()
     needs_checks: bool = True  # file-backed rows get the image checks; rendered rows do not
+    templates: tuple[str, ...] | None = None  # prompt templates the data ships with ({} = class)

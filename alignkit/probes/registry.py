@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
+import gc
 import inspect
 import logging
 import numbers
@@ -20,18 +22,25 @@ from tqdm.auto import tqdm
 from alignkit._paths import data_dir as default_data_dir
 from alignkit.errors import AlignkitError, unknown_key
 from alignkit.probes.base import ProbeRow, ProbeSet, hash_order
-from alignkit.probes.checks import CHECKS, check_images
+from alignkit.probes.checks import CHECKS, FileCheck, check_images
 from alignkit.probes.classnames import DEFAULT_TEMPLATES, check_label
+from alignkit.probes.containers import read_container
 from alignkit.probes.download import RemoteFile, download, file_lock
 from alignkit.probes.formats import detect_format, read_path
 from alignkit.probes.layouts import read_coco
 from alignkit.probes.manifest import read_manifest
+from alignkit.probes.members import check_members, is_member
 from alignkit.probes.raw import Entry, RawProbe
 from alignkit.probes.synthetic import read_synthetic
 
 log = logging.getLogger("alignkit.probes")
 
 SYNTHETIC_DEFAULT_N = 1000
+#: ``check="auto"`` checks images at load up to this many selected rows; above it, extraction
+#: finds bad images as it reads them (a first load of 50,000 decoded JPEGs takes about 30 s).
+EAGER_CHECK_ROWS = 50_000
+#: The ``check=`` levels of :func:`load_probe`.
+LOAD_CHECKS = ("auto", *CHECKS, "none")
 
 # Official COCO 2017 files (cocodataset.org); sizes and SHA-1 as published alongside them.
 COCO_VAL2017_IMAGES = RemoteFile(
@@ -235,6 +244,27 @@ def _cheap_problem(entry: Entry, class_names: tuple[str, ...] | None) -> str | N
     return None
 
 
+def _checked(raw: RawProbe, image: object) -> bool:
+    """Whether load checks this row's image: a file, or an image inside a shard or table
+    (rendered rows are not checked)."""
+    return raw.needs_checks and (not callable(image) or is_member(image))
+
+
+def _check_rows(images: Sequence[Any], level: str, progress: bool) -> list[FileCheck]:
+    """Check image files and images inside containers, in order."""
+    inside = [i for i, im in enumerate(images) if is_member(im)]
+    if not inside:
+        return check_images(images, level=level, progress=progress)
+    out: list[FileCheck | None] = [None] * len(images)
+    files = [i for i, im in enumerate(images) if not is_member(im)]
+    for i, res in zip(files, check_images([images[i] for i in files], level=level), strict=True):
+        out[i] = res
+    members = check_members([images[i] for i in inside], level=level, progress=progress)
+    for i, res in zip(inside, members, strict=True):
+        out[i] = res
+    return [r for r in out if r is not None]
+
+
 def _validate(
     raw: RawProbe,
     name: str,
@@ -274,6 +304,15 @@ def _validate(
         good if n is None else [good[j] for j in hash_order([entries[i].id for i in good], seed)]
     )
     want = len(order) if n is None else n
+    level = check if check != "auto" else "decode" if want <= EAGER_CHECK_ROWS else "none"
+    if level == "none" and check == "auto":
+        log.info(
+            "probe %s: %d rows, more than %d: images are checked when extraction reads them "
+            "(check='decode' checks them now)",
+            name,
+            want,
+            EAGER_CHECK_ROWS,
+        )
     if n is not None and n > len(order):
         raise AlignkitError(
             f"n={n} is more rows than probe {name} has: got {len(order)} rows"
@@ -285,13 +324,9 @@ def _validate(
     while len(selected) < want and pos < len(order):
         chunk = order[pos : pos + (want - len(selected))]
         pos += len(chunk)
-        file_rows = [i for i in chunk if raw.needs_checks and not callable(entries[i].image)]
+        file_rows = [i for i in chunk if level != "none" and _checked(raw, entries[i].image)]
         if file_rows:
-            results = check_images(
-                [entries[i].image for i in file_rows],
-                level=check,
-                progress=progress,
-            )
+            results = _check_rows([entries[i].image for i in file_rows], level, progress)
             failed = []
             for i, res in zip(file_rows, results, strict=True):
                 if res.error is not None:
@@ -333,7 +368,9 @@ def _validate(
         for i in selected
     )
     available = len(order) if n is not None else None  # good rows the n were drawn from
-    return ProbeSet(name, rows, raw.class_names, dropped, raw.content_key, raw.root, available)
+    return ProbeSet(
+        name, rows, raw.class_names, dropped, raw.content_key, raw.root, raw.templates, available
+    )
 
 
 def _filter_split(raw: RawProbe, name: str, split: str) -> RawProbe:
@@ -345,7 +382,9 @@ def _filter_split(raw: RawProbe, name: str, split: str) -> RawProbe:
     if split not in available:
         raise unknown_key(f"split of probe {name}", split, available)
     kept = [e for e in raw.entries if str(e.attributes.get("split")) == split]
-    return RawProbe(raw.name, raw.root, kept, raw.class_names, raw.content_key, raw.needs_checks)
+    return RawProbe(
+        raw.name, raw.root, kept, raw.class_names, raw.content_key, raw.needs_checks, raw.templates
+    )
 
 
 def _loader_options(loader: Callable[..., RawProbe], skip: Sequence[str]) -> set[str]:
@@ -356,6 +395,26 @@ def _loader_options(loader: Callable[..., RawProbe], skip: Sequence[str]) -> set
 # ----------------------------------------------------------------------------- public
 
 
+def _without_gc(fn: Callable[..., ProbeSet]) -> Callable[..., ProbeSet]:
+    """Run ``fn`` with the cyclic garbage collector paused. A load of 10^6 rows makes about
+    10^7 objects that all live on; the collector would walk them again and again as they are
+    made (60% of a 1M-row load's CPU time, measured in benchmarks/probe_load.py), and none of
+    them needs collecting before the load returns."""
+
+    @functools.wraps(fn)
+    def paused(*args: Any, **kwargs: Any) -> ProbeSet:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return paused
+
+
+@_without_gc
 def load_probe(
     spec: str | Path,
     *,
@@ -364,7 +423,7 @@ def load_probe(
     seed: int = 0,
     skip_bad: bool = False,
     data_dir: Path | None = None,
-    check: str = "decode",
+    check: str = "auto",
     progress: bool = True,
     **options: Any,
 ) -> ProbeSet:
@@ -385,7 +444,9 @@ def load_probe(
             change the fingerprint, so every modality's features describe the same rows.
         data_dir: where named probes live (default ``$ALIGNKIT_DATA_DIR``).
         check: ``"decode"`` fully decodes every selected image at load (cached per file by size
-            and mtime); ``"read"`` only reads and hashes the bytes.
+            and mtime); ``"read"`` only reads and hashes the bytes; ``"none"`` reads no image
+            at load (extraction reports a bad image with its row); ``"auto"`` is ``"decode"``
+            up to :data:`EAGER_CHECK_ROWS` selected rows and ``"none"`` above.
         progress: show progress bars (image checks over 200 files, downloads).
         **options: format options: ``images`` (image folder), ``class_names``, ``templates``,
             ``allow_duplicate_class_names`` (else two labels with one name are an error),
@@ -395,8 +456,8 @@ def load_probe(
     Returns:
         A :class:`ProbeSet` whose rows all passed validation.
     """
-    if check not in CHECKS:
-        raise unknown_key("image check", check, CHECKS)
+    if check not in LOAD_CHECKS:
+        raise unknown_key("image check", check, LOAD_CHECKS)
     if n is not None and (not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1):
         raise AlignkitError(f"n must be a positive number of rows or None: got {n!r}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
@@ -407,7 +468,10 @@ def load_probe(
     if named is None and path and not Path(spec).expanduser().exists():
         if Path(path).expanduser().exists() and split in (None, path_split):
             spec, split = path, path_split
-    if named is None and not Path(spec).expanduser().exists():
+    container = read_container(spec, options) if named is None else None  # shards, HF datasets
+    if container is not None:
+        raw, name = container, container.name
+    elif named is None and not Path(spec).expanduser().exists():
         raise AlignkitError(
             f"probe {name!r} is neither a named probe ({', '.join(list_probes())}) "
             "nor an existing path"
@@ -445,7 +509,7 @@ def load_probe(
             )
         raw = named.loader(root, **kwargs)
         name = base if split is None else f"{base}:{split}"
-    else:
+    elif container is None:
         raw = read_path(Path(spec), **options)
     if split is not None:
         raw = _filter_split(raw, name, split)

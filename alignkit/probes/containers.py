@@ -1,0 +1,80 @@
+"""Probes stored in container files, read where they lie: webdataset shards
+(:mod:`alignkit.probes.shards`), CLIP_benchmark's webdataset folders
+(:mod:`alignkit.probes.clip_benchmark`) and HF datasets on disk (:mod:`alignkit.probes.hfdata`).
+
+:func:`read_container` is the one place :func:`alignkit.probes.load_probe` asks about them: it
+reads a spec that names one (detected, or chosen with ``format=``) and returns ``None`` for every
+other spec, which then goes to the file formats of :mod:`alignkit.probes.formats`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import AlignkitError
+from alignkit.probes.clip_benchmark import is_clip_benchmark, read_clip_benchmark
+from alignkit.probes.formats import RawProbe
+from alignkit.probes.hfdata import is_hf_dataset, read_hf
+from alignkit.probes.shards import is_shard_spec, read_shards
+
+CONTAINER_FORMATS: dict[str, Callable[..., RawProbe]] = {
+    "webdataset": read_shards,
+    "clip_benchmark": read_clip_benchmark,
+    "hf": read_hf,
+}
+_OPTIONS = {
+    "webdataset": {"class_names", "templates"},
+    "clip_benchmark": {"class_names", "templates"},
+    "hf": {
+        "image_column",
+        "caption_columns",
+        "id_column",
+        "label_column",
+        "class_names",
+        "templates",
+    },
+}
+
+
+def detect_container(spec: Any) -> str | None:
+    """The container format a probe spec names, or ``None``: a shard pattern, ``.tar`` file or
+    list of them; a folder with CLIP_benchmark's files; a folder of ``.tar`` shards; a parquet or
+    arrow file, a ``save_to_disk`` folder or a folder of parquet files."""
+    if is_shard_spec(spec):
+        return "webdataset"
+    if isinstance(spec, (list, tuple)) or not isinstance(spec, (str, os.PathLike)):
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if any(p.suffix.lower() in (".jsonl", ".csv") for p in path.iterdir()):
+            return None  # a manifest beside other files is read as before
+        if is_clip_benchmark(path):
+            return "clip_benchmark"
+        if any(p.suffix == ".tar" for p in path.iterdir()):
+            return "webdataset"
+    return "hf" if is_hf_dataset(path) else None
+
+
+def read_container(spec: Any, options: dict[str, Any]) -> RawProbe | None:
+    """Candidate rows of a container spec (``options["format"]`` chooses one of
+    :data:`CONTAINER_FORMATS`, else it is detected); ``None`` when the spec is not one.
+
+    Raises:
+        AlignkitError: an option that does not apply to the format (listing those that do),
+            and whatever the format's reader raises.
+    """
+    fmt = options.get("format") or detect_container(spec)
+    if fmt not in CONTAINER_FORMATS:
+        return None
+    rest = {k: v for k, v in options.items() if k != "format"}
+    extra = sorted(set(rest) - _OPTIONS[fmt])
+    if extra:
+        raise AlignkitError(
+            f"option(s) {', '.join(extra)} do not apply to {fmt} probes; expected: "
+            f"{', '.join(sorted(_OPTIONS[fmt]))}"
+        )
+    target = spec if fmt == "webdataset" else Path(spec).expanduser().absolute()
+    return CONTAINER_FORMATS[fmt](target, **rest)
