@@ -85,8 +85,8 @@ def test_evaluate_pair_refuses_repeated_names_before_any_extraction(data_dir, mo
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir):
     """A tiny real run folder (linear projector on 40 flickr8k:train pairs, random encoders)."""
-    from alignkit.evaluation.runs import write_run_config
     from alignkit.features import extract_features
+    from alignkit.runs.trained import write_run_config
     from alignkit.training import PairedFeatures, TrainConfig, train_projector
 
     train = load_probe("flickr8k:train", n=40, progress=False, data_dir=data_dir)
@@ -438,7 +438,7 @@ def test_backends_without_a_limit_cut_nothing(spec):
 
 
 def test_a_predictivity_grid_with_a_bad_template_fails_at_read(tmp_path):
-    from alignkit.predictivity import PredictivityConfig
+    from alignkit.evaluation.predictivity import PredictivityConfig
 
     f = tmp_path / "t.txt"
     f.write_text("a {style} photo of a {}.\n", encoding="utf-8")
