@@ -270,8 +270,9 @@ def train_pair(
         out_dir,
         records[0],
         records[1],
-        config.to_dict(),
+        result.config.to_dict(),  # what was used: "auto" fields resolved for the data
         extra={
+            "recipe_notes": list(result.notes),
             "features": "tokens" if tokens else "pooled",
             "probe": {
                 "spec": probe_spec,

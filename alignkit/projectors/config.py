@@ -9,7 +9,9 @@ from typing import Any
 
 from alignkit.errors import AlignkitError
 
-__all__ = ["TrainConfig", "PRECISIONS", "CAPTION_MODES", "EARLY_STOP_METRICS"]
+__all__ = ["TrainConfig", "PRECISIONS", "CAPTION_MODES", "EARLY_STOP_METRICS", "AUTO"]
+
+AUTO = "auto"  # batch_size / epochs resolved for the data (alignkit.projectors.recipe)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 CAPTION_MODES = ("one", "all")
@@ -30,9 +32,11 @@ class TrainConfig:
     """Hyperparameters of a projector training run.
 
     The defaults are the recipe measured best on Flickr8k (docs/training-results.md): a linear
-    projector, InfoNCE, every caption of an image as its positives, 10 epochs of a cosine
-    schedule that decays to 0 (at 6,000 images, 12 steps an epoch; raise ``epochs`` for smaller
-    sets). Stopping early while the learning rate is still near its peak cost 2-4 recall points.
+    projector, InfoNCE, every caption of an image as its positives, a cosine schedule that decays
+    to 0, and ``batch_size`` / ``epochs`` ``"auto"``: chosen for the number of training images by
+    :func:`alignkit.projectors.recipe.resolve_recipe` (batch 512 and 10 epochs at 6,000 images;
+    smaller batches and more epochs for fewer). Stopping early while the learning rate is still
+    near its peak cost 2-4 recall points.
 
     Model
       projector   registry key (``alignkit.projectors.PROJECTORS``): the pooled projector of both
@@ -47,7 +51,8 @@ class TrainConfig:
       captions    ``one``: one random caption of each image per step; ``all``: every caption of
                   the batch's images, as positives of their image
     Optimisation
-      epochs, batch_size (images per global step, split across ranks), lr (peak, AdamW),
+      epochs, batch_size (images per global step, split across ranks; ``"auto"``: for the
+      data, see alignkit.projectors.recipe), lr (peak, AdamW),
       weight_decay (AdamW, on matrices only; norms, biases and loss scalars get none),
       warmup (fraction of all steps, linear from 0 to lr; then cosine to 0),
       clip_grad (max global L2 norm of the gradient; None: no clipping),
@@ -67,8 +72,8 @@ class TrainConfig:
     dropout: float = 0.0
     loss: str = "clip"
     captions: str = "all"
-    epochs: int = 10
-    batch_size: int = 512
+    epochs: int | str = AUTO
+    batch_size: int | str = AUTO
     lr: float = 1e-3
     weight_decay: float = 0.02
     warmup: float = 0.05
@@ -99,8 +104,9 @@ class TrainConfig:
                 "metric (TrainConfig.early_stop_metric)", self.early_stop_metric, EARLY_STOP_METRICS
             )
         _positive_int("width", self.width)
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
+        for name in ("epochs", "batch_size"):  # "auto": resolve_recipe picks it for the data
+            if getattr(self, name) != AUTO:
+                _positive_int(name, getattr(self, name), "; or 'auto' to fit it to the data")
         if self.hidden is not None:
             _positive_int("hidden", self.hidden)
         if self.patience is not None:
@@ -145,9 +151,11 @@ class TrainConfig:
         return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-def _positive_int(name: str, value: object) -> None:
+def _positive_int(name: str, value: object, alternative: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise AlignkitError(f"TrainConfig.{name} must be a positive int: got {value!r}")
+        raise AlignkitError(
+            f"TrainConfig.{name} must be a positive int: got {value!r}{alternative}"
+        )
 
 
 def _in_range(name: str, value: float, lo: float, hi: float, upper_open: bool = False) -> None:

@@ -17,6 +17,7 @@ Files in ``out_dir`` (rank 0 writes them, atomically)::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ from alignkit.projectors.data import (
 )
 from alignkit.projectors.distributed import DistContext, gather_rows, split_bounds
 from alignkit.projectors.modules import AlignmentModel
+from alignkit.projectors.recipe import resolve_recipe
 
 __all__ = ["TrainResult", "train_projector", "retrieval_recall", "plot_history", "embed"]
 
@@ -66,6 +68,8 @@ class TrainResult:
     best_step  the step (1-based count of optimizer steps) of the best validation, or None
     metrics    the validation metrics at ``best_step`` (the last ones without early stopping)
     steps      optimizer steps taken; ``stopped_early`` whether patience ran out
+    config     the config actually used ("auto" fields resolved); ``notes`` what the recipe
+               chose and its warnings (alignkit.projectors.recipe)
     """
 
     model: AlignmentModel
@@ -77,6 +81,7 @@ class TrainResult:
     stopped_early: bool
     out_dir: Path | None = None
     spec: ModelSpec | None = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,6 +376,9 @@ def train_projector(
     stays).
     """
     _check_inputs(config, train, val)
+    config, notes = resolve_recipe(config, train.n_images)  # "auto" fields fit the data
+    for note in notes:
+        (logger.warning if note.warning else logger.info)("%s", note.message)
     device = resolve_device(device)
     ctx = DistContext.setup(device.type)
     try:
@@ -378,7 +386,7 @@ def train_projector(
             device = torch.device("cuda", ctx.local_rank)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the caller's RNG state is left alone
-            return _train(
+            result = _train(
                 config,
                 train,
                 val,
@@ -389,6 +397,7 @@ def train_projector(
                 ctx,
                 _stop_at_step,
             )
+            return dataclasses.replace(result, notes=tuple(n.message for n in notes))
     finally:
         ctx.close()
 
