@@ -8,7 +8,7 @@ For each pair and each size N (the seeded subsample ``flickr8k:train`` ``.subsam
 
 * the default recipe: ``TrainConfig()`` (``batch_size``/``epochs`` ``"auto"``, resolved for N by
   :func:`alignkit.projectors.recipe.resolve_recipe`), and
-* a sweep of batch x epochs at lr 1e-3 (batches of N/64 to N/2 images, schedules of at most
+* a sweep of batch x epochs at lr 1e-3 (batches of N/16 to N/2 images, schedules of at most
   MAX_SWEEP_STEPS steps), then lr 5e-4 and 2e-3 at the best (batch, epochs) of that stage,
 
 every run with the other defaults (linear projector, InfoNCE, every caption, patience 5 on
@@ -37,18 +37,22 @@ PAIRS = {
     "minilm-l6": ("torchvision:mobilenet_v2", "st:sentence-transformers/all-MiniLM-L6-v2"),
 }
 SIZES = (500, 1000, 2000, 6000)
-BATCHES = (32, 64, 128, 256, 512)  # those within [n / 64, n / 2] at n images
-EPOCHS = (10, 20, 40)
+BATCHES = (32, 64, 128, 256, 512)  # those within [n / 16, n / 2] at n images
+EPOCHS = (10, 20)
 LRS = (5e-4, 2e-3)  # stage 2, around stage 1's 1e-3
-MAX_SWEEP_STEPS = 1000  # sweep entries with a longer schedule are left out (cost)
+MAX_SWEEP_STEPS = 600  # sweep entries with a longer schedule are left out (cost)
 
 
-def pair_features(vision: str, text: str, split: str):
-    """PairedFeatures of one whole Flickr8k split (pooled; text: every caption), from the cache."""
+def pair_features(vision: str, text: str, split: str, n: int | None = None):
+    """PairedFeatures (pooled; text: every caption) of one Flickr8k split, or of its seeded
+    subsample of ``n`` rows (the rows ``alignkit train --n`` takes; smaller subsamples are its
+    prefixes), through the feature cache."""
     from alignkit.features import extract_features, paired_features
     from alignkit.probes import load_probe
 
     probe = load_probe(f"flickr8k:{split}")
+    if n is not None and n < len(probe):
+        probe = probe.subsample(n)
     img = extract_features(vision, probe, progress=False)
     txt = extract_features(text, probe, caption_policy="all", batch_size=128, progress=False)
     return paired_features(img, txt)
@@ -72,7 +76,7 @@ def sweep_stage1(n: int) -> list[tuple[int, int, float]]:
     """(batch, epochs, lr) of the first stage at ``n`` images."""
     out = []
     for b in BATCHES:
-        if not n / 64 <= b <= n / 2:
+        if not n / 16 <= b <= n / 2:
             continue
         for e in EPOCHS:
             if e * (n // b) <= MAX_SWEEP_STEPS:
@@ -202,7 +206,9 @@ def main() -> None:
 
     for pair in args.pairs:
         vision, text = PAIRS[pair]
-        full, val = (pair_features(vision, text, s) for s in ("train", "dev"))
+        # one extraction for every size: the largest subsample (the others are its prefixes)
+        full = pair_features(vision, text, "train", max(args.sizes))
+        val = pair_features(vision, text, "dev")
         test = None if args.sweep_only else pair_features(vision, text, "test")
         for n in args.sizes:
             train = take_images(full, list(probe.subsample(n, seed=args.subset_seed).ids))

@@ -1,8 +1,9 @@
 """The data-dependent default recipe (issue 17 item 1): resolve_recipe and what the trainer records.
 
 The expected values below are worked out by hand from the rule in the module docstring of
-alignkit.projectors.recipe (batch: the largest power of two <= n/8 within [16, 512], never above
-n; epochs: at least 10, else enough for about 110 optimizer steps), not read back from the code.
+alignkit.projectors.recipe (batch: the largest power of two <= n/4 within [16, 512], never above
+n; epochs: 10, or more where 10 would be fewer than 60 optimizer steps), not read back from the
+code.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ def test_defaults_are_auto_and_resolve_by_size():
     assert (config.batch_size, config.epochs) == ("auto", "auto")
     # n: (batch, epochs); steps an epoch = n // batch
     expected = {
-        6000: (512, 10),  # 750 -> 512; 11 steps an epoch x 10 = 110: the recipe tuned at 6,000
+        6000: (512, 10),  # 1500 -> 1024 -> cap 512; 11 steps an epoch: the recipe tuned at 6,000
         20000: (512, 10),  # capped at 512: 39 steps an epoch, 390 steps
-        2000: (128, 10),  # 250 -> 128; 15 an epoch
-        1000: (64, 10),  # 125 -> 64; 15 an epoch (the issue's run: 1 step of 512 an epoch)
-        500: (32, 10),  # 62 -> 32; 15 an epoch
-        180: (16, 10),  # 22 -> 16; 11 an epoch
-        60: (16, 37),  # 7 -> floor 16; 3 an epoch -> ceil(110 / 3) = 37
-        3: (3, 110),  # fewer images than the smallest batch: the whole set, 1 step an epoch
+        2000: (256, 10),  # 500 -> 256; 7 an epoch, 70 steps
+        1000: (128, 10),  # 250 -> 128; 7 an epoch (the issue's run: 1 step of 512 an epoch)
+        500: (64, 10),  # 125 -> 64; 7 an epoch
+        180: (32, 12),  # 45 -> 32; 5 an epoch -> ceil(60 / 5) = 12
+        60: (16, 20),  # 15 -> 8 -> floor 16; 3 an epoch -> ceil(60 / 3) = 20
+        3: (3, 60),  # fewer images than the smallest batch: the whole set, 1 step an epoch
     }
     for n, (batch, epochs) in expected.items():
         resolved, notes = resolve_recipe(config, n)
@@ -50,9 +51,9 @@ def test_user_values_are_kept_and_checked():
     assert resolved.epochs == 2 and [n.warning for n in notes] == [True]  # 20 steps: warned
     # only one of the two given: the other fits the given one
     resolved, _ = resolve_recipe(TrainConfig(batch_size=250), 1000)
-    assert (resolved.batch_size, resolved.epochs) == (250, 28)  # 4 steps an epoch: ceil(110/4)
+    assert (resolved.batch_size, resolved.epochs) == (250, 15)  # 4 steps an epoch: ceil(60/4)
     resolved, _ = resolve_recipe(TrainConfig(epochs=7), 1000)
-    assert (resolved.batch_size, resolved.epochs) == (64, 7)
+    assert (resolved.batch_size, resolved.epochs) == (128, 7)
     # a batch larger than the data is refused, not clamped (it used to be clamped silently)
     with pytest.raises(AlignkitError, match=r"batch_size=512 is larger than .*180 images"):
         resolve_recipe(TrainConfig(batch_size=512), 180)
@@ -79,22 +80,23 @@ def test_auto_validation_rejects_other_words():
     assert TrainConfig.from_dict({"batch_size": "auto"}).batch_size == "auto"
 
 
+@pytest.mark.slow  # two short trainings: a few seconds idle, a minute on the loaded machine
 def test_trainer_records_the_resolved_recipe(tmp_path, caplog):
     """The run uses and records the resolved values: the result, the checkpoint's config, the
     number of steps; an auto config resumes its own run; tiny data warns through the log."""
     from safetensors import safe_open
 
-    train = synthetic_pairs(40, seed=0)  # auto: batch 16 (floor), 2 steps an epoch, 55 epochs
-    config = TrainConfig(width=8, patience=None)
+    train = synthetic_pairs(40, seed=0)  # auto: batch 16 (floor), 2 steps an epoch, 30 epochs
+    config = TrainConfig(width=8, patience=None, eval_every=30)  # 2 checkpoints
     result = train_projector(config, train, out_dir=tmp_path, progress=False, device="cpu")
-    assert (result.config.batch_size, result.config.epochs) == (16, 55)
-    assert result.steps == 110
+    assert (result.config.batch_size, result.config.epochs) == (16, 30)
+    assert result.steps == 60
     assert any("batch_size auto -> 16" in note for note in result.notes)
     with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as f:
         saved = json.loads(f.metadata()["config"])
-    assert (saved["batch_size"], saved["epochs"]) == (16, 55)
+    assert (saved["batch_size"], saved["epochs"]) == (16, 30)
     again = train_projector(config, train, out_dir=tmp_path, progress=False, device="cpu")
-    assert again.steps == 110  # the finished run is found, not refused as another config
+    assert again.steps == 60  # the finished run is found, not refused as another config
     for a, b in zip(result.model.parameters(), again.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
