@@ -123,6 +123,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         if not sweep or not default:
             continue
         best, d = max(sweep, key=lambda r: r["dev_mean_recall"]), default[0]
+        before = next((r for r in mine if r["kind"] == "before"), {})
         out.append(
             {
                 "pair": pair,
@@ -135,11 +136,14 @@ def summarise(rows: list[dict]) -> list[dict]:
                 "default_batch": d["batch_size"],
                 "default_epochs": d["epochs"],
                 "default_lr": d["lr"],
-                "default_steps": d["best_step"],
+                "default_best_step": d["best_step"],
                 "default_dev": d["dev_mean_recall"],
                 "gap": round(best["dev_mean_recall"] - d["dev_mean_recall"], 2),
                 "default_test_i2t_r5": d.get("test_i2t_r5"),
                 "default_test_t2i_r5": d.get("test_t2i_r5"),
+                "before_dev": before.get("dev_mean_recall"),
+                "before_test_i2t_r5": before.get("test_i2t_r5"),
+                "before_test_t2i_r5": before.get("test_t2i_r5"),
             }
         )
     return out
@@ -148,16 +152,18 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown(summary: list[dict]) -> str:
     lines = [
         "| pair | N | sweep runs | best (batch / epochs / lr) | best dev | default (batch / "
-        "epochs / lr) | default dev | gap | default test R@5 i2t / t2i |",
-        "|" + "---|" * 9,
+        "epochs / lr) | default dev | gap | default test R@5 i2t / t2i | before dev | before "
+        "test R@5 i2t / t2i |",
+        "|" + "---|" * 11,
     ]
     for s in summary:
         lines.append(
             f"| {s['pair']} | {s['n']:,} | {s['sweep_runs']} | {s['best_batch']} / "
             f"{s['best_epochs']} / {s['best_lr']:g} | {s['best_dev']:.1f} | "
             f"{s['default_batch']} / {s['default_epochs']} / {s['default_lr']:g} | "
-            f"{s['default_dev']:.1f} | {s['gap']:+.1f} | {s['default_test_i2t_r5']} / "
-            f"{s['default_test_t2i_r5']} |"
+            f"{s['default_dev']:.1f} | {s['gap']:+.1f} | {s['default_test_i2t_r5']:.1f} / "
+            f"{s['default_test_t2i_r5']:.1f} | {s['before_dev']:.1f} | "
+            f"{s['before_test_i2t_r5']:.1f} / {s['before_test_t2i_r5']:.1f} |"
         )
     return "\n".join(lines)
 
