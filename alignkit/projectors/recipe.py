@@ -75,7 +75,7 @@ def resolve_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, lis
     without ``"auto"`` comes back equal. Pure: nothing is logged or written.
 
     Raises :class:`AlignkitError` when ``n_images`` < 2 or a user-given ``batch_size`` exceeds
-    ``n_images`` (pass a smaller one, or leave it ``"auto"``).
+    ``n_images`` (pass a smaller one, or leave the default ``"auto"``).
     """
     if not isinstance(n_images, int) or isinstance(n_images, bool) or n_images < 2:
         raise AlignkitError(
@@ -95,7 +95,8 @@ def resolve_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, lis
     elif batch > n_images:
         raise AlignkitError(
             f"batch_size={batch} is larger than the training set ({n_images} images): pass "
-            f"batch_size <= {n_images}, or batch_size='auto' ({auto_batch_size(n_images)} here)"
+            f"batch_size <= {n_images}, or leave it out (the default, 'auto', takes "
+            f"{auto_batch_size(n_images)} here)"
         )
     per_epoch = max(1, n_images // batch)
     epochs = config.epochs
@@ -112,7 +113,7 @@ def resolve_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, lis
             RecipeNote(
                 f"epochs={epochs} x {per_epoch} steps an epoch (batch_size={batch}, {n_images} "
                 f"images) is only {epochs * per_epoch} optimizer steps: the projector is likely "
-                f"under-trained; leave epochs and batch_size 'auto' "
+                f"under-trained; leave epochs and batch_size at their default 'auto' "
                 f"({auto_epochs(n_images, auto_batch_size(n_images))} epochs of "
                 f"{auto_batch_size(n_images)} here)",
                 warning=True,
@@ -123,7 +124,7 @@ def resolve_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, lis
             RecipeNote(
                 f"only {n_images} training images: a projector trained on fewer than "
                 f"{TOO_FEW_IMAGES} learns little that carries over to new images (retrieval "
-                "near chance); train on more images (e.g. a larger probe or n=)",
+                "near chance); train on more images where you have them",
                 warning=True,
             )
         )
