@@ -105,3 +105,19 @@ def test_trainer_records_the_resolved_recipe(tmp_path, caplog):
     assert "only 3 training images" in caplog.text
     with pytest.raises(AlignkitError, match="batch_size=512 is larger"):
         train_projector(TrainConfig(batch_size=512, width=8), train, progress=False)
+
+
+@pytest.mark.slow  # encoders built and a short training: ~10 s on the loaded machine
+def test_run_folder_config_records_the_resolved_recipe(tmp_path):
+    """config.json of a run (what `alignkit train` writes) holds the values used, not "auto"."""
+    from alignkit.train_pair import train_pair
+
+    out = tmp_path / "run"
+    config = TrainConfig(width=8, eval_every=30)
+    train_pair("random:image-8", "random:text-12", "synthetic", config, out, n=48, cache=False,
+               progress=False, device="cpu")  # fmt: skip
+    written = json.loads((out / "config.json").read_text())
+    # 48 images: 12 -> 8 -> floor 16; 3 steps an epoch -> 20 epochs
+    assert (written["train_config"]["batch_size"], written["train_config"]["epochs"]) == (16, 20)
+    assert written["steps"] == 60
+    assert any("only 48 training images" in note for note in written["recipe_notes"])
