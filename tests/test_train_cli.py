@@ -269,14 +269,18 @@ def test_manifest_split_advice_works_and_a_test_split_val_needs_opt_in(
     code, _, err = _run(args, capsys)
     assert code == 1 and "'test' split" in err and "--val-test-split" in err, err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+    code, _, err = _run([*args, "--val-test-split"], capsys)  # --batch-size 8 > 3 images
+    assert code == 1 and "batch_size=8 is larger than the training set (3 images)" in err, err
+    assert not out.exists()
+    at = args.index("--batch-size")
+    del args[at : at + 2]  # the default, "auto"
     code, stdout, err = _run([*args, "--val-test-split"], capsys)
     assert code == 0, err
-    # the batch actually used (3 images, not the 8 asked for) is what the folder records
+    # the batch the default ("auto") chose for 3 images is what the folder records
     cfg = json.loads((out / "config.json").read_text())
     run = json.loads((out / "run.json").read_text())
     assert cfg["train_config"]["batch_size"] == 3 and run["batch_size"] == 3
     assert run["epochs"] == 3 and run["steps"] == 3
-    assert "larger than the 3 training images" in caplog.text
     assert "only 3 training images" in caplog.text  # too small to learn anything
     assert f"next: alignkit evaluate --run {out} --retrieval {mixed}:test" in stdout
 

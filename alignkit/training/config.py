@@ -11,7 +11,17 @@ from alignkit.errors import AlignkitError
 from alignkit.options import option
 from alignkit.vocabulary import shared
 
-__all__ = ["TrainConfig", "TrainRunConfig", "PRECISIONS", "CAPTION_MODES", "EARLY_STOP_METRICS"]
+__all__ = [
+    "TrainConfig", "TrainRunConfig", "PRECISIONS", "CAPTION_MODES", "EARLY_STOP_METRICS", "AUTO",
+]  # fmt: skip
+
+AUTO = "auto"  # batch_size / epochs resolved for the data (alignkit.training.recipe)
+
+
+def _auto_or_int(value: str) -> int | str:
+    """A command-line ``auto`` or whole number (``--batch-size 128``, ``--epochs auto``)."""
+    return AUTO if value.strip().lower() == AUTO else int(value)
+
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 CAPTION_MODES = ("one", "all")
@@ -32,9 +42,11 @@ class TrainConfig:
     """Hyperparameters of a projector training run.
 
     The defaults are the recipe measured best on Flickr8k (docs/training-results.md): a linear
-    projector, InfoNCE, every caption of an image as its positives, 10 epochs of a cosine
-    schedule that decays to 0 (at 6,000 images, 12 steps an epoch; raise ``epochs`` for smaller
-    sets). Stopping early while the learning rate is still near its peak cost 2-4 recall points.
+    projector, InfoNCE, every caption of an image as its positives, a cosine schedule that decays
+    to 0, and ``batch_size`` / ``epochs`` ``"auto"``: chosen for the number of training images by
+    :func:`alignkit.training.recipe.resolve_recipe` (batch 512 and 10 epochs at 6,000 images;
+    smaller batches, and more epochs where the steps are few, for less data). Stopping early while
+    the learning rate is still near its peak cost 2-4 recall points.
 
     Model
       projector   registry key (``alignkit.training.PROJECTORS``): the pooled projector of both
@@ -86,12 +98,22 @@ class TrainConfig:
         "one (a random caption of each image per step) or all (every caption a positive).",
         metavar="MODE",
     )
-    epochs: int = option(10, "Epochs; the cosine schedule decays to 0 over them.", metavar="E")
-    batch_size: int = option(
-        512,
+    epochs: int | str = option(
+        AUTO,
+        "Epochs; the cosine schedule decays to 0 over them. auto: 10, or more where that is "
+        "under 60 optimizer steps (alignkit.training.recipe).",
+        metavar="E|auto",
+        type=str,
+        from_cli=_auto_or_int,
+    )
+    batch_size: int | str = option(
+        AUTO,
         "Images per optimizer step (global, split across torchrun ranks); at most the "
-        "training set's size, and at least 2.",
-        metavar="B",
+        "training set's size, and at least 2. auto: the largest power of two <= a quarter of "
+        "the training images, within [16, 512] (512 at 6,000 images).",
+        metavar="B|auto",
+        type=str,
+        from_cli=_auto_or_int,
     )
     lr: float = option(1e-3, "Peak learning rate of AdamW.", metavar="LR")
     weight_decay: float = option(0.02, "AdamW weight decay on matrices.", metavar="WD")
@@ -140,9 +162,10 @@ class TrainConfig:
                 "metric (TrainConfig.early_stop_metric)", self.early_stop_metric, EARLY_STOP_METRICS
             )
         _positive_int("width", self.width)
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
-        if self.batch_size < 2:
+        for name in ("epochs", "batch_size"):  # "auto": resolve_recipe picks it for the data
+            if getattr(self, name) != AUTO:
+                _positive_int(name, getattr(self, name), "; or 'auto' to fit it to the data")
+        if self.batch_size != AUTO and self.batch_size < 2:
             raise AlignkitError(
                 "TrainConfig.batch_size must be >= 2: a contrastive loss needs another image in "
                 f"the batch as a negative (with 1 the loss is exactly 0): got {self.batch_size}"
@@ -191,9 +214,11 @@ class TrainConfig:
         return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-def _positive_int(name: str, value: object) -> None:
+def _positive_int(name: str, value: object, alternative: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise AlignkitError(f"TrainConfig.{name} must be a positive int: got {value!r}")
+        raise AlignkitError(
+            f"TrainConfig.{name} must be a positive int: got {value!r}{alternative}"
+        )
 
 
 def _in_range(name: str, value: float, lo: float, hi: float, upper_open: bool = False) -> None:

@@ -23,7 +23,6 @@ done (a new run that fails puts it back).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -55,9 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["PairRun", "check_training_probe", "require_cached", "train_pair"]
-
-TOO_FEW_IMAGES = 100  # below this a contrastive projector learns little beyond chance
-TOO_FEW_STEPS = 20  # optimizer steps in all
 
 
 @dataclass(frozen=True)
@@ -234,30 +230,16 @@ def _encoders(
 
 
 def _fit_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, list[str]]:
-    """The recipe as it will run on ``n_images`` (a batch no larger than the data), and the
-    warnings to give: the batch lowered, or data or a schedule too small to learn anything."""
-    from alignkit.training.trainer import steps_per_epoch
+    """The recipe as it will run on ``n_images`` ("auto" fields resolved by
+    :func:`alignkit.training.recipe.resolve_recipe`, which refuses a given batch larger than the
+    data), and the warnings to give: data or a schedule too small to learn anything."""
+    from alignkit.training.recipe import resolve_recipe
 
-    warnings = []
-    if config.batch_size > n_images >= 2:
-        warnings.append(
-            f"a batch of {config.batch_size} images is larger than the {n_images} training "
-            f"images: training with batches of {n_images} (recorded so in config.json)"
-        )
-        config = dataclasses.replace(config, batch_size=n_images)
-    steps = config.epochs * steps_per_epoch(n_images, config.batch_size)
-    if n_images < TOO_FEW_IMAGES:
-        warnings.append(
-            f"only {n_images} training images: a contrastive projector learns little from so "
-            "few (expect retrieval near chance); use a probe with hundreds of images or more"
-        )
-    elif steps < TOO_FEW_STEPS:
-        warnings.append(
-            f"only {steps} optimizer steps in all ({n_images} images, batch "
-            f"{config.batch_size}, {config.epochs} epochs): too few to learn much; use a "
-            "smaller batch or more epochs"
-        )
-    return config, warnings
+    config, notes = resolve_recipe(config, n_images)
+    for note in notes:
+        if not note.warning:
+            log.info("%s", note.message)
+    return config, [note.message for note in notes if note.warning]
 
 
 def _check_resume(

@@ -52,6 +52,7 @@ from alignkit.training.data import PairedFeatures, TokenFeatures, make_batch
 from alignkit.training.distributed import DistContext, batch_loss
 from alignkit.training.history import plot_history, write_history
 from alignkit.training.modules import AlignmentModel
+from alignkit.training.recipe import resolve_recipe
 from alignkit.training.schedule import (
     batch_rows,
     generator,
@@ -435,6 +436,9 @@ def train_projector(
     step and batch, and the last checkpoint if one was written).
     """
     _check_inputs(config, train, val)
+    config, notes = resolve_recipe(config, train.n_images)  # "auto" fields fit the data
+    for note in notes:
+        (logger.warning if note.warning else logger.info)("%s", note.message)
     device = resolve_device(device)
     ctx = DistContext.setup(device.type)
     try:
