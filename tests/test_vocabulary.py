@@ -165,3 +165,12 @@ def test_the_check_catches_what_it_should() -> None:
     assert "--cache-dir spells --cache another way" in problems
     assert "--output spells --out another way" in problems and "-o means --output" in problems
     assert "--quiet: flags ['--loud', '--quiet'], expected ['--quiet', '-q']" in problems
+
+
+def test_every_command_that_reads_a_probe_takes_skip_bad() -> None:
+    """Options mean the same on every command that reads a probe (issue 17 item 4): each of them
+    can skip bad probe rows."""
+    commands = dict(COMMANDS)
+    for name in ("rank-encoders", "extract", "train", "evaluate", "predictivity"):
+        flags = {f for p in commands[name].params for f in getattr(p, "opts", [])}
+        assert "--skip-bad" in flags, f"alignkit {name} has no --skip-bad"

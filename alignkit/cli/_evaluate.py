@@ -96,7 +96,7 @@ def _set_up(
         raise AlignkitError("--run folders must have distinct names (they label the table)")
     job.templates = load_templates(cfg.templates)
     job.class_names = _class_names(cfg.class_names, cfg.allow_duplicate_class_names)
-    load = {"n": cfg.n, "seed": cfg.seed, "progress": False}
+    load = {"n": cfg.n, "seed": cfg.seed, "progress": False, "skip_bad": cfg.skip_bad}
     dup = {"allow_duplicate_class_names": True} if cfg.allow_duplicate_class_names else {}
     job.zeroshot = [load_probe(p, **load, **dup) for p in cfg.zeroshot]
     job.retrieval = [load_probe(p, **load) for p in cfg.retrieval]

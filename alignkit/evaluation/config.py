@@ -70,6 +70,7 @@ class EvaluateConfig:
         "numbers are marked as not held out in metrics.json and the table.",
     )
     seed: int = shared("seed")
+    skip_bad: bool = shared("skip_bad")
     device: str = shared("device")
     cache: str | bool = shared("cache")
 

@@ -165,6 +165,7 @@ class PredictivityConfig:
     bootstrap: int = option(2000, "Bootstrap resamples of pairs for the intervals.", metavar="B")
     level: float = option(0.95, "Coverage of the bootstrap intervals.", metavar="L")
     seed: int = shared("seed")
+    skip_bad: bool = shared("skip_bad")
     device: str = shared("device")
     cache: str | bool = shared("cache")
 

@@ -213,19 +213,20 @@ def _load_probes(run: _Run) -> None:
     def eval_n(spec: str) -> int | None:
         return config.eval_n.get(spec) if isinstance(config.eval_n, Mapping) else config.eval_n
 
+    def load(spec: str, n: int | None) -> Any:
+        return load_probe(spec, n=n, progress=False, skip_bad=config.skip_bad)
+
     p = run.probes
-    p["score"] = load_probe(config.score_probe, n=config.score_n, progress=False)
-    p["train"] = load_probe(config.train_probe, n=config.train_n, progress=False)
-    p["val"] = (
-        load_probe(config.val_probe, n=config.val_n, progress=False) if config.val_probe else None
-    )
+    p["score"] = load(config.score_probe, config.score_n)
+    p["train"] = load(config.train_probe, config.train_n)
+    p["val"] = load(config.val_probe, config.val_n) if config.val_probe else None
     if p["val"] is not None and set(p["val"].ids) & set(p["train"].ids):
         raise AlignkitError(
             f"the validation probe {p['val'].name} shares rows with the training probe "
             f"{p['train'].name}; choose disjoint splits"
         )
-    p["zeroshot"] = [load_probe(s, n=eval_n(s), progress=False) for s in config.zeroshot]
-    p["retrieval"] = [load_probe(s, n=eval_n(s), progress=False) for s in config.retrieval]
+    p["zeroshot"] = [load(s, eval_n(s)) for s in config.zeroshot]
+    p["retrieval"] = [load(s, eval_n(s)) for s in config.retrieval]
     for probe in p["zeroshot"]:
         check_zeroshot_probe(probe)
     for probe in p["retrieval"]:
