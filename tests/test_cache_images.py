@@ -201,5 +201,5 @@ def test_real_entry_from_before_image_keys_serves_a_subsample_after_a_cache_hit(
     smaller = load_probe("flickr8k:dev", n=6, data_dir=data_dir, progress=False)
     require_cached([spec], smaller, cache=root)
     other = load_probe("flickr8k:test", n=6, data_dir=data_dir, progress=False)
-    with pytest.raises(AlignkitError, match="--cache-only"):
+    with pytest.raises(AlignkitError, match="cache_only=True: the features of"):
         require_cached([spec], other, cache=root)
