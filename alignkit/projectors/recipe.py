@@ -126,7 +126,7 @@ def resolve_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, lis
             RecipeNote(
                 f"only {n_images} training images: fewer than {TOO_FEW_IMAGES} teach a projector "
                 "little that carries over to new images (Flickr8k dev mean recall: 1.1 from 3 "
-                "images, chance level; 8.5 from 50; 26 from 500); train on more images where "
+                "images, chance 0.5; 8.5 from 50; 26 from 500); train on more images where "
                 "you have them",
                 warning=True,
             )
