@@ -7,8 +7,8 @@ is an error (it used to be clamped silently). The trainer calls it first and rec
 config (checkpoint, ``config.json``), so a run folder says what was actually used.
 
 The rule (measured on Flickr8k with linear projectors, InfoNCE and every caption, at 500 to
-2,000 images on two encoder pairs, ``benchmarks/small_data.py``; at 6,000 by the schedule table
-of docs/training-results.md, where the section "Small training sets" has the sweep)::
+6,000 images on two encoder pairs: ``benchmarks/small_data.py``; docs/training-results.md,
+"Small training sets", has the sweep)::
 
     batch_size = the largest power of two <= n_images / BATCH_FRACTION (4), within
                  [MIN_BATCH, MAX_BATCH] = [16, 512], and never above n_images
