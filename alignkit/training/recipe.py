@@ -7,8 +7,8 @@ is an error (it used to be clamped silently). The trainer calls it first and rec
 config (checkpoint, ``config.json``), so a run folder says what was actually used.
 
 The rule (measured on Flickr8k with linear projectors, InfoNCE and every caption, at 500 to
-2,000 images on two encoder pairs, ``benchmarks/small_data.py``; at 6,000 by the schedule table
-of docs/training-results.md, where the section "Small training sets" has the sweep)::
+6,000 images on two encoder pairs: ``benchmarks/small_data.py``; docs/training-results.md,
+"Small training sets", has the sweep)::
 
     batch_size = the largest power of two <= n_images / BATCH_FRACTION (4), within
                  [MIN_BATCH, MAX_BATCH] = [16, 512], and never above n_images
@@ -126,7 +126,7 @@ def resolve_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, lis
             RecipeNote(
                 f"only {n_images} training images: fewer than {TOO_FEW_IMAGES} teach a projector "
                 "little that carries over to new images (Flickr8k dev mean recall: 1.1 from 3 "
-                "images, chance level; 8.5 from 50; 26 from 500); train on more images where "
+                "images, chance 0.5; 8.5 from 50; 26 from 500); train on more images where "
                 "you have them",
                 warning=True,
             )
