@@ -55,7 +55,7 @@ def test_user_values_are_kept_and_checked():
     resolved, _ = resolve_recipe(TrainConfig(epochs=7), 1000)
     assert (resolved.batch_size, resolved.epochs) == (128, 7)
     # a batch larger than the data is refused, not clamped (it used to be clamped silently)
-    with pytest.raises(AlignkitError, match=r"batch_size=512 is larger than .*180 images"):
+    with pytest.raises(AlignkitError, match=r"batch size of 512 is larger than .*180 images"):
         resolve_recipe(TrainConfig(batch_size=512), 180)
     assert resolve_recipe(TrainConfig(batch_size=180), 180)[0].batch_size == 180
 
@@ -103,7 +103,7 @@ def test_trainer_records_the_resolved_recipe(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="alignkit"):
         train_projector(config, synthetic_pairs(3, seed=1), progress=False, device="cpu")
     assert "only 3 training images" in caplog.text
-    with pytest.raises(AlignkitError, match="batch_size=512 is larger"):
+    with pytest.raises(AlignkitError, match="batch size of 512 is larger"):
         train_projector(TrainConfig(batch_size=512, width=8), train, progress=False)
 
 

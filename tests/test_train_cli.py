@@ -270,7 +270,7 @@ def test_manifest_split_advice_works_and_a_test_split_val_needs_opt_in(
     assert code == 1 and "'test' split" in err and "--val-test-split" in err, err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
     code, _, err = _run([*args, "--val-test-split"], capsys)  # --batch-size 8 > 3 images
-    assert code == 1 and "batch_size=8 is larger than the training set (3 images)" in err, err
+    assert code == 1 and "batch size of 8 is larger than the training set (3 images)" in err, err
     assert not out.exists()
     at = args.index("--batch-size")
     del args[at : at + 2]  # the default, "auto"

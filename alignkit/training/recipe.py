@@ -95,9 +95,9 @@ def resolve_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, lis
             )
         )
     elif batch > n_images:
-        raise AlignkitError(
-            f"batch_size={batch} is larger than the training set ({n_images} images): pass "
-            f"batch_size <= {n_images}, or leave it out (the default, 'auto', takes "
+        raise AlignkitError(  # in words both a Python and a CLI user can act on
+            f"a batch size of {batch} is larger than the training set ({n_images} images): give "
+            f"one of at most {n_images}, or leave it unset (the default, auto, takes "
             f"{auto_batch_size(n_images)} here)"
         )
     per_epoch = max(1, n_images // batch)
