@@ -110,7 +110,7 @@ def test_trainer_records_the_resolved_recipe(tmp_path, caplog):
 @pytest.mark.slow  # encoders built and a short training: ~10 s on the loaded machine
 def test_run_folder_config_records_the_resolved_recipe(tmp_path):
     """config.json of a run (what `alignkit train` writes) holds the values used, not "auto"."""
-    from alignkit.train_pair import train_pair
+    from alignkit.training.pair import train_pair
 
     out = tmp_path / "run"
     config = TrainConfig(width=8, eval_every=30)

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
     from alignkit.probes.base import ProbeSet
     from alignkit.training import TrainConfig, TrainResult
+    from alignkit.training.recipe import RecipeNote
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,11 @@ def train_pair(
         for p in (train_probe, val_probe):
             if p is not None:
                 require_cached([vision, text], p, tokens=tokens, cache=cache, options=opts)
-    config, warnings = _fit_recipe(config, len(train_probe))
+    config, notes = _fit_recipe(config, len(train_probe))
     record = provenance(encoders, opts, train_probe, val_probe, tokens)
     _check_resume(out_dir, overwrite, config, record)
-    for warning in warnings:
-        log.warning("%s", warning)
+    for note in notes:
+        (log.warning if note.warning else log.info)("%s", note.message)
     aside = prepare_out_dir(out_dir, overwrite=overwrite)
     run_body = _run_body(command, config)
     write_run_file(out_dir, run_body)
@@ -156,7 +157,9 @@ def train_pair(
             provenance=record,
         )  # fmt: skip
         train_s = time.perf_counter() - t1
-        _write_config(out_dir, encoders, opts, tokens, train, config, result, record, probe_spec)
+        _write_config(
+            out_dir, encoders, opts, tokens, train, config, result, record, probe_spec, notes
+        )
     except BaseException as exc:
         end_out_dir(out_dir, aside, run_body, exc)
         raise
@@ -229,17 +232,14 @@ def _encoders(
     return pair  # type: ignore[return-value]
 
 
-def _fit_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, list[str]]:
+def _fit_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, list[RecipeNote]]:
     """The recipe as it will run on ``n_images`` ("auto" fields resolved by
     :func:`alignkit.training.recipe.resolve_recipe`, which refuses a given batch larger than the
-    data), and the warnings to give: data or a schedule too small to learn anything."""
+    data), and its notes: what "auto" became, and warnings (data or a schedule too small to learn
+    anything)."""
     from alignkit.training.recipe import resolve_recipe
 
-    config, notes = resolve_recipe(config, n_images)
-    for note in notes:
-        if not note.warning:
-            log.info("%s", note.message)
-    return config, [note.message for note in notes if note.warning]
+    return resolve_recipe(config, n_images)
 
 
 def _check_resume(
@@ -303,9 +303,10 @@ def _write_config(
     result: TrainResult,
     record: dict[str, Any],
     probe_spec: str,
+    notes: list[RecipeNote],
 ) -> None:
     """config.json: what :func:`alignkit.load_aligned` needs, and what the run was computed
-    from (the recipe as used, the probes)."""
+    from (the recipe as used and what "auto" became, the probes)."""
     from alignkit.aligned import EncoderRecord, write_config
 
     vision, text = encoders
@@ -316,6 +317,7 @@ def _write_config(
         config.to_dict(),
         extra={
             "features": "tokens" if tokens else "pooled",
+            "recipe_notes": [note.message for note in notes],
             "probe": {"spec": probe_spec, **_probe_record(record["train"])},
             "val": None if record["val"] is None else _probe_record(record["val"]),
             "best_step": result.best_step,

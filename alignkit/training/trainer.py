@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,7 @@ class TrainResult:
     spec: ModelSpec | None = field(default=None, repr=False)
     batch_size: int | None = None
     epochs: int | None = None
+    notes: tuple[str, ...] = ()  # what the recipe chose for "auto" fields, and its warnings
 
 
 def rows_record(data: PairedFeatures) -> dict[str, Any]:
@@ -449,7 +450,7 @@ def train_projector(
             out = None if out_dir is None else Path(out_dir)
             run = _setup(config, train, val, out, device, ctx, resume, provenance)
             _loop(run, progress, _stop_at_step)
-            return _finish(run)
+            return replace(_finish(run), notes=tuple(n.message for n in notes))
     finally:
         ctx.close()
 
