@@ -60,4 +60,22 @@ def cache_setting(
     return Path(cache)
 
 
-__all__ = ["OFF", "CacheOpt", "OldCacheDirOpt", "OldNoCacheOpt", "cache_setting"]
+__all__ = [
+    "OFF",
+    "CacheOpt",
+    "OldCacheDirOpt",
+    "OldNoCacheOpt",
+    "cache_setting",
+    "with_old_cache_dir",
+]
+
+
+def with_old_cache_dir(cfg_values: dict, cache_dir: Path | None) -> dict:
+    """A config command's option values with the deprecated ``--cache-dir DIR`` folded in as
+    ``cache`` (with a note); given beside ``--cache`` it is an error."""
+    if cache_dir is None:
+        return cfg_values
+    if "cache" in cfg_values:
+        raise AlignkitError("give the cache once, as --cache DIR|off: got --cache and --cache-dir")
+    typer.secho("note: --cache-dir is deprecated; use --cache DIR", err=True)
+    return {**cfg_values, "cache": str(cache_dir)}

@@ -17,6 +17,7 @@ from typing import Any
 
 import typer
 
+from alignkit.cli._cache_option import with_old_cache_dir
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.config import EvaluateConfig
 
@@ -64,13 +65,7 @@ def _config(cfg_values: dict, config: Path | None, cache_dir: Any) -> EvaluateCo
     from alignkit.options import load_config
 
     base = load_config(config, EvaluateConfig) if config is not None else EvaluateConfig()
-    if cache_dir is not None:
-        if "cache" in cfg_values:
-            raise AlignkitError(
-                "give the cache once, as --cache DIR|off: got --cache and --cache-dir"
-            )
-        typer.secho("note: --cache-dir is deprecated; use --cache DIR", err=True)
-        cfg_values = {**cfg_values, "cache": str(cache_dir)}
+    cfg_values = with_old_cache_dir(cfg_values, cache_dir)
     return base.replace(**cfg_values)
 
 

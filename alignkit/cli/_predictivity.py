@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from alignkit.cli._cache_option import with_old_cache_dir
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.predictivity.config import PredictivityConfig
 
@@ -22,13 +23,7 @@ def grid_config(cfg_values: dict, config: Path | None, cache_dir: Any) -> Predic
     """The grid file (if any) with the command-line options over it."""
     from alignkit.evaluation.predictivity import read_grid
 
-    if cache_dir is not None:
-        if "cache" in cfg_values:
-            raise AlignkitError(
-                "give the cache once, as --cache DIR|off: got --cache and --cache-dir"
-            )
-        typer.secho("note: --cache-dir is deprecated; use --cache DIR", err=True)
-        cfg_values = {**cfg_values, "cache": str(cache_dir)}
+    cfg_values = with_old_cache_dir(cfg_values, cache_dir)
     if config is not None:
         return read_grid(config, **cfg_values)
     if not cfg_values.get("vision") or not cfg_values.get("text"):
