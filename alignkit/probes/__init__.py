@@ -7,14 +7,14 @@ list_probes()                          # named probes: synthetic, flickr8k[:spli
 from alignkit.probes.base import CAPTION_POLICIES, ProbeRow, ProbeSet, hash_order
 from alignkit.probes.download import RemoteFile
 from alignkit.probes.formats import FORMATS, imagenet_class_names, imagenet_wnids
-from alignkit.probes.registry import (
+from alignkit.probes.named import (
     COCO_ANNOTATIONS_2017,
     COCO_VAL2017_IMAGES,
     NAMED_PROBES,
     NamedProbe,
     list_probes,
-    load_probe,
 )
+from alignkit.probes.registry import load_probe
 
 __all__ = [
     "CAPTION_POLICIES",
