@@ -69,6 +69,7 @@ def write(path: Path) -> None:
     nb = execute(path)
     for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
         cell.execution_count = i + 1
+        cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"]  # progress bars
         for output in cell.outputs:
             if "execution_count" in output:
                 output["execution_count"] = i + 1
@@ -76,8 +77,12 @@ def write(path: Path) -> None:
 
 
 def _text(cell) -> str:  # noqa: ANN001
+    """What a cell printed and returned; stderr left out (progress bars and the blank lines they
+    leave depend on whether the features were in the cache)."""
     return "".join(
-        o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", [])
+        o.get("text", "") + o.get("data", {}).get("text/plain", "")
+        for o in cell.get("outputs", [])
+        if o.get("name") != "stderr"
     )
 
 
