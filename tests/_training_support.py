@@ -104,3 +104,21 @@ def ddp_train_config() -> dict:
 
 def ddp_train_set() -> PairedFeatures:
     return synthetic_pairs(30, captions=2, dtype=torch.float64, seed=4)
+
+
+def tiny_run(folder, data_dir, vision: str, text: str, epochs: int = 2):  # noqa: ANN001, ANN201
+    """A real (tiny) training run folder: a linear projector on 40 flickr8k:train pairs of
+    ``vision`` x ``text`` features, with the config.json that evaluate and load_aligned read."""
+    from alignkit.features import extract_features
+    from alignkit.probes import load_probe
+    from alignkit.runs.trained import write_run_config
+    from alignkit.training import TrainConfig, train_projector
+
+    train = load_probe("flickr8k:train", n=40, progress=False, data_dir=data_dir)
+    img = extract_features(vision, train, device="cpu", progress=False).features
+    txt = extract_features(text, train, device="cpu", progress=False).features
+    cfg = TrainConfig(width=8, epochs=epochs, batch_size=16, patience=None)
+    data = PairedFeatures(img, txt, torch.arange(40), list(train.ids))
+    train_projector(cfg, data, None, out_dir=folder, device="cpu", progress=False)
+    write_run_config(folder, vision, text)
+    return folder

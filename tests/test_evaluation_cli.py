@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from _cli import run_cli
+from _training_support import tiny_run
 
 from alignkit.aligned import load_pair
 from alignkit.cli import main
@@ -22,7 +23,7 @@ from alignkit.evaluation.prompts import caption_probe
 from alignkit.evaluation.retrieval import retrieval
 from alignkit.features import extract_features
 from alignkit.probes import ProbeRow, ProbeSet, load_probe
-from alignkit.runs import check_run_folder, write_run_config
+from alignkit.runs import check_run_folder
 
 VISION, TEXT = "random:image-16", "random:text-12"
 
@@ -33,18 +34,8 @@ def _run(error_capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir):
-    """A real (tiny) training run: a linear projector on 40 flickr8k:train pairs."""
-    from alignkit.training import PairedFeatures, TrainConfig, train_projector
-
-    train = load_probe("flickr8k:train", n=40, progress=False, data_dir=data_dir)
-    img = extract_features(VISION, train, device="cpu", progress=False).features
-    txt = extract_features(TEXT, train, device="cpu", progress=False).features
-    folder = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = TrainConfig(width=8, epochs=2, batch_size=16, patience=None)
-    data = PairedFeatures(img, txt, torch.arange(40), list(train.ids))
-    train_projector(cfg, data, None, out_dir=folder, device="cpu", progress=False)
-    write_run_config(folder, VISION, TEXT)
-    return folder
+    """A tiny real run folder (linear projector on 40 flickr8k:train pairs, random encoders)."""
+    return tiny_run(tmp_path_factory.mktemp("runs") / "tiny", data_dir, VISION, TEXT, epochs=2)
 
 
 def test_evaluate_pair_equals_direct_computation(run_dir, data_dir):

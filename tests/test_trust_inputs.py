@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _cli import run_cli
+from _training_support import tiny_run
 
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
@@ -85,19 +86,7 @@ def test_evaluate_pair_refuses_repeated_names_before_any_extraction(data_dir, mo
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir):
     """A tiny real run folder (linear projector on 40 flickr8k:train pairs, random encoders)."""
-    from alignkit.features import extract_features
-    from alignkit.runs.trained import write_run_config
-    from alignkit.training import PairedFeatures, TrainConfig, train_projector
-
-    train = load_probe("flickr8k:train", n=40, progress=False, data_dir=data_dir)
-    img = extract_features(VISION, train, device="cpu", progress=False).features
-    txt = extract_features(TEXT, train, device="cpu", progress=False).features
-    folder = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = TrainConfig(width=8, epochs=1, batch_size=16, patience=None)
-    data = PairedFeatures(img, txt, torch.arange(40), list(train.ids))
-    train_projector(cfg, data, None, out_dir=folder, device="cpu", progress=False)
-    write_run_config(folder, VISION, TEXT)
-    return folder
+    return tiny_run(tmp_path_factory.mktemp("runs") / "tiny", data_dir, VISION, TEXT, epochs=1)
 
 
 @pytest.fixture
