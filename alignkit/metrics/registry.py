@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,14 @@ _ABOUT_ORIGIN = frozenset({"rotation", "scaling"})
 _HELD_OUT = MappingProxyType(
     {"folds": alignability.FOLDS, "dims": alignability.DIMS, "fold_seed": 0}
 )
+# the held-out closed-form fits: one variant of Metric, their shared settings given once
+_HeldOutMetric = functools.partial(
+    Metric,
+    defaults=_HELD_OUT,
+    invariances=_ALL,
+    chance=alignability.chance,
+    row_groups=alignability.row_groups,
+)
 
 METRICS: dict[str, Metric] = {
     "linear_cka": Metric(
@@ -141,38 +150,28 @@ METRICS: dict[str, Metric] = {
         engine=svcca.SVCCA_ENGINE,
         label="SVCCA",
     ),
-    "ridge_alignability": Metric(
+    "ridge_alignability": _HeldOutMetric(
         "ridge_alignability",
         alignability.ridge_alignability,
-        _HELD_OUT,
-        "held-out retrieval MRR of ridge both ways, GCV penalties (Hoerl & Kennard 1970)",
-        invariances=_ALL,
-        chance=alignability.chance,
+        description=(
+            "held-out retrieval MRR of ridge both ways, GCV penalties (Hoerl & Kennard 1970)"
+        ),
         engine=alignability.RIDGE_ENGINE,
         label="ridge (held-out MRR)",
-        row_groups=alignability.row_groups,
     ),
-    "procrustes_alignability": Metric(
+    "procrustes_alignability": _HeldOutMetric(
         "procrustes_alignability",
         alignability.procrustes_alignability,
-        _HELD_OUT,
-        "held-out retrieval MRR of orthogonal Procrustes after PCA (Schönemann 1966)",
-        invariances=_ALL,
-        chance=alignability.chance,
+        description="held-out retrieval MRR of orthogonal Procrustes after PCA (Schönemann 1966)",
         engine=alignability.PROCRUSTES_ENGINE,
         label="Procrustes (held-out MRR)",
-        row_groups=alignability.row_groups,
     ),
-    "cca_alignability": Metric(
+    "cca_alignability": _HeldOutMetric(
         "cca_alignability",
         alignability.cca_alignability,
-        _HELD_OUT,
-        "held-out retrieval MRR of regularised CCA: canonical ridge (Vinod 1976)",
-        invariances=_ALL,
-        chance=alignability.chance,
+        description="held-out retrieval MRR of regularised CCA: canonical ridge (Vinod 1976)",
         engine=alignability.CCA_ENGINE,
         label="CCA (held-out MRR)",
-        row_groups=alignability.row_groups,
     ),
 }
 """Registered metrics by name. Add a variant with a new entry (other defaults), not a branch."""
