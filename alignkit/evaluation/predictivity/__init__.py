@@ -6,7 +6,8 @@
 
 * :mod:`.config`: :class:`PredictivityConfig` (the grid file's keys and the command's options);
 * :mod:`.stages`: :func:`run_predictivity`, the run as named, resumable stages;
-* :mod:`.tables`: the pair table, rank correlations with intervals, the verdict sentences;
+* :mod:`.tables`: the run and pair tables, rank correlations with intervals, the verdicts;
+* :mod:`.decisions`: the seed noise and the decision accuracy of each metric;
 * :mod:`.plot`: the figure.
 """
 
@@ -19,6 +20,7 @@ from alignkit.evaluation.predictivity.config import (
     PredictivityConfig,
     read_grid,
 )
+from alignkit.evaluation.predictivity.decisions import decisions_table, seed_noise
 from alignkit.evaluation.predictivity.plan import Plan, make_plan
 from alignkit.evaluation.predictivity.plot import plot_predictivity
 from alignkit.evaluation.predictivity.stages import PredictivityResult, run_predictivity
@@ -27,6 +29,7 @@ from alignkit.evaluation.predictivity.tables import (
     correlate,
     pair_table,
     printable,
+    seed_table,
     verdicts,
 )
 
@@ -39,11 +42,14 @@ __all__ = [
     "PredictivityConfig",
     "PredictivityResult",
     "correlate",
+    "decisions_table",
     "pair_table",
     "make_plan",
     "plot_predictivity",
     "printable",
     "read_grid",
     "run_predictivity",
+    "seed_noise",
+    "seed_table",
     "verdicts",
 ]

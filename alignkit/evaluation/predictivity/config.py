@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,15 @@ class PredictivityConfig:
         metrics: pre-training metrics (``alignkit.METRICS`` keys); permutations: null size (for z);
             k: neighbourhood size.
         train: :class:`alignkit.training.TrainConfig` fields of the fixed recipe.
+        seeds: extra training seeds (seed noise is measured, not assumed): every repeated pair
+            is trained again with each, the recipe's ``seed`` replaced. The first run of every
+            pair keeps the recipe's own training seed (:attr:`first_seed`: ``train.seed``,
+            TrainConfig's default 0) in ``pairs/<pair>/``; seed ``s`` goes to
+            ``pairs/<pair>/seed-<s>/``. ``seed`` below seeds the subsamples, the null and the
+            bootstrap, not training. Neither ``seeds`` nor ``repeat_pairs`` changes the
+            experiment: adding them to a finished grid trains only the new runs.
+        repeat_pairs: None (every pair of the grid gets the extra seeds) or k: k real pairs,
+            spread over the grid (:func:`spread_pairs`).
         results: post-training result keys to correlate (``fnmatch`` patterns over metric keys).
         bootstrap: bootstrap resamples of pairs; level: interval coverage; seed: all randomness.
         device, cache: where models run and where features are cached (not part of the
@@ -156,6 +166,20 @@ class PredictivityConfig:
             "option": Option("TrainConfig fields of the fixed recipe (a [train] table).", cli=False)
         },
     )
+    seeds: tuple[int, ...] = option(
+        (),
+        "Extra training seed (repeatable): the repeated pairs are trained again with it, to "
+        "measure seed noise; the first run keeps the recipe's seed.",
+        metavar="SEED",
+        repeat=True,
+    )
+    repeat_pairs: int | None = option(
+        None,
+        "Real pairs trained again with --seeds, spread evenly over the encoders; default every "
+        "pair.",
+        metavar="K",
+        type=int,
+    )
     results: tuple[str, ...] = option(
         DEFAULT_RESULTS,
         "Post-training result keys to correlate (fnmatch patterns; repeatable).",
@@ -176,6 +200,7 @@ class PredictivityConfig:
                 value = (value,)
             object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "train", dict(self.train))
+        object.__setattr__(self, "seeds", _int_seeds(self.seeds))
         if isinstance(self.eval_n, Mapping):
             object.__setattr__(self, "eval_n", dict(self.eval_n))
         for name in ("score_n", "train_n", "val_n"):
@@ -211,15 +236,70 @@ class PredictivityConfig:
             )
         if self.train:
             self.train_config()  # fails now, listing the valid keys, not after scoring
+        self._check_seeds()
         if self.zeroshot:  # a template that cannot be filled: now, not after training
             from alignkit.evaluation.prompts import load_templates
 
             load_templates(self.templates)
 
+    def _check_seeds(self) -> None:
+        first = self.first_seed
+        if first in self.seeds:
+            raise AlignkitError(
+                f"seeds must be extra training seeds besides the first run's seed {first} (the "
+                f"recipe's train.seed): got seeds {list(self.seeds)}; leave {first} out"
+            )
+        twice = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if twice:
+            raise AlignkitError(f"seeds must differ: got {twice} more than once")
+        if self.repeat_pairs is None:
+            return
+        if not self.seeds:
+            raise AlignkitError(
+                "repeat_pairs must come with the extra seeds to train those pairs with: got "
+                f"repeat_pairs {self.repeat_pairs} and no seeds; give the seeds too"
+            )
+        real = len(self.real_pairs)
+        k = self.repeat_pairs
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= real:
+            raise AlignkitError(
+                f"repeat_pairs must be between 2 (a noise pooled over pairs) and the grid's {real} "
+                f"real pairs: got {self.repeat_pairs!r}; or None to repeat every pair"
+            )
+
     @property
     def pairs(self) -> list[tuple[str, str]]:
         """Every (vision, text) pair of the grid, vision-major."""
         return [(v, t) for v in self.vision for t in self.text]
+
+    @property
+    def real_pairs(self) -> list[tuple[str, str]]:
+        """The pairs without a control encoder, vision-major."""
+        return [(v, t) for v, t in self.pairs if not (self.is_control(v) or self.is_control(t))]
+
+    @property
+    def first_seed(self) -> int:
+        """The training seed of every pair's first run: the recipe's ``seed``."""
+        return int(self.train_config().seed)
+
+    @property
+    def repeated_pairs(self) -> list[tuple[str, str]]:
+        """The pairs trained again with each of :attr:`seeds` (none without seeds)."""
+        if not self.seeds:
+            return []
+        if self.repeat_pairs is None:
+            return self.pairs
+        vision = [v for v in self.vision if not self.is_control(v)]
+        text = [t for t in self.text if not self.is_control(t)]
+        return spread_pairs(vision, text, self.repeat_pairs)
+
+    @property
+    def runs(self) -> list[tuple[str, str, int]]:
+        """Every training run as (vision, text, seed): the first seed of every pair, then each
+        extra seed of the repeated pairs (seed-major, so that an interrupted grid has measured
+        the noise on as many pairs as it could)."""
+        first = [(v, t, self.first_seed) for v, t in self.pairs]
+        return first + [(v, t, s) for s in self.seeds for v, t in self.repeated_pairs]
 
     def is_control(self, spec: str) -> bool:
         return spec in self.controls or spec.startswith(CONTROL_PREFIXES)
@@ -272,6 +352,40 @@ class PredictivityConfig:
             return cls(**{by_key[k]: v for k, v in data.items()})
         except TypeError as exc:
             raise AlignkitError(f"{source}: {exc}") from None
+
+
+def spread_pairs(vision: Sequence[str], text: Sequence[str], k: int) -> list[tuple[str, str]]:
+    """``k`` distinct (vision, text) pairs spread over the ``vision`` x ``text`` grid, so that
+    every vision and every text encoder appears as evenly as possible: counts differ by at most
+    one, for every ``k``.
+
+    The i-th pair is ``(vision[i % V], text[(i + i // L) % T])`` with ``L = lcm(V, T)``: the
+    vision index cycles through every encoder; the text index cycles too, shifted by one after
+    every ``L`` pairs, when the plain diagonal would return to a pair it already took (the b-th
+    block of ``L`` takes the pairs with ``text - vision = b (mod gcd(V, T))``). Every block holds
+    whole cycles of text encoders, so any prefix is a run of consecutive text indices on top of
+    equal counts. Deterministic: it depends on the order of the encoders only.
+    """
+    n_v, n_t = len(vision), len(text)
+    if not 0 <= k <= n_v * n_t:
+        raise AlignkitError(f"k must be between 0 and {n_v * n_t} pairs: got {k}")
+    period = math.lcm(n_v, n_t)
+    return [(vision[i % n_v], text[(i + i // period) % n_t]) for i in range(k)]
+
+
+def _int_seeds(seeds: Any) -> tuple[int, ...]:
+    """``seeds`` as a tuple of ints (the command line gives strings)."""
+    if isinstance(seeds, (str, int)):
+        seeds = (seeds,)
+    out = []
+    for s in seeds:
+        try:
+            if isinstance(s, bool) or float(s) != int(s):
+                raise ValueError
+            out.append(int(s))
+        except (TypeError, ValueError):
+            raise AlignkitError(f"seeds must be integers: got {s!r}") from None
+    return tuple(out)
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -329,4 +443,5 @@ __all__ = [
     "RECIPE_FIELDS",
     "PredictivityConfig",
     "read_grid",
+    "spread_pairs",
 ]

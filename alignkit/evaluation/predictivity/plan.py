@@ -16,9 +16,10 @@ IMAGE_S, TEXT_S, TRAIN_ROW_EPOCH_S, GPU_SPEEDUP = 0.03, 0.004, 5e-4, 10.0
 
 @dataclass(frozen=True)
 class Plan:
-    """``pairs`` in the grid, ``finished`` already evaluated in the folder (reused), ``images``
-    and ``texts`` per encoder across every probe, and a rough upper bound ``seconds`` (every
-    feature uncached, every unfinished pair trained for all its epochs)."""
+    """``pairs`` in the grid, ``finished`` training runs already evaluated in the folder
+    (reused), ``images`` and ``texts`` per encoder across every probe, a rough upper bound
+    ``seconds`` (every feature uncached, every unfinished run trained for all its epochs), and
+    ``extra_runs``: the runs of the extra seeds (``repeated`` pairs x ``seeds``)."""
 
     pairs: int
     finished: int
@@ -27,15 +28,25 @@ class Plan:
     images: int
     texts: int
     seconds: float
+    extra_runs: int = 0
+    repeated: int = 0
+    seeds: tuple[int, ...] = ()
 
     def describe(self) -> str:
-        todo = self.pairs - self.finished
-        done = f", {self.finished} already finished (reused)" if self.finished else ""
+        todo = self.pairs + self.extra_runs - self.finished
+        extra = ""
+        if self.extra_runs:
+            seeds = ", ".join(map(str, self.seeds))
+            extra = f", {self.repeated} of them trained again with seeds {seeds}"
+        what = "pairs" if not self.extra_runs else "runs"
+        done = ""
+        if self.finished:
+            done = f", {self.finished} {'runs ' * bool(self.extra_runs)}already finished (reused)"
         return (
-            f"plan: {self.pairs} pairs ({self.vision} vision x {self.text} text encoders){done}; "
-            f"features of {self.images} images and {self.texts} texts per encoder; "
-            f"{todo} pairs to train and evaluate; rough estimate up to {_duration(self.seconds)} "
-            "(cached features make it much less)"
+            f"plan: {self.pairs} pairs ({self.vision} vision x {self.text} text encoders)"
+            f"{extra}{done}; features of {self.images} images and {self.texts} texts per "
+            f"encoder; {todo} {what} to train and evaluate; rough estimate up to "
+            f"{_duration(self.seconds)} (cached features make it much less)"
         )
 
 
@@ -48,7 +59,8 @@ def _duration(seconds: float) -> str:
 
 
 def make_plan(config: Any, probes: dict[str, Any], finished: int, device: str) -> Plan:
-    """The plan of ``config`` over its loaded ``probes`` (see :mod:`.stages`)."""
+    """The plan of ``config`` over its loaded ``probes`` (see :mod:`.stages`); ``finished``:
+    training runs already evaluated."""
     from alignkit.evaluation.prompts import caption_probe
 
     def captions(probe: Any) -> int:
@@ -64,7 +76,8 @@ def make_plan(config: Any, probes: dict[str, Any], finished: int, device: str) -
     )
     texts += train_texts + sum(len(p.class_names or []) for p in probes["zeroshot"])
     epochs = int(config.train_config().epochs)
-    todo = len(config.pairs) - finished
+    extra = len(config.runs) - len(config.pairs)
+    todo = len(config.runs) - finished
     seconds = (
         len(config.vision) * images * IMAGE_S
         + len(config.text) * texts * TEXT_S
@@ -73,8 +86,9 @@ def make_plan(config: Any, probes: dict[str, Any], finished: int, device: str) -
     if str(device).startswith("cuda"):
         seconds /= GPU_SPEEDUP
     return Plan(
-        len(config.pairs), finished, len(config.vision), len(config.text), images, texts, seconds
-    )
+        len(config.pairs), finished, len(config.vision), len(config.text), images, texts, seconds,
+        extra, len(config.repeated_pairs), tuple(config.seeds),
+    )  # fmt: skip
 
 
 __all__ = ["Plan", "make_plan"]

@@ -5,8 +5,15 @@
     scores    score_pairs of every vision x text pair on the scoring probe, with the permutation
               null (each metric also gets its calibrated z); scores.csv
     pairs     train one fixed recipe per pair and evaluate it, in pairs/<pair>/ (a finished pair
-              folder is reused: train_projector returns a finished run as is)
-    analysis  pairs.csv, correlations.csv and predictivity.png, once every pair is done
+              folder is reused: train_projector returns a finished run as is); then each extra
+              seed of the repeated pairs (``config.seeds``), in pairs/<pair>/seed-<s>/
+    analysis  seeds.csv (one row per run), pairs.csv (seed means), noise.csv (the pooled seed
+              noise), correlations.csv, decisions.csv (only with a measured noise) and
+              predictivity.png, once every run is done
+
+A pair's first run keeps the folder and stage key it had before seeds existed, so adding seeds
+to a finished grid trains the new runs only; an extra seed's stage key is the first one's plus
+``-seed-<s>``.
 
 Each stage output carries a key of the fields it depends on; a changed field reruns that stage.
 """
@@ -18,7 +25,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +35,9 @@ import torch
 from alignkit._files import atomic_write_text
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.predictivity.config import FORMAT, PredictivityConfig
+from alignkit.evaluation.predictivity.decisions import decisions_table, seed_noise
 from alignkit.evaluation.predictivity.plan import Plan, make_plan
-from alignkit.evaluation.predictivity.tables import correlate, pair_table
+from alignkit.evaluation.predictivity.tables import correlate, pair_table, seed_table
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +47,30 @@ EVAL_FIELDS = (
     "val_probe", "val_n", "train_captions", "seed",
 )  # fmt: skip
 #: what a finished experiment folder holds besides config.json
-OUTPUTS = ("scores.csv", "pairs", "pairs.csv", "correlations.csv", "predictivity.png")
+OUTPUTS = (
+    "scores.csv", "pairs", "seeds.csv", "pairs.csv", "noise.csv", "correlations.csv",
+    "decisions.csv", "predictivity.png",
+)  # fmt: skip
 
 
 @dataclass
 class PredictivityResult:
-    """``pairs``: one row per pair (vision, text, control, ``pre/<metric>`` and
-    ``pre/<metric>/z`` columns, ``post/<result>`` columns). ``correlations``: one row per
-    (pre, post) with n_pairs, spearman (+ _low/_high), kendall (+ _low/_high), loeo_min,
-    loeo_mean, rho_no_controls, n_no_controls."""
+    """``pairs``: one row per pair (vision, text, control, n_seeds, ``pre/<metric>`` and
+    ``pre/<metric>/z`` columns, ``post/<result>`` columns: means over the pair's seeds).
+    ``correlations``: one row per (pre, post) with n_pairs, spearman (+ _low/_high), kendall
+    (+ _low/_high), loeo_min, loeo_mean, rho_no_controls, n_no_controls. ``seeds``: one row per
+    training run; ``noise``: the pooled single-run sd of each result
+    (:func:`~.decisions.seed_noise`); ``decisions``: :func:`~.decisions.decisions_table`, None
+    without a measured noise (no real pair trained with two or more seeds)."""
 
     pairs: pd.DataFrame
     correlations: pd.DataFrame
     config: PredictivityConfig
     out_dir: Path | None = None
     timings: dict[str, Any] = field(default_factory=dict)
+    seeds: pd.DataFrame | None = None
+    noise: pd.DataFrame | None = None
+    decisions: pd.DataFrame | None = None
 
     def best(self, result: str, kind: str = "z") -> pd.DataFrame:
         """The correlation rows of one post-training result, best Spearman first."""
@@ -99,6 +116,20 @@ def pair_folder(out: Path, vision: str, text: str) -> Path:
     return out / "pairs" / f"{s(vision)}__{s(text)}"
 
 
+def run_folder(out: Path, config: PredictivityConfig, vision: str, text: str, seed: int) -> Path:
+    """Where the run of ``seed`` trains: the pair folder for the first seed
+    (:attr:`~.config.PredictivityConfig.first_seed`), ``seed-<s>/`` inside it for an extra one."""
+    folder = pair_folder(out, vision, text)
+    return folder if seed == config.first_seed else folder / f"seed-{seed}"
+
+
+def run_key(config: PredictivityConfig, seed: int) -> str:
+    """The evaluation stage key of the run of ``seed`` (the first seed's is the one pair folders
+    always had)."""
+    key = config.stage_key(*EVAL_FIELDS)
+    return key if seed == config.first_seed else f"{key}-seed-{seed}"
+
+
 def run_predictivity(
     config: PredictivityConfig,
     out_dir: str | Path,
@@ -142,7 +173,7 @@ def run_predictivity(
     )
     _set_up(run, overwrite)
     if on_plan is not None:
-        done = len(finished_pairs(run.out, config))
+        done = len(finished_runs(run.out, config))
         on_plan(make_plan(config, run.probes, done, run.device))
     t0 = time.perf_counter()
     scores = _scores(run) if only is None else None  # `only` runs train and evaluate only
@@ -276,53 +307,66 @@ def _read_stage_csv(path: Path, key: str) -> pd.DataFrame | None:
 
 # -- pairs ----------------------------------------------------------------------------------------
 def finished_pairs(out: Path, config: PredictivityConfig) -> list[tuple[str, str]]:
-    """The pairs of the grid whose evaluation in ``out`` matches the config (resume skips them)."""
-    key = config.stage_key(*EVAL_FIELDS)
+    """The pairs of the grid whose first run's evaluation in ``out`` matches the config."""
+    first = config.first_seed
+    return [(v, t) for v, t, s in finished_runs(out, config) if s == first]
+
+
+def finished_runs(out: Path, config: PredictivityConfig) -> list[tuple[str, str, int]]:
+    """The (vision, text, seed) runs of :attr:`~.config.PredictivityConfig.runs` whose
+    evaluation in ``out`` matches the config (resume skips them)."""
     return [
-        (v, t)
-        for v, t in config.pairs
-        if _read_stage_json(pair_folder(out, v, t) / "metrics.json", key) is not None
+        (v, t, s)
+        for v, t, s in config.runs
+        if _read_stage_json(run_folder(out, config, v, t, s) / "metrics.json", run_key(config, s))
+        is not None
     ]
 
 
 def _pairs(
     run: _Run, only: Sequence[tuple[str, str]] | None, skip_unfinished: bool
 ) -> list[dict[str, Any]]:
-    """Train and evaluate every pair (or ``only`` these); reuse the finished ones."""
-    todo = run.config.pairs
+    """Train and evaluate every run of the grid (or of ``only`` these pairs): the first seed of
+    every pair, then the extra seeds; reuse the finished ones. One row per run."""
+    config, pairs = run.config, run.config.pairs
     if only is not None:
-        unknown = [p for p in only if tuple(p) not in todo]
+        unknown = [p for p in only if tuple(p) not in pairs]
         if unknown:
             raise AlignkitError(f"only names pairs outside the grid: {unknown}")
-        todo = [tuple(p) for p in only]
-    key = run.config.stage_key(*EVAL_FIELDS)
+        pairs = [tuple(p) for p in only]
+    extra = set(config.repeated_pairs)  # as config.runs, in the order of `only`
+    todo = [(v, t, config.first_seed) for v, t in pairs]
+    todo += [(v, t, s) for s in config.seeds for v, t in pairs if (v, t) in extra]
     rows, skipped = [], []
-    for v, t in todo:
-        metrics = _read_stage_json(pair_folder(run.out, v, t) / "metrics.json", key)
+    for v, t, seed in todo:
+        key = run_key(config, seed)
+        metrics = _read_stage_json(run_folder(run.out, config, v, t, seed) / "metrics.json", key)
         if metrics is None and skip_unfinished:
-            skipped.append(f"{v} x {t}")
+            skipped.append(f"{v} x {t}" + ("" if seed == config.first_seed else f" seed {seed}"))
             continue
         if metrics is None:
-            metrics = _train_and_evaluate(run, v, t, key)
-        rows.append({"vision": v, "text": t, "metrics": metrics})
+            metrics = _train_and_evaluate(run, v, t, seed)
+        rows.append({"vision": v, "text": t, "seed": seed, "metrics": metrics})
     if skipped:
         run.timings["skipped_pairs"] = skipped
-        log.warning("%d unfinished pairs left out: %s", len(skipped), "; ".join(skipped))
+        log.warning("%d unfinished runs left out: %s", len(skipped), "; ".join(skipped))
     return rows
 
 
-def _train_and_evaluate(run: _Run, v: str, t: str, key: str) -> dict[str, Any]:
-    """One pair: train the recipe into its folder, name its encoders, evaluate, write metrics."""
+def _train_and_evaluate(run: _Run, v: str, t: str, seed: int) -> dict[str, Any]:
+    """One run: train the recipe with ``seed`` into its folder, name its encoders, evaluate,
+    write metrics."""
     from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
     from alignkit.runs.metrics import write_metrics
     from alignkit.runs.trained import write_run_config
     from alignkit.training import train_projector
 
-    config, folder = run.config, pair_folder(run.out, v, t)
+    config, folder = run.config, run_folder(run.out, run.config, v, t, seed)
+    key = run_key(config, seed)
     train = _paired(run, run.probes["train"], v, t)
     val = _paired(run, run.probes["val"], v, t) if run.probes["val"] is not None else None
     folder.mkdir(parents=True, exist_ok=True)
-    recipe = config.train_config()
+    recipe = replace(config.train_config(), seed=seed)  # the first seed: the recipe as it is
     result = train_projector(
         recipe, train, val, out_dir=folder, device=run.device, progress=run.progress
     )
@@ -346,7 +390,7 @@ def _train_and_evaluate(run: _Run, v: str, t: str, key: str) -> dict[str, Any]:
         device=run.device,
         progress=run.progress,
     )
-    about = {"command": "predictivity", "stage_key": key, "vision": v, "text": t}
+    about = {"command": "predictivity", "stage_key": key, "vision": v, "text": t, "seed": seed}
     keyed = {k: {**value, "stage_key": key} for k, value in metrics.items()}
     write_metrics(folder, keyed, about={**about, "train_steps": result.steps})
     return keyed
@@ -395,11 +439,30 @@ def _paired(run: _Run, probe: Any, v: str, t: str) -> Any:
 
 # -- analysis -------------------------------------------------------------------------------------
 def _analysis(run: _Run, scores: pd.DataFrame, rows: list[dict[str, Any]]) -> PredictivityResult:
-    """pairs.csv, correlations.csv and the figure, from the scores and the pairs' results."""
-    pairs = pair_table(scores, rows, run.config)
-    correlations = correlate(pairs, run.config)
-    atomic_write_text(run.out / "pairs.csv", pairs.to_csv(index=False))
-    atomic_write_text(run.out / "correlations.csv", correlations.to_csv(index=False))
+    """seeds.csv, pairs.csv, noise.csv, correlations.csv, decisions.csv and the figure, from the
+    scores and the runs' results."""
+    config = run.config
+    seeds = seed_table(rows, config)
+    pairs = pair_table(scores, rows, config)
+    noise = seed_noise(seeds)
+    correlations = correlate(pairs, config)
+    measured = noise[noise["sd"].notna()]
+    decisions = None
+    if len(measured):
+        decisions = decisions_table(
+            pairs,
+            dict(zip(measured["result"], measured["sd"], strict=True)),
+            results=list(measured["result"]),
+            bootstrap=config.bootstrap,
+            level=config.level,
+            seed=config.seed,
+        )
+    for name, table in (("seeds", seeds), ("pairs", pairs), ("noise", noise),
+                        ("correlations", correlations), ("decisions", decisions)):  # fmt: skip
+        if table is not None:
+            atomic_write_text(run.out / f"{name}.csv", table.to_csv(index=False))
+    if decisions is None:  # an earlier run's table would describe other runs
+        (run.out / "decisions.csv").unlink(missing_ok=True)
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -413,13 +476,18 @@ def _analysis(run: _Run, scores: pd.DataFrame, rows: list[dict[str, Any]]) -> Pr
     with atomic_path(run.out / "predictivity.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    return PredictivityResult(pairs, correlations, run.config, run.out, run.timings)
+    return PredictivityResult(
+        pairs, correlations, config, run.out, run.timings, seeds, noise, decisions
+    )
 
 
 __all__ = [
     "PredictivityResult",
     "finished_pairs",
+    "finished_runs",
     "pair_folder",
+    "run_folder",
+    "run_key",
     "run_predictivity",
     "saved_config",
 ]

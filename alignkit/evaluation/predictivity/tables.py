@@ -36,13 +36,10 @@ NAN_REASONS = {
 }
 
 
-def pair_table(
-    scores: pd.DataFrame, rows: Sequence[Mapping[str, Any]], config: PredictivityConfig
-) -> pd.DataFrame:
-    """One row per pair: pre-training scores (raw and z) and post-training results."""
-    last = scores
-    if "vision_layer" in scores:
-        last = scores[(scores["vision_layer"] == -1) & (scores["text_layer"] == -1)]
+def seed_table(rows: Sequence[Mapping[str, Any]], config: PredictivityConfig) -> pd.DataFrame:
+    """seeds.csv: one row per training run (pair x seed): vision, text, control, seed and the
+    ``post/<result>`` columns of the results the config correlates. ``rows``: ``{"vision",
+    "text", "seed", "metrics"}`` mappings (``metrics``: the run's metrics.json entries)."""
     table = []
     for row in rows:
         v, t = row["vision"], row["text"]
@@ -50,14 +47,40 @@ def pair_table(
             "vision": v,
             "text": t,
             "control": config.is_control(v) or config.is_control(t),
+            "seed": row.get("seed", config.first_seed),
         }
-        mine = last[(last["vision"] == v) & (last["text"] == t)]
-        for _, s in mine.iterrows():
-            rec[f"pre/{s['metric']}"] = float(s["score"])
-            rec[f"pre/{s['metric']}/z"] = float(s["z"])
         for key, value in row["metrics"].items():
             if any(fnmatch.fnmatchcase(key, pat) for pat in config.results):
                 rec[f"post/{key}"] = float(value["value"])
+        table.append(rec)
+    return pd.DataFrame(table)
+
+
+def pair_table(
+    scores: pd.DataFrame, rows: Sequence[Mapping[str, Any]], config: PredictivityConfig
+) -> pd.DataFrame:
+    """One row per pair: ``n_seeds`` (its training runs), the pre-training scores (raw and z)
+    and the post-training results, each the mean over the pair's seeds (:func:`seed_table`)."""
+    last = scores
+    if "vision_layer" in scores:
+        last = scores[(scores["vision_layer"] == -1) & (scores["text_layer"] == -1)]
+    runs = seed_table(rows, config)
+    if runs.empty:
+        return runs
+    post = [c for c in runs if c.startswith("post/")]
+    table = []
+    for v, t in dict.fromkeys(zip(runs["vision"], runs["text"], strict=True)):
+        mine = runs[(runs["vision"] == v) & (runs["text"] == t)]
+        rec: dict[str, Any] = {
+            "vision": v,
+            "text": t,
+            "control": bool(mine["control"].iloc[0]),
+            "n_seeds": len(mine),
+        }
+        for _, s in last[(last["vision"] == v) & (last["text"] == t)].iterrows():
+            rec[f"pre/{s['metric']}"] = float(s["score"])
+            rec[f"pre/{s['metric']}/z"] = float(s["z"])
+        rec.update({c: float(mine[c].mean()) for c in post})
         table.append(rec)
     return pd.DataFrame(table)
 
@@ -204,5 +227,6 @@ __all__ = [
     "headline_metric",
     "pair_table",
     "printable",
+    "seed_table",
     "verdicts",
 ]
