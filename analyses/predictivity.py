@@ -9,7 +9,11 @@ evaluated on all of ``flickr8k:test`` (1,000 images x 5 captions, retrieval) and
 pre-training metric with every result (Spearman, Kendall, bootstrap intervals over pairs,
 leave-one-encoder-out) go to ``docs/predictivity_correlations.csv``, the per-pair table to
 ``docs/predictivity_pairs.csv`` and the scatter plots to ``docs/predictivity.png``; the write-up
-with timings is in ``docs/evaluation.md``.
+with timings is in ``docs/evaluation.md``. A grid with extra training seeds (``alignability``:
+seeds 1 and 2 on ``--repeat-pairs`` real pairs) also writes the per-run results
+(``docs/predictivity_seeds.csv``), the pooled seed noise (``docs/predictivity_noise.csv``) and the
+decision accuracy of every metric (``docs/predictivity_decisions.csv``); the correlations are then
+over seed means.
 
     python analyses/predictivity.py --out runs/pred       # the full grid (what docs/ holds)
     python analyses/predictivity.py --grid reduced --no-docs --out /tmp/pred  # 12 pairs, cheaper
@@ -84,6 +88,9 @@ GRIDS = {
             "cca_alignability",
         ),
         "train": {},  # alignkit's default recipe (auto batch and epochs)
+        # seed noise measured, not assumed: seeds 1 and 2 on --repeat-pairs real pairs (the first
+        # run of every pair keeps seed 0 and its folder, so the finished pairs are reused)
+        "seeds": (1, 2),
     },
     # a cheaper grid: EfficientNet-Lite0 and MPNet-base (the slowest encoders) left out, both
     # controls kept; retrieval only (no zero-shot)
@@ -139,6 +146,13 @@ def main() -> None:
         "--only-vision", help="train and evaluate only this vision encoder's pairs (parallel runs)"
     )
     parser.add_argument(
+        "--repeat-pairs",
+        type=int,
+        default=14,
+        help="real pairs trained again with the grid's extra seeds, spread evenly over the "
+        "encoders (grids with seeds only; 0: every pair)",
+    )
+    parser.add_argument(
         "--annealed",
         action="store_true",
         help="the recipe check of docs/evaluation.md: a 10-epoch cosine, no early stopping "
@@ -152,6 +166,8 @@ def main() -> None:
     grid = GRIDS[args.grid]
     if "train" not in grid or args.annealed:
         grid = {**grid, "train": train}
+    if grid.get("seeds"):
+        grid = {**grid, "repeat_pairs": args.repeat_pairs or None}
     config = PredictivityConfig(**{**COMMON, **grid})
     t0 = time.perf_counter()
     only = [(args.only_vision, t) for t in reversed(config.text)] if args.only_vision else None
@@ -177,12 +193,21 @@ def main() -> None:
     cols = ["pre", "kind", "post", "spearman", "spearman_low", "spearman_high", "kendall",
             "loeo_min", "rho_no_controls"]  # fmt: skip
     print(result.correlations[cols].round(2).to_string(index=False))
+    if result.decisions is not None:
+        print(result.noise.round(4).to_string(index=False))
+        print(result.decisions.round(3).head(24).to_string(index=False))
     print(json.dumps(summary))
     if not args.no_docs:
         args.docs.mkdir(exist_ok=True)
         shutil.copy(args.out / "pairs.csv", args.docs / "predictivity_pairs.csv")
         shutil.copy(args.out / "correlations.csv", args.docs / "predictivity_correlations.csv")
         shutil.copy(args.out / "predictivity.png", args.docs / "predictivity.png")
+        for name in ("seeds", "noise", "decisions"):  # a grid without seeds has no decisions
+            target = args.docs / f"predictivity_{name}.csv"
+            if (args.out / f"{name}.csv").is_file() and result.decisions is not None:
+                shutil.copy(args.out / f"{name}.csv", target)
+            else:
+                target.unlink(missing_ok=True)  # a table of another grid would mislead
 
 
 if __name__ == "__main__":

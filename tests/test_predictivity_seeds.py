@@ -265,7 +265,7 @@ def test_the_command_line_names_the_seed_flags(tmp_path, capsys):
 
 # -- a tiny grid trained again with seeds ----------------------------------------------------------
 @pytest.mark.slow
-def test_a_finished_grid_trains_only_the_new_seeds(tmp_path, data_dir, monkeypatch):
+def test_a_finished_grid_trains_only_the_new_seeds(tmp_path, data_dir, monkeypatch, capsys):
     import alignkit.evaluation.predictivity.config as config_module
     import alignkit.evaluation.predictivity.stages as stages
 
@@ -319,6 +319,20 @@ def test_a_finished_grid_trains_only_the_new_seeds(tmp_path, data_dir, monkeypat
     assert len(decisions) == 2 * len(post) * 3  # linear_cka raw and z x results x scopes
     pd.testing.assert_frame_equal(again.decisions, decisions, check_dtype=False)
 
+    # the command over the finished folder: nothing trains, the decisions are reported
+    import json
+
+    from _cli import run_cli
+
     trained.clear()
-    run_predictivity(seeded, out, device="cpu")  # everything finished: nothing trains
-    assert trained == []
+    names = "vision text train_n val_probe zeroshot retrieval eval_n permutations bootstrap "
+    names += "metrics train seeds repeat_pairs"
+    body = {k: getattr(seeded, k) for k in names.split()}
+    body.update(probe=seeded.score_probe, n=seeded.score_n)
+    grid = tmp_path / "grid.json"  # JSON: val_probe null (TOML has no null)
+    grid.write_text(json.dumps(body))
+    argv = ["predictivity", "--config", str(grid), "--device", "cpu", "--out", str(out), "-q"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert trained == [] and "0 runs to train and evaluate" in stdout
+    assert "linear_cka/z" in stdout and "same_text" in stdout and "decisions.csv" in stdout

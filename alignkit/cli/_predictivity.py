@@ -87,4 +87,11 @@ def predictivity(
     typer.echo(f"(calibrated z rows; the raw-score rows are in {out / 'correlations.csv'})")
     for note in dict.fromkeys(notes):
         typer.echo(note)
-    typer.echo(f"wrote {out / 'correlations.csv'}, {out / 'pairs.csv'}, {out / 'predictivity.png'}")
+    if result.decisions is not None:  # seed noise measured: which pair to train, decided right?
+        decided = result.decisions[result.decisions["metric"] == f"{cfg.metrics[0]}/z"]
+        typer.echo("")
+        typer.echo(decided.round(3).to_string(index=False))
+        typer.echo("(decision accuracy of the first metric's z; every metric in decisions.csv)")
+    written = ["correlations.csv", "pairs.csv", "seeds.csv", "noise.csv"]
+    written += ["decisions.csv"] * (result.decisions is not None) + ["predictivity.png"]
+    typer.echo(f"wrote {', '.join(str(out / name) for name in written)}")
