@@ -126,7 +126,9 @@ def decisions_table(
     positions holding different pairs are compared (a pair drawn twice is not compared with
     itself, so k copies of a and l of b give k * l decisions), and ``ci_low``/``ci_high`` are the
     ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled accuracies (NaN when
-    no resample has a decision).
+    no resample has a decision). A percentile interval cannot reach past what was observed:
+    when every decision is right it is [1, 1] whatever their number, so read it with
+    ``n_decisions`` (3 of 3 right is weak evidence).
 
     Returns: one row per (metric, result, scope), columns exactly :data:`COLUMNS`.
 
