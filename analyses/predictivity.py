@@ -87,6 +87,9 @@ GRIDS = {
             "procrustes_alignability",
             "cca_alignability",
         ),
+        # 20, not 100: the held-out fits cost ~1 s a permutation a pair on 2 cores at n = 1,000
+        # (100 would take hours); the CKA family's null is analytic whatever the count
+        "permutations": 20,
         "train": {},  # alignkit's default recipe (auto batch and epochs)
         # seed noise measured, not assumed: seeds 1 and 2 on --repeat-pairs real pairs (the first
         # run of every pair keeps seed 0 and its folder, so the finished pairs are reused)
