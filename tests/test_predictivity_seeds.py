@@ -90,7 +90,11 @@ def test_known_answers_threshold_ties_scopes_and_controls():
     loose = decisions_table(pairs, {"r": 0.0}, bootstrap=0)
     assert cell(loose, "all")[["n_decisions", "accuracy"]].tolist() == [6, 0.5]
     assert cell(loose, "same_text")[["n_decisions", "accuracy"]].tolist() == [2, 0.5]
-    assert math.isnan(cell(table, "all")["ci_low"])  # bootstrap=0: no interval
+    # bootstrap=0: the Wilson interval of 3 right of 5 alone (by hand: centre 0.5566, half 0.3258)
+    assert cell(table, "all")[["ci_low", "ci_high"]].tolist() == [
+        pytest.approx(0.2307, abs=1e-4),
+        pytest.approx(0.8824, abs=1e-4),
+    ]
 
 
 def test_n_seeds_enters_the_threshold():
@@ -159,9 +163,25 @@ def test_the_interval_is_a_bootstrap_over_pairs():
         if n:
             accs.append(right / n)
     row = table.iloc[0]
-    assert row["ci_low"] == pytest.approx(np.quantile(accs, 0.05))
-    assert row["ci_high"] == pytest.approx(np.quantile(accs, 0.95))
+    # the union with the Wilson interval of right/n (written out: Wilson 1927, z at 90 %)
+    n, p, z = row["n_decisions"], row["accuracy"], 1.6448536269514722
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert row["ci_low"] == pytest.approx(min(np.quantile(accs, 0.05), centre - half))
+    assert row["ci_high"] == pytest.approx(max(np.quantile(accs, 0.95), centre + half))
     assert row["ci_low"] < row["accuracy"] < row["ci_high"], row
+
+
+def test_an_all_right_accuracy_still_has_a_lower_bound_below_one():
+    """3 of 3 right: a percentile bootstrap alone says [1, 1]; Wilson's 95 % bound is 0.44."""
+    pairs = pd.DataFrame({
+        "vision": ["v1", "v2", "v3"], "text": ["t", "t", "t"], "control": False, "n_seeds": 1,
+        "pre/m": [0.1, 0.2, 0.3], "post/r": [1.0, 2.0, 3.0],
+    })  # fmt: skip
+    row = decisions_table(pairs, {"r": 0.01}, scopes=["all"]).iloc[0]
+    assert (row["n_decisions"], row["accuracy"]) == (3, 1.0)
+    assert row["ci_low"] == pytest.approx(0.4385, abs=1e-3)  # 3/(3 + 1.96^2), Wilson at p = 1
+    assert row["ci_high"] == 1.0
 
 
 def test_bad_input_to_the_decisions():

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from alignkit.errors import AlignkitError
 
@@ -126,9 +127,12 @@ def decisions_table(
     positions holding different pairs are compared (a pair drawn twice is not compared with
     itself, so k copies of a and l of b give k * l decisions), and ``ci_low``/``ci_high`` are the
     ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled accuracies (NaN when
-    no resample has a decision). A percentile interval cannot reach past what was observed:
-    when every decision is right it is [1, 1] whatever their number, so read it with
-    ``n_decisions`` (3 of 3 right is weak evidence).
+    no resample has a decision). A percentile interval cannot reach past what was observed (when
+    every decision is right it is [1, 1] whatever their number), so the interval reported is the
+    union of that bootstrap interval and the Wilson score interval of ``right`` of
+    ``n_decisions`` at ``level`` (Wilson 1927; decisions taken as independent, which is too
+    narrow where pairs are shared but not degenerate at 0 or 1): 3 of 3 right gives
+    ``ci_low`` 0.44 at 95 %, not 1.
 
     Returns: one row per (metric, result, scope), columns exactly :data:`COLUMNS`.
 
@@ -184,7 +188,10 @@ def _cell(
             acc = hits[seen] / total[seen]
             alpha = (1 - level) / 2
             low, high = (float(q) for q in np.quantile(acc, [alpha, 1 - alpha]))
-    return {"n_decisions": n, "accuracy": accuracy, "ci_low": low, "ci_high": high}
+    if n:
+        wilson = binomtest(int(right.sum()) // 2, n).proportion_ci(level, method="wilson")
+        low, high = np.fmin(low, wilson.low), np.fmax(high, wilson.high)  # fmin: NaN-safe
+    return {"n_decisions": n, "accuracy": accuracy, "ci_low": float(low), "ci_high": float(high)}
 
 
 def _check(
