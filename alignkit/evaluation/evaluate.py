@@ -23,7 +23,12 @@ import torch.nn.functional as F
 
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.judgements import Judgements, correlations, read_judgements
-from alignkit.evaluation.prompts import caption_probe, load_templates, prompt_probe, text_probe
+from alignkit.evaluation.prompts import (
+    caption_probe,
+    prompt_probe,
+    text_probe,
+    zeroshot_templates,
+)
 from alignkit.evaluation.retrieval import retrieval
 from alignkit.evaluation.zeroshot import ensemble_classifier, zeroshot
 from alignkit.probes.labels import check_class_names
@@ -173,7 +178,7 @@ def evaluate_pair(
     *,
     zeroshot_probes: Sequence[Any] = (),
     retrieval_probes: Sequence[Any] = (),
-    templates: str | Path | Sequence[str] = "imagenet7",
+    templates: str | Path | Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     cache: Any = True,
     device: str = "cpu",
@@ -186,7 +191,10 @@ def evaluate_pair(
         pair: the encoders and heads (:class:`AlignedPair`).
         zeroshot_probes: labelled probes (specs such as ``"imagenet-samples"`` or ProbeSets).
         retrieval_probes: captioned probes (``"flickr8k:test"``).
-        templates: prompt templates: ``imagenet80``, ``imagenet7``, ``single``, a file, or a list.
+        templates: prompt templates: ``imagenet80``, ``imagenet7``, ``single``, a file, or a
+            list; None (the default): each probe's own (a CLIP_benchmark folder's
+            ``zeroshot_classification_templates.txt``), else ``imagenet7``
+            (:func:`~alignkit.evaluation.prompts.zeroshot_templates`).
         class_names: overrides the probes' class names (one per label).
         allow_duplicate_class_names: accept two labels with one name (identical prompts).
         cache: feature cache (see :func:`alignkit.extract_features`).
@@ -194,27 +202,30 @@ def evaluate_pair(
         progress: extraction progress bars.
 
     Returns:
-        flat metrics ``{"zeroshot/<probe>/top1": {"value", "n", "chance"}, ...}``.
+        flat metrics ``{"zeroshot/<probe>/top1": {"value", "n", "chance"}, ...}``; zero-shot
+        entries also carry ``templates`` (where the templates came from: a set name, a file,
+        ``"given"`` or ``"probe"``) and ``n_templates``.
 
     Raises:
         AlignkitError: a probe without labels (zero-shot), class names that do not cover the
             labels, duplicate retrieval ids: all checked before any model work.
     """
-    templates = load_templates(templates)
     zs = [_load(p) for p in zeroshot_probes]
     rt = [_load(p) for p in retrieval_probes]
     names = [check_zeroshot_probe(p, class_names, allow_duplicate_class_names) for p in zs]
+    prompts_of = [zeroshot_templates(p, templates) for p in zs]  # checked before model work
     for p in rt:
         check_retrieval_probe(p)
     feats = _Features(pair, cache, device, progress)
     out: Metrics = {}
-    for probe, cls in zip(zs, names, strict=True):
+    for probe, cls, (used, source) in zip(zs, names, prompts_of, strict=True):
+        log.info("zero-shot on %s: %d templates (%s)", probe.name, len(used), source)
         images = feats.embed("image", probe)
-        prompts = feats.embed("text", prompt_probe(cls, templates))
+        prompts = feats.embed("text", prompt_probe(cls, used))
         weights = ensemble_classifier(prompts, len(cls))
         result = zeroshot(images, weights, [row.label for row in probe.rows])
         for k, v in result.metrics().items():
-            out[f"zeroshot/{probe.name}/{k}"] = v
+            out[f"zeroshot/{probe.name}/{k}"] = {**v, "templates": source, "n_templates": len(used)}
     for probe in rt:
         images = feats.embed("image", probe)
         captions, index = caption_probe(probe)
