@@ -162,6 +162,7 @@ def _evaluate_one(job: _Job, name: str) -> dict[str, Any]:
         cache=cfg.cache,
         device=cfg.device,
         progress=not job.quiet,
+        skip_bad=cfg.skip_bad,
     )
     if job.judged is not None:
         jprobe, judged = job.judged
