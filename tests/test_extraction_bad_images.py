@@ -250,3 +250,28 @@ def test_rank_train_and_evaluate_record_the_skipped_rows(
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
     r1 = metrics[f"retrieval/{manifest}/image_to_text_R@1"]
     assert r1["n"] == 10 and r1["skipped_rows"]["count"] == 5
+
+
+def test_a_subsample_reads_the_entry_and_meets_only_its_own_skipped_rows(
+    planted: dict, tmp_path: Path
+) -> None:
+    import torch
+
+    from alignkit.errors import AlignkitError
+    from alignkit.features import FeatureCache, extract_features
+    from alignkit.features.skipped import without_skipped
+
+    probe = _load(planted["manifest"])
+    run = {"cache": FeatureCache.at(tmp_path / "cache"), "num_workers": 0, "progress": False}
+    whole = extract_features("random:image-32", probe, skip_bad=True, batch_size=4, **run)
+    good = probe.subset([i for i in range(15) if i not in BAD_AT][:6], name="six good rows")
+    part = extract_features("random:image-32", good, batch_size=4, **run)  # from the entry
+    assert part.provenance.get("cached_from") and "skipped_rows" not in part.provenance
+    assert torch.equal(part.features, whole.features[:6])
+    assert without_skipped(good, {"image": part})[0] is good
+    with_bad = probe.subset([0, 1, 2, 3], name="with a bad row")
+    with pytest.raises(AlignkitError, match=r"row 'bad02'.*\(1 such row\)"):
+        extract_features("random:image-32", with_bad, batch_size=4, **run)
+    kept = extract_features("random:image-32", with_bad, skip_bad=True, batch_size=4, **run)
+    assert kept.ids == ("000000000", "000000001", "000000002")  # rows 0, 1 and 3
+    assert [d["id"] for d in kept.provenance["skipped_rows"]] == ["bad02"]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from alignkit._words import counted
 from alignkit.errors import AlignkitError
 
 if TYPE_CHECKING:
@@ -75,8 +76,9 @@ def settle(fs: FeatureSet, probe_name: str, skip_bad: bool) -> FeatureSet:
     if not fs.provenance.get(SKIPPED):  # the common case: nothing to look at
         return fs
     rows = set(nan_rows(fs.features))
-    if not rows:
-        return fs
+    if not rows:  # a part of an entry (another probe's, a subsample) without its skipped rows
+        provenance = {k: v for k, v in fs.provenance.items() if k != SKIPPED}
+        return FeatureSet(fs.features, fs.ids, provenance)
     listed = {d["id"]: d for d in fs.provenance[SKIPPED]}
     skipped = [
         listed.get(fs.ids[i], {"id": fs.ids[i], "where": "", "reason": EARLIER})
@@ -87,7 +89,8 @@ def settle(fs: FeatureSet, probe_name: str, skip_bad: bool) -> FeatureSet:
         where = f" ({first['where']})" if first.get("where") else ""
         raise BadImage(
             f"probe {probe_name}: cannot read the image of row {first['id']!r}{where}: "
-            f"{first['reason']} ({len(skipped)} such rows); pass skip_bad=True to skip them"
+            f"{first['reason']} ({counted(len(skipped), 'such row')}); pass skip_bad=True to "
+            "skip them"
         )
     log.warning(
         "probe %s: %s: %d row(s) skipped, their images cannot be read (skip_bad=True); first: %r",
@@ -120,10 +123,10 @@ def without_skipped(
     """``probe`` without the rows any of ``feature_sets`` skipped (they join ``probe.dropped``,
     as ``load_probe(skip_bad=True)`` drops a row it finds bad), and every feature set as the
     rows of that probe, in its order. Unchanged when none skipped a row."""
-    from alignkit.features.featureset import FeatureSet
+    from alignkit.features.featureset import CAPTION_SEP, FeatureSet
 
     skipped = skipped_rows(*feature_sets.values())
-    gone = {d["id"] for d in skipped} - {d["id"] for d in probe.dropped}
+    gone = ({d["id"] for d in skipped} & set(probe.ids)) - {d["id"] for d in probe.dropped}
     if not gone:
         return probe, dict(feature_sets)
     keep = [i for i, row in enumerate(probe.rows) if row.id not in gone]
@@ -139,13 +142,13 @@ def without_skipped(
         kept.templates,
         probe.rows_available,
     )
-    log.warning(
-        "probe %s: %d row(s) skipped (skip_bad=True): their images cannot be read; first: %r",
-        probe.name, len(new), new[0]["id"],
+    log.info(
+        "probe %s: %d row(s) left out of every encoder's features: their images cannot be read",
+        probe.name, len(new),
     )  # fmt: skip
     out = {}
     for label, fs in feature_sets.items():  # a caption-level set keeps its rows' captions
-        rows_of = fs.ids if not fs.per_caption else [i.rpartition("#")[0] for i in fs.ids]
+        rows_of = fs.ids if not fs.per_caption else [i.rpartition(CAPTION_SEP)[0] for i in fs.ids]
         keep_at = [i for i, row_id in enumerate(rows_of) if row_id not in gone]
         features = fs.features
         if len(keep_at) != fs.n:
