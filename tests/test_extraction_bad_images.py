@@ -275,3 +275,22 @@ def test_a_subsample_reads_the_entry_and_meets_only_its_own_skipped_rows(
     kept = extract_features("random:image-32", with_bad, skip_bad=True, batch_size=4, **run)
     assert kept.ids == ("000000000", "000000001", "000000002")  # rows 0, 1 and 3
     assert [d["id"] for d in kept.provenance["skipped_rows"]] == ["bad02"]
+
+
+@pytest.mark.slow
+def test_mobilenet_features_of_the_good_rows_of_a_shard_are_a_clean_runs(planted: dict) -> None:
+    """A real CNN: the stand-ins keep every batch's size, and the good rows' features are those
+    of the manifest of the good files alone (another batching: equal to float32 rounding)."""
+    import torch
+
+    from alignkit.encoders import create_encoder
+    from alignkit.features import extract_features
+
+    enc = create_encoder("torchvision:mobilenet_v2", device="cpu")
+    run = {"cache": False, "batch_size": 4, "progress": False}
+    fs = extract_features(enc, _load(planted["shard"]), skip_bad=True, num_workers=1, **run)
+    clean = extract_features(enc, _load(planted["clean"]), num_workers=0, **run)
+    assert fs.ids == clean.ids == planted["good_ids"]
+    torch.testing.assert_close(fs.features, clean.features, rtol=1e-4, atol=1e-5)
+    # and each row is its own image: a shift by one row would be far off
+    assert not torch.allclose(fs.features[1:], clean.features[:-1], atol=1e-2)
