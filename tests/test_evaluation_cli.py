@@ -464,3 +464,44 @@ def test_load_aligned_tells_a_missing_folder_from_an_unfinished_run(tmp_path):
     (unfinished / "run.json").write_text(json.dumps({"kind": "train", "status": "running"}))
     with pytest.raises(AlignkitError, match="unfinished training run.*'running'"):
         load_aligned(unfinished)
+
+
+# -- a CLIP_benchmark folder brings its class names and templates (issue 18) ---------------------
+@pytest.mark.real
+def test_clip_benchmark_folder_templates_are_the_default_and_an_override_wins(
+    run_dir, data_dir, tmp_path, capsys
+):
+    from test_probes_webdataset import _clip_benchmark
+
+    from alignkit.evaluation.prompts import prompt_probe
+    from alignkit.evaluation.zeroshot import ensemble_classifier, zeroshot
+
+    root, _ = _clip_benchmark(data_dir, tmp_path / "wds_tiny")  # 20 real images, 5 classes
+    own = ["a photo of a {}.", "a blurry photo of the {}."]  # the folder's file, {c} -> {}
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--run", str(run_dir), "--zeroshot", str(root), "--out", str(out)]
+    code, stdout, err = _run(capsys, *argv, "--quiet")
+    assert code == 0, err
+    top1 = json.loads((out / "metrics.json").read_text())["metrics"][f"zeroshot/{root}/top1"]
+    assert (top1["templates"], top1["n_templates"]) == ("probe", 2)
+    assert f"zero-shot templates on {root}: probe (2 templates)" in stdout
+    # the number is the one the folder's class names and templates give, computed by hand
+    pair, probe = load_pair(run_dir), load_probe(root, progress=False)
+    names = ["tench", "goldfish", "white shark", "tiger shark", "hammerhead"]
+    img = extract_features(VISION, probe, device="cpu", progress=False).features
+    txt = extract_features(TEXT, prompt_probe(names, own), device="cpu", progress=False).features
+    with torch.no_grad():
+        i = torch.nn.functional.normalize(pair.image_head(img), dim=-1)
+        t = torch.nn.functional.normalize(pair.text_head(txt), dim=-1)
+    direct = zeroshot(i, ensemble_classifier(t, 5), probe.labels).metrics()["top1"]["value"]
+    assert top1["value"] == pytest.approx(direct)
+    # --templates wins over the folder's file
+    code, stdout, err = _run(capsys, *argv, "--templates", "single", "--quiet")
+    assert code == 0, err
+    top1 = json.loads((out / "metrics.json").read_text())["metrics"][f"zeroshot/{root}/top1"]
+    assert (top1["templates"], top1["n_templates"]) == ("single", 1)
+    assert f"zero-shot templates on {root}: single (1 template)" in stdout
+    # a probe without templates of its own still gets imagenet7
+    labelled = load_probe("imagenet-samples", n=5, progress=False, data_dir=data_dir)
+    metrics = evaluate_pair(pair, zeroshot_probes=[labelled], device="cpu")
+    assert metrics[f"zeroshot/{labelled.name}/top1"]["n_templates"] == 7

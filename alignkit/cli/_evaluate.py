@@ -31,7 +31,7 @@ class _Job:
     pairs: dict[str, Any] = field(default_factory=dict)
     zeroshot: list[Any] = field(default_factory=list)
     retrieval: list[Any] = field(default_factory=list)
-    templates: list[str] = field(default_factory=list)
+    template_sources: dict[str, str] = field(default_factory=dict)  # zero-shot probe -> source
     class_names: list[str] | None = None
     judged: tuple[Any, Any] | None = None
     overlap: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
@@ -73,10 +73,11 @@ def _set_up(
     cfg_values: dict, runs: list[Path], config: Path | None, out: Path | None, cache_dir: Any,
     quiet: bool,
 ) -> _Job:  # fmt: skip
+    from alignkit._words import counted
     from alignkit.aligned import load_pair
     from alignkit.evaluation.evaluate import check_retrieval_probe, check_zeroshot_probe
     from alignkit.evaluation.overlap import check_overlap
-    from alignkit.evaluation.prompts import load_templates
+    from alignkit.evaluation.prompts import load_templates, zeroshot_templates
     from alignkit.probes import load_probe
     from alignkit.runs.trained import check_run_folder
 
@@ -89,7 +90,8 @@ def _set_up(
         configs[r.name] = check_run_folder(r)
     if len(configs) != len(runs):
         raise AlignkitError("--run folders must have distinct names (they label the table)")
-    job.templates = load_templates(cfg.templates)
+    if cfg.templates is not None:  # None: each probe's own, else imagenet7
+        load_templates(cfg.templates)
     job.class_names = _class_names(cfg.class_names, cfg.allow_duplicate_class_names)
     load = {"n": cfg.n, "seed": cfg.seed, "progress": False, "skip_bad": cfg.skip_bad}
     dup = {"allow_duplicate_class_names": True} if cfg.allow_duplicate_class_names else {}
@@ -97,6 +99,8 @@ def _set_up(
     job.retrieval = [load_probe(p, **load) for p in cfg.retrieval]
     for p in job.zeroshot:
         check_zeroshot_probe(p, job.class_names, cfg.allow_duplicate_class_names)
+        used, source = zeroshot_templates(p, cfg.templates)
+        job.template_sources[p.name] = f"{source} ({counted(len(used), 'template')})"
     for p in job.retrieval:
         check_retrieval_probe(p)
     if cfg.judgements is not None:
@@ -152,12 +156,13 @@ def _evaluate_one(job: _Job, name: str) -> dict[str, Any]:
         pair,
         zeroshot_probes=job.zeroshot,
         retrieval_probes=job.retrieval,
-        templates=job.templates,
+        templates=cfg.templates,
         class_names=job.class_names,
         allow_duplicate_class_names=cfg.allow_duplicate_class_names,
         cache=cfg.cache,
         device=cfg.device,
         progress=not job.quiet,
+        skip_bad=cfg.skip_bad,
     )
     if job.judged is not None:
         jprobe, judged = job.judged
@@ -183,7 +188,7 @@ def _write(job: _Job, results: dict[str, dict[str, Any]]) -> None:
     cfg = job.cfg
     table = comparison_table(results)
     about = {
-        "templates": cfg.templates, "zeroshot": list(cfg.zeroshot),
+        "templates": job.template_sources or cfg.templates, "zeroshot": list(cfg.zeroshot),
         "retrieval": list(cfg.retrieval), "n": cfg.n, "allow_overlap": cfg.allow_overlap,
     }  # fmt: skip
     runs = {r.name: r for r in job.runs}
@@ -196,9 +201,17 @@ def _write(job: _Job, results: dict[str, dict[str, Any]]) -> None:
             target = job.out / "comparison.csv"
             atomic_write_text(target, table.to_csv(index=False))
     except OSError as exc:
-        typer.echo(format_table(table))
+        typer.echo(format_table(table) + _templates_note(job))
         raise AlignkitError(
             f"could not write {target}: {exc.strerror or exc}; the results above are not saved "
             "(free space or fix the folder's permissions, then run again)"
         ) from None
-    typer.echo(format_table(table))
+    typer.echo(format_table(table) + _templates_note(job))
+
+
+def _templates_note(job: _Job) -> str:
+    """Lines under the table saying which templates each zero-shot probe used."""
+    return "".join(
+        f"\nzero-shot templates on {name}: {source}"
+        for name, source in job.template_sources.items()
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -94,7 +94,7 @@ def extract_command(
                 layers = f" x {fs.n_layers} layers" if fs.layered else ""
                 say(
                     f"{done.spec}: {fs.n} rows x {fs.dim}{layers} {done.how} in "
-                    f"{done.seconds:.2f} s ({done.where})"
+                    f"{done.seconds:.2f} s ({done.where})" + _skipped(fs)
                 )
                 finished.append(done.spec)
                 if out is not None and rank0:
@@ -102,6 +102,19 @@ def extract_command(
         except KeyboardInterrupt:
             # what the interrupted encoder kept is logged by the library; say what is complete
             _interrupted(finished, cfg)
+
+
+def _skipped(fs: Any) -> str:
+    """``; skipped N rows ...`` for the rows whose images extraction skipped (--skip-bad)."""
+    from alignkit._words import counted
+    from alignkit.features.skipped import FIRST, SKIPPED
+
+    rows = fs.provenance.get(SKIPPED) or []
+    if not rows:
+        return ""
+    first = ", ".join(repr(d["id"]) for d in rows[:FIRST])
+    more = ", ..." if len(rows) > FIRST else ""
+    return f"; skipped {counted(len(rows), 'row')} whose image cannot be read ({first}{more})"
 
 
 def _old_cache(cfg_values: dict, cache_dir: Path | None, no_cache: bool) -> dict:

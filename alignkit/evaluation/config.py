@@ -25,7 +25,8 @@ class EvaluateConfig:
         retrieval: captioned probes for image-text retrieval.
         judgements: a TSV of human judgements (image, caption, score); judgements_probe: the
             probe its images and captions come from.
-        templates: zero-shot prompt templates (``imagenet80``, ``imagenet7``, ``single``, a file).
+        templates: zero-shot prompt templates (``imagenet80``, ``imagenet7``, ``single``, a file);
+            None: each probe's own (CLIP_benchmark's templates file), else ``imagenet7``.
         class_names: a file of class names, one a line, in label order.
         n: a seeded, stable subsample of every evaluation probe (None or 0: all rows).
         allow_overlap: evaluate on rows the run was trained or validated on (the numbers are
@@ -56,8 +57,12 @@ class EvaluateConfig:
     judgements_probe: str = option(
         "flickr8k", "The probe the --judgements images and captions come from.", metavar="PROBE"
     )
-    templates: str = option(
-        "imagenet7", "Prompt templates: imagenet80, imagenet7, single, or a file.", metavar="NAME"
+    templates: str | None = option(
+        None,
+        "Prompt templates: imagenet80, imagenet7, single, or a file. Default: the probe's own "
+        "(a CLIP_benchmark folder's zeroshot_classification_templates.txt), else imagenet7.",
+        metavar="NAME",
+        type=str,
     )
     class_names: str | None = shared("class_names", help_extra="Given, it overrides the probe's.")
     allow_duplicate_class_names: bool = option(

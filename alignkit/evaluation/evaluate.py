@@ -23,7 +23,12 @@ import torch.nn.functional as F
 
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.judgements import Judgements, correlations, read_judgements
-from alignkit.evaluation.prompts import caption_probe, load_templates, prompt_probe, text_probe
+from alignkit.evaluation.prompts import (
+    caption_probe,
+    prompt_probe,
+    text_probe,
+    zeroshot_templates,
+)
 from alignkit.evaluation.retrieval import retrieval
 from alignkit.evaluation.zeroshot import ensemble_classifier, zeroshot
 from alignkit.probes.labels import check_class_names
@@ -73,8 +78,11 @@ def _spec(encoder: Any) -> str:
 class _Features:
     """Builds each encoder once and takes every feature through the cache."""
 
-    def __init__(self, pair: AlignedPair, cache: Any, device: str, progress: bool) -> None:
+    def __init__(
+        self, pair: AlignedPair, cache: Any, device: str, progress: bool, skip_bad: bool = False
+    ) -> None:
         self.pair, self.cache, self.device, self.progress = pair, cache, device, progress
+        self.skip_bad = skip_bad
         self._built: dict[str, Any] = {}
 
     def encoder(self, modality: str) -> Any:
@@ -108,9 +116,26 @@ class _Features:
         fs = extract_features(
             self.encoder(modality), probe, cache=self.cache, progress=self.progress
         )
+        return self._head(modality, fs.features)
+
+    def images(self, probe: Any) -> tuple[torch.Tensor, Any, list[dict[str, str]]]:
+        """Embedded images of ``probe`` ``(n_kept, d_shared)``, the probe of the rows kept, and
+        the rows skipped because their image cannot be read (``skip_bad``; else it raises)."""
+        from alignkit.features import extract_features
+        from alignkit.features.skipped import without_skipped
+
+        fs = extract_features(
+            self.encoder("image"), probe, cache=self.cache, progress=self.progress,
+            skip_bad=self.skip_bad,
+        )  # fmt: skip
+        kept, feats = without_skipped(probe, {"image": fs})
+        skipped = list(kept.dropped[len(probe.dropped) :])
+        return self._head("image", feats["image"].features), kept, skipped
+
+    def _head(self, modality: str, features: torch.Tensor) -> torch.Tensor:
         head = self.pair.image_head if modality == "image" else self.pair.text_head
         with torch.no_grad():
-            out = head(fs.features)
+            out = head(features)
         return F.normalize(out.float(), dim=-1)  # (n, d_shared)
 
 
@@ -173,12 +198,13 @@ def evaluate_pair(
     *,
     zeroshot_probes: Sequence[Any] = (),
     retrieval_probes: Sequence[Any] = (),
-    templates: str | Path | Sequence[str] = "imagenet7",
+    templates: str | Path | Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     cache: Any = True,
     device: str = "cpu",
     progress: bool = False,
     allow_duplicate_class_names: bool = False,
+    skip_bad: bool = False,
 ) -> Metrics:
     """Zero-shot classification and image<->text retrieval of one aligned pair.
 
@@ -186,42 +212,57 @@ def evaluate_pair(
         pair: the encoders and heads (:class:`AlignedPair`).
         zeroshot_probes: labelled probes (specs such as ``"imagenet-samples"`` or ProbeSets).
         retrieval_probes: captioned probes (``"flickr8k:test"``).
-        templates: prompt templates: ``imagenet80``, ``imagenet7``, ``single``, a file, or a list.
+        templates: prompt templates: ``imagenet80``, ``imagenet7``, ``single``, a file, or a
+            list; None (the default): each probe's own (a CLIP_benchmark folder's
+            ``zeroshot_classification_templates.txt``), else ``imagenet7``
+            (:func:`~alignkit.evaluation.prompts.zeroshot_templates`).
         class_names: overrides the probes' class names (one per label).
         allow_duplicate_class_names: accept two labels with one name (identical prompts).
         cache: feature cache (see :func:`alignkit.extract_features`).
         device: where the encoders run on a cache miss.
         progress: extraction progress bars.
+        skip_bad: leave out the rows whose image extraction cannot decode (their metrics then
+            carry ``skipped_rows``: the count and the first few) instead of failing.
 
     Returns:
-        flat metrics ``{"zeroshot/<probe>/top1": {"value", "n", "chance"}, ...}``.
+        flat metrics ``{"zeroshot/<probe>/top1": {"value", "n", "chance"}, ...}``; zero-shot
+        entries also carry ``templates`` (where the templates came from: a set name, a file,
+        ``"given"`` or ``"probe"``) and ``n_templates``.
 
     Raises:
         AlignkitError: a probe without labels (zero-shot), class names that do not cover the
             labels, duplicate retrieval ids: all checked before any model work.
     """
-    templates = load_templates(templates)
     zs = [_load(p) for p in zeroshot_probes]
     rt = [_load(p) for p in retrieval_probes]
     names = [check_zeroshot_probe(p, class_names, allow_duplicate_class_names) for p in zs]
+    prompts_of = [zeroshot_templates(p, templates) for p in zs]  # checked before model work
     for p in rt:
         check_retrieval_probe(p)
-    feats = _Features(pair, cache, device, progress)
+    feats = _Features(pair, cache, device, progress, skip_bad)
     out: Metrics = {}
-    for probe, cls in zip(zs, names, strict=True):
-        images = feats.embed("image", probe)
-        prompts = feats.embed("text", prompt_probe(cls, templates))
+    for probe, cls, (used, source) in zip(zs, names, prompts_of, strict=True):
+        log.info("zero-shot on %s: %d templates (%s)", probe.name, len(used), source)
+        images, kept, skipped = feats.images(probe)
+        prompts = feats.embed("text", prompt_probe(cls, used))
         weights = ensemble_classifier(prompts, len(cls))
-        result = zeroshot(images, weights, [row.label for row in probe.rows])
+        result = zeroshot(images, weights, [row.label for row in kept.rows])
+        extra = {"templates": source, "n_templates": len(used), **_skipped(skipped)}
         for k, v in result.metrics().items():
-            out[f"zeroshot/{probe.name}/{k}"] = v
+            out[f"zeroshot/{probe.name}/{k}"] = {**v, **extra}
     for probe in rt:
-        images = feats.embed("image", probe)
-        captions, index = caption_probe(probe)
+        images, kept, skipped = feats.images(probe)
+        captions, index = caption_probe(kept)
         texts = feats.embed("text", captions)
         for k, v in retrieval(images, texts, index).metrics().items():
-            out[f"retrieval/{probe.name}/{k}"] = v
+            out[f"retrieval/{probe.name}/{k}"] = {**v, **_skipped(skipped)}
     return out
+
+
+def _skipped(rows: list[dict[str, str]]) -> dict[str, Any]:
+    from alignkit.features.skipped import skipped_note
+
+    return {"skipped_rows": skipped_note(rows)} if rows else {}
 
 
 # -- human judgements (CLIPScore protocol: alignkit.evaluation.judgements) ---------------------

@@ -26,6 +26,10 @@ from alignkit.probes.base import ProbeRow, ProbeSet
 from alignkit.probes.labels import check_templates, fill_template
 
 SINGLE_TEMPLATE = "a photo of a {}."
+#: The template set zero-shot uses on a probe that ships no templates of its own.
+DEFAULT_TEMPLATE_SET = "imagenet7"
+#: The template source :func:`zeroshot_templates` reports for a probe's own templates.
+PROBE_TEMPLATES = "probe"
 
 
 def _packaged(name: str) -> tuple[str, ...]:
@@ -64,6 +68,31 @@ def load_templates(spec: str | Path | Sequence[str]) -> tuple[str, ...]:
     else:
         raise unknown_key("template set (or an existing file)", str(spec), tuple(TEMPLATE_SETS))
     return check_templates(templates, where)
+
+
+def zeroshot_templates(
+    probe: ProbeSet, templates: str | Path | Sequence[str] | None = None
+) -> tuple[tuple[str, ...], str]:
+    """The prompt templates zero-shot classification uses on ``probe``, and where they come from.
+
+    Given ``templates`` (a set name, a file or a list; see :func:`load_templates`) win. Else the
+    probe's own (``probe.templates``: a CLIP_benchmark folder's
+    ``zeroshot_classification_templates.txt``), else :data:`DEFAULT_TEMPLATE_SET`.
+
+    Returns:
+        ``(templates, source)``: ``source`` is the set name or file given, ``"given"`` for a
+        list, :data:`PROBE_TEMPLATES` for the probe's own, or the default set's name.
+
+    Raises:
+        AlignkitError: an unknown set name, or a template that cannot be filled.
+    """
+    if templates is not None:
+        source = "given" if isinstance(templates, (list, tuple)) else str(templates)
+        return load_templates(templates), source
+    own = getattr(probe, "templates", None)
+    if own:
+        return check_templates(own, f"probe {probe.name}'s templates"), PROBE_TEMPLATES
+    return load_templates(DEFAULT_TEMPLATE_SET), DEFAULT_TEMPLATE_SET
 
 
 def _no_image() -> Image.Image:

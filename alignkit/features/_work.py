@@ -1,19 +1,28 @@
 """The work of an extraction: probe rows in fixed batches through DataLoader workers
 (images) or the tokenizer (captions), then the encoder's forward, with the rows saved to the
 cache shard by shard so that an interrupted run resumes (see :mod:`alignkit.features.extract`
-for why batches are fixed by the row index alone)."""
+for why batches are fixed by the row index alone).
+
+An image that cannot be decoded (unreadable or truncated bytes, not an image, zero size, a
+decompression bomb) stops the run with its row, after the rows before it are saved as a shard;
+with ``skip_bad`` its row is run on a blank stand-in image (so every batch keeps the rows and
+the size of a clean run) and its features are set to NaN, which marks it as skipped in the
+shards and the cache entry (:mod:`alignkit.features.skipped`).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.features.skipped import BadImage
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -30,10 +39,17 @@ class _Failed:
     row_id: str
     source: str
     reason: str
+    stand_in: Any = None  # the preprocessed blank image run in the row's place (None: none)
+
+
+#: Rows skipped with ``skip_bad`` that get a warning each; the rest are counted.
+WARN_ROWS = 5
+_STAND_IN_SIDE = 224  # the blank image a skipped row is preprocessed as
 
 
 class _ImageRows(torch.utils.data.Dataset):
-    """Probe rows by global index -> ``encoder.preprocess(image)``; runs in worker processes."""
+    """Probe rows by global index -> ``encoder.preprocess(image)``; runs in worker processes.
+    A PIL decompression-bomb warning counts as a failure here (a bomb is not a probe image)."""
 
     def __init__(self, rows: tuple[ProbeRow, ...], preprocess: Any) -> None:
         self.rows = rows
@@ -43,25 +59,40 @@ class _ImageRows(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> Any:
+        from PIL import Image
+
         row = self.rows[index]
         try:
-            return self.preprocess(row.load_image())
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = row.load_image()
+                if image.width < 1 or image.height < 1:
+                    raise ValueError(f"empty image ({image.width}x{image.height})")
+                return self.preprocess(image)
         except Exception as exc:  # reported with the row and file by the main process
             inside = hasattr(row.image, "read_bytes")  # a shard or table member names itself
             source = "<rendered>" if callable(row.image) and not inside else str(row.image)
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
-            return _Failed(row.id, source, reason)
+            try:
+                stand_in = self.preprocess(Image.new("RGB", (_STAND_IN_SIDE, _STAND_IN_SIDE)))
+            except Exception:  # noqa: BLE001 - then the row cannot be skipped, only reported
+                stand_in = None
+            return _Failed(row.id, source, reason, stand_in)
 
 
 class _Collate:
+    """Items -> ``(batch, failures)``: failed rows collated as their stand-ins, and
+    ``[(position in the batch, _Failed), ...]``; a failure without a stand-in alone."""
+
     def __init__(self, collate: Any) -> None:
         self.collate = collate
 
     def __call__(self, items: list[Any]) -> Any:
-        for item in items:
-            if isinstance(item, _Failed):
-                return item
-        return self.collate(items)
+        failures = [(k, item) for k, item in enumerate(items) if isinstance(item, _Failed)]
+        if any(f.stand_in is None for _, f in failures):
+            return None, failures
+        kept = [item.stand_in if isinstance(item, _Failed) else item for item in items]
+        return self.collate(kept), failures
 
 
 def _preprocess_fn(enc: Encoder) -> Any:
@@ -106,6 +137,8 @@ class _Job:
     key: str
     progress: bool
     label: str  # progress bar title
+    skip_bad: bool = False
+    skipped: list[dict[str, str]] = field(default_factory=list)  # rows skipped by this run
 
     def run(self, start: int, stop: int) -> torch.Tensor:
         """Features of rows ``[start, stop)``, ``(..., stop - start, d)`` float32 CPU: shards
@@ -146,7 +179,14 @@ class _Job:
             held_from = chunk[0] if chunk else start  # first row of `held`
             every = self.store.shard_seconds if self.store is not None else None
             saved_at = time.monotonic()
-            for (lo, hi), out in zip(batches, compute(batches), strict=True):
+            outputs = compute(batches)
+            for lo, hi in batches:
+                try:
+                    out = next(outputs)
+                except BadImage:  # keep the rows before it, so that a rerun resumes there
+                    if held and self.store is not None:
+                        self._save_shard(held_from, lo, torch.cat(held, dim=-2))
+                    raise
                 held.append(out)
                 bar.update(hi - lo)
                 chunk_done = chunk is not None and hi == chunk[1]
@@ -222,18 +262,39 @@ class _Job:
             prefetch_factor=2 if workers else None,  # batches in flight per worker
             multiprocessing_context=_worker_context() if workers else None,
         )
-        for (a, b), batch in zip(batches, loader, strict=True):
-            if isinstance(batch, _Failed):
-                raise AlignkitError(
-                    f"probe {self.probe.name}: cannot read the image of row {batch.row_id!r} "
-                    f"({batch.source}): {batch.reason}"
-                )
+        for (a, b), (batch, failures) in zip(batches, loader, strict=True):
+            if failures and (not self.skip_bad or batch is None):
+                raise BadImage(self._bad_image(failures[0][1]))
             out = self._forward(_to_device(batch, self.enc.device, non_blocking=cuda))
             if out.shape[-2] != b - a:
                 raise AlignkitError(
                     f"{self.enc.name}.forward returned {out.shape[-2]} rows for a batch of {b - a}"
                 )
+            if failures:  # (..., b - a, d): the stand-ins' rows become NaN, the skipped mark
+                out = out.clone()  # (an inference-mode tensor cannot be written in place)
+                out[..., [k for k, _ in failures], :] = float("nan")
+                self._note_skipped([f for _, f in failures])
             yield out
+
+    def _bad_image(self, failed: _Failed) -> str:
+        if failed.stand_in is None and self.skip_bad:
+            advice = f"{self.enc.name} cannot preprocess a blank stand-in, so it cannot be skipped"
+        else:
+            advice = "pass skip_bad=True to skip such rows"
+        kept = "; the rows before it are kept in the feature cache and a rerun resumes there"
+        return (
+            f"probe {self.probe.name}: cannot read the image of row {failed.row_id!r} "
+            f"({failed.source}): {failed.reason}; {advice}" + (kept if self.store else "")
+        )
+
+    def _note_skipped(self, failed: list[_Failed]) -> None:
+        for f in failed:
+            if len(self.skipped) < WARN_ROWS:
+                log.warning(
+                    "probe %s: skipping row %r (%s): %s (skip_bad=True)",
+                    self.probe.name, f.row_id, f.source, f.reason,
+                )  # fmt: skip
+            self.skipped.append({"id": f.row_id, "where": f.source, "reason": f.reason})
 
     def _text_batches(self, batches: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
         rows = self.probe.rows

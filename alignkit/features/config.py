@@ -188,7 +188,12 @@ def extract(
     check(config)
     probe = load(config, progress=progress) if probe is None else probe
     store = store_of(config)
-    common = {"caption_policy": config.caption_policy, "seed": config.seed, "device": config.device}
+    common = {
+        "caption_policy": config.caption_policy,
+        "seed": config.seed,
+        "device": config.device,
+        "skip_bad": config.skip_bad,
+    }
     with threads_setting(config.threads):
         for spec in config.encoders:
             started = time.perf_counter()

@@ -40,6 +40,7 @@ from alignkit.features._work import _Job
 from alignkit.features.cache import FeatureCache, feature_key, lookup_key
 from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.features.keys import entry_image_rows, image_rows
+from alignkit.features.skipped import mark, settle
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -80,6 +81,7 @@ def extract_features(
     device: str | torch.device = "auto",
     progress: bool = True,
     distributed: bool | None = None,
+    skip_bad: bool = False,
 ) -> FeatureSet:
     """Features of every probe row: images for an image encoder, captions for a text encoder.
 
@@ -124,13 +126,46 @@ def extract_features(
             create one for this call (gloo on CPU, NCCL on GPU) and destroy it before returning,
             so a trainer started later in the process does not inherit it. ``False``: never
             split, even in a process group.
+        skip_bad: an image that cannot be decoded (unreadable or truncated bytes, not an image,
+            zero size, a decompression bomb) is skipped with a warning instead of stopping the
+            run: the result then lacks its row (fewer ids than the probe) and lists it in
+            ``provenance["skipped_rows"]``; give the other modality's features and the probe
+            the same rows with :func:`alignkit.features.skipped.without_skipped`. Without it
+            the first such image raises, after the rows before it are saved in the cache's
+            shards (a rerun resumes there).
 
     Returns:
         FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) float32 CPU features, the
         probe ids (caption ids for ``all``: n = the number of captions), and provenance
         (encoder spec, weights identity, config, caption policy, probe
         name and fingerprint, alignkit version, created time, cache key).
+
+    Raises:
+        AlignkitError: bad arguments (before any model work); an image that cannot be decoded,
+            without ``skip_bad`` (one line naming the row, its file or shard and key).
     """
+    fs = _extract_features(
+        encoder, probe, options, batch_size, num_workers, caption_policy, seed, cache, device,
+        progress, distributed, skip_bad,
+    )  # fmt: skip
+    return settle(fs, probe.name, skip_bad)
+
+
+def _extract_features(
+    encoder: Encoder | str,
+    probe: ProbeSet,
+    options: Mapping[str, Any] | None,
+    batch_size: int,
+    num_workers: int | None,
+    caption_policy: str,
+    seed: int,
+    cache: bool | str | Path | FeatureCache,
+    device: str | torch.device,
+    progress: bool,
+    distributed: bool | None,
+    skip_bad: bool,
+) -> FeatureSet:
+    """:func:`extract_features` before its skipped rows are settled (they are NaN here)."""
     if distributed not in (None, True, False):
         raise AlignkitError(f"distributed must be None, True or False: got {distributed!r}")
     _check_run(probe, batch_size, num_workers, caption_policy)
@@ -153,7 +188,7 @@ def extract_features(
     fit_to_probe(enc, probe)
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
     key = feature_key(enc, probe, caption_policy, seed)
-    args = (batch_size, workers, caption_policy, seed, progress, lookup)
+    args = (batch_size, workers, caption_policy, seed, progress, lookup, skip_bad)
     if distributed is True:
         with _distributed.process_group(enc.device) as ranks:
             return _extract(enc, probe, store, key, ranks, *args)
@@ -175,6 +210,7 @@ def _extract(
     seed: int,
     progress: bool,
     lookup: str | None = None,
+    skip_bad: bool = False,
 ) -> FeatureSet:
     """The extraction itself, over ``ranks`` (None: this process alone); ``lookup``: the memo
     key to remember for the result (see :func:`alignkit.features.keys.lookup_key`)."""
@@ -208,6 +244,7 @@ def _extract(
         key=key,
         progress=progress and (ranks is None or ranks.is_main),
         label=enc.name if ranks is None else f"{enc.name} [rank 0 of {ranks.world}]",
+        skip_bad=skip_bad,
     )
     try:
         with limit_threads(choose_threads()):  # model forwards: large work, the free CPUs
@@ -219,6 +256,8 @@ def _extract(
     features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
     provenance = {**_provenance(enc, probe, caption_policy, seed, key), **cut}
     result = FeatureSet(features, ids, provenance)
+    if enc.modality == "image":  # rows skipped now or by an earlier run are NaN: list them
+        result = mark(result, job.skipped)
     if store is not None and (ranks is None or ranks.is_main):
         store.put(key, result, images)
         store.drop_shards(key)
@@ -285,6 +324,7 @@ def cached_features(
     seed: int = 0,
     cache: bool | str | Path | FeatureCache = True,
     device: str | torch.device = "auto",
+    skip_bad: bool = False,
 ) -> FeatureSet | None:
     """The cached features :func:`extract_features` would return for the spec ``encoder``, found
     without building the encoder; None when the cache does not know them that way (then
@@ -300,7 +340,8 @@ def cached_features(
         return None
     options = {**(options or {}), "device": _spec_device(device)}
     lookup = lookup_key(encoder, options, probe, caption_policy, seed)
-    return _recall(store, lookup, encoder, probe, caption_policy)
+    hit = _recall(store, lookup, encoder, probe, caption_policy)
+    return settle(hit, probe.name, skip_bad) if hit is not None else None
 
 
 # -- argument handling ----------------------------------------------------------------------------

@@ -454,11 +454,12 @@ class _TokenJob:
             prefetch_factor=2 if workers else None,
             multiprocessing_context=_worker_context() if workers else None,
         )
-        for batch in loader:
-            if isinstance(batch, _Failed):
+        for batch, failures in loader:  # token features skip no rows (their store is by row)
+            if failures:
+                bad: _Failed = failures[0][1]
                 raise AlignkitError(
-                    f"probe {self.probe.name}: cannot read the image of row {batch.row_id!r} "
-                    f"({batch.source}): {batch.reason}"
+                    f"probe {self.probe.name}: cannot read the image of row {bad.row_id!r} "
+                    f"({bad.source}): {bad.reason}"
                 )
             yield _to_device(batch, self.enc.device, non_blocking=False)
 

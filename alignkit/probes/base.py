@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,13 +212,16 @@ def image_bytes_digest(data: bytes) -> str:
 
 
 def decode_check(data: bytes) -> str | None:
-    """Fully decode image bytes; ``None`` when they decode, else a one-line reason."""
+    """Fully decode image bytes; ``None`` when they decode, else a one-line reason. A
+    decompression-bomb warning of PIL counts as a failure, as it does at extraction."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.width < 1 or img.height < 1:
-                return f"empty image ({img.width}x{img.height})"
-            to_rgb(img)  # a mode alignkit cannot show as RGB is caught here, with the row
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                if img.width < 1 or img.height < 1:
+                    return f"empty image ({img.width}x{img.height})"
+                to_rgb(img)  # a mode alignkit cannot show as RGB is caught here, with the row
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
         msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
         msg = " ".join(msg.split()) or type(exc).__name__

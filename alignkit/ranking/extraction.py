@@ -40,6 +40,7 @@ def _extract(
         cache=config.cache,
         device=config.device,
         progress=progress,
+        skip_bad=config.skip_bad,
     )
 
 

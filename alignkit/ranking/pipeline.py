@@ -154,6 +154,7 @@ def _run(
     with _timed(timings, "probe_s"):
         probe, probe_note = _probe(config, probe, progress)
     encoded = _features(config, probe, vision, text, controls, progress)
+    probe = _without_skipped(probe, probe_note, encoded)
     timings["extract_s"] = encoded.seconds
     with _timed(timings, "score_s"):
         scores = _score_last_layers(config, probe, encoded, progress)
@@ -223,6 +224,20 @@ def _features(
     return encoded
 
 
+def _without_skipped(probe: ProbeSet, probe_note: dict[str, Any], encoded: _Encoded) -> ProbeSet:
+    """The probe without the rows whose images extraction skipped (``skip_bad``), every
+    encoder's features as its rows, and the rows noted for run.json (``skipped_rows``)."""
+    from alignkit.features.skipped import without_skipped
+
+    kept, feats = without_skipped(probe, encoded.feats)
+    if kept is probe:
+        return probe
+    encoded.feats = feats
+    probe_note["skipped_rows"] = [dict(d) for d in kept.dropped]
+    probe_note["skipped_at_extraction"] = len(kept.dropped) - len(probe.dropped)
+    return kept
+
+
 def _extract_or_skip(
     entry: EncoderEntry,
     probe: ProbeSet,
@@ -232,9 +247,11 @@ def _extract_or_skip(
 ) -> FeatureSet | None:
     """``entry``'s features; when it fails, an error naming it, or with ``keep_going`` None
     and the failure noted in ``failed``."""
+    from alignkit.features.skipped import BadImage
+
     try:
         return _extract(entry, probe, config, progress)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BadImage):  # a bad image is the probe's, not the encoder's
         raise
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -146,8 +146,15 @@ def train_pair(
     try:
         t0 = time.perf_counter()
         get = dict(cache=cache, progress=progress, extract_batch=extract_batch, tokens=tokens)
-        train = _features(encoders, train_probe, **get)
-        val_features = _features(encoders, val_probe, **get) if val_probe is not None else None
+        get["skip_bad"] = skip_bad
+        skipped: dict[str, Any] = {}  # probe role -> the rows extraction skipped (skip_bad)
+        train = _features(encoders, train_probe, skipped.setdefault("train", []), **get)
+        val_features = (
+            _features(encoders, val_probe, skipped.setdefault("val", []), **get)
+            if val_probe is not None
+            else None
+        )
+        _note_skipped(run_body, skipped)
         features_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         from alignkit.training import train_projector
@@ -277,20 +284,40 @@ def _run_body(command: list[str] | None, config: TrainConfig) -> dict[str, Any]:
 def _features(
     encoders: tuple[Encoder, Encoder],
     probe: ProbeSet,
+    skipped: list[dict[str, str]],
     *,
     cache: Any,
     progress: bool,
     extract_batch: int,
     tokens: bool,
+    skip_bad: bool = False,
 ):
-    """Paired features of ``probe`` (text with every caption), through the cache."""
+    """Paired features of ``probe`` (text with every caption), through the cache; the rows
+    whose images extraction skipped (``skip_bad``, pooled features) are left out of both sides
+    and added to ``skipped``."""
     from alignkit.features import extract_features, extract_tokens, paired_features
+    from alignkit.features.skipped import without_skipped
 
     kw = {"cache": cache, "progress": progress, "batch_size": extract_batch}
-    get = extract_tokens if tokens else extract_features
-    return paired_features(
-        get(encoders[0], probe, **kw), get(encoders[1], probe, caption_policy="all", **kw)
-    )
+    if tokens:
+        return paired_features(
+            extract_tokens(encoders[0], probe, **kw),
+            extract_tokens(encoders[1], probe, caption_policy="all", **kw),
+        )
+    image = extract_features(encoders[0], probe, skip_bad=skip_bad, **kw)
+    text = extract_features(encoders[1], probe, caption_policy="all", **kw)
+    kept, both = without_skipped(probe, {"image": image, "text": text})
+    skipped.extend(kept.dropped[len(probe.dropped) :])
+    return paired_features(both["image"], both["text"])
+
+
+def _note_skipped(run_body: dict[str, Any], skipped: dict[str, list[dict[str, str]]]) -> None:
+    """run.json's ``skipped_rows``: per probe role, the count and the first rows extraction
+    skipped (nothing when none)."""
+    from alignkit.features.skipped import skipped_note
+
+    if any(skipped.values()):
+        run_body["skipped_rows"] = {role: skipped_note(rows) for role, rows in skipped.items()}
 
 
 def _write_config(
