@@ -1,0 +1,128 @@
+"""The feature store: cache entries read memory-mapped, written streamed from shards, float16 by
+choice; training batches gathered from the map equal those of the in-RAM path."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignkit.errors import AlignkitError
+from alignkit.features import FeatureCache, FeatureSet, paired_features
+from alignkit.features.store import map_tensor, write_streamed
+from alignkit.training.data import PairedFeatures, make_batch
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process that map ``path`` (from /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(path)):
+            lo, hi = line.split()[0].split("-")
+            ranges.append((int(lo, 16), int(hi, 16)))
+    return ranges
+
+
+def _set(n: int, d: int, seed: int, modality: str, caption_policy: str | None = None):
+    g = torch.Generator().manual_seed(seed)
+    ids = tuple(f"r{i}" for i in range(n))
+    prov = {"encoder": f"toy:{modality}", "modality": modality, "caption_policy": caption_policy}
+    return FeatureSet(torch.randn(n, d, generator=g), ids, prov)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
+def test_a_cache_entry_is_read_as_a_map_of_its_file_not_a_copy(tmp_path):
+    store = FeatureCache(tmp_path)
+    fs = _set(300, 16, 0, "image")
+    store.put("ab" * 16, fs)
+    got = store.get("ab" * 16)
+    assert torch.equal(got.features, fs.features)
+    ptr = got.features.data_ptr()
+    assert any(lo <= ptr < hi for lo, hi in _mapped_ranges(store.path("ab" * 16)))
+    got.features[0, 0] = 123.0  # copy-on-write: the caller's change never reaches the file
+    assert torch.equal(store.get("ab" * 16).features, fs.features)
+
+
+def test_map_tensor_reads_what_safetensors_wrote_and_refuses_a_truncated_file(tmp_path):
+    from safetensors.torch import save_file
+
+    x = torch.randn(7, 5, dtype=torch.float16)
+    save_file({"features": x}, str(tmp_path / "a.safetensors"), metadata={"k": "v"})
+    got, meta = map_tensor(tmp_path / "a.safetensors")
+    assert got.dtype == torch.float16 and torch.equal(got, x) and meta == {"k": "v"}
+    raw = (tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "b.safetensors").write_bytes(raw[:-4])
+    with pytest.raises(ValueError, match="truncated"):
+        map_tensor(tmp_path / "b.safetensors")
+    (tmp_path / "c.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + raw[8:])
+    with pytest.raises(ValueError, match="header length"):
+        map_tensor(tmp_path / "c.safetensors")
+
+
+def test_streamed_write_equals_the_concatenation_of_its_pieces(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    flat = [torch.randn(r, 6, generator=g) for r in (3, 1, 4)]
+    layered = [torch.randn(2, r, 6, generator=g) for r in (3, 1, 4)]
+    for name, pieces in (("flat", flat), ("layered", layered)):
+        write_streamed(tmp_path / f"{name}.safetensors", pieces, {"m": "1"}, "float32")
+        got, _ = map_tensor(tmp_path / f"{name}.safetensors")
+        want = torch.cat(pieces, dim=-2)
+        assert got.shape == want.shape and torch.equal(got, want), name
+    with pytest.raises(AlignkitError, match="same L and d"):
+        write_streamed(tmp_path / "bad.safetensors", [flat[0], layered[0]], {})
+
+
+def test_commit_from_shards_equals_a_whole_put_and_refuses_a_gap(tmp_path):
+    store = FeatureCache(tmp_path)
+    fs = _set(10, 4, 2, "image")
+    key = "cd" * 16
+    for a, b in ((0, 4), (4, 10)):
+        store.put_shard(key, a, b, fs.features[a:b])
+    store.commit_shards(key, fs.ids, fs.provenance)
+    got = store.get(key)
+    assert got.ids == fs.ids and torch.equal(got.features, fs.features)
+    assert not store._partial_dir(key).exists()
+    side = json.loads(store.path(key).with_suffix(".json").read_text())
+    assert side["n"] == 10 and side["dtype"] == "float32"
+    other = "ef" * 16
+    store.put_shard(other, 0, 4, fs.features[:4])
+    store.put_shard(other, 6, 10, fs.features[6:])
+    with pytest.raises(AlignkitError, match="first row missing is 4"):
+        store.commit_shards(other, fs.ids, fs.provenance)
+    assert len(store.load_shards(other)) == 2  # nothing lost
+
+
+def test_batches_from_the_mapped_store_equal_the_in_ram_batches(tmp_path):
+    """Captions stored interleaved (caption j of image i at row j * n + i), so a batch's caption
+    rows are not ascending: the read is sorted, the batch keeps its order."""
+    n, per = 40, 3
+    image = _set(n, 8, 3, "image")
+    g = torch.Generator().manual_seed(4)
+    t2i = torch.arange(n).repeat(per)  # interleaved
+    text_ids = tuple(f"r{int(i)}#{j}" for j in range(per) for i in range(n))
+    text = FeatureSet(
+        torch.randn(n * per, 5, generator=g),
+        text_ids,
+        {"encoder": "toy:text", "modality": "text", "caption_policy": "all"},
+    )
+    store = FeatureCache(tmp_path)
+    store.put("12" * 16, image)
+    store.put("34" * 16, text)
+    mapped_image, mapped_text = store.get("12" * 16), store.get("34" * 16)
+    in_ram = PairedFeatures(image.features.clone(), text.features.clone(), t2i, list(image.ids))
+    mapped = PairedFeatures(mapped_image.features, mapped_text.features, t2i, list(image.ids))
+    for captions in ("one", "all"):
+        for rows in (torch.tensor([31, 2, 17, 5, 39]), torch.arange(0, 40, 3)):
+            a = make_batch(in_ram, rows, captions, torch.Generator().manual_seed(7))
+            b = make_batch(mapped, rows, captions, torch.Generator().manual_seed(7))
+            assert torch.equal(a.text_rows, b.text_rows)
+            assert torch.equal(a.image, b.image) and torch.equal(a.text, b.text)
+            # naive: row by row, in the batch's order
+            assert torch.equal(b.text, torch.stack([text.features[int(r)] for r in b.text_rows]))
+            assert torch.equal(b.image, torch.stack([image.features[int(r)] for r in rows]))
+    assert paired_features(mapped_image, mapped_text).image.data_ptr() == (
+        mapped_image.features.data_ptr()
+    )  # pairing keeps the map (no copy of the whole set)
