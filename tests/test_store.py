@@ -126,3 +126,83 @@ def test_batches_from_the_mapped_store_equal_the_in_ram_batches(tmp_path):
     assert paired_features(mapped_image, mapped_text).image.data_ptr() == (
         mapped_image.features.data_ptr()
     )  # pairing keeps the map (no copy of the whole set)
+
+
+# -- float16 storage by choice --------------------------------------------------------------------
+def _extract(enc, probe, store, **kw):
+    from alignkit.features import extract_features
+
+    options = {"batch_size": 4, "num_workers": 0, "cache": store, "progress": False}
+    return extract_features(enc, probe, **{**options, **kw})
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_a_float16_entry_is_the_float32_features_rounded_and_never_mixes_with_them(
+    tmp_path, modality
+):
+    from test_features_support import HashTextEncoder, TinyImageEncoder, make_probe
+
+    probe = make_probe(tmp_path / "img", 10)
+    store = FeatureCache(tmp_path / "cache", shard_batches=1)
+    enc = TinyImageEncoder() if modality == "image" else HashTextEncoder()
+    full = _extract(enc, probe, store)
+    half = _extract(enc, probe, store, store_dtype="float16")
+    assert full.features.dtype == torch.float32 and half.features.dtype == torch.float16
+    assert enc.calls == 2 * 3  # the float16 run did not reuse the float32 entry (3 batches)
+    assert half.provenance["cache_key"] != full.provenance["cache_key"]
+    want = torch.tensor(full.features.numpy().astype("float16"))  # rounded by numpy, not torch
+    assert torch.equal(half.features, want)
+    again = _extract(enc, probe, store, store_dtype="float16")  # a hit, read from the file
+    assert enc.calls == 6 and torch.equal(again.features, want)
+    assert _extract(enc, probe, store).features.dtype == torch.float32 and enc.calls == 6
+    side = json.loads(store.path(half.provenance["cache_key"]).with_suffix(".json").read_text())
+    assert side["dtype"] == "float16"
+    assert store.path(half.provenance["cache_key"]).stat().st_size < (
+        store.path(full.provenance["cache_key"]).stat().st_size
+    )
+
+
+def test_a_float16_subsample_is_not_gathered_from_a_float32_entry(tmp_path):
+    from test_features_support import TinyImageEncoder, make_probe
+
+    probe = make_probe(tmp_path / "img", 10)
+    store = FeatureCache(tmp_path / "cache", shard_batches=1)
+    enc = TinyImageEncoder()
+    _extract(enc, probe, store)  # float32, every row
+    calls = enc.calls
+    part = _extract(enc, probe.subsample(5), store, store_dtype="float16")
+    assert part.features.dtype == torch.float16 and enc.calls > calls
+    whole = _extract(enc, probe, store, store_dtype="float16")
+    calls = enc.calls
+    sub = probe.subsample(4)
+    again = _extract(enc, sub, store, store_dtype="float16")  # rows of the float16 entry
+    assert enc.calls == calls and again.features.dtype == torch.float16
+    rows = [probe.ids.index(i) for i in sub.ids]
+    assert torch.equal(again.features, whole.features[rows])
+
+
+def test_store_dtype_is_checked_and_named_in_the_error(tmp_path):
+    from test_features_support import make_probe
+
+    from alignkit.features.config import ExtractConfig
+
+    with pytest.raises(AlignkitError, match="float16, float32"):
+        ExtractConfig(encoders=("x:y",), store_dtype="bfloat16")
+    with pytest.raises(AlignkitError, match="store dtype"):
+        _extract("tiny:x", make_probe(tmp_path / "img", 2), False, store_dtype="int8")
+
+
+def test_pairing_a_float16_entry_keeps_the_map_and_batches_upcast_on_the_device(tmp_path):
+    store = FeatureCache(tmp_path)
+    image, text = _set(20, 6, 5, "image"), _set(20, 4, 6, "text", "first")
+    store.put("56" * 16, image, dtype="float16")
+    store.put("78" * 16, text, dtype="float16")
+    mapped_image, mapped_text = store.get("56" * 16), store.get("78" * 16)
+    data = paired_features(mapped_image, mapped_text)
+    assert data.image.data_ptr() == mapped_image.features.data_ptr()  # not a float32 copy
+    batch = make_batch(data, torch.tensor([3, 1, 19]), "one", torch.Generator().manual_seed(0))
+    from alignkit.training.data import to_device
+
+    got = to_device(batch.image, torch.device("cpu"), torch.float32)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, image.features[[3, 1, 19]].half().float())

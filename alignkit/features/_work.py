@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.features.store import torch_dtype
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -106,10 +107,12 @@ class _Job:
     key: str
     progress: bool
     label: str  # progress bar title
+    store_dtype: str = "float32"  # what shards and the result hold (alignkit.features.store)
 
     def run(self, start: int, stop: int) -> torch.Tensor:
-        """Features of rows ``[start, stop)``, ``(..., stop - start, d)`` float32 CPU: shards
-        already in the cache are loaded, the rest computed and saved shard by shard."""
+        """Features of rows ``[start, stop)``, ``(..., stop - start, d)`` on the CPU in the
+        stored dtype: shards already in the cache are loaded, the rest computed (float32) and
+        rounded to the stored dtype, then saved shard by shard."""
         from tqdm.auto import tqdm
 
         pieces: dict[int, torch.Tensor] = {}  # row offset -> (..., rows, d)
@@ -146,8 +149,9 @@ class _Job:
             held_from = chunk[0] if chunk else start  # first row of `held`
             every = self.store.shard_seconds if self.store is not None else None
             saved_at = time.monotonic()
+            dtype = torch_dtype(self.store_dtype)
             for (lo, hi), out in zip(batches, compute(batches), strict=True):
-                held.append(out)
+                held.append(out.to(dtype))
                 bar.update(hi - lo)
                 chunk_done = chunk is not None and hi == chunk[1]
                 overdue = every is not None and time.monotonic() - saved_at >= every
@@ -195,7 +199,7 @@ class _Job:
 
     def _save_shard(self, a: int, b: int, block: torch.Tensor) -> None:
         try:
-            self.store.put_shard(self.key, a, b, block)
+            self.store.put_shard(self.key, a, b, block, self.store_dtype)
         except OSError as exc:  # shards only make resuming cheaper; never fail the run for one
             log.warning("could not write a resume shard of rows [%d, %d): %s", a, b, exc)
 

@@ -40,6 +40,7 @@ from alignkit.features._work import _Job
 from alignkit.features.cache import FeatureCache, feature_key, lookup_key
 from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.features.keys import entry_image_rows, image_rows
+from alignkit.features.store import check_store_dtype, torch_dtype
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -80,6 +81,7 @@ def extract_features(
     device: str | torch.device = "auto",
     progress: bool = True,
     distributed: bool | None = None,
+    store_dtype: str = "float32",
 ) -> FeatureSet:
     """Features of every probe row: images for an image encoder, captions for a text encoder.
 
@@ -124,9 +126,13 @@ def extract_features(
             create one for this call (gloo on CPU, NCCL on GPU) and destroy it before returning,
             so a trainer started later in the process does not inherit it. ``False``: never
             split, even in a process group.
+        store_dtype: how the cache stores the features: ``"float32"`` or ``"float16"`` (the
+            float32 features rounded to nearest; half the disk and memory). Part of the cache
+            key; the features returned are the stored ones (float16 then), also without a cache.
 
     Returns:
-        FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) float32 CPU features, the
+        FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) CPU features in
+        ``store_dtype`` (a memory map of the cache entry when read from the cache), the
         probe ids (caption ids for ``all``: n = the number of captions), and provenance
         (encoder spec, weights identity, config, caption policy, probe
         name and fingerprint, alignkit version, created time, cache key).
@@ -134,12 +140,13 @@ def extract_features(
     if distributed not in (None, True, False):
         raise AlignkitError(f"distributed must be None, True or False: got {distributed!r}")
     _check_run(probe, batch_size, num_workers, caption_policy)
+    check_store_dtype(store_dtype)
     store = _resolve_cache(cache)
     lookup = None
     if isinstance(encoder, str):
         options = {**(options or {}), "device": _spec_device(device)}
         if store is not None and not _distributed.in_process_group():
-            lookup = lookup_key(encoder, options, probe, caption_policy, seed)
+            lookup = lookup_key(encoder, options, probe, caption_policy, seed, store_dtype)
             hit = _recall(store, lookup, encoder, probe, caption_policy)
             if hit is not None:
                 return hit
@@ -152,8 +159,8 @@ def extract_features(
     _check_arguments(enc, probe)
     fit_to_probe(enc, probe)
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
-    key = feature_key(enc, probe, caption_policy, seed)
-    args = (batch_size, workers, caption_policy, seed, progress, lookup)
+    key = feature_key(enc, probe, caption_policy, seed, store_dtype)
+    args = (batch_size, workers, caption_policy, seed, progress, lookup, store_dtype)
     if distributed is True:
         with _distributed.process_group(enc.device) as ranks:
             return _extract(enc, probe, store, key, ranks, *args)
@@ -175,12 +182,13 @@ def _extract(
     seed: int,
     progress: bool,
     lookup: str | None = None,
+    store_dtype: str = "float32",
 ) -> FeatureSet:
     """The extraction itself, over ``ranks`` (None: this process alone); ``lookup``: the memo
     key to remember for the result (see :func:`alignkit.features.keys.lookup_key`)."""
     per_caption = enc.modality == "text" and caption_policy == "all"
     ids = caption_ids(probe) if per_caption else probe.ids
-    images = image_rows(enc, probe)  # image features are found by the images they show
+    images = image_rows(enc, probe, store_dtype)  # image features: found by the images shown
     if store is not None:
         hit = _for_probe(store.lookup(key, ids, images), probe)
         usable = hit is not None
@@ -208,6 +216,7 @@ def _extract(
         key=key,
         progress=progress and (ranks is None or ranks.is_main),
         label=enc.name if ranks is None else f"{enc.name} [rank 0 of {ranks.world}]",
+        store_dtype=store_dtype,
     )
     try:
         with limit_threads(choose_threads()):  # model forwards: large work, the free CPUs
@@ -216,11 +225,13 @@ def _extract(
         note = _interrupted_note(enc.name, probe, store, key, start, stop)
         log.warning("%s", note)
         raise ExtractionInterrupted(note) from exc
-    features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
+    if ranks:  # gathered as float32 (float16 values are exact in it), stored as they were
+        part = _distributed.gather_rows(part, blocks, ranks).to(torch_dtype(store_dtype))
     provenance = {**_provenance(enc, probe, caption_policy, seed, key), **cut}
-    result = FeatureSet(features, ids, provenance)
+    provenance["store_dtype"] = store_dtype
+    result = FeatureSet(part, ids, provenance)
     if store is not None and (ranks is None or ranks.is_main):
-        store.put(key, result, images)
+        store.put(key, result, images, dtype=store_dtype)
         store.drop_shards(key)
         if lookup is not None:
             store.remember(lookup, key)
@@ -285,6 +296,7 @@ def cached_features(
     seed: int = 0,
     cache: bool | str | Path | FeatureCache = True,
     device: str | torch.device = "auto",
+    store_dtype: str = "float32",
 ) -> FeatureSet | None:
     """The cached features :func:`extract_features` would return for the spec ``encoder``, found
     without building the encoder; None when the cache does not know them that way (then
@@ -299,7 +311,9 @@ def cached_features(
     if store is None or _distributed.in_process_group():
         return None
     options = {**(options or {}), "device": _spec_device(device)}
-    lookup = lookup_key(encoder, options, probe, caption_policy, seed)
+    lookup = lookup_key(
+        encoder, options, probe, caption_policy, seed, check_store_dtype(store_dtype)
+    )
     return _recall(store, lookup, encoder, probe, caption_policy)
 
 

@@ -86,6 +86,7 @@ def train_pair(
     cache_only: bool = False,
     device: str = "auto",
     extract_batch: int = 64,
+    store_dtype: str = "float32",
     skip_bad: bool = False,
     val_test_split: bool = False,
     class_names: str | None = None,
@@ -110,6 +111,9 @@ def train_pair(
         tokens: token-level features (memory-mapped float16) instead of pooled ones.
         cache_only: fail (one line) when a feature set is not already cached.
         extract_batch: rows per encoder forward during extraction.
+        store_dtype: pooled features stored ``float32`` or ``float16`` in the cache (see
+            :mod:`alignkit.features.store`); training reads either memory-mapped and upcasts a
+            batch at a time. Token features are float16 whatever this says.
         skip_bad: drop unreadable probe rows instead of failing.
         class_names: class names (a file or ``"imagenet"``) of a labelled manifest without
             captions, which then trains on its template captions.
@@ -134,9 +138,12 @@ def train_pair(
     if cache_only:
         for p in (train_probe, val_probe):
             if p is not None:
-                require_cached([vision, text], p, tokens=tokens, cache=cache, options=opts)
+                require_cached(
+                    [vision, text], p, tokens=tokens, cache=cache, options=opts,
+                    store_dtype=store_dtype,
+                )  # fmt: skip
     config, notes = _fit_recipe(config, len(train_probe))
-    record = provenance(encoders, opts, train_probe, val_probe, tokens)
+    record = provenance(encoders, opts, train_probe, val_probe, tokens, store_dtype)
     _check_resume(out_dir, overwrite, config, record)
     for note in notes:
         (log.warning if note.warning else log.info)("%s", note.message)
@@ -146,6 +153,7 @@ def train_pair(
     try:
         t0 = time.perf_counter()
         get = dict(cache=cache, progress=progress, extract_batch=extract_batch, tokens=tokens)
+        get.update(store_dtype=store_dtype)
         train = _features(encoders, train_probe, **get)
         val_features = _features(encoders, val_probe, **get) if val_probe is not None else None
         features_s = time.perf_counter() - t0
@@ -282,11 +290,15 @@ def _features(
     progress: bool,
     extract_batch: int,
     tokens: bool,
+    store_dtype: str = "float32",
 ):
-    """Paired features of ``probe`` (text with every caption), through the cache."""
+    """Paired features of ``probe`` (text with every caption), through the cache (pooled
+    features come back memory-mapped from it: training reads one batch at a time)."""
     from alignkit.features import extract_features, extract_tokens, paired_features
 
-    kw = {"cache": cache, "progress": progress, "batch_size": extract_batch}
+    kw: dict[str, Any] = {"cache": cache, "progress": progress, "batch_size": extract_batch}
+    if not tokens:
+        kw["store_dtype"] = store_dtype
     get = extract_tokens if tokens else extract_features
     return paired_features(
         get(encoders[0], probe, **kw), get(encoders[1], probe, caption_policy="all", **kw)
