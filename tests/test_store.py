@@ -17,10 +17,10 @@ from alignkit.training.data import PairedFeatures, make_batch
 
 
 def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
-    """Address ranges of this process that map ``path`` (from /proc/self/maps)."""
+    """Address ranges of this process that map ``path`` or a file under it (/proc/self/maps)."""
     ranges = []
     for line in Path("/proc/self/maps").read_text().splitlines():
-        if line.endswith(str(path)):
+        if line.endswith(str(path)) or f" {path}/" in line:
             lo, hi = line.split()[0].split("-")
             ranges.append((int(lo, 16), int(hi, 16)))
     return ranges
@@ -206,3 +206,41 @@ def test_pairing_a_float16_entry_keeps_the_map_and_batches_upcast_on_the_device(
     got = to_device(batch.image, torch.device("cpu"), torch.float32)
     assert got.dtype == torch.float32
     assert torch.equal(got, image.features[[3, 1, 19]].half().float())
+
+
+# -- training from the mapped store ---------------------------------------------------------------
+def _stored_pairs(store: FeatureCache, data: PairedFeatures, dtype: str) -> PairedFeatures:
+    """``data`` written shard by shard into ``store`` as ``dtype``, read back mapped."""
+    sides = []
+    for name, x in (("image", data.image), ("text", data.text)):
+        key = ("a1" if name == "image" else "b2") * 16
+        for a in range(0, x.shape[0], 50):  # shards of 50 rows, as an extraction writes them
+            store.put_shard(key, a, min(a + 50, x.shape[0]), x[a : a + 50], dtype)
+        ids = tuple(data.image_ids) if name == "image" else tuple(f"t{i}" for i in range(len(x)))
+        store.commit_shards(key, ids, {"modality": name}, dtype=dtype)
+        sides.append(store.get(key).features)
+    return PairedFeatures(sides[0], sides[1], data.text_to_image, list(data.image_ids))
+
+
+def test_a_run_on_a_mapped_float16_store_resumes_mid_epoch_bitwise(tmp_path):
+    from _training_support import synthetic_pairs
+
+    from alignkit.training import TrainConfig, train_projector
+    from alignkit.training.trainer import _SimulatedStop
+
+    config = TrainConfig(width=16, batch_size=16, epochs=3, lr=3e-3, eval_every=4, captions="one")
+    data = synthetic_pairs(96)
+    mapped = _stored_pairs(FeatureCache(tmp_path / "cache"), data, "float16")
+    assert mapped.image.dtype == torch.float16
+    assert _mapped_ranges(tmp_path / "cache")  # the store's files are mapped, not read in
+    rounded = PairedFeatures(  # the in-RAM path on the same numbers
+        data.image.half().float(), data.text.half().float(), data.text_to_image, data.image_ids
+    )
+    whole = train_projector(config, rounded, out_dir=tmp_path / "ram", progress=False)
+    # 6 steps per epoch: stop at step 9, mid-epoch 2 (last checkpoint: step 8)
+    with pytest.raises(_SimulatedStop):
+        train_projector(config, mapped, out_dir=tmp_path / "cut", progress=False, _stop_at_step=9)
+    resumed = train_projector(config, mapped, out_dir=tmp_path / "cut", progress=False)
+    assert resumed.steps == whole.steps == 18
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k

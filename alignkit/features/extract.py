@@ -40,7 +40,7 @@ from alignkit.features._work import _Job
 from alignkit.features.cache import FeatureCache, feature_key, lookup_key
 from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.features.keys import entry_image_rows, image_rows
-from alignkit.features.store import check_store_dtype, torch_dtype
+from alignkit.features.store import check_store_dtype, map_tensor, torch_dtype
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -218,25 +218,51 @@ def _extract(
         label=enc.name if ranks is None else f"{enc.name} [rank 0 of {ranks.world}]",
         store_dtype=store_dtype,
     )
+    streamed = ranks is None and store is not None  # the entry is written from its shards
     try:
         with limit_threads(choose_threads()):  # model forwards: large work, the free CPUs
-            part = job.run(start, stop)  # (..., stop - start, d)
+            pieces = job.run_pieces(start, stop)  # {first row: (..., rows, d)}
     except KeyboardInterrupt as exc:
         note = _interrupted_note(enc.name, probe, store, key, start, stop)
         log.warning("%s", note)
         raise ExtractionInterrupted(note) from exc
-    if ranks:  # gathered as float32 (float16 values are exact in it), stored as they were
-        part = _distributed.gather_rows(part, blocks, ranks).to(torch_dtype(store_dtype))
     provenance = {**_provenance(enc, probe, caption_policy, seed, key), **cut}
     provenance["store_dtype"] = store_dtype
-    result = FeatureSet(part, ids, provenance)
-    if store is not None and (ranks is None or ranks.is_main):
-        store.put(key, result, images, dtype=store_dtype)
-        store.drop_shards(key)
-        if lookup is not None:
-            store.remember(lookup, key)
+    if streamed:
+        result = _commit_streamed(store, key, ids, provenance, images, pieces)
+    else:
+        part = torch.cat([pieces[a] for a in sorted(pieces)], -2) if pieces else torch.empty(0, 0)
+        if ranks:  # gathered as float32 (float16 values are exact in it), stored as they were
+            part = _distributed.gather_rows(part, blocks, ranks).to(torch_dtype(store_dtype))
+        result = FeatureSet(part, ids, provenance)
+        if store is not None and main:
+            store.put(key, result, images, dtype=store_dtype)
+            store.drop_shards(key)
+    if store is not None and main and lookup is not None:
+        store.remember(lookup, key)
     _distributed.barrier(ranks)
     return result
+
+
+def _commit_streamed(
+    store: FeatureCache,
+    key: str,
+    ids: tuple[str, ...],
+    provenance: dict[str, Any],
+    images: Any,
+    pieces: dict[int, torch.Tensor],
+) -> FeatureSet:
+    """One process with a cache: the entry streamed from the shards on disk (memory: one
+    shard), returned as a memory map of it, so a caller (the trainer) holds no copy of the
+    whole set. When a shard could not be written (logged), from the pieces in memory."""
+    dtype = str(provenance["store_dtype"])
+    try:
+        tensor, _ = map_tensor(store.commit_shards(key, ids, provenance, images, dtype))
+    except AlignkitError:  # rows missing from the shards: write the entry from memory
+        tensor = torch.cat([pieces[a] for a in sorted(pieces)], dim=-2)
+        store.put(key, FeatureSet(tensor, ids, provenance), images, dtype=dtype)
+        store.drop_shards(key)
+    return FeatureSet(tensor, ids, provenance)
 
 
 def _for_probe(hit: FeatureSet | None, probe: ProbeSet) -> FeatureSet | None:
