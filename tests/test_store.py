@@ -244,3 +244,27 @@ def test_a_run_on_a_mapped_float16_store_resumes_mid_epoch_bitwise(tmp_path):
     assert resumed.steps == whole.steps == 18
     for k, v in whole.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+# -- benchmarks/scale.py --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_scale_benchmark_trains_a_mapped_store_with_memory_below_its_size(tmp_path, data_dir):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
+    args = ["--quick", "--rows", "12000", "--dim", "2048", "--batch", "128", "--work", tmp_path]
+    env = {**os.environ, "ALIGNKIT_DATA_DIR": str(data_dir)}
+    out = subprocess.run(
+        [sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("rows", "dim", "probe_load_s", "store_write_rows_per_s", "train_rows_per_s"):
+        assert result[key] > 0, key
+    assert (result["rows"], result["dim"], result["steps"]) == (12000, 2048, 12000 // 128)
+    assert 0 < result["train_floor_ratio"] <= 1.5
+    assert result["store_mb"] > 90  # 2 x 12,000 x 2,048 float16
+    assert result["train_rss_growth_mb"] < result["store_mb"]  # not read into the heap
+    assert not list(tmp_path.glob("store-*"))  # the store is removed afterwards
