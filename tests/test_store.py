@@ -268,3 +268,17 @@ def test_the_scale_benchmark_trains_a_mapped_store_with_memory_below_its_size(tm
     assert result["store_mb"] > 90  # 2 x 12,000 x 2,048 float16
     assert result["train_rss_growth_mb"] < result["store_mb"]  # not read into the heap
     assert not list(tmp_path.glob("store-*"))  # the store is removed afterwards
+
+
+def test_extract_store_dtype_on_the_command_line(tmp_path, capsys):
+    from _cli import run_cli
+
+    base = ["extract", "-e", "random:text-64", "--probe", "synthetic", "-n", "12", "--quiet"]
+    base += ["--cache", str(tmp_path)]
+    assert run_cli([*base, "--store-dtype", "float16"], capsys)[0] == 0
+    assert run_cli(base, capsys)[0] == 0  # float32: another entry
+    sides = [json.loads(p.read_text()) for p in (tmp_path / "features").glob("*/*.json")]
+    assert sorted(side["dtype"] for side in sides if "shape" in side) == ["float16", "float32"]
+    code, _, err = run_cli([*base, "--store-dtype", "half"], capsys)
+    assert code != 0 and "--store-dtype" in err and "float16, float32" in err
+    assert "Traceback" not in err
