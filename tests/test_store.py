@@ -282,3 +282,29 @@ def test_extract_store_dtype_on_the_command_line(tmp_path, capsys):
     code, _, err = run_cli([*base, "--store-dtype", "half"], capsys)
     assert code != 0 and "--store-dtype" in err and "float16, float32" in err
     assert "Traceback" not in err
+
+
+def test_a_large_subsample_of_an_entry_is_its_own_mapped_entry_not_a_copy(tmp_path, monkeypatch):
+    from test_features_support import TinyImageEncoder, make_probe
+
+    from alignkit.features import _shards, cache
+
+    monkeypatch.setattr(cache, "GATHER_IN_MEMORY_ROWS", 2)  # "large" = more than 2 rows
+    monkeypatch.setattr(_shards, "GATHER_IN_MEMORY_ROWS", 2)  # written 2 rows a block
+    probe = make_probe(tmp_path / "img", 10)
+    store = FeatureCache(tmp_path / "cache", shard_batches=1)
+    enc = TinyImageEncoder()
+    whole = _extract(enc, probe, store, store_dtype="float16")
+    calls = enc.calls
+    sub = probe.subsample(7)
+    part = _extract(enc, sub, store, store_dtype="float16")
+    assert enc.calls == calls  # read from the whole entry, no model work
+    rows = [probe.ids.index(i) for i in sub.ids]
+    assert part.features.dtype == torch.float16 and torch.equal(part.features, whole.features[rows])
+    key = part.provenance["cache_key"]
+    assert part.provenance["cached_from"] == whole.provenance["cache_key"] != key
+    ptr = part.features.data_ptr()  # a map of its own entry's file
+    assert any(lo <= ptr < hi for lo, hi in _mapped_ranges(store.path(key)))
+    assert not store._partial_dir(key).exists()
+    again = _extract(enc, sub, store, store_dtype="float16")  # now a hit of that entry
+    assert enc.calls == calls and torch.equal(again.features, part.features)

@@ -5,7 +5,8 @@ An extraction (or any writer of millions of rows) saves rows ``[a, b)`` as one s
 dtype, atomically; a rerun finds them and computes only what is missing. When every row is in
 a shard, :meth:`ShardsMixin.commit_shards` streams them into the entry's file (one shard in
 memory at a time, see :func:`alignkit.features.store.write_streamed`) and the sidecar commits
-it. :class:`~alignkit.features.cache.FeatureCache` inherits these methods.
+it. :meth:`ShardsMixin.commit_rows` does the same for rows gathered from another entry (a large
+subsample). :class:`~alignkit.features.cache.FeatureCache` inherits these methods.
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ import torch
 from alignkit._files import file_lock
 from alignkit.errors import AlignkitError
 from alignkit.features._io import save_tensor
+from alignkit.features.featureset import FeatureSet
 from alignkit.features.keys import FORMAT_VERSION, ImageRows
 from alignkit.features.store import map_tensor, torch_dtype, write_streamed
 
 log = logging.getLogger("alignkit.features.cache")
 
 _SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
+
+#: A subsample of more rows than this, read from a larger entry, is written as its own entry
+#: (block by block) and read back memory-mapped rather than gathered into memory.
+GATHER_IN_MEMORY_ROWS = 65_536
 
 
 class ShardsMixin:
@@ -149,3 +155,25 @@ class ShardsMixin:
             self.index_images(key, images)  # type: ignore[attr-defined]
         self.drop_shards(key)
         return path
+
+    def commit_rows(
+        self,
+        key: str,
+        source: FeatureSet,
+        rows: torch.Tensor,
+        ids: tuple[str, ...],
+        images: ImageRows | None,
+        part_of: str,
+    ) -> FeatureSet:
+        """Rows ``rows`` (int64, any order) of ``source`` (an entry, memory-mapped) committed as
+        the entry ``key`` in ``source``'s dtype, :data:`GATHER_IN_MEMORY_ROWS` rows in memory at a
+        time, and returned as a map of it with ``ids`` and ``provenance["cached_from"]`` =
+        ``part_of`` (the source entry's key)."""
+        dtype = "float16" if source.features.dtype == torch.float16 else "float32"
+        provenance = {**source.provenance, "cache_key": key, "cached_from": part_of}
+        for a in range(0, len(rows), GATHER_IN_MEMORY_ROWS):
+            block = rows[a : a + GATHER_IN_MEMORY_ROWS]
+            chosen = source.features.index_select(-2, block)  # (..., len(block), d)
+            self.put_shard(key, a, a + len(block), chosen, dtype)
+        path = self.commit_shards(key, ids, provenance, images, dtype)
+        return FeatureSet(map_tensor(path)[0], ids, provenance)

@@ -46,7 +46,7 @@ from alignkit._files import file_lock as _file_lock
 from alignkit.errors import AlignkitError
 from alignkit.features import _image_index as image_index
 from alignkit.features._io import atomic_path, save_tensor, sha256_file
-from alignkit.features._shards import ShardsMixin
+from alignkit.features._shards import GATHER_IN_MEMORY_ROWS, ShardsMixin
 from alignkit.features.featureset import FeatureSet
 from alignkit.features.keys import (
     FORMAT_VERSION,
@@ -319,7 +319,9 @@ class FeatureCache(ShardsMixin):
     def _rows_of_other_entry(
         self, key: str, ids: tuple[str, ...], images: ImageRows
     ) -> FeatureSet | None:
-        """The wanted images' rows of the newest entry of the same encoder holding them all."""
+        """The wanted images' rows of the newest entry of the same encoder holding them all:
+        in memory up to :data:`GATHER_IN_MEMORY_ROWS` rows, else written as the entry ``key``
+        and read back memory-mapped (see :meth:`commit_rows`)."""
         for record in image_index.records(self.root, images.encoder_key):
             where: dict[str, int] = {}
             for i, digest in enumerate(record["digests"]):
@@ -329,8 +331,10 @@ class FeatureCache(ShardsMixin):
             fs = self.get(record["key"])
             if fs is None or fs.n != len(record["digests"]):
                 continue
-            rows = [where[d] for d in images.digests]
-            chosen = fs.features.index_select(-2, torch.tensor(rows, dtype=torch.long))
+            rows = torch.tensor([where[d] for d in images.digests], dtype=torch.long)
+            if len(rows) > GATHER_IN_MEMORY_ROWS:  # a large part: its own entry, mapped
+                return self.commit_rows(key, fs, rows, tuple(ids), images, str(record["key"]))
+            chosen = fs.features.index_select(-2, rows)
             part = FeatureSet(chosen, tuple(ids), fs.provenance)
             return self._as_rows(part, key, ids, part_of=str(record["key"]))
         return None
@@ -432,6 +436,7 @@ def _matches(pattern: str, key: str, *names: str) -> bool:
 
 __all__ = [
     "FORMAT_VERSION",
+    "GATHER_IN_MEMORY_ROWS",
     "IMAGE_FEATURES_VERSION",
     "CacheEntry",
     "CacheLocation",
