@@ -157,6 +157,8 @@ def test_a_float16_entry_is_the_float32_features_rounded_and_never_mixes_with_th
     assert _extract(enc, probe, store).features.dtype == torch.float32 and enc.calls == 6
     side = json.loads(store.path(half.provenance["cache_key"]).with_suffix(".json").read_text())
     assert side["dtype"] == "float16"
+    copy = FeatureSet.load(half.save(tmp_path / "half.safetensors"))  # `extract --out`
+    assert copy.features.dtype == torch.float16 and torch.equal(copy.features, want)
     assert store.path(half.provenance["cache_key"]).stat().st_size < (
         store.path(full.provenance["cache_key"]).stat().st_size
     )
