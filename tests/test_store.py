@@ -63,6 +63,8 @@ def test_map_tensor_reads_what_safetensors_wrote_and_refuses_a_truncated_file(tm
 
 
 def test_streamed_write_equals_the_concatenation_of_its_pieces(tmp_path):
+    from safetensors.torch import load_file  # the file is plain safetensors
+
     g = torch.Generator().manual_seed(1)
     flat = [torch.randn(r, 6, generator=g) for r in (3, 1, 4)]
     layered = [torch.randn(2, r, 6, generator=g) for r in (3, 1, 4)]
@@ -71,6 +73,7 @@ def test_streamed_write_equals_the_concatenation_of_its_pieces(tmp_path):
         got, _ = map_tensor(tmp_path / f"{name}.safetensors")
         want = torch.cat(pieces, dim=-2)
         assert got.shape == want.shape and torch.equal(got, want), name
+        assert torch.equal(load_file(str(tmp_path / f"{name}.safetensors"))["features"], want)
     with pytest.raises(AlignkitError, match="same L and d"):
         write_streamed(tmp_path / "bad.safetensors", [flat[0], layered[0]], {})
 
