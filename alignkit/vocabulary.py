@@ -82,6 +82,15 @@ SHARED: dict[str, tuple[Any, Option]] = {
             type=str,
         ),
     ),
+    "store_dtype": (
+        "float32",
+        Option(
+            "How features are stored in the feature cache: float32, or float16 (half the disk "
+            "and memory; the float32 features rounded, read back upcast a batch at a time). "
+            "Part of the cache key: the two never mix.",
+            metavar="float32|float16",
+        ),
+    ),
     "seed": (0, Option("Seed of every random choice of the run (subsamples, shuffles, init).")),
     "n": (
         None,

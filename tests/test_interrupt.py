@@ -102,9 +102,9 @@ def test_time_shards_end_on_batch_boundaries_and_resume_bitwise(tmp_path, monkey
     saved: list[tuple[int, int]] = []
     real = FeatureCache.put_shard
 
-    def put_shard(self, key, start, stop, features):
+    def put_shard(self, key, start, stop, features, *rest):
         saved.append((start, stop))
-        return real(self, key, start, stop, features)
+        return real(self, key, start, stop, features, *rest)
 
     monkeypatch.setattr(FeatureCache, "put_shard", put_shard)
     fs = extract_features("random:text-384", probe, batch_size=3, cache=store, progress=False)

@@ -102,6 +102,17 @@ def test_train_writes_a_run_folder_that_load_aligned_reloads(models, probes, tmp
     torch.testing.assert_close(sim, img @ txt.T)
 
 
+def test_store_dtype_float16_trains_from_float16_entries(models, probes, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    extra = ("--store-dtype", "float16", "--cache", str(cache))
+    code, _, err = _run(_base(models, probes, tmp_path / "run", *extra), capsys)
+    assert code == 0, err
+    sides = [json.loads(p.read_text()) for p in (cache / "features").glob("*/*.json")]
+    dtypes = {side["dtype"] for side in sides if "shape" in side}
+    assert dtypes == {"float16"}  # train and val, image and text: all float16
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "done"
+
+
 def test_token_level_run_and_reload(models, probes, tmp_path, capsys):
     out = tmp_path / "tok"
     code, _, err = _run(_base(models, probes, out, "--tokens", "--projector", "residual"), capsys)

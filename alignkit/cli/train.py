@@ -169,6 +169,7 @@ def _train_one(
             vision, text, run.probe, recipe, folder,
             val=run.val, n=run.n, val_n=run.val_n, tokens=run.tokens, cache=run.cache,
             cache_only=run.cache_only, device=run.device, extract_batch=run.extract_batch,
+            store_dtype=run.store_dtype,
             skip_bad=run.skip_bad, val_test_split=run.val_test_split,
             class_names=run.class_names, overwrite=overwrite,
             progress=not quiet, command=command,

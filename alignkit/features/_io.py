@@ -13,15 +13,18 @@ from alignkit._files import file_hash as sha256_file
 __all__ = ["atomic_path", "load_tensor", "save_tensor", "sha256_file"]
 
 
-def save_tensor(path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
-    """Write one tensor named ``features`` (float32, CPU) and string ``metadata``, atomically.
+def save_tensor(
+    path: Path, tensor: torch.Tensor, metadata: dict[str, str], dtype: torch.dtype = torch.float32
+) -> None:
+    """Write one tensor named ``features`` (CPU, stored as ``dtype``: float32 unless the store
+    asks for float16) and string ``metadata``, atomically.
 
     Raises OSError when the file cannot be written, whatever layer failed.
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+    tensor = tensor.detach().to("cpu", dtype).contiguous()
     with atomic_path(Path(path)) as tmp:
         try:
             save_file({"features": tensor}, str(tmp), metadata=metadata)

@@ -17,12 +17,14 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.features.skipped import BadImage
+from alignkit.features.store import map_tensor, torch_dtype
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -139,10 +141,21 @@ class _Job:
     label: str  # progress bar title
     skip_bad: bool = False
     skipped: list[dict[str, str]] = field(default_factory=list)  # rows skipped by this run
+    store_dtype: str = "float32"  # what shards and the result hold (alignkit.features.store)
 
     def run(self, start: int, stop: int) -> torch.Tensor:
-        """Features of rows ``[start, stop)``, ``(..., stop - start, d)`` float32 CPU: shards
-        already in the cache are loaded, the rest computed and saved shard by shard."""
+        """Features of rows ``[start, stop)``, ``(..., stop - start, d)`` on the CPU in the
+        stored dtype: shards already in the cache are loaded, the rest computed (float32) and
+        rounded to the stored dtype, then saved shard by shard."""
+        pieces = self.run_pieces(start, stop)
+        if not pieces:  # a rank with no rows
+            return torch.empty((0, 0))
+        return torch.cat([pieces[a] for a in sorted(pieces)], dim=-2)
+
+    def run_pieces(self, start: int, stop: int) -> dict[int, torch.Tensor]:
+        """As :meth:`run`, the rows as ``{first row: (..., rows, d)}`` pieces; a piece saved as
+        a shard is a memory map of it, so memory holds only rows whose shard is not written
+        (at most one shard's worth, unless writing failed)."""
         from tqdm.auto import tqdm
 
         pieces: dict[int, torch.Tensor] = {}  # row offset -> (..., rows, d)
@@ -179,6 +192,7 @@ class _Job:
             held_from = chunk[0] if chunk else start  # first row of `held`
             every = self.store.shard_seconds if self.store is not None else None
             saved_at = time.monotonic()
+            dtype = torch_dtype(self.store_dtype)
             outputs = compute(batches)
             for lo, hi in batches:
                 try:
@@ -187,7 +201,7 @@ class _Job:
                     if held and self.store is not None:
                         self._save_shard(held_from, lo, torch.cat(held, dim=-2))
                     raise
-                held.append(out)
+                held.append(out.to(dtype))
                 bar.update(hi - lo)
                 chunk_done = chunk is not None and hi == chunk[1]
                 overdue = every is not None and time.monotonic() - saved_at >= every
@@ -195,7 +209,9 @@ class _Job:
                     pieces[held_from] = torch.cat(held, dim=-2)
                     held = []
                     if self.store is not None:
-                        self._save_shard(held_from, hi, pieces[held_from])
+                        saved = self._save_shard(held_from, hi, pieces[held_from])
+                        if saved is not None:  # the file's map replaces the rows in memory
+                            pieces[held_from] = map_tensor(saved)[0]
                     saved_at = time.monotonic()
                     held_from = hi
                     if chunk_done:
@@ -206,9 +222,7 @@ class _Job:
         log.info(
             "%s: %d rows in %.1f s", self.enc.name, stop - start - done, time.perf_counter() - t0
         )
-        if not pieces:  # a rank with no rows
-            return torch.empty((0, 0))
-        return torch.cat([pieces[a] for a in sorted(pieces)], dim=-2)
+        return pieces
 
     def _missing_chunks(
         self, start: int, stop: int, pieces: dict[int, torch.Tensor]
@@ -233,11 +247,12 @@ class _Job:
                 a = edge
         return chunks
 
-    def _save_shard(self, a: int, b: int, block: torch.Tensor) -> None:
+    def _save_shard(self, a: int, b: int, block: torch.Tensor) -> Path | None:
         try:
-            self.store.put_shard(self.key, a, b, block)
+            return self.store.put_shard(self.key, a, b, block, self.store_dtype)
         except OSError as exc:  # shards only make resuming cheaper; never fail the run for one
             log.warning("could not write a resume shard of rows [%d, %d): %s", a, b, exc)
+            return None
 
     def _forward(self, batch: Any) -> torch.Tensor:
         out = self.enc.forward(batch)

@@ -2,9 +2,10 @@
 
 Layout under ``root`` (default ``<alignkit cache dir>/features``)::
 
-    ab/ab12...ef.safetensors        one tensor "features", (n, d) or (L, n, d) float32; the header
+    ab/ab12...ef.safetensors        one tensor "features", (n, d) or (L, n, d), float32 (or
+                                    float16 by choice: :mod:`alignkit.features.store`); the header
                                     metadata holds the key, the format version, the probe ids and
-                                    the provenance
+                                    the provenance. Read memory-mapped: rows are read when touched
     ab/ab12...ef.json               sidecar: format version, key, shape, row count, byte size and
                                     sha256 of the .safetensors file, provenance (for `list`)
     ab/ab12...ef.partial/           shards of an extraction in progress:
@@ -44,7 +45,8 @@ from alignkit import _paths
 from alignkit._files import file_lock as _file_lock
 from alignkit.errors import AlignkitError
 from alignkit.features import _image_index as image_index
-from alignkit.features._io import atomic_path, load_tensor, save_tensor, sha256_file
+from alignkit.features._io import atomic_path, save_tensor, sha256_file
+from alignkit.features._shards import GATHER_IN_MEMORY_ROWS, ShardsMixin
 from alignkit.features.featureset import FeatureSet
 from alignkit.features.keys import (
     FORMAT_VERSION,
@@ -57,10 +59,9 @@ from alignkit.features.keys import (
     lookup_key,
 )
 from alignkit.features.location import ENTRY_DIR, CacheLocation, locate_cache, resolve_cache_root
+from alignkit.features.store import STORE_DTYPES, check_store_dtype, map_tensor
 
 log = logging.getLogger(__name__)
-
-_SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _now() -> str:
 
 
 # -- the cache ----------------------------------------------------------------------------------
-class FeatureCache:
+class FeatureCache(ShardsMixin):
     """Content-addressed store of :class:`FeatureSet` s (safetensors + JSON sidecar).
 
     Args:
@@ -149,9 +150,6 @@ class FeatureCache:
     def _sidecar(self, key: str) -> Path:
         return self.path(key).with_suffix(".json")
 
-    def _partial_dir(self, key: str) -> Path:
-        return self.path(key).with_suffix(".partial")
-
     def _lock(self, key: str) -> Path:
         return self.path(key).with_suffix(".lock")
 
@@ -196,16 +194,18 @@ class FeatureCache:
         fs = None
         if problem is None:
             try:
-                tensor, meta = load_tensor(self.path(key))
+                tensor, meta = map_tensor(self.path(key))
                 stored_ids = tuple(json.loads(meta["ids"]))
                 provenance = json.loads(meta["provenance"])
                 if list(tensor.shape) != side.get("shape"):
                     problem = f"tensor shape {list(tensor.shape)}, sidecar says {side.get('shape')}"
+                elif STORE_DTYPES[side.get("dtype", "float32")][0] != tensor.dtype:
+                    problem = f"tensor dtype {tensor.dtype}, sidecar says {side.get('dtype')}"
                 elif ids is not None and stored_ids != tuple(ids):
                     problem = "its row ids differ from the probe's"
                 else:
                     fs = FeatureSet(tensor, stored_ids, provenance)
-            except (ValueError, KeyError, AlignkitError) as exc:
+            except (ValueError, KeyError, AlignkitError) as exc:  # KeyError: an unknown dtype
                 problem = f"cannot load the tensor file ({exc})"
         if problem is not None:
             log.warning("feature cache entry %s is unusable, rebuilding it: %s", key, problem)
@@ -217,44 +217,54 @@ class FeatureCache:
         return side is not None and self._problem(key, side) is None
 
     # write
-    def put(self, key: str, features: FeatureSet, images: ImageRows | None = None) -> Path:
-        """Store ``features`` under ``key`` atomically; returns the tensor file's path.
+    def put(
+        self,
+        key: str,
+        features: FeatureSet,
+        images: ImageRows | None = None,
+        dtype: str = "float32",
+    ) -> Path:
+        """Store ``features`` under ``key`` atomically, as ``dtype`` (``float32`` or
+        ``float16``, see :mod:`alignkit.features.store`); returns the tensor file's path.
         ``images``: the entry holds image features of these rows (see :meth:`lookup`).
 
         Safe when several processes put the same key: the commit is serialised by a lock file,
-        and a process that finds a sound entry already committed leaves it as it is.
+        and a process that finds a sound entry already committed leaves it as it is. For rows
+        written shard by shard, see :meth:`commit_shards`.
         """
+        check_store_dtype(dtype)
         path = self.path(key)
         with _file_lock(self._lock(key)):
-            self._commit(key, features)
+            side = self._read_sidecar(key)
+            if side is None or self._problem(key, side) is not None:  # else: committed already
+                provenance = dict(features.provenance)
+                metadata = {
+                    "format": str(FORMAT_VERSION),
+                    "key": key,
+                    "ids": json.dumps(list(features.ids)),
+                    "provenance": json.dumps(provenance, sort_keys=True, default=str),
+                }
+                save_tensor(path, features.features, metadata, STORE_DTYPES[dtype][0])
+                self._write_sidecar(key, list(features.features.shape), dtype, provenance)
         if images is not None:
             self.index_images(key, images)
         return path
 
-    def _commit(self, key: str, features: FeatureSet) -> None:
-        """Write the entry of ``key`` unless a sound one is there (call under its lock)."""
+    def _write_sidecar(
+        self, key: str, shape: list[int], dtype: str, provenance: dict[str, Any]
+    ) -> None:
+        """The commit marker of the tensor file of ``key`` just written (call under its lock)."""
         path = self.path(key)
-        side = self._read_sidecar(key)
-        if side is not None and self._problem(key, side) is None:
-            return  # another process committed this key first
-        provenance = dict(features.provenance)
-        metadata = {
-            "format": str(FORMAT_VERSION),
-            "key": key,
-            "ids": json.dumps(list(features.ids)),
-            "provenance": json.dumps(provenance, sort_keys=True, default=str),
-        }
-        save_tensor(path, features.features, metadata)
         sidecar = {
             "format": FORMAT_VERSION,
             "key": key,
-            "shape": list(features.features.shape),
-            "n": features.n,
-            "dim": features.dim,
-            "dtype": "float32",
+            "shape": [int(s) for s in shape],
+            "n": int(shape[-2]),
+            "dim": int(shape[-1]),
+            "dtype": dtype,
             "size": path.stat().st_size,
             "sha256": sha256_file(path),
-            "encoder": features.encoder,
+            "encoder": str(provenance.get("encoder", "?")),
             "probe": str(provenance.get("probe", "?")),
             "created": str(provenance.get("created") or _now()),
             "provenance": provenance,
@@ -309,7 +319,9 @@ class FeatureCache:
     def _rows_of_other_entry(
         self, key: str, ids: tuple[str, ...], images: ImageRows
     ) -> FeatureSet | None:
-        """The wanted images' rows of the newest entry of the same encoder holding them all."""
+        """The wanted images' rows of the newest entry of the same encoder holding them all:
+        in memory up to :data:`GATHER_IN_MEMORY_ROWS` rows, else written as the entry ``key``
+        and read back memory-mapped (see :meth:`commit_rows`)."""
         for record in image_index.records(self.root, images.encoder_key):
             where: dict[str, int] = {}
             for i, digest in enumerate(record["digests"]):
@@ -319,76 +331,13 @@ class FeatureCache:
             fs = self.get(record["key"])
             if fs is None or fs.n != len(record["digests"]):
                 continue
-            rows = [where[d] for d in images.digests]
-            chosen = fs.features.index_select(-2, torch.tensor(rows, dtype=torch.long))
+            rows = torch.tensor([where[d] for d in images.digests], dtype=torch.long)
+            if len(rows) > GATHER_IN_MEMORY_ROWS:  # a large part: its own entry, mapped
+                return self.commit_rows(key, fs, rows, tuple(ids), images, str(record["key"]))
+            chosen = fs.features.index_select(-2, rows)
             part = FeatureSet(chosen, tuple(ids), fs.provenance)
             return self._as_rows(part, key, ids, part_of=str(record["key"]))
         return None
-
-    # shards of an extraction in progress
-    def put_shard(self, key: str, start: int, stop: int, features: torch.Tensor) -> Path:
-        """Store rows ``[start, stop)`` of an unfinished extraction: ``features`` is
-        ``(stop - start, d)`` or ``(L, stop - start, d)``."""
-        if features.shape[-2] != stop - start:
-            raise AlignkitError(
-                f"a shard of rows [{start}, {stop}) needs {stop - start} rows: "
-                f"got {features.shape[-2]}"
-            )
-        path = self._partial_dir(key) / f"rows-{start:09d}-{stop:09d}.safetensors"
-        meta = {"format": str(FORMAT_VERSION), "key": key, "start": str(start), "stop": str(stop)}
-        save_tensor(path, features, meta)
-        return path
-
-    def load_shards(
-        self, key: str, start: int = 0, stop: int | None = None
-    ) -> list[tuple[int, int, torch.Tensor]]:
-        """Sound, non-overlapping shards of ``key`` inside rows ``[start, stop)``, sorted by row.
-
-        Returns ``(start, stop, features)`` triples. A damaged shard is deleted with a warning
-        (its rows are simply computed again).
-        """
-        folder = self._partial_dir(key)
-        if not folder.is_dir():
-            return []
-        found = []
-        for path in sorted(folder.iterdir()):
-            match = _SHARD_RE.match(path.name)
-            if not match:
-                continue
-            a, b = int(match.group(1)), int(match.group(2))
-            if a < start or (stop is not None and b > stop) or b <= a:
-                continue
-            try:
-                tensor, meta = load_tensor(path)
-                ok = (
-                    meta.get("format") == str(FORMAT_VERSION)
-                    and meta.get("key") == key
-                    and tensor.ndim in (2, 3)
-                    and tensor.shape[-2] == b - a
-                )
-            except ValueError as exc:
-                ok, tensor = False, None
-                log.debug("shard %s: %s", path, exc)
-            if not ok:
-                log.warning(
-                    "dropping a damaged shard of feature cache entry %s: %s", key, path.name
-                )
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                continue
-            found.append((a, b, tensor))
-        # keep a non-overlapping set (shards of runs with another batch size may overlap)
-        chosen: list[tuple[int, int, torch.Tensor]] = []
-        covered_until = -1
-        for a, b, tensor in sorted(found, key=lambda t: (t[0], -t[1])):
-            if a >= covered_until:
-                chosen.append((a, b, tensor))
-                covered_until = b
-        return chosen
-
-    def drop_shards(self, key: str) -> None:
-        """Remove the shards of ``key`` (after its entry is committed)."""
-        shutil.rmtree(self._partial_dir(key), ignore_errors=True)
 
     # the memo: cheap encoder identity -> full key (a cache hit without building the encoder)
     def _memo(self, lookup: str) -> Path:
@@ -487,6 +436,7 @@ def _matches(pattern: str, key: str, *names: str) -> bool:
 
 __all__ = [
     "FORMAT_VERSION",
+    "GATHER_IN_MEMORY_ROWS",
     "IMAGE_FEATURES_VERSION",
     "CacheEntry",
     "CacheLocation",

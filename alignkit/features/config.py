@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from alignkit._threads import threads_setting
 from alignkit.errors import AlignkitError
+from alignkit.features.store import check_store_dtype
 from alignkit.options import option
 from alignkit.vocabulary import shared
 
@@ -88,6 +89,7 @@ class ExtractConfig:
         type=str,
     )
     cache: str | bool = shared("cache")
+    store_dtype: str = shared("store_dtype")
     checkpoint_every: float = option(
         60.0,
         "Save a resumable shard at the first batch boundary after this many seconds (besides "
@@ -110,6 +112,7 @@ class ExtractConfig:
                 f"caption_policy must be one of {', '.join(CAPTION_POLICIES)}: "
                 f"got {self.caption_policy!r}"
             )
+        check_store_dtype(self.store_dtype)
         if not float(self.checkpoint_every) > 0:
             raise AlignkitError(
                 f"checkpoint_every must be a positive number of seconds: got "
@@ -193,6 +196,7 @@ def extract(
         "seed": config.seed,
         "device": config.device,
         "skip_bad": config.skip_bad,
+        "store_dtype": config.store_dtype,
     }
     with threads_setting(config.threads):
         for spec in config.encoders:

@@ -40,7 +40,8 @@ from alignkit.features._work import _Job
 from alignkit.features.cache import FeatureCache, feature_key, lookup_key
 from alignkit.features.featureset import FeatureSet, caption_ids
 from alignkit.features.keys import entry_image_rows, image_rows
-from alignkit.features.skipped import mark, settle
+from alignkit.features.skipped import mark, marked, nan_rows, settle
+from alignkit.features.store import check_store_dtype, map_tensor, torch_dtype
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -82,6 +83,7 @@ def extract_features(
     progress: bool = True,
     distributed: bool | None = None,
     skip_bad: bool = False,
+    store_dtype: str = "float32",
 ) -> FeatureSet:
     """Features of every probe row: images for an image encoder, captions for a text encoder.
 
@@ -133,9 +135,13 @@ def extract_features(
             the same rows with :func:`alignkit.features.skipped.without_skipped`. Without it
             the first such image raises, after the rows before it are saved in the cache's
             shards (a rerun resumes there).
+        store_dtype: how the cache stores the features: ``"float32"`` or ``"float16"`` (the
+            float32 features rounded to nearest; half the disk and memory). Part of the cache
+            key; the features returned are the stored ones (float16 then), also without a cache.
 
     Returns:
-        FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) float32 CPU features, the
+        FeatureSet with ``(n, d)`` (or ``(L, n, d)`` for ``layer="all"``) CPU features in
+        ``store_dtype`` (a memory map of the cache entry when read from the cache), the
         probe ids (caption ids for ``all``: n = the number of captions), and provenance
         (encoder spec, weights identity, config, caption policy, probe
         name and fingerprint, alignkit version, created time, cache key).
@@ -146,7 +152,7 @@ def extract_features(
     """
     fs = _extract_features(
         encoder, probe, options, batch_size, num_workers, caption_policy, seed, cache, device,
-        progress, distributed, skip_bad,
+        progress, distributed, skip_bad, store_dtype,
     )  # fmt: skip
     return settle(fs, probe.name, skip_bad)
 
@@ -164,17 +170,19 @@ def _extract_features(
     progress: bool,
     distributed: bool | None,
     skip_bad: bool,
+    store_dtype: str,
 ) -> FeatureSet:
     """:func:`extract_features` before its skipped rows are settled (they are NaN here)."""
     if distributed not in (None, True, False):
         raise AlignkitError(f"distributed must be None, True or False: got {distributed!r}")
     _check_run(probe, batch_size, num_workers, caption_policy)
+    check_store_dtype(store_dtype)
     store = _resolve_cache(cache)
     lookup = None
     if isinstance(encoder, str):
         options = {**(options or {}), "device": _spec_device(device)}
         if store is not None and not _distributed.in_process_group():
-            lookup = lookup_key(encoder, options, probe, caption_policy, seed)
+            lookup = lookup_key(encoder, options, probe, caption_policy, seed, store_dtype)
             hit = _recall(store, lookup, encoder, probe, caption_policy)
             if hit is not None:
                 return hit
@@ -187,8 +195,8 @@ def _extract_features(
     _check_arguments(enc, probe)
     fit_to_probe(enc, probe)
     workers = default_num_workers(enc.device) if num_workers is None else num_workers
-    key = feature_key(enc, probe, caption_policy, seed)
-    args = (batch_size, workers, caption_policy, seed, progress, lookup, skip_bad)
+    key = feature_key(enc, probe, caption_policy, seed, store_dtype)
+    args = (batch_size, workers, caption_policy, seed, progress, lookup, skip_bad, store_dtype)
     if distributed is True:
         with _distributed.process_group(enc.device) as ranks:
             return _extract(enc, probe, store, key, ranks, *args)
@@ -211,12 +219,13 @@ def _extract(
     progress: bool,
     lookup: str | None = None,
     skip_bad: bool = False,
+    store_dtype: str = "float32",
 ) -> FeatureSet:
     """The extraction itself, over ``ranks`` (None: this process alone); ``lookup``: the memo
     key to remember for the result (see :func:`alignkit.features.keys.lookup_key`)."""
     per_caption = enc.modality == "text" and caption_policy == "all"
     ids = caption_ids(probe) if per_caption else probe.ids
-    images = image_rows(enc, probe)  # image features are found by the images they show
+    images = image_rows(enc, probe, store_dtype)  # image features: found by the images shown
     if store is not None:
         hit = _for_probe(store.lookup(key, ids, images), probe)
         usable = hit is not None
@@ -245,26 +254,58 @@ def _extract(
         progress=progress and (ranks is None or ranks.is_main),
         label=enc.name if ranks is None else f"{enc.name} [rank 0 of {ranks.world}]",
         skip_bad=skip_bad,
+        store_dtype=store_dtype,
     )
+    streamed = ranks is None and store is not None  # the entry is written from its shards
     try:
         with limit_threads(choose_threads()):  # model forwards: large work, the free CPUs
-            part = job.run(start, stop)  # (..., stop - start, d)
+            pieces = job.run_pieces(start, stop)  # {first row: (..., rows, d)}
     except KeyboardInterrupt as exc:
         note = _interrupted_note(enc.name, probe, store, key, start, stop)
         log.warning("%s", note)
         raise ExtractionInterrupted(note) from exc
-    features = _distributed.gather_rows(part, blocks, ranks) if ranks else part
     provenance = {**_provenance(enc, probe, caption_policy, seed, key), **cut}
-    result = FeatureSet(features, ids, provenance)
-    if enc.modality == "image":  # rows skipped now or by an earlier run are NaN: list them
-        result = mark(result, job.skipped)
-    if store is not None and (ranks is None or ranks.is_main):
-        store.put(key, result, images)
-        store.drop_shards(key)
-        if lookup is not None:
-            store.remember(lookup, key)
+    provenance["store_dtype"] = store_dtype
+    if streamed:
+        if enc.modality == "image":  # rows skipped now or by an earlier run are NaN: list them
+            rows = [a + i for a in sorted(pieces) for i in nan_rows(pieces[a])]
+            provenance = marked(provenance, ids, rows, job.skipped)
+        result = _commit_streamed(store, key, ids, provenance, images, pieces)
+    else:
+        part = torch.cat([pieces[a] for a in sorted(pieces)], -2) if pieces else torch.empty(0, 0)
+        if ranks:  # gathered as float32 (float16 values are exact in it), stored as they were
+            part = _distributed.gather_rows(part, blocks, ranks).to(torch_dtype(store_dtype))
+        result = FeatureSet(part, ids, provenance)
+        if enc.modality == "image":  # as above, over the whole (gathered) set
+            result = mark(result, job.skipped)
+        if store is not None and main:
+            store.put(key, result, images, dtype=store_dtype)
+            store.drop_shards(key)
+    if store is not None and main and lookup is not None:
+        store.remember(lookup, key)
     _distributed.barrier(ranks)
     return result
+
+
+def _commit_streamed(
+    store: FeatureCache,
+    key: str,
+    ids: tuple[str, ...],
+    provenance: dict[str, Any],
+    images: Any,
+    pieces: dict[int, torch.Tensor],
+) -> FeatureSet:
+    """One process with a cache: the entry streamed from the shards on disk (memory: one
+    shard), returned as a memory map of it, so a caller (the trainer) holds no copy of the
+    whole set. When a shard could not be written (logged), from the pieces in memory."""
+    dtype = str(provenance["store_dtype"])
+    try:
+        tensor, _ = map_tensor(store.commit_shards(key, ids, provenance, images, dtype))
+    except AlignkitError:  # rows missing from the shards: write the entry from memory
+        tensor = torch.cat([pieces[a] for a in sorted(pieces)], dim=-2)
+        store.put(key, FeatureSet(tensor, ids, provenance), images, dtype=dtype)
+        store.drop_shards(key)
+    return FeatureSet(tensor, ids, provenance)
 
 
 def _for_probe(hit: FeatureSet | None, probe: ProbeSet) -> FeatureSet | None:
@@ -325,6 +366,7 @@ def cached_features(
     cache: bool | str | Path | FeatureCache = True,
     device: str | torch.device = "auto",
     skip_bad: bool = False,
+    store_dtype: str = "float32",
 ) -> FeatureSet | None:
     """The cached features :func:`extract_features` would return for the spec ``encoder``, found
     without building the encoder; None when the cache does not know them that way (then
@@ -339,7 +381,9 @@ def cached_features(
     if store is None or _distributed.in_process_group():
         return None
     options = {**(options or {}), "device": _spec_device(device)}
-    lookup = lookup_key(encoder, options, probe, caption_policy, seed)
+    lookup = lookup_key(
+        encoder, options, probe, caption_policy, seed, check_store_dtype(store_dtype)
+    )
     hit = _recall(store, lookup, encoder, probe, caption_policy)
     return settle(hit, probe.name, skip_bad) if hit is not None else None
 

@@ -132,8 +132,9 @@ class FeatureSet(ProvenanceMixin):
             )
 
     def save(self, path: str | Path) -> Path:
-        """Write to a ``.safetensors`` file (tensor ``features``; ids and provenance as JSON in the
-        header metadata), atomically. :meth:`load` reads it back."""
+        """Write to a ``.safetensors`` file (tensor ``features``, float32, or float16 when they are;
+        ids and provenance as JSON in the header metadata), atomically. :meth:`load` reads it
+        back."""
         from alignkit.features._io import save_tensor
 
         path = Path(path)
@@ -141,7 +142,8 @@ class FeatureSet(ProvenanceMixin):
             "ids": json.dumps(list(self.ids)),
             "provenance": json.dumps(self.provenance, sort_keys=True, default=str),
         }
-        save_tensor(path, self.features, metadata)
+        half = self.features.dtype == torch.float16  # a float16 store's features stay float16
+        save_tensor(path, self.features, metadata, torch.float16 if half else torch.float32)
         return path
 
     @classmethod

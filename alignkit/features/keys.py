@@ -130,15 +130,23 @@ class ImageRows:
     legacy_key: str
 
 
-def image_rows(encoder: Encoder, probe: ProbeSet) -> ImageRows | None:
-    """The :class:`ImageRows` of an image encoder on ``probe``; None for other encoders."""
+def image_rows(encoder: Encoder, probe: ProbeSet, store_dtype: str = "float32") -> ImageRows | None:
+    """The :class:`ImageRows` of an image encoder on ``probe``; None for other encoders.
+    ``store_dtype`` other than float32 enters both keys (entries of two dtypes never serve
+    each other; float16 entries have no legacy key to find)."""
     if encoder.modality != "image":
         return None
     return ImageRows(
-        encoder_key=_encoder_key(encoder_fields(encoder), probe),
+        encoder_key=_encoder_key(_stored(encoder_fields(encoder), store_dtype), probe),
         digests=image_digests(probe),
-        legacy_key=_hash(probe_key_fields(encoder, probe), encoder.name),
+        legacy_key=_hash(_stored(probe_key_fields(encoder, probe), store_dtype), encoder.name),
     )
+
+
+def _stored(fields: dict[str, Any], store_dtype: str) -> dict[str, Any]:
+    """``fields`` with the stored dtype (:mod:`alignkit.features.store`) when it is not the
+    default float32, whose keys stay as they were before float16 existed."""
+    return fields if store_dtype == "float32" else {**fields, "store_dtype": store_dtype}
 
 
 def entry_image_rows(provenance: dict[str, Any], probe: ProbeSet) -> ImageRows | None:
@@ -165,10 +173,16 @@ def _encoder_key(fields: dict[str, Any], probe: ProbeSet) -> str:
 
 
 def feature_key(
-    encoder: Encoder, probe: ProbeSet, caption_policy: str = "first", seed: int = 0
+    encoder: Encoder,
+    probe: ProbeSet,
+    caption_policy: str = "first",
+    seed: int = 0,
+    store_dtype: str = "float32",
 ) -> str:
-    """The cache key (32 hex digits) of ``encoder`` on ``probe``: a sha256 of :func:`key_fields`."""
-    return _hash(key_fields(encoder, probe, caption_policy, seed), encoder.name)
+    """The cache key (32 hex digits) of ``encoder`` on ``probe``: a sha256 of :func:`key_fields`
+    (and of ``store_dtype`` when it is not float32)."""
+    fields = _stored(key_fields(encoder, probe, caption_policy, seed), store_dtype)
+    return _hash(fields, encoder.name)
 
 
 def _hash(fields: dict[str, Any], name: str) -> str:
@@ -188,11 +202,13 @@ def lookup_key(
     probe: ProbeSet,
     caption_policy: str = "first",
     seed: int = 0,
+    store_dtype: str = "float32",
 ) -> str | None:
     """A key (32 hex digits) for :meth:`FeatureCache.recall` found without building the encoder:
     sha256 of :func:`alignkit.encoders.identity.encoder_identity` (spec, options incl. device,
     weights, libraries, code), the effective precision, the probe fingerprint, the caption policy
-    and seed. None when the encoder has no cheap identity (it must be built)."""
+    and seed (and the stored dtype when not float32). None when the encoder has no cheap
+    identity (it must be built)."""
     from alignkit._device import resolve_device
     from alignkit.encoders.identity import encoder_identity
 
@@ -208,6 +224,7 @@ def lookup_key(
         "caption_policy": caption_policy,
         "seed": int(seed),
     }
+    fields = _stored(fields, store_dtype)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -74,9 +74,16 @@ def paired_features(image: AnyFeatures, text: AnyFeatures) -> PairedFeatures:
     )
 
 
+def _pooled(fs: FeatureSet) -> torch.Tensor:
+    """The features as they are stored when float16/float32 (a memory map stays a map: training
+    reads and upcasts one batch at a time), else as float32."""
+    x = fs.features
+    return x if x.dtype in (torch.float16, torch.float32) else x.float()
+
+
 def _image_side(fs: AnyFeatures, token_cls: type):
     if isinstance(fs, FeatureSet):
-        return fs.features.float()
+        return _pooled(fs)
     prefix = int(fs.provenance.get("prefix_tokens") or 0)
     if prefix == 0:
         return token_cls(fs.tokens, fs.mask)
@@ -85,7 +92,7 @@ def _image_side(fs: AnyFeatures, token_cls: type):
 
 def _text_side(fs: AnyFeatures, token_cls: type):
     if isinstance(fs, FeatureSet):
-        return fs.features.float()
+        return _pooled(fs)
     return token_cls(fs.tokens, fs.mask)
 
 

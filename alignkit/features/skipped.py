@@ -54,14 +54,24 @@ def mark(fs: FeatureSet, found: Sequence[Mapping[str, str]]) -> FeatureSet:
     shards get :data:`EARLIER`). Unchanged when no row is NaN."""
     from alignkit.features.featureset import FeatureSet
 
-    rows = nan_rows(fs.features)
+    provenance = marked(fs.provenance, fs.ids, nan_rows(fs.features), found)
+    return fs if provenance is fs.provenance else FeatureSet(fs.features, fs.ids, provenance)
+
+
+def marked(
+    provenance: dict[str, Any],
+    ids: Sequence[str],
+    rows: Sequence[int],
+    found: Sequence[Mapping[str, str]],
+) -> dict[str, Any]:
+    """``provenance`` with ``skipped_rows`` listing ``rows`` (indices into ``ids``, the NaN rows
+    of an extraction), the reasons from ``found``; the same object when ``rows`` is empty (an
+    extraction streamed into the cache shard by shard finds its NaN rows shard by shard)."""
     if not rows:
-        return fs
+        return provenance
     known = {d["id"]: dict(d) for d in found}
-    skipped = [
-        known.get(fs.ids[i], {"id": fs.ids[i], "where": "", "reason": EARLIER}) for i in rows
-    ]
-    return FeatureSet(fs.features, fs.ids, {**fs.provenance, SKIPPED: skipped})
+    skipped = [known.get(ids[i], {"id": ids[i], "where": "", "reason": EARLIER}) for i in rows]
+    return {**provenance, SKIPPED: skipped}
 
 
 def settle(fs: FeatureSet, probe_name: str, skip_bad: bool) -> FeatureSet:

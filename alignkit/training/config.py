@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignkit.errors import AlignkitError
+from alignkit.features.store import check_store_dtype
 from alignkit.options import option
 from alignkit.vocabulary import shared
 
@@ -281,6 +282,7 @@ class TrainRunConfig:
     )
     device: str = shared("device")
     cache: str | bool = shared("cache")
+    store_dtype: str = shared("store_dtype")
     extract_batch: int = shared("extract_batch")
     skip_bad: bool = shared("skip_bad")
     class_names: str | None = shared("class_names")
@@ -297,3 +299,4 @@ class TrainRunConfig:
             raise AlignkitError(f"extract_batch must be >= 1: got {self.extract_batch!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise AlignkitError(f"threads must be >= 1: got {self.threads!r}")
+        check_store_dtype(self.store_dtype)

@@ -8,15 +8,17 @@ Shapes (``n_images`` image rows, ``n_texts`` caption rows, ``T`` tokens, ``d`` f
         cls     (n, d)     or None: the image CLS token, kept apart from the patch tokens
 
     PairedFeatures
-        image          (n_images, d_v) tensor, or TokenFeatures with n = n_images
-        text           (n_texts, d_t)  tensor, or TokenFeatures with n = n_texts
+        image          (n_images, d_v) float16 / float32 tensor (may be a memory-mapped feature
+                       cache entry), or TokenFeatures with n = n_images
+        text           (n_texts, d_t)  likewise, or TokenFeatures with n = n_texts
         text_to_image  (n_texts,)      int64: the image row each caption describes
         image_ids      list[str]       n_images stable probe-row ids
 
 Image rows are the unit of splitting and of batching: a training batch is a set of image rows,
 and its captions are drawn from those images (one at random per image, or all of them;
-``TrainConfig.captions``). Token tensors are indexed one batch at a time, so a memory-mapped
-cache larger than RAM trains with memory bounded by the batch.
+``TrainConfig.captions``). Pooled and token tensors are indexed one batch at a time (a batch keeps
+the stored dtype; training upcasts it on its device), so a memory-mapped cache larger than RAM
+trains with memory bounded by the batch.
 """
 
 from __future__ import annotations
@@ -220,9 +222,17 @@ class Batch:
 
 
 def _take(x: Features, rows: Tensor) -> Features:
+    """Rows ``rows`` (B,) of ``x``, in that order, as a new tensor in ``x``'s dtype. The rows are
+    read in ascending order (forward through a memory-mapped store), then put back in the
+    batch's order; nothing but these rows is read."""
     if isinstance(x, TokenFeatures):
         return x.take(rows)
-    return x[rows]
+    if len(rows) < 2 or bool((rows[1:] >= rows[:-1]).all()):
+        return x[rows]
+    order = torch.argsort(rows)  # (B,): the read order
+    out = torch.empty((len(rows), *x.shape[1:]), dtype=x.dtype)
+    out[order] = x[rows[order]]
+    return out
 
 
 def _choose_captions(

@@ -91,6 +91,7 @@ def require_cached(
     tokens: bool = False,
     cache: Any = True,
     options: dict[str, dict[str, Any]] | None = None,
+    store_dtype: str = "float32",
 ) -> None:
     """Raise a one-line error unless the features of every encoder in ``specs`` on ``probe``
     are already in the cache (``cache_only``). Text encoders are looked up with
@@ -114,16 +115,19 @@ def require_cached(
             ids = caption_ids(probe) if enc.modality == "text" else probe.ids
             hit = _cached(store, token_key(enc, probe, policy), ids) is not None
         elif enc.modality == "image":  # by its images: under another probe or in a larger set
-            found = store.lookup(feature_key(enc, probe), probe.ids, image_rows(enc, probe))
+            key = feature_key(enc, probe, store_dtype=store_dtype)
+            found = store.lookup(key, probe.ids, image_rows(enc, probe, store_dtype))
             hit = found is not None
         else:
-            hit = feature_key(enc, probe, policy) in store
+            hit = feature_key(enc, probe, policy, store_dtype=store_dtype) in store
         if not hit:
             kind = "token features" if tokens else "features"
             raise AlignkitError(
                 f"cache_only=True: the {kind} of {spec} on {probe.name} are not in the cache "
                 f"{store.root}: run `alignkit extract -e {spec} --probe {probe.name}"
-                f"{' --caption-policy all' if enc.modality == 'text' else ''}` first, or drop "
+                f"{' --caption-policy all' if enc.modality == 'text' else ''}"
+                f"{f' --store-dtype {store_dtype}' if store_dtype != 'float32' else ''}` first, "
+                "or drop "
                 "cache_only=True"
             )
 
@@ -134,6 +138,7 @@ def provenance(
     train: ProbeSet,
     val: ProbeSet | None,
     tokens: bool,
+    store_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Everything a run's trajectory depends on besides the recipe: each encoder's spec,
     weights identity and options; the feature kind; each probe's fingerprint and row count and
@@ -141,7 +146,11 @@ def provenance(
     from alignkit.features.cache import feature_key
     from alignkit.features.tokens import token_key
 
-    key = token_key if tokens else feature_key
+    def key(enc: Encoder, probe: ProbeSet, policy: str) -> str:
+        if tokens:
+            return token_key(enc, probe, policy)
+        return feature_key(enc, probe, policy, store_dtype=store_dtype)
+
     vision, text = encoders
     record: dict[str, Any] = {
         side: {

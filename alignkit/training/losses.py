@@ -45,6 +45,11 @@ def _positives(text_to_image: Tensor, n_images: int, image_rows: slice) -> Tenso
     return images[:, None] == text_to_image[None, :]
 
 
+def _whole(rows: slice, n: int) -> bool:
+    """Whether ``rows`` selects all ``n`` rows (the trainer passes ``slice(0, n)``)."""
+    return range(n)[rows] == range(n)
+
+
 def clip_loss(
     image: Tensor,
     text: Tensor,
@@ -60,14 +65,17 @@ def clip_loss(
     by default, which is the whole loss).
     """
     n_images, n_texts = image.shape[0], text.shape[0]
-    logits = image[image_rows] @ text.T / temperature  # (b, M)
+    image = image / temperature  # (B, D): scaled before the GEMM, not the (B, M) scores after
+    logits = image[image_rows] @ text.T  # (b, M)
     pos = _positives(text_to_image, n_images, image_rows).to(logits.dtype)  # (b, M)
     i2t = -(F.log_softmax(logits, dim=1) * pos).sum(dim=1) / pos.sum(dim=1)  # (b,)
-    if image_rows == ALL and text_rows == ALL:
-        logits_t = logits.T  # one process: the same (B, M) scores, one GEMM
+    if _whole(image_rows, n_images) and _whole(text_rows, n_texts):
+        # one process: the same scores, a softmax over dim 0 (no second GEMM; a cross-entropy
+        # on logits.T is 5x slower on CPU)
+        t2i = -F.log_softmax(logits, dim=0)[text_to_image, torch.arange(n_texts)]  # (M,)
     else:
-        logits_t = text[text_rows] @ image.T / temperature  # (m, B)
-    t2i = F.cross_entropy(logits_t, text_to_image[text_rows], reduction="none")  # (m,)
+        logits_t = text[text_rows] @ image.T  # (m, B)
+        t2i = F.cross_entropy(logits_t, text_to_image[text_rows], reduction="none")  # (m,)
     return 0.5 * (i2t.sum() / n_images + t2i.sum() / n_texts)
 
 

@@ -86,6 +86,7 @@ def train_pair(
     cache_only: bool = False,
     device: str = "auto",
     extract_batch: int = 64,
+    store_dtype: str = "float32",
     skip_bad: bool = False,
     val_test_split: bool = False,
     class_names: str | None = None,
@@ -110,6 +111,9 @@ def train_pair(
         tokens: token-level features (memory-mapped float16) instead of pooled ones.
         cache_only: fail (one line) when a feature set is not already cached.
         extract_batch: rows per encoder forward during extraction.
+        store_dtype: pooled features stored ``float32`` or ``float16`` in the cache (see
+            :mod:`alignkit.features.store`); training reads either memory-mapped and upcasts a
+            batch at a time. Token features are float16 whatever this says.
         skip_bad: drop unreadable probe rows instead of failing.
         class_names: class names (a file or ``"imagenet"``) of a labelled manifest without
             captions, which then trains on its template captions.
@@ -134,9 +138,12 @@ def train_pair(
     if cache_only:
         for p in (train_probe, val_probe):
             if p is not None:
-                require_cached([vision, text], p, tokens=tokens, cache=cache, options=opts)
+                require_cached(
+                    [vision, text], p, tokens=tokens, cache=cache, options=opts,
+                    store_dtype=store_dtype,
+                )  # fmt: skip
     config, notes = _fit_recipe(config, len(train_probe))
-    record = provenance(encoders, opts, train_probe, val_probe, tokens)
+    record = provenance(encoders, opts, train_probe, val_probe, tokens, store_dtype)
     _check_resume(out_dir, overwrite, config, record)
     for note in notes:
         (log.warning if note.warning else log.info)("%s", note.message)
@@ -146,7 +153,7 @@ def train_pair(
     try:
         t0 = time.perf_counter()
         get = dict(cache=cache, progress=progress, extract_batch=extract_batch, tokens=tokens)
-        get["skip_bad"] = skip_bad
+        get.update(skip_bad=skip_bad, store_dtype=store_dtype)
         skipped: dict[str, Any] = {}  # probe role -> the rows extraction skipped (skip_bad)
         train = _features(encoders, train_probe, skipped.setdefault("train", []), **get)
         val_features = (
@@ -291,19 +298,22 @@ def _features(
     extract_batch: int,
     tokens: bool,
     skip_bad: bool = False,
+    store_dtype: str = "float32",
 ):
-    """Paired features of ``probe`` (text with every caption), through the cache; the rows
+    """Paired features of ``probe`` (text with every caption), through the cache (pooled
+    features come back memory-mapped from it: training reads one batch at a time); the rows
     whose images extraction skipped (``skip_bad``, pooled features) are left out of both sides
     and added to ``skipped``."""
     from alignkit.features import extract_features, extract_tokens, paired_features
     from alignkit.features.skipped import without_skipped
 
-    kw = {"cache": cache, "progress": progress, "batch_size": extract_batch}
+    kw: dict[str, Any] = {"cache": cache, "progress": progress, "batch_size": extract_batch}
     if tokens:
         return paired_features(
             extract_tokens(encoders[0], probe, **kw),
             extract_tokens(encoders[1], probe, caption_policy="all", **kw),
         )
+    kw["store_dtype"] = store_dtype
     image = extract_features(encoders[0], probe, skip_bad=skip_bad, **kw)
     text = extract_features(encoders[1], probe, caption_policy="all", **kw)
     kept, both = without_skipped(probe, {"image": image, "text": text})

@@ -54,10 +54,10 @@ from alignkit.training.history import plot_history, write_history
 from alignkit.training.modules import AlignmentModel
 from alignkit.training.recipe import resolve_recipe
 from alignkit.training.schedule import (
+    adamw,
     batch_rows,
     generator,
     learning_rate,
-    param_groups,
     precision,
     steps_per_epoch,
 )
@@ -202,7 +202,7 @@ def _setup(
         record["world"] = ctx.world
     run = _Run(
         config, train, val, out_dir, device, ctx, spec, record, model, model,
-        torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr),
+        adamw(model, config, device),
         torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
         dtype, amp_dtype, spe, config.epochs * spe, config.eval_every or spe,
     )  # fmt: skip

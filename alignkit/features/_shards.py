@@ -1,0 +1,179 @@
+"""The shards of a feature cache entry in progress, and the streamed commit of a finished one.
+
+An extraction (or any writer of millions of rows) saves rows ``[a, b)`` as one shard file
+``<key>.partial/rows-<a>-<b>.safetensors`` as soon as they are done, in the entry's stored
+dtype, atomically; a rerun finds them and computes only what is missing. When every row is in
+a shard, :meth:`ShardsMixin.commit_shards` streams them into the entry's file (one shard in
+memory at a time, see :func:`alignkit.features.store.write_streamed`) and the sidecar commits
+it. :meth:`ShardsMixin.commit_rows` does the same for rows gathered from another entry (a large
+subsample). :class:`~alignkit.features.cache.FeatureCache` inherits these methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit._files import file_lock
+from alignkit.errors import AlignkitError
+from alignkit.features._io import save_tensor
+from alignkit.features.featureset import FeatureSet
+from alignkit.features.keys import FORMAT_VERSION, ImageRows
+from alignkit.features.store import map_tensor, torch_dtype, write_streamed
+
+log = logging.getLogger("alignkit.features.cache")
+
+_SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
+
+#: A subsample of more rows than this, read from a larger entry, is written as its own entry
+#: (block by block) and read back memory-mapped rather than gathered into memory.
+GATHER_IN_MEMORY_ROWS = 65_536
+
+
+class ShardsMixin:
+    """Shard methods of :class:`~alignkit.features.cache.FeatureCache` (which gives the paths,
+    the sidecar reader and writer, and :meth:`index_images`)."""
+
+    def _partial_dir(self, key: str) -> Path:
+        return self.path(key).with_suffix(".partial")  # type: ignore[attr-defined]
+
+    def put_shard(
+        self, key: str, start: int, stop: int, features: torch.Tensor, dtype: str = "float32"
+    ) -> Path:
+        """Store rows ``[start, stop)`` of an unfinished entry: ``features`` is
+        ``(stop - start, d)`` or ``(L, stop - start, d)``, stored as ``dtype``."""
+        if features.shape[-2] != stop - start:
+            raise AlignkitError(
+                f"a shard of rows [{start}, {stop}) needs {stop - start} rows: "
+                f"got {features.shape[-2]}"
+            )
+        path = self._partial_dir(key) / f"rows-{start:09d}-{stop:09d}.safetensors"
+        meta = {"format": str(FORMAT_VERSION), "key": key, "start": str(start), "stop": str(stop)}
+        save_tensor(path, features, meta, torch_dtype(dtype))
+        return path
+
+    def load_shards(
+        self, key: str, start: int = 0, stop: int | None = None
+    ) -> list[tuple[int, int, torch.Tensor]]:
+        """Sound, non-overlapping shards of ``key`` inside rows ``[start, stop)``, sorted by row.
+
+        Returns ``(start, stop, features)`` triples; ``features`` are memory-mapped. A damaged
+        shard is deleted with a warning (its rows are simply computed again).
+        """
+        folder = self._partial_dir(key)
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.iterdir()):
+            match = _SHARD_RE.match(path.name)
+            if not match:
+                continue
+            a, b = int(match.group(1)), int(match.group(2))
+            if a < start or (stop is not None and b > stop) or b <= a:
+                continue
+            try:
+                tensor, meta = map_tensor(path)
+                ok = (
+                    meta.get("format") == str(FORMAT_VERSION)
+                    and meta.get("key") == key
+                    and tensor.ndim in (2, 3)
+                    and tensor.shape[-2] == b - a
+                )
+            except ValueError as exc:
+                ok, tensor = False, None
+                log.debug("shard %s: %s", path, exc)
+            if not ok:
+                log.warning(
+                    "dropping a damaged shard of feature cache entry %s: %s", key, path.name
+                )
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            found.append((a, b, tensor))
+        # keep a non-overlapping set (shards of runs with another batch size may overlap)
+        chosen: list[tuple[int, int, torch.Tensor]] = []
+        covered_until = -1
+        for a, b, tensor in sorted(found, key=lambda t: (t[0], -t[1])):
+            if a >= covered_until:
+                chosen.append((a, b, tensor))
+                covered_until = b
+        return chosen
+
+    def drop_shards(self, key: str) -> None:
+        """Remove the shards of ``key`` (after its entry is committed)."""
+        shutil.rmtree(self._partial_dir(key), ignore_errors=True)
+
+    def commit_shards(
+        self,
+        key: str,
+        ids: tuple[str, ...],
+        provenance: dict[str, Any],
+        images: ImageRows | None = None,
+        dtype: str = "float32",
+    ) -> Path:
+        """Commit the entry of ``key`` from its shards, which must cover rows ``[0, len(ids))``
+        exactly: streamed into the entry's file as ``dtype`` (memory: one shard), then the
+        sidecar; the shards are removed. Returns the tensor file's path.
+
+        Raises:
+            AlignkitError: the shards leave rows out (naming the first gap); nothing is lost.
+        """
+        path = self.path(key)  # type: ignore[attr-defined]
+        with file_lock(self._lock(key)):  # type: ignore[attr-defined]
+            side = self._read_sidecar(key)  # type: ignore[attr-defined]
+            if side is None or self._problem(key, side) is not None:  # type: ignore[attr-defined]
+                shards = self.load_shards(key)
+                cursor = 0
+                for a, b, _ in shards:
+                    if a != cursor:
+                        break
+                    cursor = b
+                if cursor != len(ids) or not shards:
+                    raise AlignkitError(
+                        f"the shards of feature cache entry {key} must cover rows [0, "
+                        f"{len(ids)}): the first row missing is {cursor}; write it with "
+                        "put_shard, then commit again"
+                    )
+                pieces = [t for _, _, t in shards]
+                metadata = {
+                    "format": str(FORMAT_VERSION),
+                    "key": key,
+                    "ids": json.dumps(list(ids)),
+                    "provenance": json.dumps(provenance, sort_keys=True, default=str),
+                }
+                write_streamed(path, pieces, metadata, dtype)
+                shape = [*pieces[0].shape[:-2], len(ids), int(pieces[0].shape[-1])]
+                self._write_sidecar(key, shape, dtype, provenance)  # type: ignore[attr-defined]
+        if images is not None:
+            self.index_images(key, images)  # type: ignore[attr-defined]
+        self.drop_shards(key)
+        return path
+
+    def commit_rows(
+        self,
+        key: str,
+        source: FeatureSet,
+        rows: torch.Tensor,
+        ids: tuple[str, ...],
+        images: ImageRows | None,
+        part_of: str,
+    ) -> FeatureSet:
+        """Rows ``rows`` (int64, any order) of ``source`` (an entry, memory-mapped) committed as
+        the entry ``key`` in ``source``'s dtype, :data:`GATHER_IN_MEMORY_ROWS` rows in memory at a
+        time, and returned as a map of it with ``ids`` and ``provenance["cached_from"]`` =
+        ``part_of`` (the source entry's key)."""
+        dtype = "float16" if source.features.dtype == torch.float16 else "float32"
+        provenance = {**source.provenance, "cache_key": key, "cached_from": part_of}
+        for a in range(0, len(rows), GATHER_IN_MEMORY_ROWS):
+            block = rows[a : a + GATHER_IN_MEMORY_ROWS]
+            chosen = source.features.index_select(-2, block)  # (..., len(block), d)
+            self.put_shard(key, a, a + len(block), chosen, dtype)
+        path = self.commit_shards(key, ids, provenance, images, dtype)
+        return FeatureSet(map_tensor(path)[0], ids, provenance)
