@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 VISION, TEXT = "onnx:sscd_distilled", "onnx:paraphrase-MiniLM-L3-v2"  # fast real encoders
 FORMS = ("manifest", "shards", "parquet")
+RECIPE = ["-v", VISION, "-t", TEXT, "--epochs", "3", "--batch-size", "8", "--width", "32"]
 
 
 def _alignkit(*argv: str) -> None:
@@ -76,11 +77,15 @@ def _metric_values(metrics_json: Path) -> dict[tuple[str, str], float]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Path]:
+def specs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, tuple[str, str]]:
+    return _write_forms(tmp_path_factory.mktemp("formats") / "data", data_dir)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, specs) -> dict[str, Path]:
     """Per form: rank-encoders, train (3 epochs) and evaluate --retrieval, each form with its
     own feature cache; returns the folder holding each form's ``rank/``, ``train/``."""
-    root = tmp_path_factory.mktemp("formats")
-    specs = _write_forms(root / "data", data_dir)
+    root = tmp_path_factory.mktemp("runs")
     common = ["--device", "cpu", "--quiet"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALIGNKIT_THREADS", "1")
@@ -91,11 +96,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, 
                 "rank-encoders", "-v", VISION, "-t", TEXT, "--probe", train,
                 "--out", str(out / "rank"), "--cache", cache, *common,
             )  # fmt: skip
-            _alignkit(
-                "train", "-v", VISION, "-t", TEXT, "--probe", train, "--epochs", "3",
-                "--batch-size", "8", "--width", "32", "--out", str(out / "train"),
-                "--cache", cache, *common,
-            )  # fmt: skip
+            _alignkit("train", *RECIPE, "--probe", train, "--out", str(out / "train"),
+                      "--cache", cache, *common)  # fmt: skip
             _alignkit(
                 "evaluate", "--run", str(out / "train"), "--retrieval", test, "--cache", cache,
                 *common,
@@ -152,3 +154,25 @@ def test_zeroshot_on_a_clip_benchmark_folder_equals_the_manifest(
     want = _metric_values(out / "manifest" / "metrics.json")
     assert set(want) == {("zeroshot", m) for m in ("top1", "top5", "mean_per_class_recall")}
     assert got == want
+
+
+@pytest.mark.distributed
+def test_train_under_torchrun_on_shards(runs, specs, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m alignkit train`` on the shards: the ranks split the
+    feature extraction (no rank extracts every row), rank 0 alone prints the result, and the
+    weights are the one-process run's (to float32 rounding: the gradients are summed across
+    ranks in another order)."""
+    from _launch import launch
+
+    out = tmp_path / "ddp"
+    argv = ["-m", "alignkit", "train", *RECIPE, "--probe", specs["shards"][0], "--out", str(out)]
+    argv += ["--cache", str(tmp_path / "cache"), "--device", "cpu", "--quiet"]
+    done = launch(argv, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "every rank extracts every row" not in done.stderr
+    assert done.stdout.count("next: alignkit evaluate") == 1, done.stdout
+    got, _ = _projector(out / "projector.safetensors")
+    want, _ = _projector(runs["shards"] / "train" / "projector.safetensors")
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-4)
+    assert json.loads((out / "run.json").read_text())["status"] == "done"

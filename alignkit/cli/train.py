@@ -133,22 +133,24 @@ def _train(
         os.environ[THREADS_ENV] = str(run.threads)  # the library's choice defers to it
     if quiet:
         silence_third_party_progress()
+    # under torchrun every rank runs this command; only rank 0 reports
+    say = typer.echo if os.environ.get("RANK", "0") == "0" else (lambda *args, **kwargs: None)
     summary, folders = [], []
     for vision, text, folder, rank in _pairs(run, out_dir):
         folders.append(folder)
         if rank is not None and not overwrite and _finished(folder):
-            typer.echo(f"kept {vision} x {text}: {folder} holds a finished run")
+            say(f"kept {vision} x {text}: {folder} holds a finished run")
             summary.append(_row_of_folder(rank, vision, text, folder))
             continue
-        typer.echo(f"training {vision} x {text} -> {folder}")
+        say(f"training {vision} x {text} -> {folder}")
         command = _command(cfg_values, config, run, vision, text, folder)
         summary.append(
             _train_one(run, recipe, vision, text, folder, rank, overwrite, quiet, command)
         )
-    typer.echo("")
-    typer.echo(_table(summary, validated=run.val is not None))
-    typer.echo("")
-    typer.echo("next: " + _evaluate_line(run.probe, folders))
+    say("")
+    say(_table(summary, validated=run.val is not None))
+    say("")
+    say("next: " + _evaluate_line(run.probe, folders))
 
 
 def _train_one(
