@@ -143,13 +143,16 @@ def test_zeroshot_on_a_clip_benchmark_folder_equals_the_manifest(
     monkeypatch.setenv("ALIGNKIT_THREADS", "1")
     run, out = str(runs["manifest"] / "train"), tmp_path / "out"
     common = ["--device", "cpu", "--quiet", "--cache", str(tmp_path / "cache")]
-    _alignkit("evaluate", "--run", run, "--zeroshot", str(folder), "-o", str(out / "wds"), *common)
+    monkeypatch.chdir(tmp_path)  # the folder as a user types it
+    _alignkit("evaluate", "--run", run, "--zeroshot", "wds_tiny/", "-o", str(out / "wds"), *common)
     _alignkit(
         "evaluate", "--run", run, "--zeroshot", str(labels), "-o", str(out / "manifest"),
         "--class-names", str(folder / "classnames.txt"),
         "--templates", str(folder / "zeroshot_classification_templates.txt"),
         "--cache", str(tmp_path / "cache-manifest"), "--device", "cpu", "--quiet",
     )  # fmt: skip
+    keys = json.loads((out / "wds" / "metrics.json").read_text())["metrics"]
+    assert "zeroshot/wds_tiny/top1" in keys  # named as given, not by its absolute path
     got = _metric_values(out / "wds" / "metrics.json")
     want = _metric_values(out / "manifest" / "metrics.json")
     assert set(want) == {("zeroshot", m) for m in ("top1", "top5", "mean_per_class_recall")}
