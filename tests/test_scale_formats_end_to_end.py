@@ -174,6 +174,7 @@ def test_train_under_torchrun_on_shards(runs, specs, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "every rank extracts every row" not in done.stderr
     assert done.stdout.count("next: alignkit evaluate") == 1, done.stdout
+    assert "| None |" not in done.stdout  # no --val: no best step, shown as "-"
     got, _ = _projector(out / "projector.safetensors")
     want, _ = _projector(runs["shards"] / "train" / "projector.safetensors")
     for name, tensor in want.items():

@@ -324,7 +324,8 @@ def _table(rows: list[dict[str, Any]], validated: bool) -> str:
             "train s", "folder"]  # fmt: skip
     lines = [" | ".join(head)]
     for r in rows:
-        cells = [str(r["rank"]), r["vision"], r["text"], str(r["best_step"]), f(r["i2t_r5"]),
+        step = "-" if r["best_step"] is None else str(r["best_step"])  # None: no --val
+        cells = [str(r["rank"]), r["vision"], r["text"], step, f(r["i2t_r5"]),
                  f(r["t2i_r5"]), f(r["mean_recall"]), f(r["train_s"]), r["folder"]]  # fmt: skip
         lines.append(" | ".join(cells))
     if not validated:
