@@ -21,6 +21,7 @@ from test_probes_hfdata import _table  # the builders of the probe tests, reused
 from test_probes_webdataset import _clip_benchmark, _flickr_rows, _write_manifest, _write_shards
 
 from alignkit.cli import main
+from alignkit.probes import load_probe
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -153,6 +154,7 @@ def test_zeroshot_on_a_clip_benchmark_folder_equals_the_manifest(
     )  # fmt: skip
     keys = json.loads((out / "wds" / "metrics.json").read_text())["metrics"]
     assert "zeroshot/wds_tiny/top1" in keys  # named as given, not by its absolute path
+    assert load_probe("wds_tiny/:test", progress=False).name == "wds_tiny:test"  # one split
     got = _metric_values(out / "wds" / "metrics.json")
     want = _metric_values(out / "manifest" / "metrics.json")
     assert set(want) == {("zeroshot", m) for m in ("top1", "top5", "mean_per_class_recall")}
