@@ -95,7 +95,9 @@ def _set_up(
     job.class_names = _class_names(cfg.class_names, cfg.allow_duplicate_class_names)
     load = {"n": cfg.n, "seed": cfg.seed, "progress": False, "skip_bad": cfg.skip_bad}
     dup = {"allow_duplicate_class_names": True} if cfg.allow_duplicate_class_names else {}
-    job.zeroshot = [load_probe(p, **load, **dup) for p in cfg.zeroshot]
+    job.zeroshot = [
+        load_probe(p, **load, **dup, **_names(p, job.class_names)) for p in cfg.zeroshot
+    ]
     job.retrieval = [load_probe(p, **load) for p in cfg.retrieval]
     for p in job.zeroshot:
         check_zeroshot_probe(p, job.class_names, cfg.allow_duplicate_class_names)
@@ -116,6 +118,16 @@ def _set_up(
     for r in runs:  # the projector files: readable, finite, widths as config.json says
         job.pairs[r.name] = load_pair(r)
     return job
+
+
+def _names(spec: str, class_names: list[str] | None) -> dict[str, list[str]]:
+    """``class_names`` for loading a zero-shot probe from a path: a labelled manifest without
+    captions (nor classnames.txt beside it) needs them to load; a named probe has its own."""
+    from alignkit.probes.registry import NAMED_PROBES
+
+    if class_names is None or spec.partition(":")[0] in NAMED_PROBES:
+        return {}
+    return {"class_names": class_names}
 
 
 def _class_names(path: str | None, allow_duplicates: bool) -> list[str] | None:

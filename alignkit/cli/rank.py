@@ -181,7 +181,8 @@ def next_step(folder: Path, probe: str) -> str:
         train, val = "TRAIN_PAIRS", "VAL_PAIRS"
         note = (
             "\nTRAIN_PAIRS, VAL_PAIRS: your training and validation image-caption pairs (a "
-            "manifest or a named probe), disjoint from each other and from the probe ranked here."
+            "manifest, webdataset shards, an HF dataset or a named probe), disjoint from each "
+            "other and from the probe ranked here."
         )
     argv = ["alignkit", "train", "--from-ranking", str(folder), "--top", "3"]
     argv += ["--probe", train, "--val", val, "--out", f"{folder}-train"]

@@ -133,22 +133,24 @@ def _train(
         os.environ[THREADS_ENV] = str(run.threads)  # the library's choice defers to it
     if quiet:
         silence_third_party_progress()
+    # under torchrun every rank runs this command; only rank 0 reports
+    say = typer.echo if os.environ.get("RANK", "0") == "0" else (lambda *args, **kwargs: None)
     summary, folders = [], []
     for vision, text, folder, rank in _pairs(run, out_dir):
         folders.append(folder)
         if rank is not None and not overwrite and _finished(folder):
-            typer.echo(f"kept {vision} x {text}: {folder} holds a finished run")
+            say(f"kept {vision} x {text}: {folder} holds a finished run")
             summary.append(_row_of_folder(rank, vision, text, folder))
             continue
-        typer.echo(f"training {vision} x {text} -> {folder}")
+        say(f"training {vision} x {text} -> {folder}")
         command = _command(cfg_values, config, run, vision, text, folder)
         summary.append(
             _train_one(run, recipe, vision, text, folder, rank, overwrite, quiet, command)
         )
-    typer.echo("")
-    typer.echo(_table(summary, validated=run.val is not None))
-    typer.echo("")
-    typer.echo("next: " + _evaluate_line(run.probe, folders))
+    say("")
+    say(_table(summary, validated=run.val is not None))
+    say("")
+    say("next: " + _evaluate_line(run.probe, folders))
 
 
 def _train_one(
@@ -323,7 +325,8 @@ def _table(rows: list[dict[str, Any]], validated: bool) -> str:
             "train s", "folder"]  # fmt: skip
     lines = [" | ".join(head)]
     for r in rows:
-        cells = [str(r["rank"]), r["vision"], r["text"], str(r["best_step"]), f(r["i2t_r5"]),
+        step = "-" if r["best_step"] is None else str(r["best_step"])  # None: no --val
+        cells = [str(r["rank"]), r["vision"], r["text"], step, f(r["i2t_r5"]),
                  f(r["t2i_r5"]), f(r["mean_recall"]), f(r["train_s"]), r["folder"]]  # fmt: skip
         lines.append(" | ".join(cells))
     if not validated:

@@ -76,5 +76,9 @@ def read_container(spec: Any, options: dict[str, Any]) -> RawProbe | None:
             f"option(s) {', '.join(extra)} do not apply to {fmt} probes; expected: "
             f"{', '.join(sorted(_OPTIONS[fmt]))}"
         )
-    target = spec if fmt == "webdataset" else Path(spec).expanduser().absolute()
-    return CONTAINER_FORMATS[fmt](target, **rest)
+    if fmt == "webdataset":
+        return read_shards(spec, **rest)  # named by the spec: the pattern, folder or list
+    raw = CONTAINER_FORMATS[fmt](Path(spec).expanduser().absolute(), **rest)
+    # named as given, as a manifest is: metric keys read zeroshot/wds_imagenet1k/top1
+    raw.name = str(spec).rstrip("/") or str(spec)
+    return raw

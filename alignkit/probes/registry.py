@@ -277,8 +277,8 @@ def load_probe(
         if Path(path).expanduser().exists() and split in (None, path_split):
             spec, split = path, path_split
     container = read_container(spec, options) if named is None else None  # shards, HF datasets
-    if container is not None:
-        raw, name = container, container.name
+    if container is not None:  # "wds_flickr30k/:test" keeps its split in the name, as a manifest's
+        raw, name = container, container.name + ("" if str(spec) == name else f":{split}")
     elif named is None and not Path(spec).expanduser().exists():
         raise AlignkitError(
             f"probe {name!r} is neither a named probe ({', '.join(list_probes())}) "
