@@ -50,6 +50,9 @@ from alignkit.metrics import get_metric
 
 SIZES = (100, 250, 500, 1000)
 DRAWS = 5
+#: the metrics issue 19 compares (a grid's own list replaces them)
+METRICS = ("linear_cka_unbiased", "linear_cka", "mutual_knn", "cknna", "ridge_alignability",
+           "procrustes_alignability", "cca_alignability")  # fmt: skip
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
@@ -220,17 +223,7 @@ def decision_accuracy(
         AlignkitError: the decision table is missing from this checkout, or a real pair of
             ``pairs`` has no score.
     """
-    if decide is None:
-        try:
-            from alignkit.evaluation.predictivity.decisions import decisions_table
-        except ImportError:
-            raise AlignkitError(
-                "decision accuracy needs decisions_table from "
-                "alignkit.evaluation.predictivity.decisions (issue 19, item 3), which this "
-                "checkout lacks: update alignkit, or leave out --grid's decisions with "
-                "--no-decisions"
-            ) from None
-        decide = decisions_table
+    decide = _decisions_table() if decide is None else decide
     real = pairs[~pairs["control"].astype(bool)].reset_index(drop=True)
     metrics = sorted(scores["metric"].unique())
     keys = pd.MultiIndex.from_frame(real[["vision", "text"]])
@@ -263,6 +256,18 @@ def decision_accuracy(
     )
 
 
+def _decisions_table() -> Callable[..., pd.DataFrame]:
+    try:
+        from alignkit.evaluation.predictivity.decisions import decisions_table
+    except ImportError:
+        raise AlignkitError(
+            "decision accuracy needs decisions_table from "
+            "alignkit.evaluation.predictivity.decisions (issue 19, item 3), which this checkout "
+            "lacks: update alignkit, or pass --no-decisions for the Kendall tau only"
+        ) from None
+    return decisions_table
+
+
 def study_table(taus: pd.DataFrame, decisions: pd.DataFrame | None = None) -> pd.DataFrame:
     """docs/probe_size.csv: :func:`tau_table` with, given decisions, one ``accuracy/<scope>/
     <result>`` column of mean accuracy per scope and result."""
@@ -277,18 +282,19 @@ def study_table(taus: pd.DataFrame, decisions: pd.DataFrame | None = None) -> pd
 
 # -- the figure -----------------------------------------------------------------------------------
 def plot_study(taus: pd.DataFrame, decisions: pd.DataFrame | None = None) -> Any:
-    """Tau vs n per metric (mean, min..max band), and with decisions one panel per scope of the
+    """Tau vs n per metric (mean, min..max bars), and with decisions one panel per scope of the
     accuracy vs n (mean over draws, then over results). Returns the figure."""
     import matplotlib.pyplot as plt
 
     scopes = [] if decisions is None else list(dict.fromkeys(decisions["scope"]))
     fig, axes = plt.subplots(1, 1 + len(scopes), figsize=(5 * (1 + len(scopes)), 4), squeeze=False)
     ax = axes[0, 0]
-    for metric, g in taus.groupby("metric", sort=True):
-        (line,) = ax.plot(g["n"], g["kendall_tau_mean"], marker="o", label=metric)
-        ax.fill_between(
-            g["n"], g["kendall_tau_min"], g["kendall_tau_max"], color=line.get_color(), alpha=0.15
-        )
+    groups = list(taus.groupby("metric", sort=True))
+    for i, (metric, g) in enumerate(groups):
+        shift = 1.03 ** (i - (len(groups) - 1) / 2)  # side by side on the log axis
+        mean = g["kendall_tau_mean"].to_numpy()
+        spread = [mean - g["kendall_tau_min"].to_numpy(), g["kendall_tau_max"].to_numpy() - mean]
+        ax.errorbar(g["n"] * shift, mean, yerr=spread, marker="o", ms=4, capsize=2, label=metric)
     ax.set(xscale="log", xlabel="probe rows n", ylabel="Kendall τ to the full-probe ranking")
     ax.set_title("ranking stability (mean, min..max over draws)", fontsize=10)
     ax.legend(fontsize=7)
@@ -361,10 +367,12 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--grid", type=Path, help="a predictivity grid folder (issue 19's)")
     source.add_argument("--set", help="an encoder set (alignkit.ENCODER_SETS), controls included")
-    parser.add_argument("--probe", default="flickr8k:dev", help="probe of --set")
-    parser.add_argument("--n", type=int, default=None, help="rows of --set's probe (all)")
+    source.add_argument("--vision", help="comma-separated vision specs (with --text)")
+    parser.add_argument("--text", help="comma-separated text specs (with --vision)")
+    parser.add_argument("--probe", default="flickr8k:dev", help="probe without --grid")
+    parser.add_argument("--n", type=int, default=None, help="rows of that probe (all)")
     parser.add_argument("--metrics", help="comma-separated (default: the grid's, or the 7 of #19)")
-    parser.add_argument("--k", type=int, default=10, help="k of --set's neighbour metrics")
+    parser.add_argument("--k", type=int, default=10, help="k of the neighbour metrics (no grid)")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="subset sizes")
     parser.add_argument("--draws", type=int, default=DRAWS, help="random subsets per size")
     parser.add_argument("--seed", type=int, default=0)
@@ -373,26 +381,34 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DOCS, help="folder of probe_size.csv/.png")
     parser.add_argument("--no-docs", action="store_true", help="print only, write nothing")
     args = parser.parse_args()
+    if (args.vision is None) != (args.text is None):
+        parser.error("--vision and --text go together")
     try:
         run(args)
     except AlignkitError as exc:
         raise SystemExit(f"error: {exc}") from None
 
 
-def run(args: argparse.Namespace) -> None:
-    start = time.perf_counter()
-    decisions = args.grid is not None and not args.no_decisions
-    if args.grid is not None:
-        inputs = grid_inputs(args.grid, decisions)
-    else:
+def encoder_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The probe, encoders, metrics and k of a run without a grid (``--set`` or ``--vision``)."""
+    if args.set is not None:
         if args.set not in alignkit.ENCODER_SETS:
             raise unknown_key("encoder set", args.set, list(alignkit.ENCODER_SETS))
-        encoders = alignkit.ENCODER_SETS[args.set]
-        inputs = {"probe": args.probe, "n": args.n, "vision": list(encoders.all_vision),
-                  "text": list(encoders.all_text), "k": args.k,
-                  "metrics": ["linear_cka_unbiased", "linear_cka", "mutual_knn", "cknna",
-                              "ridge_alignability", "procrustes_alignability",
-                              "cca_alignability"]}  # fmt: skip
+        chosen = alignkit.ENCODER_SETS[args.set]
+        vision, text = list(chosen.all_vision), list(chosen.all_text)
+    else:
+        vision, text = args.vision.split(","), args.text.split(",")
+    return {"probe": args.probe, "n": args.n, "vision": vision, "text": text, "k": args.k,
+            "metrics": list(METRICS)}  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> None:
+    """The study as the command line asks for it: every check first, then the scoring."""
+    start = time.perf_counter()
+    decisions = args.grid is not None and not args.no_decisions
+    if decisions:
+        _decisions_table()  # missing from this checkout: say so before any scoring
+    inputs = grid_inputs(args.grid, decisions) if args.grid is not None else encoder_inputs(args)
     metrics = args.metrics.split(",") if args.metrics else inputs["metrics"]
     for m in metrics:
         get_metric(m)  # an unknown name fails here, listing the metrics
@@ -422,11 +438,9 @@ def run(args: argparse.Namespace) -> None:
     print(taus.round(3).to_string(index=False))
     if accuracy is not None:
         print(accuracy.round(3).to_string(index=False))
-    wall = time.perf_counter() - start
-    print(f"wall time {wall:.0f} s")
-    if args.no_docs:
-        return
-    write(table, plot_study(taus, accuracy), args.out)
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    if not args.no_docs:
+        write(table, plot_study(taus, accuracy), args.out)
 
 
 def write(table: pd.DataFrame, fig: Any, out: Path) -> None:
