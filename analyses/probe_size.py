@@ -22,10 +22,11 @@ per draw of 42 pairs on 2 loaded cores).
     python analyses/probe_size.py --set offline-small --probe flickr8k:test --n 500 \\
         --sizes 25,50,100,200,500 --no-docs                     # any encoder set, tau only
 
-``docs/probe_size.csv``: metric, n, draws, kendall_tau_mean, kendall_tau_min, kendall_tau_max,
-same_top (fraction of draws), controls_last (when controls are scored: fraction of draws where
-every control pair ranks below every real pair), and with decisions ``accuracy/<scope>/<result>``
-(mean over draws). ``docs/probe_size.png``: tau vs n per metric, and accuracy vs n per scope.
+``docs/probe_size.csv``: metric, n, draws, pairs (ranked), kendall_tau_mean, kendall_tau_min,
+kendall_tau_max, same_top (fraction of draws), controls_last (when controls are scored: fraction
+of draws where every control pair ranks below every real pair), and with decisions
+``accuracy/<scope>/<result>`` (mean over draws). ``docs/probe_size.png``: tau vs n per metric,
+and accuracy vs n per scope.
 """
 
 from __future__ import annotations
@@ -143,10 +144,10 @@ def _is_control(spec: str) -> bool:
 
 
 def per_draw(scores: pd.DataFrame) -> pd.DataFrame:
-    """One row per (metric, n, draw): kendall_tau (tau-b over the pairs, draw vs the largest n,
-    which must have one draw), same_top (the draw's best pair is the reference's; ties go to the
-    first pair in table order) and controls_last (every pair with a control encoder scores below
-    every real pair; NaN without controls)."""
+    """One row per (metric, n, draw): pairs (ranked), kendall_tau (tau-b over the pairs, draw vs
+    the largest n, which must have one draw), same_top (the draw's best pair is the reference's;
+    ties go to the first pair in table order) and controls_last (every pair with a control
+    encoder scores below every real pair; NaN without controls)."""
     ref_n = scores["n"].max()
     ref = scores[scores["n"] == ref_n]
     if ref["draw"].nunique() != 1:
@@ -169,6 +170,7 @@ def per_draw(scores: pd.DataFrame) -> pd.DataFrame:
                 "metric": metric,
                 "n": n,
                 "draw": draw,
+                "pairs": len(g),
                 "kendall_tau": kendalltau(g.to_numpy(), r.to_numpy()).statistic,
                 "same_top": float(g.idxmax() == r.idxmax()),
                 "controls_last": controls_last,
@@ -178,12 +180,14 @@ def per_draw(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def tau_table(draws: pd.DataFrame) -> pd.DataFrame:
-    """:func:`per_draw` summarised per (metric, n): draws, kendall_tau_mean/_min/_max, same_top,
-    controls_last (means over the draws; the column is left out when no draw has controls)."""
+    """:func:`per_draw` summarised per (metric, n): draws, pairs, kendall_tau_mean/_min/_max,
+    same_top, controls_last (means over the draws; the column is left out when no draw has
+    controls)."""
     table = (
         draws.groupby(["metric", "n"], sort=True)
         .agg(
             draws=("draw", "size"),
+            pairs=("pairs", "first"),
             kendall_tau_mean=("kendall_tau", "mean"),
             kendall_tau_min=("kendall_tau", "min"),
             kendall_tau_max=("kendall_tau", "max"),
@@ -296,7 +300,8 @@ def plot_study(taus: pd.DataFrame, decisions: pd.DataFrame | None = None) -> Any
         spread = [mean - g["kendall_tau_min"].to_numpy(), g["kendall_tau_max"].to_numpy() - mean]
         ax.errorbar(g["n"] * shift, mean, yerr=spread, marker="o", ms=4, capsize=2, label=metric)
     ax.set(xscale="log", xlabel="probe rows n", ylabel="Kendall τ to the full-probe ranking")
-    ax.set_title("ranking stability (mean, min..max over draws)", fontsize=10)
+    n_pairs = int(taus["pairs"].max())
+    ax.set_title(f"ranking of {n_pairs} pairs (mean, min..max over draws)", fontsize=10)
     ax.legend(fontsize=7)
     for ax, scope in zip(axes[0, 1:], scopes, strict=True):
         mine = decisions[decisions["scope"] == scope]

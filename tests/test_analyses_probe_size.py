@@ -134,10 +134,11 @@ def test_kendall_tau_is_one_at_the_reference_and_counts_like_a_naive_tau():
         )
     table = ps.tau_table(draws)
     assert list(table.columns) == [
-        "metric", "n", "draws", "kendall_tau_mean", "kendall_tau_min", "kendall_tau_max",
+        "metric", "n", "draws", "pairs", "kendall_tau_mean", "kendall_tau_min", "kendall_tau_max",
         "same_top",
     ]  # fmt: skip
     assert table.set_index(["metric", "n"])["draws"].to_dict()[("linear_cka", 12)] == 3
+    assert (table["pairs"] == 9).all()
     # planted, well-separated structure: half the probe keeps the order almost exactly
     assert table.query("n == 40")["kendall_tau_mean"].min() > 0.8
 
