@@ -14,9 +14,8 @@ each draw's ranking of the pairs is compared with the full-probe ranking:
   the draw's scores and ``decisions_table`` (alignkit.evaluation.predictivity.decisions) is
   called per draw; its accuracy is averaged over the draws per metric, result, scope and n.
 
-The features are extracted once on the full probe; after the grid's scoring stage they come from
-the feature cache, so the study costs only the scoring (held-out fits dominate: about a minute
-per draw of 42 pairs on 2 loaded cores).
+The features are extracted once on the full probe (after the grid's scoring stage: cache hits),
+so the study costs only the scoring, which the held-out fits dominate.
 
     python analyses/probe_size.py --grid /work/runs/grid42      # docs/probe_size.{csv,png}
     python analyses/probe_size.py --set offline-small --probe flickr8k:test --n 500 \\
@@ -26,7 +25,8 @@ per draw of 42 pairs on 2 loaded cores).
 kendall_tau_max, same_top (fraction of draws), controls_last (when controls are scored: fraction
 of draws where every control pair ranks below every real pair), and with decisions
 ``accuracy/<scope>/<result>`` (mean over draws). ``docs/probe_size.png``: tau vs n per metric,
-and accuracy vs n per scope.
+and accuracy vs n per scope. ``docs/probe_size.json``: what they were computed from, and each
+run's metrics and wall time (a run of other metrics with the same settings merges into them).
 """
 
 from __future__ import annotations
@@ -74,11 +74,9 @@ def draw_rows(
         AlignkitError: a size outside 2..n_rows, draws < 1, or fewer distinct subsets of a size
             than ``draws``.
     """
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+    if type(draws) is not int or draws < 1:
         raise AlignkitError(f"draws must be a positive integer: got {draws!r}")
-    bad = [
-        s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or not 2 <= s <= n_rows
-    ]
+    bad = [s for s in sizes if type(s) is not int or not 2 <= s <= n_rows]  # no bools
     if bad:
         raise AlignkitError(
             f"sizes must be integers from 2 to the probe's {n_rows} rows: got {bad}; give "
@@ -139,10 +137,6 @@ def score_draws(
     return pd.concat(frames, ignore_index=True)[["vision", "text", "metric", "n", "draw", "score"]]
 
 
-def _is_control(spec: str) -> bool:
-    return spec.startswith(CONTROL_PREFIXES)
-
-
 def per_draw(scores: pd.DataFrame) -> pd.DataFrame:
     """One row per (metric, n, draw): pairs (ranked), kendall_tau (tau-b over the pairs, draw vs
     the largest n, which must have one draw), same_top (the draw's best pair is the reference's;
@@ -159,12 +153,10 @@ def per_draw(scores: pd.DataFrame) -> pd.DataFrame:
         r = ref.loc[metric].reindex(g.index)
         if r.isna().any():
             raise AlignkitError(f"{metric} at n={n} draw {draw} scores pairs the reference lacks")
-        control = np.array([_is_control(v) or _is_control(t) for v, t in g.index])
-        controls_last = (
-            float(g[control].max() < g[~control].min())
-            if control.any() and (~control).any()
-            else math.nan
-        )
+        control = np.array([v.startswith(CONTROL_PREFIXES) or t.startswith(CONTROL_PREFIXES)
+                            for v, t in g.index])  # fmt: skip
+        both = control.any() and (~control).any()
+        controls_last = float(g[control].max() < g[~control].min()) if both else math.nan
         out.append(
             {
                 "metric": metric,
@@ -285,33 +277,33 @@ def study_table(taus: pd.DataFrame, decisions: pd.DataFrame | None = None) -> pd
 
 
 # -- the figure -----------------------------------------------------------------------------------
-def plot_study(taus: pd.DataFrame, decisions: pd.DataFrame | None = None) -> Any:
-    """Tau vs n per metric (mean, min..max bars), and with decisions one panel per scope of the
-    accuracy vs n (mean over draws, then over results). Returns the figure."""
+def plot_study(table: pd.DataFrame) -> Any:
+    """From :func:`study_table`'s table: tau vs n per metric (mean, min..max bars), and one
+    panel per scope of its ``accuracy/<scope>/<result>`` columns (mean over the results) vs n.
+    Returns the figure."""
     import matplotlib.pyplot as plt
 
-    scopes = [] if decisions is None else list(dict.fromkeys(decisions["scope"]))
+    accuracy = [c.split("/", 2) for c in table if c.startswith("accuracy/")]
+    scopes = list(dict.fromkeys(scope for _, scope, _ in accuracy))
     fig, axes = plt.subplots(1, 1 + len(scopes), figsize=(5 * (1 + len(scopes)), 4), squeeze=False)
     ax = axes[0, 0]
-    groups = list(taus.groupby("metric", sort=True))
+    groups = list(table.groupby("metric", sort=True))
     for i, (metric, g) in enumerate(groups):
         shift = 1.03 ** (i - (len(groups) - 1) / 2)  # side by side on the log axis
         mean = g["kendall_tau_mean"].to_numpy()
         spread = [mean - g["kendall_tau_min"].to_numpy(), g["kendall_tau_max"].to_numpy() - mean]
         ax.errorbar(g["n"] * shift, mean, yerr=spread, marker="o", ms=4, capsize=2, label=metric)
     ax.set(xscale="log", xlabel="probe rows n", ylabel="Kendall τ to the full-probe ranking")
-    n_pairs = int(taus["pairs"].max())
+    n_pairs = int(table["pairs"].max())
     ax.set_title(f"ranking of {n_pairs} pairs (mean, min..max over draws)", fontsize=10)
     ax.legend(fontsize=7)
     for ax, scope in zip(axes[0, 1:], scopes, strict=True):
-        mine = decisions[decisions["scope"] == scope]
-        n_results = mine["result"].nunique()
-        mean = mine.groupby(["metric", "n"], sort=True)["accuracy"].mean().reset_index()
-        for metric, g in mean.groupby("metric", sort=True):
-            ax.plot(g["n"], g["accuracy"], marker="o", label=metric)
+        columns = ["/".join(c) for c in accuracy if c[1] == scope]
+        for metric, g in groups:
+            ax.plot(g["n"], g[columns].mean(axis=1), marker="o", label=metric)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set(xscale="log", xlabel="probe rows n", ylabel="decision accuracy")
-        ax.set_title(f"scope {scope} (mean over {n_results} results)", fontsize=10)
+        ax.set_title(f"scope {scope} (mean over {len(columns)} results)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -335,11 +327,15 @@ def grid_inputs(grid: Path, decisions: bool) -> dict[str, Any]:
             f"{grid} has no scores.csv yet, so its features of {config['score_probe']} may not "
             "be cached; wait for the grid's scoring stage"
         )
+
+    def control(spec: str) -> bool:  # as PredictivityConfig.is_control
+        return spec in config.get("controls", ()) or spec.startswith(CONTROL_PREFIXES)
+
     out = {
         "probe": config["score_probe"],
         "n": config["score_n"],
-        "vision": [v for v in config["vision"] if not _is_control(v)],
-        "text": [t for t in config["text"] if not _is_control(t)],
+        "vision": [v for v in config["vision"] if not control(v)],
+        "text": [t for t in config["text"] if not control(t)],
         "metrics": list(config["metrics"]),
         "k": int(config.get("k", 10)),
         "scores": pd.read_csv(grid / "scores.csv"),
@@ -358,12 +354,9 @@ def grid_inputs(grid: Path, decisions: bool) -> dict[str, Any]:
 
 
 def full_probe_check(scores: pd.DataFrame, grid_scores: pd.DataFrame) -> float:
-    """Largest |difference| between the study's full-probe scores and the grid's own scores of
-    the same pairs and metrics (both are the whole scoring probe: it should be ~0)."""
+    """Largest |difference| of the study's full-probe scores from the grid's (should be ~0)."""
     ref = scores[scores["n"] == scores["n"].max()]
     merged = ref.merge(grid_scores, on=["vision", "text", "metric"], suffixes=("", "_grid"))
-    if merged.empty:
-        return math.nan
     return float((merged["score"] - merged["score_grid"]).abs().max())
 
 
@@ -443,22 +436,61 @@ def run(args: argparse.Namespace) -> None:
     print(taus.round(3).to_string(index=False))
     if accuracy is not None:
         print(accuracy.round(3).to_string(index=False))
-    print(f"wall time {time.perf_counter() - start:.0f} s")
+    wall = time.perf_counter() - start
+    print(f"wall time {wall:.0f} s")
     if not args.no_docs:
-        write(table, plot_study(taus, accuracy), args.out)
+        # fmt: off
+        this = {"metrics": list(metrics), "decisions": decisions, "wall_s": round(wall),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        about = {"format": "alignkit.probe_size/1", "probe": probe.name,
+                 "fingerprint": probe.fingerprint, "rows": len(probe), "vision": list(vision),
+                 "text": list(text), "k": inputs["k"], "sizes": sorted(rows), "draws": args.draws,
+                 "seed": args.seed, "grid": args.grid and str(args.grid), "runs": [this]}
+        # fmt: on
+        write(table, about, args.out)
 
 
-def write(table: pd.DataFrame, fig: Any, out: Path) -> None:
+#: what must agree for a second run to merge its metrics into probe_size.csv
+SAME_STUDY = ("probe", "fingerprint", "rows", "vision", "text", "k", "sizes", "draws", "seed")
+
+
+def merge_study(
+    table: pd.DataFrame, about: dict[str, Any], out: Path
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """This run's table and record merged into the study ``out`` holds: the rows of the metrics
+    run now replace theirs, the other metrics' rows stay. A study with other settings
+    (:data:`SAME_STUDY`) is replaced."""
+    old_about = out / "probe_size.json"
+    if not old_about.is_file() or not (out / "probe_size.csv").is_file():
+        return table, about
+    old = json.loads(old_about.read_text(encoding="utf-8"))
+    changed = [k for k in SAME_STUDY if old.get(k) != about[k]]
+    if changed:
+        print(f"{out / 'probe_size.csv'} has other settings ({', '.join(changed)}): replaced")
+        return table, about
+    before = pd.read_csv(out / "probe_size.csv")
+    kept = before[~before["metric"].isin(table["metric"])]
+    merged = pd.concat([kept, table], ignore_index=True).sort_values(["metric", "n"])
+    runs = [*old.get("runs", []), *about["runs"]]
+    return merged.reset_index(drop=True), {**about, "runs": runs}
+
+
+def write(table: pd.DataFrame, about: dict[str, Any], out: Path) -> None:
+    """probe_size.csv, its record probe_size.json (what it was computed from, each run's
+    metrics and wall time) and probe_size.png into ``out``, merged with what it holds."""
     import matplotlib.pyplot as plt
 
     from alignkit._files import atomic_path, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
+    table, about = merge_study(table, about, out)
+    fig = plot_study(table)
     atomic_write_text(out / "probe_size.csv", table.round(4).to_csv(index=False))
+    atomic_write_text(out / "probe_size.json", json.dumps(about, indent=1) + "\n")
     with atomic_path(out / "probe_size.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    print(f"wrote {out / 'probe_size.csv'} and {out / 'probe_size.png'}")
+    print(f"wrote {out / 'probe_size.csv'} (.json, .png)")
 
 
 if __name__ == "__main__":

@@ -218,3 +218,62 @@ def test_decision_accuracy_needs_every_real_pair_scored():
     pairs = _pairs_frame({**vision, "v9": None}, text)
     with pytest.raises(AlignkitError, match=r"no score for the real pair\(s\) \['v9 x t0'\]"):
         ps.decision_accuracy(scores, pairs, {"r5": 0.1}, decide=lambda *a, **k: None)
+
+
+def test_a_run_of_other_metrics_merges_into_the_written_study(tmp_path):
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    vision, text = planted(30, [0.9, 0.4], [0.8, 0.3])
+    rows = ps.draw_rows(30, [15], draws=2, seed=0)
+
+    def study(metric):
+        scores = (
+            ps.score_draws(vision, text, [metric], rows, k=3)
+            if "knn" in metric
+            else (ps.score_draws(vision, text, [metric], rows))
+        )
+        table = ps.tau_table(ps.per_draw(scores))
+        about = {k: 1 for k in ps.SAME_STUDY} | {"runs": [{"metrics": [metric]}]}
+        return table, about
+
+    cka, about = study("linear_cka")
+    ps.write(cka, about, tmp_path)
+    knn, about_knn = study("mutual_knn")
+    ps.write(
+        knn.assign(kendall_tau_mean=0.25, kendall_tau_min=0.25, kendall_tau_max=0.25),
+        about_knn,
+        tmp_path,
+    )
+    both = pd.read_csv(tmp_path / "probe_size.csv")
+    assert sorted(both["metric"].unique()) == ["linear_cka", "mutual_knn"]
+    assert both.loc[both["metric"] == "linear_cka", "kendall_tau_mean"].round(4).tolist() == (
+        cka["kendall_tau_mean"].round(4).tolist()
+    )
+    assert (both.loc[both["metric"] == "mutual_knn", "kendall_tau_mean"] == 0.25).all()
+    record = json.loads((tmp_path / "probe_size.json").read_text())
+    assert [r["metrics"] for r in record["runs"]] == [["linear_cka"], ["mutual_knn"]]
+    ps.write(knn, about_knn | {"draws": 3}, tmp_path)  # other settings: replaced, not merged
+    assert pd.read_csv(tmp_path / "probe_size.csv")["metric"].unique().tolist() == ["mutual_knn"]
+    assert (tmp_path / "probe_size.png").stat().st_size > 0
+
+
+def test_the_figure_has_one_accuracy_panel_per_scope():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table = pd.DataFrame(
+        {"metric": ["a", "a", "b", "b"], "n": [10, 20, 10, 20], "pairs": 4,
+         "kendall_tau_mean": [0.5, 1, 0.7, 1], "kendall_tau_min": [0.2, 1, 0.6, 1],
+         "kendall_tau_max": [0.9, 1, 0.8, 1], "accuracy/all/r@1": [0.6, 0.7, 0.5, 0.9],
+         "accuracy/all/x/y": [0.4, 0.5, 0.5, 0.7], "accuracy/same_text/r@1": 0.5}
+    )  # fmt: skip
+    fig = ps.plot_study(table)
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes[1:]] == [
+        "scope all (mean over 2 results)", "scope same_text (mean over 1 results)"
+    ]  # fmt: skip
+    a_line = axes[1].get_lines()[0]
+    assert a_line.get_ydata().tolist() == pytest.approx([0.5, 0.6])  # mean of r@1 and x/y
