@@ -277,3 +277,46 @@ def test_the_figure_has_one_accuracy_panel_per_scope():
     ]  # fmt: skip
     a_line = axes[1].get_lines()[0]
     assert a_line.get_ydata().tolist() == pytest.approx([0.5, 0.6])  # mean of r@1 and x/y
+
+
+def naive_accuracy(table, metric, result, sd, scope):
+    """Decision accuracy written out: over unordered pairs of real pairs in the scope whose
+    results differ by more than 1.96 sd sqrt(1/n_a + 1/n_b), the share the metric orders the
+    same way (a metric tie is wrong)."""
+    right = total = 0
+    rows = [r for _, r in table.iterrows() if not r["control"]]
+    for a, b in itertools.combinations(rows, 2):
+        if scope == "same_text" and a["text"] != b["text"]:
+            continue
+        if scope == "same_vision" and a["vision"] != b["vision"]:
+            continue
+        dy = a[f"post/{result}"] - b[f"post/{result}"]
+        if abs(dy) <= 1.96 * sd * math.sqrt(1 / a["n_seeds"] + 1 / b["n_seeds"]):
+            continue
+        total += 1
+        dx = a[f"pre/{metric}"] - b[f"pre/{metric}"]
+        right += dx != 0 and (dx > 0) == (dy > 0)
+    return right / total
+
+
+def test_decision_accuracy_with_the_decisions_table_of_the_grid():
+    pytest.importorskip("alignkit.evaluation.predictivity.decisions")
+    vision, text = planted(40, [0.95, 0.6, 0.3], [0.9, 0.5, 0.1], seed=5)
+    rows = ps.draw_rows(40, [12], draws=3, seed=2)
+    scores = ps.score_draws(vision, text, ["linear_cka", "linear_cka_unbiased"], rows)
+    rng = np.random.default_rng(0)
+    pairs = _pairs_frame(vision, text)
+    pairs["post/r5"] = rng.uniform(0, 1, len(pairs))  # some differences below the noise
+    pairs["n_seeds"] = rng.integers(1, 4, len(pairs))
+    out = ps.decision_accuracy(scores, pairs, {"r5": 0.05}, bootstrap=0)
+    assert set(out["scope"]) == {"all", "same_text", "same_vision"}
+    for _, row in out.iterrows():
+        want = []
+        for draw in range(row["draws"]):
+            table = pairs.copy()
+            for i, r in table.iterrows():
+                mine = pick(scores, metric=row["metric"], n=row["n"], draw=draw,
+                            vision=r["vision"], text=r["text"])  # fmt: skip
+                table.loc[i, f"pre/{row['metric']}"] = mine["score"].item() if len(mine) else 0
+            want.append(naive_accuracy(table, row["metric"], "r5", 0.05, row["scope"]))
+        assert row["accuracy"] == pytest.approx(np.mean(want)), tuple(row)
