@@ -1,14 +1,13 @@
 """How many probe rows does a ranking need? Each metric's ranking of the pairs on random subsets
 of the probe against its ranking on the whole probe (issue 19, item 4).
 
-Question: a user with 200 rows, which metric should they trust? For each metric and each size n
-(default 100, 250, 500 and 1,000 rows of ``flickr8k:dev``, the probe the issue-19 grid scores
-on), R seeded random subsets of n rows (default 5; the whole probe once at its full size) are
-scored with ``alignkit.score_pairs`` (raw scores, no null: the ranking is what moves), and
-each draw's ranking of the pairs is compared with the full-probe ranking:
+Question: a user with 200 rows, which metric should they trust? For each metric and size n
+(default 100, 250, 500 and 1,000 rows of ``flickr8k:dev``, which the issue-19 grid scores), R
+seeded random subsets of n rows (default 5; the whole probe once) are scored with
+``alignkit.score_pairs`` (raw scores, no null) and ranked against the full probe:
 
-* Kendall tau-b of the draw's scores to the full-probe scores over the pairs (ties shared), its
-  mean and min..max over the draws, and how often the draw's top pair is the full-probe top pair;
+* Kendall tau-b to the full-probe scores over the pairs, mean and min..max over the draws, and
+  how often the draw's top pair is the full-probe top pair;
 * with a finished predictivity grid (``--grid``: its pairs.csv, with per-seed results, and
   noise.csv), decision accuracy at each n: the grid's ``pre/<metric>`` columns are replaced by
   the draw's scores and ``decisions_table`` (alignkit.evaluation.predictivity.decisions) is
@@ -270,7 +269,7 @@ def study_table(taus: pd.DataFrame, decisions: pd.DataFrame | None = None) -> pd
     if decisions is None or decisions.empty:
         return taus
     wide = decisions.pivot_table(
-        index=["metric", "n"], columns=["scope", "result"], values="accuracy", sort=True
+        index=["metric", "n"], columns=["scope", "result"], values="accuracy"
     )
     wide.columns = [f"accuracy/{scope}/{result}" for scope, result in wide.columns]
     return taus.merge(wide.reset_index(), on=["metric", "n"], how="left")
@@ -434,8 +433,9 @@ def run(args: argparse.Namespace) -> None:
         )
     table = study_table(taus, accuracy)
     print(taus.round(3).to_string(index=False))
-    if accuracy is not None:
-        print(accuracy.round(3).to_string(index=False))
+    if accuracy is not None:  # per result and scope in the csv; here the mean over results
+        mean = accuracy.pivot_table(index=["metric", "n"], columns="scope", values="accuracy")
+        print("decision accuracy, mean over results:\n" + mean.round(3).to_string())
     wall = time.perf_counter() - start
     print(f"wall time {wall:.0f} s")
     if not args.no_docs:
