@@ -300,7 +300,6 @@ def naive_accuracy(table, metric, result, sd, scope):
 
 
 def test_decision_accuracy_with_the_decisions_table_of_the_grid():
-    pytest.importorskip("alignkit.evaluation.predictivity.decisions")
     vision, text = planted(40, [0.95, 0.6, 0.3], [0.9, 0.5, 0.1], seed=5)
     rows = ps.draw_rows(40, [12], draws=3, seed=2)
     scores = ps.score_draws(vision, text, ["linear_cka", "linear_cka_unbiased"], rows)
