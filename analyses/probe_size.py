@@ -45,7 +45,7 @@ from scipy.stats import kendalltau
 
 import alignkit
 from alignkit.errors import AlignkitError, unknown_key
-from alignkit.evaluation.predictivity import CONTROL_PREFIXES
+from alignkit.evaluation.predictivity import CONTROL_PREFIXES, decisions_table
 from alignkit.metrics import get_metric
 
 SIZES = (100, 250, 500, 1000)
@@ -205,8 +205,8 @@ def decision_accuracy(
             control, n_seeds, pre/<metric>, post/<result>); its real pairs are kept and their
             ``pre/<metric>`` columns replaced by each draw's scores (every real pair must have
             been scored). noise: ``{result: seed sd}`` (noise.csv).
-        decide: the decision table function; default
-            ``alignkit.evaluation.predictivity.decisions.decisions_table``.
+        decide: the decision table function (default
+            :func:`alignkit.evaluation.predictivity.decisions_table`).
         options: passed to ``decide`` (``results``, ``scopes``, ``bootstrap``, ``level``, ``seed``).
 
     Returns:
@@ -215,10 +215,9 @@ def decision_accuracy(
         accuracy_max.
 
     Raises:
-        AlignkitError: the decision table is missing from this checkout, or a real pair of
-            ``pairs`` has no score.
+        AlignkitError: a real pair of ``pairs`` has no score (and decisions_table's errors).
     """
-    decide = _decisions_table() if decide is None else decide
+    decide = decisions_table if decide is None else decide
     real = pairs[~pairs["control"].astype(bool)].reset_index(drop=True)
     metrics = sorted(scores["metric"].unique())
     keys = pd.MultiIndex.from_frame(real[["vision", "text"]])
@@ -249,18 +248,6 @@ def decision_accuracy(
         )
         .reset_index()
     )
-
-
-def _decisions_table() -> Callable[..., pd.DataFrame]:
-    try:
-        from alignkit.evaluation.predictivity.decisions import decisions_table
-    except ImportError:
-        raise AlignkitError(
-            "decision accuracy needs decisions_table from "
-            "alignkit.evaluation.predictivity.decisions (issue 19, item 3), which this checkout "
-            "lacks: update alignkit, or pass --no-decisions for the Kendall tau only"
-        ) from None
-    return decisions_table
 
 
 def study_table(taus: pd.DataFrame, decisions: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -403,9 +390,9 @@ def run(args: argparse.Namespace) -> None:
     """The study as the command line asks for it: every check first, then the scoring."""
     start = time.perf_counter()
     decisions = args.grid is not None and not args.no_decisions
-    if decisions:
-        _decisions_table()  # missing from this checkout: say so before any scoring
     inputs = grid_inputs(args.grid, decisions) if args.grid is not None else encoder_inputs(args)
+    if decisions:  # the grid's own table first: its noise and columns checked before any scoring
+        decisions_table(inputs["pairs"], inputs["noise"], bootstrap=0)
     metrics = args.metrics.split(",") if args.metrics else inputs["metrics"]
     for m in metrics:
         get_metric(m)  # an unknown name fails here, listing the metrics
