@@ -24,8 +24,9 @@ so the study costs only the scoring, which the held-out fits dominate.
 kendall_tau_max, same_top (fraction of draws), controls_last (when controls are scored: fraction
 of draws where every control pair ranks below every real pair), and with decisions
 ``accuracy/<scope>/<result>`` (mean over draws). ``docs/probe_size.png``: tau vs n per metric,
-and accuracy vs n per scope. ``docs/probe_size.json``: what they were computed from, and each
-run's metrics and wall time (a run of other metrics with the same settings merges into them).
+and accuracy vs n per scope. ``docs/probe_size_scores.csv``: every draw's raw scores (a later
+run with the same settings scores only the metrics it lacks). ``docs/probe_size.json``: what
+they were computed from, and each run's scored metrics and wall time.
 """
 
 from __future__ import annotations
@@ -364,6 +365,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=0, help="decisions_table's resamples")
     parser.add_argument("--out", type=Path, default=DOCS, help="folder of probe_size.csv/.png")
     parser.add_argument("--no-docs", action="store_true", help="print only, write nothing")
+    parser.add_argument("--rescore", action="store_true", help="ignore the scores --out holds")
     args = parser.parse_args()
     if (args.vision is None) != (args.text is None):
         parser.error("--vision and --text go together")
@@ -387,7 +389,8 @@ def encoder_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
-    """The study as the command line asks for it: every check first, then the scoring."""
+    """The study as the command line asks for it: every check first, then the scoring (of the
+    metrics that ``--out`` does not hold yet for the same study, unless ``--rescore``)."""
     start = time.perf_counter()
     decisions = args.grid is not None and not args.no_decisions
     inputs = grid_inputs(args.grid, decisions) if args.grid is not None else encoder_inputs(args)
@@ -398,17 +401,27 @@ def run(args: argparse.Namespace) -> None:
         get_metric(m)  # an unknown name fails here, listing the metrics
     probe = alignkit.load_probe(inputs["probe"], n=inputs["n"], progress=False)
     rows = draw_rows(len(probe), [int(s) for s in args.sizes.split(",")], args.draws, args.seed)
-
-    def features(specs: list[str]) -> dict[str, torch.Tensor]:
-        return {s: alignkit.extract_features(s, probe, progress=False).features for s in specs}
-
-    vision, text = features(inputs["vision"]), features(inputs["text"])
+    # fmt: off
+    about = {"format": "alignkit.probe_size/1", "probe": probe.name,
+             "fingerprint": probe.fingerprint, "rows": len(probe), "vision": inputs["vision"],
+             "text": inputs["text"], "k": inputs["k"], "sizes": sorted(rows), "draws": args.draws,
+             "seed": args.seed, "grid": args.grid and str(args.grid)}
+    # fmt: on
+    scores, runs = (None, []) if args.no_docs or args.rescore else saved_study(args.out, about)
+    todo = [m for m in metrics if scores is None or m not in set(scores["metric"])]
     print(
-        f"probe {probe.name}  n={len(probe)}  {len(vision)} vision x {len(text)} text encoders  "
-        f"sizes {sorted(rows)}  draws {args.draws}  ({time.perf_counter() - start:.0f} s)"
+        f"probe {probe.name}  n={len(probe)}  {len(inputs['vision'])} vision x "
+        f"{len(inputs['text'])} text encoders  sizes {sorted(rows)}  draws {args.draws}  "
+        f"scoring: {', '.join(todo) or 'none'} ({time.perf_counter() - start:.0f} s)"
     )
-    knn = {"k": inputs["k"]} if {"mutual_knn", "cknna"} & set(metrics) else {}
-    scores = score_draws(vision, text, metrics, rows, log=print, **knn)
+    if todo:
+        vision, text = (
+            {s: alignkit.extract_features(s, probe, progress=False).features for s in specs}
+            for specs in (inputs["vision"], inputs["text"])
+        )
+        knn = {"k": inputs["k"]} if {"mutual_knn", "cknna"} & set(todo) else {}
+        new = score_draws(vision, text, todo, rows, log=print, **knn)
+        scores = new if scores is None else pd.concat([scores, new], ignore_index=True)
     if "scores" in inputs:
         diff = full_probe_check(scores, inputs["scores"])
         print(f"full-probe scores vs the grid's scores.csv: max |diff| {diff:.2g}")
@@ -426,58 +439,46 @@ def run(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - start
     print(f"wall time {wall:.0f} s")
     if not args.no_docs:
-        # fmt: off
-        this = {"metrics": list(metrics), "decisions": decisions, "wall_s": round(wall),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        about = {"format": "alignkit.probe_size/1", "probe": probe.name,
-                 "fingerprint": probe.fingerprint, "rows": len(probe), "vision": list(vision),
-                 "text": list(text), "k": inputs["k"], "sizes": sorted(rows), "draws": args.draws,
-                 "seed": args.seed, "grid": args.grid and str(args.grid), "runs": [this]}
-        # fmt: on
-        write(table, about, args.out)
+        this = {"scored": todo, "decisions": decisions, "wall_s": round(wall),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+        write(table, scores, {**about, "runs": [*runs, this]}, args.out)
 
 
-#: what must agree for a second run to merge its metrics into probe_size.csv
+#: what must agree for a run to reuse (and add to) the per-draw scores a folder holds
 SAME_STUDY = ("probe", "fingerprint", "rows", "vision", "text", "k", "sizes", "draws", "seed")
 
 
-def merge_study(
-    table: pd.DataFrame, about: dict[str, Any], out: Path
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """This run's table and record merged into the study ``out`` holds: the rows of the metrics
-    run now replace theirs, the other metrics' rows stay. A study with other settings
-    (:data:`SAME_STUDY`) is replaced."""
-    old_about = out / "probe_size.json"
-    if not old_about.is_file() or not (out / "probe_size.csv").is_file():
-        return table, about
-    old = json.loads(old_about.read_text(encoding="utf-8"))
+def saved_study(out: Path, about: dict[str, Any]) -> tuple[pd.DataFrame | None, list[Any]]:
+    """The per-draw scores (probe_size_scores.csv) and run records of the study ``out`` holds
+    when its settings (:data:`SAME_STUDY`) are ``about``'s; else ``(None, [])`` (replaced)."""
+    record, saved = out / "probe_size.json", out / "probe_size_scores.csv"
+    if not (record.is_file() and saved.is_file()):
+        return None, []
+    old = json.loads(record.read_text(encoding="utf-8"))
     changed = [k for k in SAME_STUDY if old.get(k) != about[k]]
     if changed:
-        print(f"{out / 'probe_size.csv'} has other settings ({', '.join(changed)}): replaced")
-        return table, about
-    before = pd.read_csv(out / "probe_size.csv")
-    kept = before[~before["metric"].isin(table["metric"])]
-    merged = pd.concat([kept, table], ignore_index=True).sort_values(["metric", "n"])
-    runs = [*old.get("runs", []), *about["runs"]]
-    return merged.reset_index(drop=True), {**about, "runs": runs}
+        print(f"{out} holds a study with other settings ({', '.join(changed)}): replaced")
+        return None, []
+    return pd.read_csv(saved), list(old.get("runs", []))
 
 
-def write(table: pd.DataFrame, about: dict[str, Any], out: Path) -> None:
-    """probe_size.csv, its record probe_size.json (what it was computed from, each run's
-    metrics and wall time) and probe_size.png into ``out``, merged with what it holds."""
+def write(table: pd.DataFrame, scores: pd.DataFrame, about: dict[str, Any], out: Path) -> None:
+    """Into ``out``: probe_size.csv (``table``), probe_size_scores.csv (every draw's raw scores,
+    which a later run reuses), probe_size.json (what they were computed from, each run's scored
+    metrics and wall time) and probe_size.png."""
     import matplotlib.pyplot as plt
 
     from alignkit._files import atomic_path, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    table, about = merge_study(table, about, out)
     fig = plot_study(table)
+    atomic_write_text(out / "probe_size_scores.csv", scores.to_csv(index=False))
     atomic_write_text(out / "probe_size.csv", table.round(4).to_csv(index=False))
     atomic_write_text(out / "probe_size.json", json.dumps(about, indent=1) + "\n")
     with atomic_path(out / "probe_size.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    print(f"wrote {out / 'probe_size.csv'} (.json, .png)")
+    print(f"wrote {out / 'probe_size.csv'} (_scores.csv, .json, .png)")
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def test_decision_accuracy_needs_every_real_pair_scored():
         ps.decision_accuracy(scores, pairs, {"r5": 0.1}, decide=lambda *a, **k: None)
 
 
-def test_a_run_of_other_metrics_merges_into_the_written_study(tmp_path):
+def test_the_written_scores_come_back_exactly_for_the_same_study_only(tmp_path):
     import json
 
     import matplotlib
@@ -228,36 +228,23 @@ def test_a_run_of_other_metrics_merges_into_the_written_study(tmp_path):
     matplotlib.use("Agg")
     vision, text = planted(30, [0.9, 0.4], [0.8, 0.3])
     rows = ps.draw_rows(30, [15], draws=2, seed=0)
-
-    def study(metric):
-        scores = (
-            ps.score_draws(vision, text, [metric], rows, k=3)
-            if "knn" in metric
-            else (ps.score_draws(vision, text, [metric], rows))
-        )
-        table = ps.tau_table(ps.per_draw(scores))
-        about = {k: 1 for k in ps.SAME_STUDY} | {"runs": [{"metrics": [metric]}]}
-        return table, about
-
-    cka, about = study("linear_cka")
-    ps.write(cka, about, tmp_path)
-    knn, about_knn = study("mutual_knn")
-    ps.write(
-        knn.assign(kendall_tau_mean=0.25, kendall_tau_min=0.25, kendall_tau_max=0.25),
-        about_knn,
-        tmp_path,
-    )
-    both = pd.read_csv(tmp_path / "probe_size.csv")
-    assert sorted(both["metric"].unique()) == ["linear_cka", "mutual_knn"]
-    assert both.loc[both["metric"] == "linear_cka", "kendall_tau_mean"].round(4).tolist() == (
-        cka["kendall_tau_mean"].round(4).tolist()
-    )
-    assert (both.loc[both["metric"] == "mutual_knn", "kendall_tau_mean"] == 0.25).all()
-    record = json.loads((tmp_path / "probe_size.json").read_text())
-    assert [r["metrics"] for r in record["runs"]] == [["linear_cka"], ["mutual_knn"]]
-    ps.write(knn, about_knn | {"draws": 3}, tmp_path)  # other settings: replaced, not merged
-    assert pd.read_csv(tmp_path / "probe_size.csv")["metric"].unique().tolist() == ["mutual_knn"]
+    scores = ps.score_draws(vision, text, ["linear_cka", "mutual_knn"], rows, k=3)
+    table = ps.tau_table(ps.per_draw(scores))
+    about = {k: [1, 2] for k in ps.SAME_STUDY}
+    assert ps.saved_study(tmp_path, about) == (None, [])  # nothing written yet
+    ps.write(table, scores, about | {"runs": [{"scored": ["linear_cka"]}]}, tmp_path)
+    saved, runs = ps.saved_study(tmp_path, about)
+    pd.testing.assert_frame_equal(
+        saved, scores, check_exact=True
+    )  # every digit: ranks and ties stay as scored
+    assert runs == [{"scored": ["linear_cka"]}]
+    assert json.loads((tmp_path / "probe_size.json").read_text())["draws"] == [1, 2]
+    assert pd.read_csv(tmp_path / "probe_size.csv")["metric"].unique().tolist() == [
+        "linear_cka", "mutual_knn"
+    ]  # fmt: skip
     assert (tmp_path / "probe_size.png").stat().st_size > 0
+    for key in ps.SAME_STUDY:  # any other setting: the saved draws are not this study's
+        assert ps.saved_study(tmp_path, about | {key: [3]}) == (None, [])
 
 
 def test_the_figure_has_one_accuracy_panel_per_scope():
