@@ -149,6 +149,10 @@ class RankConfig:
         type=str,
     )
     class_names: str | None = shared("class_names")
+    image_column: str | None = shared("image_column")
+    caption_columns: tuple[str, ...] = shared("caption_columns")
+    id_column: str | None = shared("id_column")
+    label_column: str | None = shared("label_column")
     n: int | None = shared(
         "n",
         default=None,

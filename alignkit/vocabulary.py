@@ -82,6 +82,44 @@ SHARED: dict[str, tuple[Any, Option]] = {
             type=str,
         ),
     ),
+    "image_column": (
+        None,
+        Option(
+            "HF dataset probes (parquet files or a save_to_disk folder): the image column. "
+            "Default: detected (an HF Image or binary column). Other probes have no columns.",
+            metavar="NAME",
+            type=str,
+        ),
+    ),
+    "caption_columns": (
+        (),
+        Option(
+            "HF dataset probes: a caption column (a string or a list of strings a row), "
+            "repeatable. Default: detected (caption, captions, text, sentences, raw).",
+            flag="--caption-column",
+            metavar="NAME",
+            aliases=("caption_column",),
+            repeat=True,
+        ),
+    ),
+    "id_column": (
+        None,
+        Option(
+            "HF dataset probes: the row id column. Default: id, key, image_id or img_id, "
+            "else the row's position.",
+            metavar="NAME",
+            type=str,
+        ),
+    ),
+    "label_column": (
+        None,
+        Option(
+            "HF dataset probes: the integer label column (an HF ClassLabel's names become the "
+            "class names). Default: label, when it holds integers.",
+            metavar="NAME",
+            type=str,
+        ),
+    ),
     "store_dtype": (
         "float32",
         Option(

@@ -152,3 +152,53 @@ def test_a_split_column_selects_rows(rows20, tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "test-00000-of-00001.parquet")  # the column wins
     probe = load_probe(tmp_path, split="val", id_column="img_id", progress=False)
     assert probe.ids == tuple(rows20[i]["id"] for i in (1, 4, 7))
+
+
+# -- column names from the command line (issue 18, a new user's trip) ------------------------
+def test_the_cli_names_an_hf_datasets_columns_and_its_error_says_the_flags(
+    rows20, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from _cli import run_cli
+
+    path = tmp_path / "x.parquet"
+    pq.write_table(_table(rows20[:3], caption_column="sentences_raw"), path)
+    base = ["extract", "-e", "random:text-16", "-p", str(path), "--cache", str(tmp_path / "c")]
+    code, _, err = run_cli([*base, "--quiet"], capsys)
+    assert code == 1 and "pass --caption-column NAME" in err, err
+    assert "caption_columns" not in err and "Traceback" not in err
+    argv = [*base, "--caption-column", "sentences_raw", "--id-column", "img_id", "--quiet"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "3 rows x 16 extracted" in out
+    manifest = _manifest(tmp_path / "same.jsonl", rows20[:3])  # the same captions as a manifest
+    code, out, err = run_cli([*base[:4], str(manifest), *base[5:], "--quiet"], capsys)
+    assert code == 0, err
+    assert "3 rows x 16 from the cache" in out
+
+
+def test_column_options_reach_hf_probes_only_on_every_probe_command(rows20, tmp_path) -> None:
+    from alignkit.config import RankConfig
+    from alignkit.evaluation.config import EvaluateConfig
+    from alignkit.evaluation.predictivity.config import PredictivityConfig
+    from alignkit.features.config import ExtractConfig
+    from alignkit.options import declared
+    from alignkit.probes.containers import COLUMN_OPTIONS, column_options
+    from alignkit.training.config import TrainRunConfig
+    from alignkit.training.inputs import load_split_probe
+    from alignkit.vocabulary import SHARED
+
+    for cls in (RankConfig, ExtractConfig, TrainRunConfig, EvaluateConfig, PredictivityConfig):
+        opts = {f.name: opt for f, opt in declared(cls)}
+        for name in COLUMN_OPTIONS:
+            assert opts[name] == SHARED[name][1], (cls.__name__, name)
+    path = tmp_path / "x.parquet"
+    pq.write_table(_table(rows20[:4], caption_column="sentences_raw"), path)
+    given = {"caption_columns": ("sentences_raw",), "id_column": "img_id", "image_column": None}
+    assert column_options(str(path), given) == {k: v for k, v in given.items() if v}
+    assert column_options(f"{path}:train", given) == column_options(str(path), given)
+    manifest = _manifest(tmp_path / "same.jsonl", rows20[:4])
+    assert (
+        column_options(str(manifest), given) == {} and column_options("flickr8k:test", given) == {}
+    )
+    probe = load_split_probe(str(path), progress=False, columns=given)
+    _same(probe, load_probe(manifest, progress=False))

@@ -79,6 +79,7 @@ def _set_up(
     from alignkit.evaluation.overlap import check_overlap
     from alignkit.evaluation.prompts import load_templates, zeroshot_templates
     from alignkit.probes import load_probe
+    from alignkit.probes.containers import column_options
     from alignkit.runs.trained import check_run_folder
 
     cfg = _config(cfg_values, config, cache_dir)
@@ -96,9 +97,10 @@ def _set_up(
     load = {"n": cfg.n, "seed": cfg.seed, "progress": False, "skip_bad": cfg.skip_bad}
     dup = {"allow_duplicate_class_names": True} if cfg.allow_duplicate_class_names else {}
     job.zeroshot = [
-        load_probe(p, **load, **dup, **_names(p, job.class_names)) for p in cfg.zeroshot
+        load_probe(p, **load, **dup, **_names(p, job.class_names), **column_options(p, cfg))
+        for p in cfg.zeroshot
     ]
-    job.retrieval = [load_probe(p, **load) for p in cfg.retrieval]
+    job.retrieval = [load_probe(p, **load, **column_options(p, cfg)) for p in cfg.retrieval]
     for p in job.zeroshot:
         check_zeroshot_probe(p, job.class_names, cfg.allow_duplicate_class_names)
         used, source = zeroshot_templates(p, cfg.templates)

@@ -164,6 +164,7 @@ def _train_one(
     quiet: bool,
     command: list[str],
 ) -> dict[str, Any]:
+    from alignkit.probes.containers import COLUMN_OPTIONS
     from alignkit.training.pair import train_pair
 
     try:
@@ -173,7 +174,8 @@ def _train_one(
             cache_only=run.cache_only, device=run.device, extract_batch=run.extract_batch,
             store_dtype=run.store_dtype,
             skip_bad=run.skip_bad, val_test_split=run.val_test_split,
-            class_names=run.class_names, overwrite=overwrite,
+            class_names=run.class_names, columns={k: getattr(run, k) for k in COLUMN_OPTIONS},
+            overwrite=overwrite,
             progress=not quiet, command=command,
         )  # fmt: skip
     except KeyboardInterrupt:

@@ -65,6 +65,10 @@ class EvaluateConfig:
         type=str,
     )
     class_names: str | None = shared("class_names", help_extra="Given, it overrides the probe's.")
+    image_column: str | None = shared("image_column")
+    caption_columns: tuple[str, ...] = shared("caption_columns")
+    id_column: str | None = shared("id_column")
+    label_column: str | None = shared("label_column")
     allow_duplicate_class_names: bool = option(
         False, "Accept two labels with one class name (their prompts are identical)."
     )

@@ -65,6 +65,10 @@ class ExtractConfig:
         type=str,
     )
     class_names: str | None = shared("class_names")
+    image_column: str | None = shared("image_column")
+    caption_columns: tuple[str, ...] = shared("caption_columns")
+    id_column: str | None = shared("id_column")
+    label_column: str | None = shared("label_column")
     caption_policy: str = option(
         "first",
         "Which caption a text encoder sees for a row with several: the first, the mean of all "
@@ -152,8 +156,10 @@ def check(config: ExtractConfig) -> None:
 def load(config: ExtractConfig, *, progress: bool = True) -> ProbeSet:
     """The probe rows of ``config`` (after :func:`check`)."""
     from alignkit.probes import load_probe
+    from alignkit.probes.containers import column_options
 
     options = {} if config.class_names is None else {"class_names": config.class_names}
+    options.update(column_options(config.probe, config))
     return load_probe(
         config.probe,
         n=config.n or None,

@@ -10,7 +10,7 @@ other spec, which then goes to the file formats of :mod:`alignkit.probes.formats
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,24 @@ _OPTIONS = {
         "templates",
     },
 }
+
+#: the options that name an HF dataset's columns (:func:`alignkit.probes.hfdata.read_hf`)
+COLUMN_OPTIONS = ("image_column", "caption_columns", "id_column", "label_column")
+
+
+def column_options(spec: Any, given: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The column options set in ``given`` (a mapping, or a config with those attributes; unset
+    is ``None`` or empty) when ``spec`` names an HF dataset, or ``PATH:SPLIT`` of one: ``{}``
+    for every other probe, which has no columns to name, so that one command can read an HF
+    dataset beside a named probe or a CLIP_benchmark folder."""
+    get = given.get if isinstance(given, Mapping) else lambda k: getattr(given, k, None)
+    chosen = {k: get(k) for k in COLUMN_OPTIONS if get(k) not in (None, (), [], "")}
+    if not chosen or not isinstance(spec, (str, os.PathLike)):
+        return {}
+    base = str(spec).rpartition(":")[0]
+    if detect_container(spec) == "hf" or (base and detect_container(base) == "hf"):
+        return chosen
+    return {}
 
 
 def detect_container(spec: Any) -> str | None:

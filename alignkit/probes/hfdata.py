@@ -191,7 +191,7 @@ def pick_columns(
         if not images:
             raise AlignkitError(
                 f"{where} has no image column (HF Image or binary); found columns: {found}; "
-                "pass image_column="
+                "pass image_column=NAME"
             )
         image = images[0]
     if isinstance(caption_columns, str):
@@ -210,7 +210,7 @@ def pick_columns(
     if not captions and label is None:
         raise AlignkitError(
             f"{where} has no caption column ({', '.join(CAPTION_COLUMNS)}) and no label; found "
-            f"columns: {found}; pass caption_columns="
+            f"columns: {found}; pass caption_columns=NAME"
         )
     return Columns(image, captions, ident, label)
 

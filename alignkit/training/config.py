@@ -286,6 +286,10 @@ class TrainRunConfig:
     extract_batch: int = shared("extract_batch")
     skip_bad: bool = shared("skip_bad")
     class_names: str | None = shared("class_names")
+    image_column: str | None = shared("image_column")
+    caption_columns: tuple[str, ...] = shared("caption_columns")
+    id_column: str | None = shared("id_column")
+    label_column: str | None = shared("label_column")
     threads: int | None = shared("threads")
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@ model work) and the record of both that a checkpoint keeps (:func:`provenance`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,15 +33,24 @@ def _splits(probe: ProbeSet) -> set[str]:
 
 
 def load_split_probe(
-    spec: str, *, skip_bad: bool = False, progress: bool = True, class_names: str | None = None
+    spec: str,
+    *,
+    skip_bad: bool = False,
+    progress: bool = True,
+    class_names: str | None = None,
+    columns: Mapping[str, Any] | None = None,
 ) -> ProbeSet:
     """:func:`alignkit.probes.load_probe`, also for ``PATH:SPLIT`` (the rows of a manifest whose
     ``split`` column says SPLIT), as the split-check messages suggest. ``class_names`` (a file or
-    ``"imagenet"``) gives a labelled manifest without captions its template captions."""
+    ``"imagenet"``) gives a labelled manifest without captions its template captions;
+    ``columns`` (``image_column``, ``caption_columns``, ``id_column``, ``label_column``) name an
+    HF dataset's columns and are ignored for other probes."""
     from alignkit.probes import load_probe
+    from alignkit.probes.containers import column_options
     from alignkit.probes.registry import NAMED_PROBES
 
-    names = {"class_names": class_names} if class_names is not None else {}
+    names: dict[str, Any] = {"class_names": class_names} if class_names is not None else {}
+    names.update(column_options(spec, columns or {}))
     base, sep, split = spec.rpartition(":")
     named = spec.partition(":")[0] in NAMED_PROBES
     if sep and split and not named and not Path(spec).exists() and Path(base).exists():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,7 @@ def train_pair(
     skip_bad: bool = False,
     val_test_split: bool = False,
     class_names: str | None = None,
+    columns: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     command: list[str] | None = None,
@@ -117,6 +119,8 @@ def train_pair(
         skip_bad: drop unreadable probe rows instead of failing.
         class_names: class names (a file or ``"imagenet"``) of a labelled manifest without
             captions, which then trains on its template captions.
+        columns: an HF dataset probe's column names (``image_column``, ``caption_columns``,
+            ``id_column``, ``label_column``; unset ones detected); other probes ignore them.
 
     Raises:
         AlignkitError: bad probes (mixed splits, a test split as val, overlapping validation),
@@ -132,7 +136,7 @@ def train_pair(
     check_out_dir(out_dir, overwrite=overwrite)  # cheap refusals first
     opts = {vision: dict(vision_options or {}), text: dict(text_options or {})}
     train_probe, probe_spec, val_probe = _probes(
-        probe, val, n, val_n, skip_bad, val_test_split, progress, class_names
+        probe, val, n, val_n, skip_bad, val_test_split, progress, class_names, columns
     )
     encoders = _encoders(vision, text, opts, device, tokens)
     if cache_only:
@@ -193,27 +197,21 @@ def _probes(
     val_test_split: bool,
     progress: bool,
     class_names: str | None = None,
+    columns: Mapping[str, Any] | None = None,
 ) -> tuple[ProbeSet, str, ProbeSet | None]:
     """The training probe (split-checked, subsampled), its spec, and the validation probe
     (split-checked, subsampled, disjoint from the training rows)."""
     from alignkit.features import check_disjoint
 
-    train_probe = (
-        load_split_probe(probe, skip_bad=skip_bad, progress=progress, class_names=class_names)
-        if isinstance(probe, str)
-        else probe
-    )
+    load = dict(skip_bad=skip_bad, progress=progress, class_names=class_names, columns=columns)
+    train_probe = load_split_probe(probe, **load) if isinstance(probe, str) else probe
     probe_spec = probe if isinstance(probe, str) else train_probe.name
     check_training_probe(train_probe, probe_spec)
     if n:
         train_probe = train_probe.subsample(n)
     if val is None:
         return train_probe, probe_spec, None
-    val_probe = (
-        load_split_probe(val, skip_bad=skip_bad, progress=progress, class_names=class_names)
-        if isinstance(val, str)
-        else val
-    )
+    val_probe = load_split_probe(val, **load) if isinstance(val, str) else val
     check_validation_probe(
         val_probe, val if isinstance(val, str) else val_probe.name, allow_test=val_test_split
     )

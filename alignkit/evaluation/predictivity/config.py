@@ -190,6 +190,10 @@ class PredictivityConfig:
     level: float = option(0.95, "Coverage of the bootstrap intervals.", metavar="L")
     seed: int = shared("seed")
     skip_bad: bool = shared("skip_bad")
+    image_column: str | None = shared("image_column")
+    caption_columns: tuple[str, ...] = shared("caption_columns")
+    id_column: str | None = shared("id_column")
+    label_column: str | None = shared("label_column")
     device: str = shared("device")
     cache: str | bool = shared("cache")
 

@@ -238,6 +238,7 @@ def _set_up(run: _Run, overwrite: bool) -> None:
 def _load_probes(run: _Run) -> None:
     from alignkit.evaluation.evaluate import check_retrieval_probe, check_zeroshot_probe
     from alignkit.probes import load_probe
+    from alignkit.probes.containers import column_options
 
     config = run.config
 
@@ -245,7 +246,8 @@ def _load_probes(run: _Run) -> None:
         return config.eval_n.get(spec) if isinstance(config.eval_n, Mapping) else config.eval_n
 
     def load(spec: str, n: int | None) -> Any:
-        return load_probe(spec, n=n, progress=False, skip_bad=config.skip_bad)
+        columns = column_options(spec, config)
+        return load_probe(spec, n=n, progress=False, skip_bad=config.skip_bad, **columns)
 
     p = run.probes
     p["score"] = load(config.score_probe, config.score_n)
