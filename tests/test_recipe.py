@@ -121,3 +121,18 @@ def test_run_folder_config_records_the_resolved_recipe(tmp_path):
     assert (written["train_config"]["batch_size"], written["train_config"]["epochs"]) == (16, 20)
     assert written["steps"] == 60
     assert any("only 48 training images" in note for note in written["recipe_notes"])
+
+
+def test_train_pair_logs_each_recipe_warning_once(tmp_path, caplog):
+    """train_pair logs the recipe's notes before extraction; the trainer, handed the same recipe,
+    used to log them again (issue 18: a new user saw every warning twice)."""
+    from alignkit.training.pair import train_pair
+
+    config = TrainConfig(width=8, epochs=1, batch_size=8)  # 24 images: 3 steps, too few
+    with caplog.at_level(logging.INFO, logger="alignkit"):
+        train_pair("random:image-8", "random:text-12", "synthetic", config, tmp_path / "run",
+                   n=24, cache=False, progress=False, device="cpu")  # fmt: skip
+    messages = [r.getMessage() for r in caplog.records]
+    few_images = [m for m in messages if m.startswith("only 24 training images")]
+    few_steps = [m for m in messages if m.startswith("epochs=1 x 3 steps an epoch")]
+    assert len(few_images) == 1 and len(few_steps) == 1, messages

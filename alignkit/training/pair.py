@@ -172,7 +172,7 @@ def train_pair(
 
         result = train_projector(
             config, train, val_features, out_dir, device=device, progress=progress,
-            provenance=record,
+            provenance=record, _logged_notes=tuple(note.message for note in notes),
         )  # fmt: skip
         train_s = time.perf_counter() - t1
         _write_config(

@@ -418,6 +418,7 @@ def train_projector(
     progress: bool = True,
     resume: bool = True,
     provenance: dict[str, Any] | None = None,
+    _logged_notes: tuple[str, ...] = (),
     _stop_at_step: int | None = None,
 ) -> TrainResult:
     """Train the projector pair ``config`` describes on ``train``; validate on ``val``.
@@ -438,8 +439,9 @@ def train_projector(
     """
     _check_inputs(config, train, val)
     config, notes = resolve_recipe(config, train.n_images)  # "auto" fields fit the data
-    for note in notes:
-        (logger.warning if note.warning else logger.info)("%s", note.message)
+    for note in notes:  # once: train_pair logs its notes before extraction (_logged_notes)
+        if note.message not in _logged_notes:
+            (logger.warning if note.warning else logger.info)("%s", note.message)
     device = resolve_device(device)
     ctx = DistContext.setup(device.type)
     try:
