@@ -61,3 +61,27 @@ def test_two_ranks_give_the_one_process_loss_gradients_and_weights(tmp_path):
         for k, v in single.model.state_dict().items():
             torch.testing.assert_close(weights[k], v, rtol=1e-6, atol=1e-6, msg=k)
     assert (tmp_path / "run" / "projector.safetensors").exists()  # rank 0 wrote the run
+
+
+@pytest.mark.distributed
+@pytest.mark.slow  # two torchrun ranks import torch and train: ~30 s on the loaded machine
+def test_under_torchrun_rank_0_alone_prepares_and_writes_the_run_folder(tmp_path):
+    """Every rank used to prepare the folder and write run.json and config.json (with
+    --overwrite, two ranks each moved "the earlier run" aside): now rank 0 alone does, the
+    others wait for it, and the run ends done."""
+    out, log = tmp_path / "run", tmp_path / "writes.txt"
+    argv = ["train", "-v", "random:image-8", "-t", "random:text-12", "-p", "synthetic", "-n", "48"]
+    argv += ["--out", str(out), "--cache", "off", "--device", "cpu", "--quiet", "--width", "8"]
+    argv += ["--epochs", "2", "--batch-size", "16"]
+    for extra in ([], ["--overwrite"]):  # a new folder, then a finished run replaced
+        log.unlink(missing_ok=True)
+        done = launch([str(Path(__file__).with_name("_train_cli_rank_worker.py")), str(log),
+                       *argv, *extra], timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        writes = log.read_text().splitlines()
+        assert sorted(set(writes)) == [
+            "0 _write_config", "0 end_out_dir", "0 prepare_out_dir", "0 write_run_file"
+        ], writes  # fmt: skip
+        assert json.loads((out / "run.json").read_text())["status"] == "done"
+        assert (out / "config.json").is_file()
+    assert not list(tmp_path.glob(".run.old-*"))  # the replaced run is gone, nothing left aside

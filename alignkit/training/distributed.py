@@ -25,7 +25,14 @@ from alignkit.training.data import Batch, slice_features, to_device
 if TYPE_CHECKING:
     from alignkit.training.modules import AlignmentModel
 
-__all__ = ["DistContext", "batch_loss", "gather_rows", "split_bounds"]
+__all__ = [
+    "DistContext",
+    "batch_loss",
+    "gather_rows",
+    "is_main_rank",
+    "split_bounds",
+    "wait_for_every_rank",
+]
 
 
 def split_bounds(n: int, world: int) -> list[int]:
@@ -106,6 +113,30 @@ class DistContext:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+
+def is_main_rank() -> bool:
+    """True in rank 0 of an initialised process group or of a torchrun job (``RANK``), and in a
+    single process: the one process that prepares and writes a run folder."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_every_rank() -> None:
+    """A barrier across the ranks of a torchrun job (nothing in a single process): in the
+    initialised group, else in a gloo group made for it and removed at once (extraction and the
+    trainer make their own). Every rank must call it, in the same order."""
+    from alignkit.features._distributed import launched_by_torchrun, process_group
+
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        return
+    if launched_by_torchrun():
+        with process_group(torch.device("cpu")) as ranks:
+            if ranks is not None:
+                dist.barrier()
 
 
 def _local_batch(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from alignkit.errors import AlignkitError
 from alignkit.training.checkpoint import CHECKPOINT, read_meta, resume_differences
 from alignkit.training.folder import (
+    RUN_FILE,
     check_out_dir,
     end_out_dir,
     now,
@@ -151,9 +152,8 @@ def train_pair(
     _check_resume(out_dir, overwrite, config, record)
     for note in notes:
         (log.warning if note.warning else log.info)("%s", note.message)
-    aside = prepare_out_dir(out_dir, overwrite=overwrite)
     run_body = _run_body(command, config)
-    write_run_file(out_dir, run_body)
+    main, aside = _prepare(out_dir, overwrite, run_body)  # under torchrun: rank 0 alone
     try:
         t0 = time.perf_counter()
         get = dict(cache=cache, progress=progress, extract_batch=extract_batch, tokens=tokens)
@@ -175,15 +175,18 @@ def train_pair(
             provenance=record, _logged_notes=tuple(note.message for note in notes),
         )  # fmt: skip
         train_s = time.perf_counter() - t1
-        _write_config(
-            out_dir, encoders, opts, tokens, train, config, result, record, probe_spec, notes
-        )
+        if main:
+            _write_config(
+                out_dir, encoders, opts, tokens, train, config, result, record, probe_spec, notes
+            )
     except BaseException as exc:
-        end_out_dir(out_dir, aside, run_body, exc)
+        if main:
+            end_out_dir(out_dir, aside, run_body, exc)
         raise
     run_body.update(features_s=round(features_s, 2), train_s=round(train_s, 2))
     run_body.update(steps=result.steps, stopped_early=result.stopped_early)
-    end_out_dir(out_dir, aside, run_body, None)
+    if main:
+        end_out_dir(out_dir, aside, run_body, None)
     return PairRun(out_dir, result, features_s, train_s, config)
 
 
@@ -242,6 +245,28 @@ def _encoders(
                 "hf / sentence-transformers text models); leave out tokens for pooled features"
             )
     return pair  # type: ignore[return-value]
+
+
+def _prepare(out_dir: Path, overwrite: bool, run_body: dict[str, Any]) -> tuple[bool, Path | None]:
+    """(whether this process writes the run folder, the folder an overwritten run was moved to).
+    Under torchrun rank 0 alone prepares ``out_dir`` and writes run.json while the other ranks
+    wait (two ranks moving an earlier run aside would each move the other's); a rank 0 that
+    failed stops every rank."""
+    from alignkit.training.distributed import is_main_rank, wait_for_every_rank
+
+    main, aside, error = is_main_rank(), None, None
+    if main:
+        try:
+            aside = prepare_out_dir(out_dir, overwrite=overwrite)
+            write_run_file(out_dir, run_body)
+        except Exception as exc:  # the other ranks must not wait for it
+            error = exc
+    wait_for_every_rank()
+    if error is not None:
+        raise error
+    if not (out_dir / RUN_FILE).is_file():
+        raise AlignkitError(f"rank 0 could not prepare the run folder {out_dir}: see its error")
+    return main, aside
 
 
 def _fit_recipe(config: TrainConfig, n_images: int) -> tuple[TrainConfig, list[RecipeNote]]:
