@@ -72,3 +72,21 @@ def test_hash_order_is_the_naive_sort() -> None:
         digests = [hashlib.sha256(f"{seed}\x00{i}".encode()).hexdigest() for i in ids]
         naive = sorted(range(len(ids)), key=lambda j: (digests[j], j))
         assert hash_order(ids, seed) == naive
+
+
+def test_the_checking_images_bar_shows_on_torchrun_rank_0_only(tmp_path, monkeypatch, capsys):
+    """Under torchrun every rank loads the probe; each used to draw its own "checking images"
+    bar over the others' (issue 18)."""
+    shown = {}
+    for rank in ("1", "0"):  # a folder each: the second load would find the first's checks
+        folder = tmp_path / f"rank{rank}"
+        folder.mkdir()
+        lines = []
+        for i in range(210):  # over the 200 images below which no bar is drawn
+            Image.new("RGB", (4, 4), (i, 2 * i % 256, 7)).save(folder / f"{i}.png")
+            lines.append(json.dumps({"id": str(i), "image": f"{i}.png", "caption": f"c {i}"}))
+        (folder / "rows.jsonl").write_text("\n".join(lines) + "\n")
+        monkeypatch.setenv("RANK", rank)
+        load_probe(folder / "rows.jsonl", check="decode", progress=True)
+        shown[rank] = "checking images" in capsys.readouterr().err
+    assert shown == {"0": True, "1": False}

@@ -8,6 +8,7 @@ import gc
 import inspect
 import logging
 import numbers
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,8 @@ def load_probe(
             and mtime); ``"read"`` only reads and hashes the bytes; ``"none"`` reads no image
             at load (extraction reports a bad image with its row); ``"auto"`` is ``"decode"``
             up to :data:`EAGER_CHECK_ROWS` selected rows and ``"none"`` above.
-        progress: show progress bars (image checks over 200 files, downloads).
+        progress: show progress bars (image checks over 200 files, downloads); under torchrun
+            on rank 0 only (``RANK``), as extraction does.
         **options: format options: ``images`` (image folder), ``class_names``, ``templates``,
             ``allow_duplicate_class_names`` (else two labels with one name are an error),
             ``id_column``, ``format``; for ``coco-val2017``: ``download_missing``, ``images_zip``,
@@ -266,6 +268,7 @@ def load_probe(
     """
     if check not in LOAD_CHECKS:
         raise unknown_key("image check", check, LOAD_CHECKS)
+    progress = progress and os.environ.get("RANK", "0") == "0"  # under torchrun: rank 0's bars
     if n is not None and (not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1):
         raise AlignkitError(f"n must be a positive number of rows or None: got {n!r}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
