@@ -202,3 +202,15 @@ def test_column_options_reach_hf_probes_only_on_every_probe_command(rows20, tmp_
     )
     probe = load_split_probe(str(path), progress=False, columns=given)
     _same(probe, load_probe(manifest, progress=False))
+
+
+def test_column_flags_without_an_hf_probe_are_refused_not_ignored(
+    rows20, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from _cli import run_cli
+
+    manifest = _manifest(tmp_path / "rows.jsonl", rows20[:3])
+    argv = ["extract", "-e", "random:text-16", "-p", str(manifest), "--cache", "off", "--quiet"]
+    code, _, err = run_cli([*argv, "--caption-column", "sentences_raw"], capsys)
+    assert code == 1 and "--caption-column name(s) the columns of an HF dataset" in err, err
+    assert str(manifest) in err and "Traceback" not in err

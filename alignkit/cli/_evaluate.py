@@ -79,7 +79,7 @@ def _set_up(
     from alignkit.evaluation.overlap import check_overlap
     from alignkit.evaluation.prompts import load_templates, zeroshot_templates
     from alignkit.probes import load_probe
-    from alignkit.probes.containers import column_options
+    from alignkit.probes.containers import check_columns_apply, column_options
     from alignkit.runs.trained import check_run_folder
 
     cfg = _config(cfg_values, config, cache_dir)
@@ -96,6 +96,7 @@ def _set_up(
     job.class_names = _class_names(cfg.class_names, cfg.allow_duplicate_class_names)
     load = {"n": cfg.n, "seed": cfg.seed, "progress": False, "skip_bad": cfg.skip_bad}
     dup = {"allow_duplicate_class_names": True} if cfg.allow_duplicate_class_names else {}
+    check_columns_apply([*cfg.zeroshot, *cfg.retrieval], cfg)
     job.zeroshot = [
         load_probe(p, **load, **dup, **_names(p, job.class_names), **column_options(p, cfg))
         for p in cfg.zeroshot

@@ -156,9 +156,10 @@ def check(config: ExtractConfig) -> None:
 def load(config: ExtractConfig, *, progress: bool = True) -> ProbeSet:
     """The probe rows of ``config`` (after :func:`check`)."""
     from alignkit.probes import load_probe
-    from alignkit.probes.containers import column_options
+    from alignkit.probes.containers import check_columns_apply, column_options
 
     options = {} if config.class_names is None else {"class_names": config.class_names}
+    check_columns_apply([config.probe], config)
     options.update(column_options(config.probe, config))
     return load_probe(
         config.probe,

@@ -10,7 +10,7 @@ other spec, which then goes to the file formats of :mod:`alignkit.probes.formats
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,23 @@ def column_options(spec: Any, given: Mapping[str, Any] | Any) -> dict[str, Any]:
     if detect_container(spec) == "hf" or (base and detect_container(base) == "hf"):
         return chosen
     return {}
+
+
+def check_columns_apply(specs: Sequence[Any], given: Mapping[str, Any] | Any) -> None:
+    """Refuse column options (see :func:`column_options`) when none of a command's probe
+    ``specs`` is an HF dataset: they would be ignored without a word.
+
+    Raises:
+        AlignkitError: a column option set and no HF dataset among ``specs``.
+    """
+    get = given.get if isinstance(given, Mapping) else lambda k: getattr(given, k, None)
+    named = [k for k in COLUMN_OPTIONS if get(k) not in (None, (), [], "")]
+    if named and not any(column_options(s, given) for s in specs if s is not None):
+        shown = ", ".join(str(s) for s in specs if s is not None) or "none given"
+        raise AlignkitError(
+            f"option(s) {named[0]} name(s) the columns of an HF dataset probe (parquet files or "
+            f"a save_to_disk folder), and no probe here is one (got: {shown}); drop it"
+        )
 
 
 def detect_container(spec: Any) -> str | None:

@@ -152,13 +152,14 @@ def load_ranking_probe(
     more. ``n=0``: all rows.
     """
     from alignkit.probes import load_probe
-    from alignkit.probes.containers import column_options
+    from alignkit.probes.containers import check_columns_apply, column_options
 
     spec = config.probe or default_probe()
     n = config.n
     if n is None and spec.split(":")[0] == "synthetic":
         n = DEFAULT_N  # the synthetic probe is generated: any size exists
     names = {} if config.class_names is None else {"class_names": config.class_names}
+    check_columns_apply([spec], config)
     names.update(column_options(spec, config))
     probe = load_probe(
         spec, n=n or None, seed=config.seed, skip_bad=config.skip_bad, progress=progress, **names

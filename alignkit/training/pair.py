@@ -205,7 +205,9 @@ def _probes(
     """The training probe (split-checked, subsampled), its spec, and the validation probe
     (split-checked, subsampled, disjoint from the training rows)."""
     from alignkit.features import check_disjoint
+    from alignkit.probes.containers import check_columns_apply
 
+    check_columns_apply([s for s in (probe, val) if isinstance(s, str)], columns or {})
     load = dict(skip_bad=skip_bad, progress=progress, class_names=class_names, columns=columns)
     train_probe = load_split_probe(probe, **load) if isinstance(probe, str) else probe
     probe_spec = probe if isinstance(probe, str) else train_probe.name

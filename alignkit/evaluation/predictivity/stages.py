@@ -238,7 +238,7 @@ def _set_up(run: _Run, overwrite: bool) -> None:
 def _load_probes(run: _Run) -> None:
     from alignkit.evaluation.evaluate import check_retrieval_probe, check_zeroshot_probe
     from alignkit.probes import load_probe
-    from alignkit.probes.containers import column_options
+    from alignkit.probes.containers import check_columns_apply, column_options
 
     config = run.config
 
@@ -249,6 +249,8 @@ def _load_probes(run: _Run) -> None:
         columns = column_options(spec, config)
         return load_probe(spec, n=n, progress=False, skip_bad=config.skip_bad, **columns)
 
+    specs = [config.score_probe, config.train_probe, config.val_probe]
+    check_columns_apply([*specs, *config.zeroshot, *config.retrieval], config)
     p = run.probes
     p["score"] = load(config.score_probe, config.score_n)
     p["train"] = load(config.train_probe, config.train_n)
