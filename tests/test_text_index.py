@@ -1,0 +1,260 @@
+"""Text features are found by the texts their rows encode, not only by the probe that holds them:
+a subsample, another manifest of the same captions (any order, any ids) and another caption
+policy of one text per row read the rows an entry of the same encoder holds, with no model work;
+a changed caption, ``mean`` rows against one-text rows, and encoders fitted on the probe
+(``tfidf:``) are extracted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_features_support import HashTextEncoder, make_probe
+
+from alignkit.features import FeatureCache, extract_features
+from alignkit.features import keys as keys_module
+from alignkit.features.featureset import caption_ids
+from alignkit.probes import ProbeRow, ProbeSet, load_probe
+
+
+def _extract(enc, probe, store, **kw):
+    options = {"batch_size": 4, "num_workers": 0, "cache": store, "progress": False, **kw}
+    return extract_features(enc, probe, **options)
+
+
+def _naive(probe: ProbeSet, texts: list[str]) -> torch.Tensor:
+    """The hash-bag embedding of each text, one text at a time in float64 (no cache, no batch)."""
+    table = HashTextEncoder().table.double()
+    return torch.stack([table[HashTextEncoder.token_ids(t)].mean(0) for t in texts])
+
+
+def _remanifest(probe: ProbeSet, order: list[int], name: str = "mine") -> ProbeSet:
+    """The rows at ``order`` under new ids (a second manifest of the same captions)."""
+    rows = tuple(
+        ProbeRow(id=f"m{k}", image=probe.rows[i].image, captions=probe.rows[i].captions)
+        for k, i in enumerate(order)
+    )
+    return ProbeSet(name, rows)
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> ProbeSet:
+    return make_probe(tmp_path / "img", 12)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FeatureCache:
+    return FeatureCache(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("policy", ["first", "all"])
+def test_a_subsample_of_extracted_texts_is_read_from_the_full_entry(probe, store, policy):
+    full = _extract(HashTextEncoder(), probe, store, caption_policy=policy)
+    assert torch.allclose(full.features.double(), _naive(probe, _texts(probe, policy)), atol=1e-6)
+    part = probe.subsample(5, seed=3)
+    again = HashTextEncoder(fail_on_call=1)  # any forward call raises
+    sub = _extract(again, part, store, caption_policy=policy)
+    assert again.calls == 0
+    ids = caption_ids(part) if policy == "all" else part.ids
+    assert sub.ids == ids
+    rows = [full.ids.index(i) for i in ids]
+    assert torch.equal(sub.features, full.features[rows])  # bitwise
+    assert sub.provenance["cached_from"] == full.provenance["cache_key"]
+    assert sub.provenance["probe_fingerprint"] == part.fingerprint
+    assert len(store.list()) == 1
+
+
+def _texts(probe: ProbeSet, policy: str) -> list[str]:
+    if policy == "all":
+        return [c for row in probe.rows for c in row.captions]
+    return probe.captions(policy)
+
+
+def test_another_manifest_of_the_same_captions_in_another_order_reuses_them(probe, store):
+    full = _extract(HashTextEncoder(), probe, store)
+    order = [11, 3, 0, 7, 5, 1, 9, 2, 10, 4, 8, 6]
+    mine = _remanifest(probe, order)
+    assert mine.fingerprint != probe.fingerprint
+    again = HashTextEncoder(fail_on_call=1)
+    second = _extract(again, mine, store)
+    assert again.calls == 0
+    assert second.ids == mine.ids  # its own ids, in its own order
+    assert torch.equal(second.features, full.features[order])
+    assert second.provenance["probe"] == "mine"
+
+
+def test_a_caption_changed_by_one_character_is_extracted(probe, store):
+    _extract(HashTextEncoder(), probe, store)
+    rows = list(probe.rows)
+    first = rows[4].captions[0]
+    changed = first[:-1] + ("x" if first[-1] != "x" else "y")
+    rows[4] = ProbeRow(
+        id=rows[4].id, image=rows[4].image, captions=(changed, *rows[4].captions[1:])
+    )
+    other = ProbeSet("changed", tuple(rows))
+    enc = HashTextEncoder()
+    fs = _extract(enc, other, store)
+    assert enc.calls > 0 and "cached_from" not in fs.provenance
+    assert torch.allclose(fs.features[4].double(), _naive(other, [changed])[0], atol=1e-6)
+
+
+def test_a_record_whose_entry_is_gone_or_changed_is_not_trusted(probe, store):
+    full = _extract(HashTextEncoder(), probe, store)
+    key = full.provenance["cache_key"]
+    [record] = (store.root / "_texts").glob("*/*.json")
+    store.clear(key)  # the entry goes, its record stays
+    assert record.exists()
+    enc = HashTextEncoder()
+    _extract(enc, probe.subsample(4), store)
+    assert enc.calls > 0
+    _extract(HashTextEncoder(), probe, store)  # the entry again; now its file is damaged
+    path = store.path(key)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    enc = HashTextEncoder()
+    _extract(enc, probe.subsample(5, seed=7), store)
+    assert enc.calls > 0
+
+
+def test_one_text_per_row_policies_serve_each_other(probe, store):
+    full = _extract(HashTextEncoder(), probe, store, caption_policy="all")
+    for policy, seed in (("first", 0), ("random", 5)):
+        enc = HashTextEncoder(fail_on_call=1)
+        fs = _extract(enc, probe.subsample(7, seed=1), store, caption_policy=policy, seed=seed)
+        assert enc.calls == 0
+        part = probe.subsample(7, seed=1)
+        wanted = part.captions(policy, seed)
+        rows = [
+            full.ids.index(f"{row.id}#{row.captions.index(text)}")
+            for row, text in zip(part.rows, wanted, strict=True)
+        ]
+        assert torch.equal(fs.features, full.features[rows])
+        assert fs.provenance["caption_policy"] == policy
+        assert fs.provenance["seed"] == (seed if policy == "random" else None)
+
+
+def test_mean_rows_are_found_by_their_tuple_of_captions_only(probe, store, tmp_path):
+    full = _extract(HashTextEncoder(), probe, store, caption_policy="mean")
+    enc = HashTextEncoder(fail_on_call=1)
+    sub = _extract(enc, probe.subsample(4, seed=2), store, caption_policy="mean")
+    assert enc.calls == 0
+    rows = [probe.ids.index(i) for i in probe.subsample(4, seed=2).ids]
+    assert torch.equal(sub.features, full.features[rows])
+    # one caption per row: the mean of one text equals its embedding, yet one-text entries and
+    # mean entries never serve each other (their encoder keys differ)
+    single = make_probe(tmp_path / "one", 6, captions=1)
+    _extract(HashTextEncoder(), single, store, caption_policy="first")
+    enc = HashTextEncoder()
+    fs = _extract(enc, single, store, caption_policy="mean")
+    assert enc.calls > 0 and "cached_from" not in fs.provenance
+    reordered = [c for row in probe.rows[:1] for c in reversed(row.captions)]
+    other = ProbeSet(
+        "rev", (ProbeRow(id="r", image=probe.rows[0].image, captions=tuple(reordered)),)
+    )
+    enc = HashTextEncoder()
+    _extract(enc, other, store, caption_policy="mean")  # the same captions in another order
+    assert enc.calls > 0
+
+
+def test_tfidf_fitted_on_another_probe_is_not_reused(probe, store):
+    from alignkit.encoders import create_encoder
+
+    full = _extract(create_encoder("tfidf:svd-4", device="cpu"), probe, store)
+    part = probe.subsample(6, seed=0)
+    enc = create_encoder("tfidf:svd-4", device="cpu")
+    sub = _extract(enc, part, store)
+    assert "cached_from" not in sub.provenance
+    assert sub.provenance["weights"] != full.provenance["weights"]  # fitted on other texts
+    assert (
+        keys_module.text_rows(enc, part).encoder_key
+        != keys_module.entry_rows(full.provenance, probe).encoder_key
+    )
+    assert len(store.list()) == 2
+    # the same probe again fits the same state: its own entry
+    again = _extract(create_encoder("tfidf:svd-4", device="cpu"), probe, store)
+    assert torch.equal(again.features, full.features) and len(store.list()) == 2
+
+
+def test_text_keys_and_entry_rows_name_the_same_encoder_key(probe, store):
+    enc = HashTextEncoder()
+    key_before = keys_module._hash(keys_module.probe_key_fields(enc, probe), enc.name)
+    assert keys_module.feature_key(enc, probe) == key_before  # text entry keys are unchanged
+    for policy in ("first", "random", "all", "mean"):
+        fs = _extract(enc, probe, store, caption_policy=policy, seed=3)
+        by_entry = keys_module.entry_rows(fs.provenance, probe)
+        by_encoder = keys_module.text_rows(enc, probe, policy, 3)
+        assert by_entry == by_encoder
+    assert keys_module.text_rows(HashTextEncoder(seed=1), probe).encoder_key != (
+        keys_module.text_rows(enc, probe).encoder_key
+    )
+    f16 = keys_module.text_rows(enc, probe, store_dtype="float16")
+    assert f16.encoder_key != keys_module.text_rows(enc, probe).encoder_key
+
+
+def test_an_entry_without_a_record_is_indexed_on_its_next_use(probe, store, monkeypatch):
+    with monkeypatch.context() as m:  # the cache as the code before the text index left it
+        m.setattr(FeatureCache, "index_rows", lambda *a: None)
+        full = _extract(HashTextEncoder(), probe, store)
+    assert not (store.root / "_texts").exists()
+    part = probe.subsample(5, seed=0)
+    enc = HashTextEncoder()
+    _extract(enc, part, store)  # not found by content: extracted
+    assert enc.calls > 0
+    again = HashTextEncoder(fail_on_call=1)
+    assert torch.equal(_extract(again, probe, store).features, full.features)  # indexed now
+    smaller = probe.subsample(3, seed=9)
+    sub = _extract(HashTextEncoder(fail_on_call=1), smaller, store)
+    assert sub.n == 3
+
+
+# -- real captions, real weights -----------------------------------------------------------------
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_minilm_subsample_and_manifest_reuse_the_text_features(data_dir, tmp_path):
+    from alignkit.encoders import create_encoder
+
+    store = FeatureCache(tmp_path / "cache")
+    enc = create_encoder("st:sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    calls = []
+    forward = enc.forward
+    enc.forward = lambda batch: calls.append(len(batch)) or forward(batch)
+    full = load_probe("flickr8k:dev", n=20, data_dir=data_dir, progress=False)
+    first = _extract(enc, full, store, batch_size=8)
+    assert sum(calls) == 20
+    part = load_probe("flickr8k:dev", n=8, data_dir=data_dir, progress=False)
+    calls.clear()
+    sub = _extract(enc, part, store, batch_size=8)
+    assert calls == []
+    assert torch.equal(sub.features, first.features[[full.ids.index(i) for i in part.ids]])
+    manifest = tmp_path / "mine.jsonl"
+    order = list(reversed(range(20)))
+    lines = [
+        json.dumps({"image": str(full.rows[i].image), "caption": full.rows[i].captions[0]})
+        for i in order
+    ]
+    manifest.write_text("\n".join(lines) + "\n")
+    mine = load_probe(str(manifest), progress=False)
+    assert mine.fingerprint != full.fingerprint
+    again = _extract(enc, mine, store, batch_size=8)
+    assert calls == [] and torch.equal(again.features, first.features[order])
+    row = ProbeRow(id="c", image=full.rows[0].image, captions=(full.rows[0].captions[0] + "!",))
+    changed = ProbeSet("changed", (row,))
+    _extract(enc, changed, store)
+    assert calls == [1]
+
+
+def test_cache_only_counts_texts_held_by_another_entry(probe, tmp_path):
+    from alignkit.errors import AlignkitError
+    from alignkit.training.inputs import require_cached
+
+    root = tmp_path / "cache"
+    extract_features(
+        "random:text-16", probe, caption_policy="all", cache=root, device="cpu", progress=False
+    )
+    require_cached(["random:text-16"], probe.subsample(5, seed=4), cache=root)
+    other = make_probe(tmp_path / "other", 4, seed=2)  # other captions
+    with pytest.raises(AlignkitError, match="cache_only=True: the features of"):
+        require_cached(["random:text-16"], other, cache=root)
