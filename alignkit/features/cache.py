@@ -345,7 +345,7 @@ class FeatureCache(ShardsMixin):
             if not all(d in where for d in content.digests):
                 continue
             fs = self.get(record["key"])
-            if fs is None or fs.n != len(record["digests"]):
+            if fs is None or fs.n != len(record["digests"]) or _dtype(fs) != content.store_dtype:
                 continue
             rows = torch.tensor([where[d] for d in content.digests], dtype=torch.long)
             if len(rows) > GATHER_IN_MEMORY_ROWS:  # a large part: its own entry, mapped
@@ -441,6 +441,11 @@ class FeatureCache(ShardsMixin):
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
         return removed
+
+
+def _dtype(fs: FeatureSet) -> str:
+    """The stored dtype name of an entry read by :meth:`FeatureCache.get`."""
+    return "float16" if fs.features.dtype == torch.float16 else "float32"
 
 
 def _matches(pattern: str, key: str, *names: str) -> bool:

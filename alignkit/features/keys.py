@@ -133,6 +133,9 @@ class RowDigests:
             probe fingerprint, :func:`probe_key_fields`); None for text (their key never changed).
         provenance: fields a set read from another entry for these rows records as its own (the
             caption policy and seed of text rows: the source entry may hold them under another).
+        store_dtype: the stored dtype wanted (in ``encoder_key`` too; checked again on the
+            source entry, as records filed before it entered the key of an entry found through
+            the memo may name an entry of the other dtype).
     """
 
     modality: str
@@ -140,6 +143,7 @@ class RowDigests:
     digests: tuple[str, ...]
     legacy_key: str | None = None
     provenance: tuple[tuple[str, Any], ...] = ()
+    store_dtype: str = "float32"
 
 
 def image_rows(
@@ -155,6 +159,7 @@ def image_rows(
         encoder_key=_encoder_key(_stored(encoder_fields(encoder), store_dtype), probe),
         digests=image_digests(probe),
         legacy_key=_hash(_stored(probe_key_fields(encoder, probe), store_dtype), encoder.name),
+        store_dtype=store_dtype,
     )
 
 
@@ -175,7 +180,7 @@ def text_rows(
     if encoder.modality != "text":
         return None
     fields = _stored(encoder_fields(encoder), store_dtype)
-    return _text_rows(fields, probe, caption_policy, seed)
+    return _text_rows(fields, probe, caption_policy, seed, store_dtype)
 
 
 def content_rows(
@@ -207,7 +212,7 @@ def _text_digest(text: str) -> str:
 
 
 def _text_rows(
-    fields: dict[str, Any], probe: ProbeSet, caption_policy: str, seed: int
+    fields: dict[str, Any], probe: ProbeSet, caption_policy: str, seed: int, store_dtype: str
 ) -> RowDigests:
     rows = "mean of texts" if caption_policy == "mean" else "one text"
     shared = {**fields, "texts_key": TEXTS_KEY_VERSION, "rows": rows}
@@ -219,6 +224,7 @@ def _text_rows(
             ("caption_policy", caption_policy),
             ("seed", int(seed) if caption_policy == "random" else None),
         ),
+        store_dtype=store_dtype,
     )
 
 
@@ -240,13 +246,15 @@ def entry_rows(provenance: dict[str, Any], probe: ProbeSet) -> RowDigests | None
     dtype = str(provenance.get("store_dtype") or "float32")
     if modality == "text":
         policy = str(provenance.get("caption_policy") or "first")
-        return _text_rows(_stored(fields, dtype), probe, policy, int(provenance.get("seed") or 0))
+        seed = int(provenance.get("seed") or 0)
+        return _text_rows(_stored(fields, dtype), probe, policy, seed, dtype)
     fields["image_features"] = IMAGE_FEATURES_VERSION
     return RowDigests(
         modality="image",
         encoder_key=_encoder_key(_stored(fields, dtype), probe),
         digests=image_digests(probe),
         legacy_key=str(provenance["cache_key"]),
+        store_dtype=dtype,
     )
 
 
