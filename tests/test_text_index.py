@@ -299,3 +299,34 @@ def test_rows_of_another_stored_dtype_are_never_read(probe, store):
     assert enc.calls > 0 and sub.features.dtype == torch.float32
     again = HashTextEncoder(fail_on_call=1)  # float16 rows for a float16 subsample: read
     assert _extract(again, probe.subsample(4), store, store_dtype="float16").n == 4
+
+
+def test_an_entry_read_through_the_memo_is_indexed_for_subsamples(probe, tmp_path, monkeypatch):
+    from alignkit.features import _work
+
+    spec, root = "random:text-16", tmp_path / "cache"
+    kw = {"caption_policy": "all", "cache": root, "device": "cpu", "progress": False}
+    with monkeypatch.context() as m:  # written before the text index
+        m.setattr(FeatureCache, "index_rows", lambda *a: None)
+        full = extract_features(spec, probe, **kw)
+    runs = []
+    run = _work._Job.run_pieces
+
+    def counted(job, a, b):
+        runs.append(b - a)
+        return run(job, a, b)
+
+    monkeypatch.setattr(_work._Job, "run_pieces", counted)
+    monkeypatch.setattr(
+        "alignkit.features.extract._resolve_encoder",
+        lambda *a: pytest.fail("the memo hit builds no encoder"),
+    )
+    again = extract_features(spec, probe, **kw)  # the memo: not built, and now indexed
+    assert torch.equal(again.features, full.features)
+    monkeypatch.undo()
+    monkeypatch.setattr(_work._Job, "run_pieces", counted)
+    part = probe.subsample(5, seed=1)
+    sub = extract_features(spec, part, **{**kw, "caption_policy": "first"})
+    assert runs == []
+    rows = [full.ids.index(f"{i}#0") for i in part.ids]
+    assert torch.equal(sub.features, full.features[rows])
