@@ -185,8 +185,13 @@ def test_real_entry_from_before_image_keys_serves_a_subsample_after_a_cache_hit(
         first = extract_features(spec, full, **kw)
     assert not (root / "features" / "_images").exists()
     runs = []
-    run = _work._Job.run
-    monkeypatch.setattr(_work._Job, "run", lambda self, a, b: runs.append(b - a) or run(self, a, b))
+    run = _work._Job.run_pieces  # what extraction calls (not _Job.run)
+
+    def counted(job, a, b):
+        runs.append(b - a)
+        return run(job, a, b)
+
+    monkeypatch.setattr(_work._Job, "run_pieces", counted)
     again = extract_features(spec, full, **kw)  # the memo: not even built
     assert runs == [] and torch.equal(again.features, first.features)
     part = load_probe("flickr8k:dev", n=10, data_dir=data_dir, progress=False)
