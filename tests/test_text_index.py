@@ -330,3 +330,19 @@ def test_an_entry_read_through_the_memo_is_indexed_for_subsamples(probe, tmp_pat
     assert runs == []
     rows = [full.ids.index(f"{i}#0") for i in part.ids]
     assert torch.equal(sub.features, full.features[rows])
+
+
+def test_cli_extract_of_a_subsample_names_the_entry_it_read(probe, tmp_path, capsys):
+    from _cli import run_cli
+
+    manifest = tmp_path / "probe.jsonl"
+    lines = [json.dumps({"image": str(r.image), "caption": r.captions[0]}) for r in probe.rows]
+    manifest.write_text("\n".join(lines) + "\n")
+    argv = ["extract", "-e", "random:text-16", "-p", str(manifest), "--cache", str(tmp_path)]
+    code, out, err = run_cli([*argv, "--quiet"], capsys)
+    assert code == 0, err
+    [entry] = FeatureCache.at(tmp_path).list()
+    code, out, err = run_cli([*argv, "-n", "6", "--quiet"], capsys)
+    assert code == 0, err
+    assert "6 rows x 16 from the cache" in out and str(entry.path) in out
+    assert len(FeatureCache.at(tmp_path).list()) == 1
