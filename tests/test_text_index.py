@@ -346,3 +346,22 @@ def test_cli_extract_of_a_subsample_names_the_entry_it_read(probe, tmp_path, cap
     assert code == 0, err
     assert "6 rows x 16 from the cache" in out and str(entry.path) in out
     assert len(FeatureCache.at(tmp_path).list()) == 1
+
+
+class _CuttingText(HashTextEncoder):
+    """The hash bag with a token limit: texts of more than 4 words (+ 2 markers) are "cut"."""
+
+    token_limit = 6
+
+    def _token_counts(self, texts):
+        return [len(t.split()) + 2 for t in texts]
+
+
+def test_a_part_read_from_another_entry_counts_its_own_cut_texts(probe, store):
+    full = _extract(_CuttingText(), probe, store)
+    assert full.provenance["truncation"]["of"] == 12
+    part = probe.subset([0, 1, 2, 3, 4])
+    sub = _extract(_CuttingText(fail_on_call=1), part, store)
+    cut = sum(len(t.split()) + 2 > 6 for t in part.captions())
+    assert sub.provenance["truncation"]["of"] == 5
+    assert sub.provenance["truncation"]["cut"] == cut
