@@ -365,3 +365,29 @@ def test_a_part_read_from_another_entry_counts_its_own_cut_texts(probe, store):
     cut = sum(len(t.split()) + 2 > 6 for t in part.captions())
     assert sub.provenance["truncation"]["of"] == 5
     assert sub.provenance["truncation"]["cut"] == cut
+
+
+def test_a_large_part_becomes_its_own_entry_with_its_own_policy(probe, store, monkeypatch):
+    """A part over GATHER_IN_MEMORY_ROWS rows is written as the entry of its own key; its
+    provenance names its own caption policy, so the memo later indexes its own texts."""
+    from alignkit.features import _shards
+    from alignkit.features import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "GATHER_IN_MEMORY_ROWS", 2)
+    monkeypatch.setattr(_shards, "GATHER_IN_MEMORY_ROWS", 2)
+    full = _extract(HashTextEncoder(), probe, store, caption_policy="all")
+    part = probe.subsample(7, seed=2)
+    enc = HashTextEncoder(fail_on_call=1)
+    sub = _extract(enc, part, store, caption_policy="random", seed=4)
+    wanted = part.captions("random", 4)
+    rows = [
+        full.ids.index(f"{row.id}#{row.captions.index(text)}")
+        for row, text in zip(part.rows, wanted, strict=True)
+    ]
+    assert torch.equal(sub.features, full.features[rows])
+    assert len(store.list()) == 2  # the part's own entry
+    stored = store.get(keys_module.feature_key(enc, part, "random", 4))
+    assert stored is not None and stored.provenance["caption_policy"] == "random"
+    assert keys_module.entry_rows(stored.provenance, part) == keys_module.text_rows(
+        enc, part, "random", 4
+    )
