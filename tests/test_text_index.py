@@ -391,3 +391,17 @@ def test_a_large_part_becomes_its_own_entry_with_its_own_policy(probe, store, mo
     assert keys_module.entry_rows(stored.provenance, part) == keys_module.text_rows(
         enc, part, "random", 4
     )
+
+
+def test_evaluate_caption_probe_and_all_policy_serve_each_other(probe, store):
+    """`evaluate` embeds captions as a probe of one caption per row (`caption_probe`); an
+    `extract --caption-policy all` of the source probe reads those rows, and back."""
+    from alignkit.evaluation.prompts import caption_probe
+
+    captions, _ = caption_probe(probe)
+    first = _extract(HashTextEncoder(), captions, store)
+    enc = HashTextEncoder(fail_on_call=1)
+    every = _extract(enc, probe, store, caption_policy="all")
+    assert torch.equal(every.features, first.features) and every.ids == caption_ids(probe)
+    other, _ = caption_probe(probe.subsample(4, seed=5))
+    assert _extract(HashTextEncoder(fail_on_call=1), other, store).n == len(other.rows)
