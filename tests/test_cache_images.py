@@ -113,7 +113,7 @@ def test_entries_keyed_by_probe_fingerprint_are_still_read(probe, store, monkeyp
 def test_an_entry_found_without_its_encoder_names_the_same_encoder_key(probe, store):
     enc = TinyImageEncoder()
     fs = _extract(enc, probe, store)
-    by_entry = keys_module.entry_image_rows(fs.provenance, probe)
+    by_entry = keys_module.entry_rows(fs.provenance, probe)
     assert by_entry.encoder_key == keys_module.image_rows(enc, probe).encoder_key
     other = TinyImageEncoder(layer="all")
     assert by_entry.encoder_key != keys_module.image_rows(other, probe).encoder_key
@@ -181,12 +181,17 @@ def test_real_entry_from_before_image_keys_serves_a_subsample_after_a_cache_hit(
 
     with monkeypatch.context() as m:  # the cache as the code before image keys left it
         m.setattr(keys_module, "key_fields", old_fields)
-        m.setattr(FeatureCache, "index_images", lambda *a: None)
+        m.setattr(FeatureCache, "index_rows", lambda *a: None)
         first = extract_features(spec, full, **kw)
     assert not (root / "features" / "_images").exists()
     runs = []
-    run = _work._Job.run
-    monkeypatch.setattr(_work._Job, "run", lambda self, a, b: runs.append(b - a) or run(self, a, b))
+    run = _work._Job.run_pieces  # what extraction calls (not _Job.run)
+
+    def counted(job, a, b):
+        runs.append(b - a)
+        return run(job, a, b)
+
+    monkeypatch.setattr(_work._Job, "run_pieces", counted)
     again = extract_features(spec, full, **kw)  # the memo: not even built
     assert runs == [] and torch.equal(again.features, first.features)
     part = load_probe("flickr8k:dev", n=10, data_dir=data_dir, progress=False)

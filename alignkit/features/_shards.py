@@ -25,7 +25,7 @@ from alignkit._files import file_lock
 from alignkit.errors import AlignkitError
 from alignkit.features._io import save_tensor
 from alignkit.features.featureset import FeatureSet
-from alignkit.features.keys import FORMAT_VERSION, ImageRows
+from alignkit.features.keys import FORMAT_VERSION, RowDigests
 from alignkit.features.store import map_tensor, torch_dtype, write_streamed
 
 log = logging.getLogger("alignkit.features.cache")
@@ -39,7 +39,7 @@ GATHER_IN_MEMORY_ROWS = 65_536
 
 class ShardsMixin:
     """Shard methods of :class:`~alignkit.features.cache.FeatureCache` (which gives the paths,
-    the sidecar reader and writer, and :meth:`index_images`)."""
+    the sidecar reader and writer, and :meth:`index_rows`)."""
 
     def _partial_dir(self, key: str) -> Path:
         return self.path(key).with_suffix(".partial")  # type: ignore[attr-defined]
@@ -115,7 +115,7 @@ class ShardsMixin:
         key: str,
         ids: tuple[str, ...],
         provenance: dict[str, Any],
-        images: ImageRows | None = None,
+        content: RowDigests | None = None,
         dtype: str = "float32",
     ) -> Path:
         """Commit the entry of ``key`` from its shards, which must cover rows ``[0, len(ids))``
@@ -151,8 +151,8 @@ class ShardsMixin:
                 write_streamed(path, pieces, metadata, dtype)
                 shape = [*pieces[0].shape[:-2], len(ids), int(pieces[0].shape[-1])]
                 self._write_sidecar(key, shape, dtype, provenance)  # type: ignore[attr-defined]
-        if images is not None:
-            self.index_images(key, images)  # type: ignore[attr-defined]
+        if content is not None:
+            self.index_rows(key, content)  # type: ignore[attr-defined]
         self.drop_shards(key)
         return path
 
@@ -162,7 +162,7 @@ class ShardsMixin:
         source: FeatureSet,
         rows: torch.Tensor,
         ids: tuple[str, ...],
-        images: ImageRows | None,
+        content: RowDigests | None,
         part_of: str,
     ) -> FeatureSet:
         """Rows ``rows`` (int64, any order) of ``source`` (an entry, memory-mapped) committed as
@@ -170,10 +170,11 @@ class ShardsMixin:
         time, and returned as a map of it with ``ids`` and ``provenance["cached_from"]`` =
         ``part_of`` (the source entry's key)."""
         dtype = "float16" if source.features.dtype == torch.float16 else "float32"
-        provenance = {**source.provenance, "cache_key": key, "cached_from": part_of}
+        own = dict(content.provenance) if content is not None else {}
+        provenance = {**source.provenance, **own, "cache_key": key, "cached_from": part_of}
         for a in range(0, len(rows), GATHER_IN_MEMORY_ROWS):
             block = rows[a : a + GATHER_IN_MEMORY_ROWS]
             chosen = source.features.index_select(-2, block)  # (..., len(block), d)
             self.put_shard(key, a, a + len(block), chosen, dtype)
-        path = self.commit_shards(key, ids, provenance, images, dtype)
+        path = self.commit_shards(key, ids, provenance, content, dtype)
         return FeatureSet(map_tensor(path)[0], ids, provenance)

@@ -16,6 +16,7 @@ Layout under ``root`` (default ``<alignkit cache dir>/features``)::
     _images/<encoder key>/<key>.json  the image digests of an image entry's rows, so that the
                                     same images under another probe, or a subsample, are read
                                     from it (see :meth:`FeatureCache.lookup`)
+    _texts/<encoder key>/<key>.json   the same for the texts of a text entry's rows
 
 The key is a hash of what changes the numbers and nothing else (:mod:`alignkit.features.keys`);
 where the cache is, :mod:`alignkit.features.location`. Every
@@ -44,7 +45,7 @@ import torch
 from alignkit import _paths
 from alignkit._files import file_lock as _file_lock
 from alignkit.errors import AlignkitError
-from alignkit.features import _image_index as image_index
+from alignkit.features import _row_index as row_index
 from alignkit.features._io import atomic_path, save_tensor, sha256_file
 from alignkit.features._shards import GATHER_IN_MEMORY_ROWS, ShardsMixin
 from alignkit.features.featureset import FeatureSet
@@ -52,7 +53,7 @@ from alignkit.features.keys import (
     FORMAT_VERSION,
     IMAGE_FEATURES_VERSION,
     KEY_PATTERN,
-    ImageRows,
+    RowDigests,
     effective_precision,
     feature_key,
     key_fields,
@@ -221,12 +222,12 @@ class FeatureCache(ShardsMixin):
         self,
         key: str,
         features: FeatureSet,
-        images: ImageRows | None = None,
+        content: RowDigests | None = None,
         dtype: str = "float32",
     ) -> Path:
         """Store ``features`` under ``key`` atomically, as ``dtype`` (``float32`` or
         ``float16``, see :mod:`alignkit.features.store`); returns the tensor file's path.
-        ``images``: the entry holds image features of these rows (see :meth:`lookup`).
+        ``content``: what the entry's rows encode, for the row index (see :meth:`lookup`).
 
         Safe when several processes put the same key: the commit is serialised by a lock file,
         and a process that finds a sound entry already committed leaves it as it is. For rows
@@ -246,8 +247,8 @@ class FeatureCache(ShardsMixin):
                 }
                 save_tensor(path, features.features, metadata, STORE_DTYPES[dtype][0])
                 self._write_sidecar(key, list(features.features.shape), dtype, provenance)
-        if images is not None:
-            self.index_images(key, images)
+        if content is not None:
+            self.index_rows(key, content)
         return path
 
     def _write_sidecar(
@@ -272,71 +273,86 @@ class FeatureCache(ShardsMixin):
         with atomic_path(self._sidecar(key)) as tmp:
             tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
 
-    # image features found by the images they show (alignkit.features.keys.ImageRows)
+    # features found by what their rows encode (alignkit.features.keys.RowDigests)
     def lookup(
-        self, key: str, ids: tuple[str, ...], images: ImageRows | None = None
+        self, key: str, ids: tuple[str, ...], content: RowDigests | None = None
     ) -> FeatureSet | None:
         """The features stored for ``key``, as the rows ``ids``; None when the cache lacks them.
 
-        Without ``images`` (text features): the entry of ``key`` when it holds exactly ``ids``.
-        With ``images`` (image features, keyed by the images alone): the entry of ``key`` (the
+        Without ``content``: the entry of ``key`` when it holds exactly ``ids``. Image features
+        (``content.modality == "image"``, keyed by the images alone): the entry of ``key`` (the
         same images in the same order, under whatever ids they had), else the entry written under
-        ``images.legacy_key`` before image keys, else any entry of the same encoder that holds
-        every wanted image (its rows gathered by image digest: a subsample of an extracted
-        probe). A hit for other ids comes back with ``ids`` and ``provenance["cached_from"]``,
-        the key of the entry it was read from.
+        ``content.legacy_key`` before image keys. Text features (keyed by the probe): the entry of
+        ``key`` when it holds exactly ``ids`` (then indexed, if it was written before the text
+        index). Else, for both, any entry of the same encoder that holds every wanted row's
+        content (its rows gathered by digest: a subsample, another probe or caption policy). A
+        hit for other ids comes back with ``ids`` and ``provenance["cached_from"]``, the key of
+        the entry it was read from.
         """
-        if images is None:
+        if content is None:
             return self.get(key, ids=ids)
+        if content.modality == "text":
+            hit = self.get(key, ids=ids)
+            if hit is not None:  # an entry from before the text index: let others find it
+                self.index_rows(key, content)
+            return hit if hit is not None else self._rows_of_other_entry(key, ids, content)
         hit = self._as_rows(self.get(key), key, ids)
-        if hit is None and images.legacy_key in self:
-            hit = self._as_rows(self.get(images.legacy_key, ids=ids), key, ids)
+        if hit is None and content.legacy_key is not None and content.legacy_key in self:
+            hit = self._as_rows(self.get(content.legacy_key, ids=ids), key, ids)
             if hit is not None:  # let subsamples find it too
-                self.index_images(images.legacy_key, images)
-        return hit if hit is not None else self._rows_of_other_entry(key, ids, images)
+                self.index_rows(content.legacy_key, content)
+        return hit if hit is not None else self._rows_of_other_entry(key, ids, content)
 
-    def index_images(self, key: str, images: ImageRows) -> None:
-        """Note that the entry ``key`` holds the images ``images.digests`` (in row order), so
+    def index_rows(self, key: str, content: RowDigests) -> None:
+        """Note that the entry ``key`` holds the rows ``content.digests`` (in row order), so
         that :meth:`lookup` finds them for another probe. Written once per entry."""
-        if image_index.has(self.root, key, images):
+        if row_index.has(self.root, key, content):
             return
-        image_index.write(self.root, key, images)
+        row_index.write(self.root, key, content)
 
     def _as_rows(
-        self, fs: FeatureSet | None, key: str, ids: tuple[str, ...], part_of: str | None = None
+        self,
+        fs: FeatureSet | None,
+        key: str,
+        ids: tuple[str, ...],
+        part_of: str | None = None,
+        content: RowDigests | None = None,
     ) -> FeatureSet | None:
         """``fs`` as the rows ``ids``: unchanged when it is a whole entry with these ids, else
         with the provenance of a set read from another entry (``part_of``: of which it is a
-        part)."""
+        part; ``content.provenance``: what it records as its own)."""
         if fs is None or fs.n != len(ids):
             return None
         if fs.ids == tuple(ids) and part_of is None:
             return fs
         source = part_of or fs.provenance.get("cache_key")
-        provenance = {**fs.provenance, "cache_key": key, "cached_from": source}
+        own = dict(content.provenance) if content is not None else {}
+        provenance = {**fs.provenance, **own, "cache_key": key, "cached_from": source}
         return FeatureSet(fs.features, tuple(ids), provenance)
 
     def _rows_of_other_entry(
-        self, key: str, ids: tuple[str, ...], images: ImageRows
+        self, key: str, ids: tuple[str, ...], content: RowDigests
     ) -> FeatureSet | None:
-        """The wanted images' rows of the newest entry of the same encoder holding them all:
-        in memory up to :data:`GATHER_IN_MEMORY_ROWS` rows, else written as the entry ``key``
-        and read back memory-mapped (see :meth:`commit_rows`)."""
-        for record in image_index.records(self.root, images.encoder_key):
+        """The wanted rows of the newest entry of the same encoder holding them all (by content
+        digest): in memory up to :data:`GATHER_IN_MEMORY_ROWS` rows, else written as the entry
+        ``key`` and read back memory-mapped (see :meth:`commit_rows`)."""
+        for record in row_index.records(self.root, content):
+            if record["key"] == key:  # its own entry: :meth:`lookup` has read it already
+                continue
             where: dict[str, int] = {}
             for i, digest in enumerate(record["digests"]):
                 where.setdefault(digest, i)
-            if not all(d in where for d in images.digests):
+            if not all(d in where for d in content.digests):
                 continue
             fs = self.get(record["key"])
-            if fs is None or fs.n != len(record["digests"]):
+            if fs is None or fs.n != len(record["digests"]) or _dtype(fs) != content.store_dtype:
                 continue
-            rows = torch.tensor([where[d] for d in images.digests], dtype=torch.long)
+            rows = torch.tensor([where[d] for d in content.digests], dtype=torch.long)
             if len(rows) > GATHER_IN_MEMORY_ROWS:  # a large part: its own entry, mapped
-                return self.commit_rows(key, fs, rows, tuple(ids), images, str(record["key"]))
+                return self.commit_rows(key, fs, rows, tuple(ids), content, str(record["key"]))
             chosen = fs.features.index_select(-2, rows)
             part = FeatureSet(chosen, tuple(ids), fs.provenance)
-            return self._as_rows(part, key, ids, part_of=str(record["key"]))
+            return self._as_rows(part, key, ids, part_of=str(record["key"]), content=content)
         return None
 
     # the memo: cheap encoder identity -> full key (a cache hit without building the encoder)
@@ -413,7 +429,8 @@ class FeatureCache(ShardsMixin):
             removed += 1
         if pattern == "*":
             shutil.rmtree(self.root / "_memo", ignore_errors=True)
-            shutil.rmtree(image_index.folder(self.root), ignore_errors=True)
+            for modality in row_index.FOLDERS:
+                shutil.rmtree(row_index.folder(self.root, modality), ignore_errors=True)
         if pattern == "*" and self.root.is_dir():
             for path in self.root.glob("*/*"):
                 if path.suffix == ".partial" and path.is_dir():
@@ -424,6 +441,11 @@ class FeatureCache(ShardsMixin):
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
         return removed
+
+
+def _dtype(fs: FeatureSet) -> str:
+    """The stored dtype name of an entry read by :meth:`FeatureCache.get`."""
+    return "float16" if fs.features.dtype == torch.float16 else "float32"
 
 
 def _matches(pattern: str, key: str, *names: str) -> bool:

@@ -223,8 +223,11 @@ def extract(
                     **common,
                 )
                 created = datetime.fromisoformat(str(fs.provenance.get("created")))
-                how = "from the cache" if store and created < since else "extracted"
+                earlier = created < since or "cached_from" in fs.provenance  # rows of another
+                how = "from the cache" if store and earlier else "extracted"
             key = str(fs.provenance.get("cache_key", ""))
+            if store and key and not store.path(key).exists() and "cached_from" in fs.provenance:
+                key = str(fs.provenance["cached_from"])  # rows read from another entry (its file)
             where = f"cache {store.path(key)}" if store and key else "not cached"
             yield Extracted(spec, fs, how, time.perf_counter() - started, where)
 

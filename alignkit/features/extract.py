@@ -39,7 +39,7 @@ from alignkit.features._truncation import check_truncation, recall_truncation
 from alignkit.features._work import _Job
 from alignkit.features.cache import FeatureCache, feature_key, lookup_key
 from alignkit.features.featureset import FeatureSet, caption_ids
-from alignkit.features.keys import entry_image_rows, image_rows
+from alignkit.features.keys import content_rows, entry_rows
 from alignkit.features.skipped import mark, marked, nan_rows, settle
 from alignkit.features.store import check_store_dtype, map_tensor, torch_dtype
 
@@ -225,9 +225,13 @@ def _extract(
     key to remember for the result (see :func:`alignkit.features.keys.lookup_key`)."""
     per_caption = enc.modality == "text" and caption_policy == "all"
     ids = caption_ids(probe) if per_caption else probe.ids
-    images = image_rows(enc, probe, store_dtype)  # image features: found by the images shown
+    # found by what the rows encode: the images shown, the texts given
+    content = content_rows(enc, probe, caption_policy, seed, store_dtype)
     if store is not None:
-        hit = _for_probe(store.lookup(key, ids, images), probe)
+        hit = _for_probe(store.lookup(key, ids, content), probe)
+        if hit is not None and enc.modality == "text" and "cached_from" in hit.provenance:
+            cut = check_truncation(enc, probe, caption_policy, seed, warn=False)  # these texts'
+            hit = FeatureSet(hit.features, hit.ids, {**_untruncated(hit.provenance), **cut})
         usable = hit is not None
         if ranks is not None:  # every rank must take the same branch: all hit, or all extract
             usable = _distributed.all_true(usable, ranks)
@@ -270,7 +274,7 @@ def _extract(
         if enc.modality == "image":  # rows skipped now or by an earlier run are NaN: list them
             rows = [a + i for a in sorted(pieces) for i in nan_rows(pieces[a])]
             provenance = marked(provenance, ids, rows, job.skipped)
-        result = _commit_streamed(store, key, ids, provenance, images, pieces)
+        result = _commit_streamed(store, key, ids, provenance, content, pieces)
     else:
         part = torch.cat([pieces[a] for a in sorted(pieces)], -2) if pieces else torch.empty(0, 0)
         if ranks:  # gathered as float32 (float16 values are exact in it), stored as they were
@@ -279,7 +283,7 @@ def _extract(
         if enc.modality == "image":  # as above, over the whole (gathered) set
             result = mark(result, job.skipped)
         if store is not None and main:
-            store.put(key, result, images, dtype=store_dtype)
+            store.put(key, result, content, dtype=store_dtype)
             store.drop_shards(key)
     if store is not None and main and lookup is not None:
         store.remember(lookup, key)
@@ -292,7 +296,7 @@ def _commit_streamed(
     key: str,
     ids: tuple[str, ...],
     provenance: dict[str, Any],
-    images: Any,
+    content: Any,
     pieces: dict[int, torch.Tensor],
 ) -> FeatureSet:
     """One process with a cache: the entry streamed from the shards on disk (memory: one
@@ -300,12 +304,16 @@ def _commit_streamed(
     whole set. When a shard could not be written (logged), from the pieces in memory."""
     dtype = str(provenance["store_dtype"])
     try:
-        tensor, _ = map_tensor(store.commit_shards(key, ids, provenance, images, dtype))
+        tensor, _ = map_tensor(store.commit_shards(key, ids, provenance, content, dtype))
     except AlignkitError:  # rows missing from the shards: write the entry from memory
         tensor = torch.cat([pieces[a] for a in sorted(pieces)], dim=-2)
-        store.put(key, FeatureSet(tensor, ids, provenance), images, dtype=dtype)
+        store.put(key, FeatureSet(tensor, ids, provenance), content, dtype=dtype)
         store.drop_shards(key)
     return FeatureSet(tensor, ids, provenance)
+
+
+def _untruncated(provenance: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in provenance.items() if k != "truncation"}
 
 
 def _for_probe(hit: FeatureSet | None, probe: ProbeSet) -> FeatureSet | None:
@@ -407,7 +415,7 @@ def _recall(
     if hit.ids != (caption_ids(probe) if per_caption else probe.ids):
         return None
     log.info("%s on %s: %d rows from the feature cache (not built)", spec, probe.name, hit.n)
-    images = entry_image_rows(hit.provenance, probe)
-    if images is not None:  # an entry keyed by probe: let subsamples of its images find it too
-        store.index_images(str(hit.provenance["cache_key"]), images)
+    content = entry_rows(hit.provenance, probe)
+    if content is not None:  # an entry from before the row index: let subsamples find it too
+        store.index_rows(str(hit.provenance["cache_key"]), content)
     return hit

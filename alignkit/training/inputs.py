@@ -110,7 +110,7 @@ def require_cached(
     from alignkit.encoders import create_encoder
     from alignkit.features.cache import feature_key
     from alignkit.features.extract import _resolve_cache
-    from alignkit.features.keys import image_rows
+    from alignkit.features.keys import content_rows
     from alignkit.features.tokens import _cached, token_key
 
     store = _resolve_cache(cache)
@@ -124,12 +124,13 @@ def require_cached(
 
             ids = caption_ids(probe) if enc.modality == "text" else probe.ids
             hit = _cached(store, token_key(enc, probe, policy), ids) is not None
-        elif enc.modality == "image":  # by its images: under another probe or in a larger set
-            key = feature_key(enc, probe, store_dtype=store_dtype)
-            found = store.lookup(key, probe.ids, image_rows(enc, probe, store_dtype))
+        else:  # by what the rows encode: under another probe or in a larger set
+            from alignkit.features.featureset import caption_ids
+
+            ids = caption_ids(probe) if enc.modality == "text" else probe.ids
+            key = feature_key(enc, probe, policy, store_dtype=store_dtype)
+            found = store.lookup(key, ids, content_rows(enc, probe, policy, 0, store_dtype))
             hit = found is not None
-        else:
-            hit = feature_key(enc, probe, policy, store_dtype=store_dtype) in store
         if not hit:
             kind = "token features" if tokens else "features"
             raise AlignkitError(
