@@ -149,6 +149,21 @@ def main() -> None:
         "--only-vision", help="train and evaluate only this vision encoder's pairs (parallel runs)"
     )
     parser.add_argument(
+        "--skip-text",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="train and evaluate no pair of this text encoder (repeatable); it stays in the "
+        "scores. A final --finished-only call writes the tables without those pairs",
+    )
+    parser.add_argument(
+        "--part",
+        default=None,
+        metavar="I/N",
+        help="train and evaluate the I-th of N round-robin parts of the pairs (I from 1), so "
+        "that N processes share a grid; a final call without --part writes the tables",
+    )
+    parser.add_argument(
         "--repeat-pairs",
         type=int,
         default=14,
@@ -174,6 +189,11 @@ def main() -> None:
     config = PredictivityConfig(**{**COMMON, **grid})
     t0 = time.perf_counter()
     only = [(args.only_vision, t) for t in reversed(config.text)] if args.only_vision else None
+    if (args.skip_text or args.part) and not args.finished_only:
+        only = [p for p in (only or config.pairs) if p[1] not in args.skip_text]
+        if args.part:
+            i, n = (int(x) for x in args.part.split("/"))
+            only = only[i - 1 :: n]
     result = run_predictivity(
         config,
         args.out,
@@ -184,7 +204,7 @@ def main() -> None:
         skip_unfinished=args.finished_only,
     )
     if only is not None:
-        print(f"{len(only)} pairs of {args.only_vision} done in {time.perf_counter() - t0:.0f} s")
+        print(f"{len(only)} pairs done in {time.perf_counter() - t0:.0f} s")
         return
     if result is None:
         print(f"scores written to {args.out / 'scores.csv'} in {time.perf_counter() - t0:.0f} s")

@@ -368,9 +368,11 @@ def test_tokens_without_token_features_fail_before_extraction_and_skip_bad_is_ac
 ):
     cache = tmp_path / "cache"
     args = _base(models, probes, tmp_path / "run", "--tokens", "--cache", str(cache))
-    args[args.index(models["bert"])] = "tfidf:svd-16"
+    args[args.index(models["bert"])] = "random:text-16"
     code, _, err = _run(args, capsys)
-    assert code == 1 and "--tokens needs token-level features" in err and "tfidf" in err, err
+    assert code == 1 and "--tokens needs token-level features" in err and "random:text-16" in err, (
+        err
+    )
     assert not list(cache.rglob("*.safetensors")) and not (tmp_path / "run").exists()
     bad = _bad_row_manifest(probes["train"].parent)
     args = _base(models, probes, tmp_path / "skip", "--cache", str(cache))

@@ -298,3 +298,24 @@ __all__ = [
     "resolve_device",
     "select_layers",
 ]
+
+
+def check_trainable(
+    encoders: Sequence[Encoder],
+    advice: str = "train with an encoder that is not fitted per probe (rank-encoders scores it, "
+    "as a lexical baseline)",
+) -> None:
+    """Refuse encoders fitted on the texts they are given (``needs_fit``: ``tfidf:``) for
+    training: every probe's features would come from another fit (the training captions, the
+    validation captions and the test captions each fit their own vocabulary and SVD), so a
+    projector trained on one fit would be evaluated on features of another.
+
+    Raises:
+        AlignkitError: one line naming the encoder(s) and what to do.
+    """
+    fitted = [enc.name for enc in encoders if getattr(enc, "needs_fit", False)]
+    if fitted:
+        raise AlignkitError(
+            f"{' and '.join(fitted)} is fitted on the captions of each probe it encodes, so a "
+            f"projector trained on one fit would be evaluated on another: {advice}"
+        )

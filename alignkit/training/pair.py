@@ -231,8 +231,10 @@ def _encoders(
 ) -> tuple[Encoder, Encoder]:
     """Both encoders (weights read, no model run), checked for modality and token features."""
     from alignkit.encoders import create_encoder
+    from alignkit.encoders.base import check_trainable
 
     pair = tuple(create_encoder(s, device=device, **opts[s]) for s in (vision, text))
+    check_trainable(pair)
     if pair[0].modality != "image" or pair[1].modality != "text":
         raise AlignkitError(
             f"vision must be an image encoder and text must be a text encoder: got {vision} "
