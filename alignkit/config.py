@@ -36,7 +36,7 @@ from alignkit.errors import AlignkitError
 from alignkit.options import Option, declared, default_of, file_key, merge, option, valid_keys
 from alignkit.vocabulary import shared
 
-DEFAULT_METRICS: tuple[str, ...] = ("linear_cka_unbiased", "linear_cka", "mutual_knn")
+DEFAULT_METRICS: tuple[str, ...] = ("mutual_knn", "linear_cka_unbiased", "linear_cka")
 DEFAULT_SET = "offline-small"
 DEFAULT_N = 500
 LAYER_MODES = ("last", "all")
