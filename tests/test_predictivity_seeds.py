@@ -260,7 +260,8 @@ def test_bad_seeds_and_repeat_pairs_are_one_line_errors():
 
 
 def test_seeds_do_not_make_another_experiment():
-    from alignkit.evaluation.predictivity.stages import EVAL_FIELDS, SCORE_FIELDS, run_key
+    from alignkit.evaluation.predictivity.pair_run import EVAL_FIELDS, run_key
+    from alignkit.evaluation.predictivity.stages import SCORE_FIELDS
 
     base = PredictivityConfig(vision=("a",), text=("b", "c", "d"))
     more = replace(base, seeds=(1, 2), repeat_pairs=2)

@@ -139,7 +139,8 @@ def test_package_version_is_written_once_in_each_place_and_agrees():
 
 def test_metrics_json_merges_and_reads_the_older_predictivity_pair_files(tmp_path: Path) -> None:
     from alignkit.evaluation.predictivity import PredictivityConfig
-    from alignkit.evaluation.predictivity.stages import EVAL_FIELDS, finished_pairs, pair_folder
+    from alignkit.evaluation.predictivity.pair_run import EVAL_FIELDS, pair_folder
+    from alignkit.evaluation.predictivity.stages import finished_pairs
     from alignkit.runs.metrics import read_metrics, write_metrics
 
     cfg = PredictivityConfig(vision=("a",), text=("b", "c", "d"))

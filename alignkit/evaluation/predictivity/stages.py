@@ -16,8 +16,8 @@ to a finished grid trains the new runs only; an extra seed's stage key is the fi
 ``-seed-<s>``.
 
 Each stage output carries a key of the fields it depends on; a changed field reruns that stage.
-(A few lines over the house's 500: the four stages read best in one module; the next addition
-should move the pairs stage out.)
+One run's training and evaluation, its folder and its key live in
+:mod:`alignkit.evaluation.predictivity.pair_run`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,19 @@ from alignkit.encoders.base import check_trainable
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.predictivity.config import FORMAT, PredictivityConfig
 from alignkit.evaluation.predictivity.decisions import decisions_table, seed_noise
+from alignkit.evaluation.predictivity.pair_run import (
+    pair_folder,
+    read_stage_json,
+    run_folder,
+    run_key,
+)
+from alignkit.evaluation.predictivity.pair_run import train_and_evaluate as _train_and_evaluate
 from alignkit.evaluation.predictivity.plan import Plan, make_plan
 from alignkit.evaluation.predictivity.tables import correlate, pair_table, seed_table
 
 log = logging.getLogger(__name__)
 
 SCORE_FIELDS = ("vision", "text", "score_probe", "score_n", "metrics", "permutations")
-EVAL_FIELDS = (
-    "zeroshot", "retrieval", "eval_n", "templates", "train", "train_probe", "train_n",
-    "val_probe", "val_n", "train_captions", "seed",
-)  # fmt: skip
 #: what a finished experiment folder holds besides config.json
 OUTPUTS = (
     "scores.csv", "pairs", "seeds.csv", "pairs.csv", "noise.csv", "correlations.csv",
@@ -110,27 +113,6 @@ class _Run:
         return extract_features(
             spec, probe, cache=self.cache, device=self.device, progress=self.progress
         ).features
-
-
-def pair_folder(out: Path, vision: str, text: str) -> Path:
-    def s(x: str) -> str:
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in x)
-
-    return out / "pairs" / f"{s(vision)}__{s(text)}"
-
-
-def run_folder(out: Path, config: PredictivityConfig, vision: str, text: str, seed: int) -> Path:
-    """Where the run of ``seed`` trains: the pair folder for the first seed
-    (:attr:`~.config.PredictivityConfig.first_seed`), ``seed-<s>/`` inside it for an extra one."""
-    folder = pair_folder(out, vision, text)
-    return folder if seed == config.first_seed else folder / f"seed-{seed}"
-
-
-def run_key(config: PredictivityConfig, seed: int) -> str:
-    """The evaluation stage key of the run of ``seed`` (the first seed's is the one pair folders
-    always had)."""
-    key = config.stage_key(*EVAL_FIELDS)
-    return key if seed == config.first_seed else f"{key}-seed-{seed}"
 
 
 def run_predictivity(
@@ -325,7 +307,7 @@ def finished_runs(out: Path, config: PredictivityConfig) -> list[tuple[str, str,
     return [
         (v, t, s)
         for v, t, s in config.runs
-        if _read_stage_json(run_folder(out, config, v, t, s) / "metrics.json", run_key(config, s))
+        if read_stage_json(run_folder(out, config, v, t, s) / "metrics.json", run_key(config, s))
         is not None
     ]
 
@@ -352,7 +334,7 @@ def _pairs(
     rows, skipped = [], []
     for v, t, seed in todo:
         key = run_key(config, seed)
-        metrics = _read_stage_json(run_folder(run.out, config, v, t, seed) / "metrics.json", key)
+        metrics = read_stage_json(run_folder(run.out, config, v, t, seed) / "metrics.json", key)
         if metrics is None and skip_unfinished:
             skipped.append(f"{v} x {t}" + ("" if seed == config.first_seed else f" seed {seed}"))
             continue
@@ -363,90 +345,6 @@ def _pairs(
         run.timings["skipped_pairs"] = skipped
         log.warning("%d unfinished runs left out: %s", len(skipped), "; ".join(skipped))
     return rows
-
-
-def _train_and_evaluate(run: _Run, v: str, t: str, seed: int) -> dict[str, Any]:
-    """One run: train the recipe with ``seed`` into its folder, name its encoders, evaluate,
-    write metrics."""
-    from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
-    from alignkit.runs.metrics import write_metrics
-    from alignkit.runs.trained import write_run_config
-    from alignkit.training import train_projector
-
-    config, folder = run.config, run_folder(run.out, run.config, v, t, seed)
-    key = run_key(config, seed)
-    train = _paired(run, run.probes["train"], v, t)
-    val = _paired(run, run.probes["val"], v, t) if run.probes["val"] is not None else None
-    folder.mkdir(parents=True, exist_ok=True)
-    recipe = replace(config.train_config(), seed=seed)  # the first seed: the recipe as it is
-    result = train_projector(
-        recipe, train, val, out_dir=folder, device=run.device, progress=run.progress
-    )
-    model = result.model.to("cpu").eval()
-    vision, text = run.encoder(v), run.encoder(t)
-    write_run_config(
-        folder,
-        vision,
-        text,
-        dims=(train.image_dim, train.text_dim),
-        train_config=recipe.to_dict(),
-        extra=_probe_records(run),
-    )
-    pair = AlignedPair(vision, text, model.encode_image, model.encode_text, name=f"{v} x {t}")
-    metrics = evaluate_pair(
-        pair,
-        zeroshot_probes=run.probes["zeroshot"],
-        retrieval_probes=run.probes["retrieval"],
-        templates=config.templates,
-        cache=run.cache,
-        device=run.device,
-        progress=run.progress,
-    )
-    about = {"command": "predictivity", "stage_key": key, "vision": v, "text": t, "seed": seed}
-    keyed = {k: {**value, "stage_key": key} for k, value in metrics.items()}
-    write_metrics(folder, keyed, about={**about, "train_steps": result.steps})
-    return keyed
-
-
-def _probe_records(run: _Run) -> dict[str, Any]:
-    """The training and validation probes as config.json records them (so that ``evaluate``
-    can refuse to evaluate a pair on its own training rows)."""
-
-    def record(probe: Any, spec: str) -> dict[str, Any]:
-        return {"spec": spec, "name": probe.name, "n": len(probe), "fingerprint": probe.fingerprint}
-
-    val = run.probes["val"]
-    return {
-        "probe": record(run.probes["train"], run.config.train_probe),
-        "val": None if val is None else record(val, str(run.config.val_probe)),
-    }
-
-
-def _read_stage_json(path: Path, key: str) -> dict[str, Any] | None:
-    """The metrics a pair folder holds from the predictivity evaluation with stage ``key``, or
-    ``None`` (the pair files of earlier versions keep the key at the top level)."""
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if "format" not in data:  # an earlier version's pair file
-        return data["metrics"] if data.get("stage_key") == key else None
-    mine = {k: v for k, v in data.get("metrics", {}).items() if v.get("stage_key") == key}
-    return mine or None
-
-
-def _paired(run: _Run, probe: Any, v: str, t: str) -> Any:
-    from alignkit.evaluation.prompts import caption_probe
-    from alignkit.training import PairedFeatures
-
-    image = run.features(v, probe)
-    if run.config.train_captions == "all":
-        captions, index = caption_probe(probe)
-        text = run.features(t, captions)
-        t2i = torch.tensor(index, dtype=torch.long)
-    else:
-        text = run.features(t, probe)
-        t2i = torch.arange(len(probe), dtype=torch.long)
-    return PairedFeatures(image, text, t2i, list(probe.ids))
 
 
 # -- analysis -------------------------------------------------------------------------------------
