@@ -37,6 +37,10 @@ from alignkit.options import Option, declared, default_of, file_key, merge, opti
 from alignkit.vocabulary import shared
 
 DEFAULT_METRICS: tuple[str, ...] = ("mutual_knn", "linear_cka_unbiased", "linear_cka")
+"""The pre-training metrics every scorer computes by default (``rank-encoders``,
+:func:`alignkit.score_pairs`, ``predictivity``), the first one ranking: in the 42-pair study
+(docs/evaluation.md, "Which metric picks the better pair?") mutual-kNN picks the pair that trains
+better in 0.98 of decisions (0.95 at n = 500) against unbiased CKA's 0.82."""
 DEFAULT_SET = "offline-small"
 DEFAULT_N = 500
 LAYER_MODES = ("last", "all")

@@ -85,7 +85,7 @@ def test_score_pairs_equals_independent_pair_calls():
 def test_score_pairs_without_calibration_has_nan_columns_and_no_bar(capsys):
     vision, text = _encoders()
     df = score_pairs(vision, text, null="none", n_permutations=5, progress=False)
-    assert list(df.metric.unique()) == ["linear_cka_unbiased", "linear_cka", "mutual_knn"]
+    assert list(df.metric.unique()) == ["mutual_knn", "linear_cka_unbiased", "linear_cka"]
     assert df[["null_mean", "null_std", "z", "p", "ci_low", "ci_high"]].isna().all().all()
     assert (df.null_method == "none").all()
     assert capsys.readouterr().err == ""

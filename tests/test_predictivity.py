@@ -306,7 +306,7 @@ def test_cli_on_a_2x2_grid_plans_concludes_honestly_refuses_and_interrupts(
     assert code == 0, err
     assert events[0] == "plan" and "extract" in events
     assert "plan: 4 pairs (2 vision x 2 text encoders)" in stdout and "estimate" in stdout
-    assert "Over 4 pairs, linear_cka_unbiased (z) predicted" in stdout
+    assert "Over 4 pairs, mutual_knn (z) predicted" in stdout
     assert "too few pairs to conclude anything" in stdout
     header = next(line for line in stdout.splitlines() if line.split()[:2] == ["pre", "kind"])
     assert "[1.0" not in stdout and "spearman_low" not in header and "loeo_min" not in header

@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from alignkit.config import DEFAULT_METRICS
 from alignkit.errors import AlignkitError
 from alignkit.metrics._checks import as_features, check_min_rows, common_dtype
 from alignkit.metrics._engine import permutations, subsets
@@ -84,8 +85,6 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "text_layer",
     "options",
 )
-
-DEFAULT_METRICS: tuple[str, ...] = ("linear_cka_unbiased", "linear_cka", "mutual_knn")
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from alignkit.config import DEFAULT_METRICS
 from alignkit.errors import AlignkitError
 from alignkit.options import Option, _field_by_key, option
 from alignkit.vocabulary import shared
@@ -153,7 +154,7 @@ class PredictivityConfig:
         metavar="NAME",
     )
     metrics: tuple[str, ...] = option(
-        ("linear_cka_unbiased", "linear_cka", "mutual_knn"),
+        DEFAULT_METRICS,
         "Pre-training metric (repeatable).",
         metavar="METRIC",
         repeat=True,
