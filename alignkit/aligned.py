@@ -159,7 +159,8 @@ def load_aligned(
                 f"{run_dir}/{CONFIG} names {record.spec} as the {modality} encoder, but it is a "
                 f"{enc.modality} encoder"
             )
-        load_fit(run_dir, enc, record.weights)  # needs_fit encoders (tfidf:): the training fit
+        # needs_fit encoders (tfidf:): the training fit; its identity is checked just below
+        load_fit(run_dir, enc)
         have = enc.weights_identity()
         if record.weights and have != record.weights:
             msg = (
