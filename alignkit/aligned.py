@@ -5,7 +5,9 @@ and ``projector.safetensors`` (the projectors); :mod:`alignkit.runs.trained` des
 
 :func:`load_aligned` rebuilds the encoders from their specs, checks that their weights identity is
 the one the projectors were trained on (a different checkpoint gives different features, and the
-projectors would silently map them to nonsense), and returns an :class:`AlignedModel`.
+projectors would silently map them to nonsense), and returns an :class:`AlignedModel`. An encoder
+fitted on the texts it is given (``tfidf:``) gets the fit the run trained with, from the run
+folder's ``fits/`` (:func:`alignkit.training.folder.load_fit`), never a fit of its own.
 :func:`load_pair` reads the same folder as an evaluation :class:`AlignedPair` (encoder specs and
 the projector heads; features then come from the feature cache).
 """
@@ -135,6 +137,7 @@ def load_aligned(
     from alignkit._device import resolve_device
     from alignkit.encoders import create_encoder
     from alignkit.training.build import load_model
+    from alignkit.training.folder import load_fit
 
     run_dir = Path(run_dir)
     body = read_config(run_dir)
@@ -156,6 +159,8 @@ def load_aligned(
                 f"{run_dir}/{CONFIG} names {record.spec} as the {modality} encoder, but it is a "
                 f"{enc.modality} encoder"
             )
+        # needs_fit encoders (tfidf:): the training fit; its identity is checked just below
+        load_fit(run_dir, enc)
         have = enc.weights_identity()
         if record.weights and have != record.weights:
             msg = (
@@ -177,7 +182,8 @@ def load_aligned(
 
 def load_pair(run_dir: str | Path, device: str = "cpu") -> AlignedPair:
     """An :class:`~alignkit.evaluation.evaluate.AlignedPair` from a run folder: its encoder specs
-    and its trained heads (on CPU: the heads are small; ``device`` is kept for symmetry).
+    and its trained heads (on CPU: the heads are small; ``device`` is kept for symmetry); an
+    encoder fitted on its training texts (``tfidf:``) loads its fit from the folder when built.
 
     Raises:
         AlignkitError (one line, before any encoder is built): the folder is not a finished
@@ -209,6 +215,7 @@ def load_pair(run_dir: str | Path, device: str = "cpu") -> AlignedPair:
         encoder_options={"image": v_opts, "text": t_opts},
         weights=weights,
         dims={"image": spec.image_dim, "text": spec.text_dim},
+        run_dir=run,
     )
 
 

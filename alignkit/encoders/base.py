@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -99,6 +100,23 @@ class Encoder(abc.ABC):
         :meth:`weights_identity`, so that the features of a probe do not depend on batching.
         """
         return self
+
+    # -- a fit kept with a trained run (encoders with needs_fit that override both) --------------
+    @property
+    def saves_fit(self) -> bool:
+        """Whether :meth:`save_fit` / :meth:`load_fit` are available: an encoder with
+        ``needs_fit`` can be trained on only when it can keep its training fit."""
+        return type(self).save_fit is not Encoder.save_fit
+
+    def save_fit(self, folder: str | Path) -> Path:
+        """Write the fitted state into ``folder`` (safe formats, no pickle); returns ``folder``.
+        Only encoders with ``needs_fit`` that support it (:attr:`saves_fit`)."""
+        raise AlignkitError(f"{self.name} has no fitted state to save ({type(self).__name__})")
+
+    def load_fit(self, folder: str | Path) -> Encoder:
+        """Become the fitted state :meth:`save_fit` wrote into ``folder`` (no refit); returns
+        ``self``, whose :meth:`weights_identity` is then the saving encoder's."""
+        raise AlignkitError(f"{self.name} has no fitted state to load ({type(self).__name__})")
 
     def collate(self, items: list[Any]) -> Any:
         """Preprocessed items -> one batch: stacked tensors for images, a list for text."""
@@ -305,15 +323,20 @@ def check_trainable(
     advice: str = "train with an encoder that is not fitted per probe (rank-encoders scores it, "
     "as a lexical baseline)",
 ) -> None:
-    """Refuse encoders fitted on the texts they are given (``needs_fit``: ``tfidf:``) for
-    training: every probe's features would come from another fit (the training captions, the
-    validation captions and the test captions each fit their own vocabulary and SVD), so a
-    projector trained on one fit would be evaluated on features of another.
+    """Refuse, for training, encoders fitted on the texts they are given (``needs_fit``) that
+    cannot keep their fit (:attr:`Encoder.saves_fit`): every probe's features would come from
+    another fit (the training, validation and test captions would each fit their own), so a
+    projector trained on one fit would be evaluated on features of another. Those that can
+    (``tfidf:``) are fitted on the training captions, and the run folder keeps that fit.
 
     Raises:
         AlignkitError: one line naming the encoder(s) and what to do.
     """
-    fitted = [enc.name for enc in encoders if getattr(enc, "needs_fit", False)]
+    fitted = [
+        enc.name
+        for enc in encoders
+        if getattr(enc, "needs_fit", False) and not getattr(enc, "saves_fit", False)
+    ]
     if fitted:
         raise AlignkitError(
             f"{' and '.join(fitted)} is fitted on the captions of each probe it encodes, so a "

@@ -55,6 +55,10 @@ class AlignedPair:
             encoder with other weights is refused (its features would be nonsense to the heads).
         dims: the heads' input widths per modality (when known); an encoder of another width is
             refused before any extraction.
+        run_dir: the run folder the heads come from: an encoder fitted on the texts it is given
+            (``needs_fit``, ``tfidf:``) built from a spec loads the training fit kept there
+            (:func:`alignkit.training.folder.load_fit`). Without it such an encoder must be
+            given built and fitted; a per-probe fit is refused.
     """
 
     vision: Any
@@ -65,10 +69,23 @@ class AlignedPair:
     encoder_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     weights: Mapping[str, str] = field(default_factory=dict)
     dims: Mapping[str, int] = field(default_factory=dict)
+    run_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             self.name = f"{_spec(self.vision)} x {_spec(self.text)}"
+
+
+def _check_fitted(encoder: Any, pair: str) -> Any:
+    """Refuse an encoder fitted on the texts it is given that is not fitted yet: extraction would
+    fit it on each evaluation probe, not on the texts the heads were trained on."""
+    if getattr(encoder, "needs_fit", False) and not getattr(encoder, "fitted", False):
+        raise AlignkitError(
+            f"{encoder.name} in {pair} is fitted on the texts it is given and has no fit here: "
+            "give AlignedPair the run folder (run_dir=, as load_pair does) or the encoder fitted "
+            "on the training captions, not a per-probe fit"
+        )
+    return encoder
 
 
 def _spec(encoder: Any) -> str:
@@ -88,13 +105,18 @@ class _Features:
     def encoder(self, modality: str) -> Any:
         spec = self.pair.vision if modality == "image" else self.pair.text
         if not isinstance(spec, str):
-            return spec
+            return _check_fitted(spec, self.pair.name)
         if modality not in self._built:
             from alignkit.encoders import create_encoder
 
             options = dict(self.pair.encoder_options.get(modality, {}))
             enc = create_encoder(spec, device=self.device, **options)
             want = self.pair.weights.get(modality)
+            if getattr(enc, "needs_fit", False) and self.pair.run_dir is not None:
+                from alignkit.training.folder import load_fit
+
+                load_fit(self.pair.run_dir, enc, want or "")
+            _check_fitted(enc, self.pair.name)
             if want and enc.weights_identity() != want:
                 raise AlignkitError(
                     f"{spec}: its weights ({enc.weights_identity()}) are not the ones the "

@@ -6,6 +6,12 @@
 checkpoint when the same run starts again (the trainer refuses a run that differs from the
 checkpoint's, listing the fields). With ``overwrite`` an earlier run is moved aside to a hidden
 sibling and deleted only once the new run is done; a new run that fails puts it back.
+
+``fits/<image|text>/`` holds the fit of an encoder fitted on the texts it is given
+(``needs_fit``, e.g. ``tfidf:``): fitted once on every caption of the training probe, saved by
+:func:`save_fits` before training, and loaded by :func:`load_fit` wherever the run is used
+(``evaluate``, :func:`alignkit.load_aligned`), so validation, test and prompt texts are encoded
+by the training fit, never by a fit of their own.
 """
 
 from __future__ import annotations
@@ -15,21 +21,29 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignkit._files import atomic_write_text
 from alignkit.errors import AlignkitError
 
+if TYPE_CHECKING:
+    from alignkit.encoders.base import Encoder
+
 __all__ = [
+    "FITS",
     "RUN_FILE",
     "UNFINISHED",
     "check_out_dir",
     "end_out_dir",
+    "fit_folder",
+    "load_fit",
     "now",
     "prepare_out_dir",
     "read_status",
+    "save_fits",
     "write_run_file",
 ]
 
@@ -37,6 +51,7 @@ log = logging.getLogger("alignkit.training.pair")
 
 RUN_FILE = "run.json"
 UNFINISHED = ("running", "failed", "interrupted")
+FITS = "fits"
 
 
 def now() -> str:
@@ -129,3 +144,44 @@ def end_out_dir(
             **({} if interrupted else {"error": f"{type(error).__name__}: {reason}"}),
         },
     )
+
+
+# -- the fits of encoders fitted on their training texts ------------------------------------------
+def fit_folder(run_dir: str | Path, modality: str) -> Path:
+    """Where a run folder keeps the fit of its ``modality`` (``image`` or ``text``) encoder."""
+    return Path(run_dir) / FITS / modality
+
+
+def save_fits(out_dir: str | Path, encoders: Sequence[Encoder]) -> None:
+    """Save the fit of every encoder with ``needs_fit`` (already fitted on the training probe)
+    into ``out_dir`` (:func:`fit_folder`); other encoders have nothing to save."""
+    for enc in encoders:
+        if getattr(enc, "needs_fit", False):
+            enc.save_fit(fit_folder(out_dir, enc.modality))
+
+
+def load_fit(run_dir: str | Path, encoder: Encoder, weights: str = "") -> Encoder:
+    """``encoder`` (built from the run's spec and options) given the fit the run trained with,
+    when it has ``needs_fit``; any other encoder is returned untouched. ``weights``: the weights
+    identity the run recorded for it (checked when given).
+
+    Raises:
+        AlignkitError (one line naming the file): the run folder holds no fit for it, the fit
+            is damaged, or it is not the fit the projectors were trained on.
+    """
+    if not getattr(encoder, "needs_fit", False):
+        return encoder
+    folder = fit_folder(run_dir, encoder.modality)
+    if not folder.is_dir():
+        raise AlignkitError(
+            f"{folder} is missing: {encoder.name} is fitted on the training captions and the "
+            "projectors need that fit, which this run folder does not hold; retrain the run"
+        )
+    encoder.load_fit(folder)  # its errors name the file and say to retrain
+    have = encoder.weights_identity()
+    if weights and have != weights:
+        raise AlignkitError(
+            f"{folder} holds the fit {have!r}, but the projectors in {run_dir} were trained on "
+            f"{weights!r}: the fit does not belong to this run; retrain the run"
+        )
+    return encoder

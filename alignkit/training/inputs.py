@@ -95,7 +95,7 @@ def check_validation_probe(probe: ProbeSet, spec: str, *, allow_test: bool = Fal
 
 
 def require_cached(
-    specs: list[str],
+    specs: list[str | Encoder],
     probe: ProbeSet,
     *,
     tokens: bool = False,
@@ -106,7 +106,8 @@ def require_cached(
     """Raise a one-line error unless the features of every encoder in ``specs`` on ``probe``
     are already in the cache (``cache_only``). Text encoders are looked up with
     ``caption_policy="all"``. Building an encoder to compute its key reads its weights file
-    but runs no model work."""
+    but runs no model work. ``specs`` may hold built encoders (an encoder fitted on its
+    training texts must be given fitted: its key names the fit)."""
     from alignkit.encoders import create_encoder
     from alignkit.features.cache import feature_key
     from alignkit.features.extract import _resolve_cache
@@ -116,8 +117,12 @@ def require_cached(
     store = _resolve_cache(cache)
     if store is None:
         raise AlignkitError("cache_only=True needs a feature cache: pass a cache folder")
-    for spec in specs:
-        enc = create_encoder(spec, device="cpu", **(options or {}).get(spec, {}))
+    for given in specs:
+        if isinstance(given, str):
+            enc = create_encoder(given, device="cpu", **(options or {}).get(given, {}))
+        else:
+            enc = given
+        spec = enc.name
         policy = "all" if enc.modality == "text" else "first"
         if tokens:
             from alignkit.features.featureset import caption_ids

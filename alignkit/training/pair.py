@@ -13,6 +13,10 @@ token-level with ``tokens=True``; text with every caption); train with
                              probes, validation metrics (alignkit.aligned)
     projector.safetensors    final weights; checkpoint.safetensors, best.safetensors,
                              history.csv, history.png (the trainer's files)
+    fits/text/               an encoder fitted on the texts it is given (``tfidf:``): its fit on
+                             every caption of the training probe (whatever the caption policy),
+                             made before any feature key and used for the validation rows too
+                             (:func:`alignkit.training.folder.load_fit` reads it back)
 
 Run folders (:mod:`alignkit.training.folder`): a new folder is created; an unfinished run
 resumes from its last checkpoint when everything it was computed from is the same (else it is
@@ -38,6 +42,7 @@ from alignkit.training.folder import (
     end_out_dir,
     now,
     prepare_out_dir,
+    save_fits,
     write_run_file,
 )
 from alignkit.training.inputs import (
@@ -139,12 +144,12 @@ def train_pair(
     train_probe, probe_spec, val_probe = _probes(
         probe, val, n, val_n, skip_bad, val_test_split, progress, class_names, columns
     )
-    encoders = _encoders(vision, text, opts, device, tokens)
+    encoders = _encoders(vision, text, opts, device, tokens, train_probe)
     if cache_only:
         for p in (train_probe, val_probe):
             if p is not None:
                 require_cached(
-                    [vision, text], p, tokens=tokens, cache=cache, options=opts,
+                    list(encoders), p, tokens=tokens, cache=cache, options=opts,
                     store_dtype=store_dtype,
                 )  # fmt: skip
     config, notes = _fit_recipe(config, len(train_probe))
@@ -155,6 +160,8 @@ def train_pair(
     run_body = _run_body(command, config)
     main, aside = _prepare(out_dir, overwrite, run_body)  # under torchrun: rank 0 alone
     try:
+        if main:
+            save_fits(out_dir, encoders)  # before training: a resumed run finds it too
         t0 = time.perf_counter()
         get = dict(cache=cache, progress=progress, extract_batch=extract_batch, tokens=tokens)
         get.update(skip_bad=skip_bad, store_dtype=store_dtype)
@@ -227,11 +234,20 @@ def _probes(
 
 
 def _encoders(
-    vision: str, text: str, opts: dict[str, dict[str, Any]], device: str, tokens: bool
+    vision: str,
+    text: str,
+    opts: dict[str, dict[str, Any]],
+    device: str,
+    tokens: bool,
+    train_probe: ProbeSet,
 ) -> tuple[Encoder, Encoder]:
-    """Both encoders (weights read, no model run), checked for modality and token features."""
+    """Both encoders (weights read, no model run), checked for modality and token features; an
+    encoder fitted on the texts it is given is fitted on every caption of ``train_probe`` (so
+    the validation rows are encoded by the training fit, and its weights identity, which enters
+    every feature key, names the training captions)."""
     from alignkit.encoders import create_encoder
     from alignkit.encoders.base import check_trainable
+    from alignkit.features.extract import fit_to_probe
 
     pair = tuple(create_encoder(s, device=device, **opts[s]) for s in (vision, text))
     check_trainable(pair)
@@ -248,6 +264,8 @@ def _encoders(
                 "does not have (token features exist for CNNs, timm and hf image models, and "
                 "hf / sentence-transformers text models); leave out tokens for pooled features"
             )
+    for enc in pair:
+        fit_to_probe(enc, train_probe)  # a no-op but for needs_fit encoders (tfidf:)
     return pair  # type: ignore[return-value]
 
 

@@ -48,23 +48,27 @@ def run_key(config: PredictivityConfig, seed: int) -> str:
 
 def train_and_evaluate(run: _Run, v: str, t: str, seed: int) -> dict[str, Any]:
     """One run: train the recipe with ``seed`` into its folder, name its encoders, evaluate,
-    write metrics."""
+    write metrics. A text encoder fitted on its texts (``tfidf:``) is fitted once on every
+    caption of the training probe (:meth:`_Run.encoder`); the fit is saved in the folder
+    (``fits/text/``) before training, and evaluation encodes with the fit read back from it."""
     from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
     from alignkit.runs.metrics import write_metrics
     from alignkit.runs.trained import write_run_config
     from alignkit.training import train_projector
+    from alignkit.training.folder import save_fits
 
     config, folder = run.config, run_folder(run.out, run.config, v, t, seed)
     key = run_key(config, seed)
+    vision, text = run.encoder(v), run.encoder(t)  # a needs_fit one: fitted on training captions
+    folder.mkdir(parents=True, exist_ok=True)
+    save_fits(folder, (vision, text))
     train = _paired(run, run.probes["train"], v, t)
     val = _paired(run, run.probes["val"], v, t) if run.probes["val"] is not None else None
-    folder.mkdir(parents=True, exist_ok=True)
     recipe = replace(config.train_config(), seed=seed)  # the first seed: the recipe as it is
     result = train_projector(
         recipe, train, val, out_dir=folder, device=run.device, progress=run.progress
     )
     model = result.model.to("cpu").eval()
-    vision, text = run.encoder(v), run.encoder(t)
     write_run_config(
         folder,
         vision,
@@ -73,7 +77,10 @@ def train_and_evaluate(run: _Run, v: str, t: str, seed: int) -> dict[str, Any]:
         train_config=recipe.to_dict(),
         extra=_probe_records(run),
     )
-    pair = AlignedPair(vision, text, model.encode_image, model.encode_text, name=f"{v} x {t}")
+    pair = AlignedPair(
+        vision, _from_folder(folder, text, run.device), model.encode_image, model.encode_text,
+        name=f"{v} x {t}",
+    )  # fmt: skip
     metrics = evaluate_pair(
         pair,
         zeroshot_probes=run.probes["zeroshot"],
@@ -87,6 +94,18 @@ def train_and_evaluate(run: _Run, v: str, t: str, seed: int) -> dict[str, Any]:
     keyed = {k: {**value, "stage_key": key} for k, value in metrics.items()}
     write_metrics(folder, keyed, about={**about, "train_steps": result.steps})
     return keyed
+
+
+def _from_folder(folder: Path, encoder: Any, device: str) -> Any:
+    """An encoder fitted on its training texts, rebuilt from the fit saved in the run ``folder``
+    (as ``alignkit evaluate`` will): test captions and prompts are encoded by that file, which
+    must give ``encoder``'s weights identity. Other encoders are returned as they are."""
+    if not getattr(encoder, "needs_fit", False):
+        return encoder
+    from alignkit.encoders import create_encoder
+    from alignkit.training.folder import load_fit
+
+    return load_fit(folder, create_encoder(encoder.name, device=device), encoder.weights_identity())
 
 
 def _probe_records(run: _Run) -> dict[str, Any]:

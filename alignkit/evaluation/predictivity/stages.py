@@ -99,19 +99,26 @@ class _Run:
     encoders: dict[str, Any] = field(default_factory=dict)
 
     def encoder(self, spec: str) -> Any:
-        """The encoder of ``spec``, built once per run (only for a pair that trains)."""
+        """The encoder of ``spec``, built once per run (only for a pair that trains); one fitted
+        on the texts it is given (``tfidf:``) is fitted on every caption of the training probe."""
         from alignkit.encoders import create_encoder
+        from alignkit.features.extract import fit_to_probe
 
         if spec not in self.encoders:
-            self.encoders[spec] = create_encoder(spec, device=self.device)
+            enc = create_encoder(spec, device=self.device)
+            self.encoders[spec] = fit_to_probe(enc, self.probes["train"])
         return self.encoders[spec]
 
     def features(self, spec: str, probe: Any) -> torch.Tensor:
+        """Features of ``spec`` on ``probe`` for training: those of an encoder fitted on its
+        texts come from its training fit (:meth:`encoder`), never from a fit on ``probe``."""
         from alignkit.features import extract_features
 
+        built = self.encoders.get(spec)
         # a spec, not a built encoder: a cache hit builds no model
+        source = built if getattr(built, "needs_fit", False) else spec
         return extract_features(
-            spec, probe, cache=self.cache, device=self.device, progress=self.progress
+            source, probe, cache=self.cache, device=self.device, progress=self.progress
         ).features
 
 
