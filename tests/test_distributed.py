@@ -1,4 +1,6 @@
-"""extract_features under torchrun: 2 CPU ranks (gloo) give exactly the single-process features."""
+"""extract_features under torchrun: 2 CPU ranks (gloo) give exactly the single-process features;
+with a cache no features travel through the process group (rank 0 commits the entry from every
+rank's shards on disk and every rank maps it)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ def test_torchrun_two_ranks_equal_a_single_process(tmp_path):
             "root": str(root),
             "shard_batches": 2,
             "repeat": True,
+            "no_gather": True,  # gather_rows raises: the features must not travel
             "out": str(tmp_path / "multi"),
         },
         torchrun=True,
@@ -75,3 +78,76 @@ def test_torchrun_two_ranks_equal_a_single_process(tmp_path):
         )
         [entry] = store.list("tiny-text:*" if prefix else "tiny-image:*")
         assert torch.equal(store.get(entry.key).features, reference["features"])
+        for got in ranks:  # each rank holds a map of the entry file, not a copy in its memory
+            assert got["mapped_file"] == str(store.path(entry.key))
+            assert got["provenance"]["created"] == ranks[0]["provenance"]["created"]
+        assert reference["mapped_file"] is None  # (no cache: the same check sees memory)
+
+
+@pytest.mark.distributed
+def test_torchrun_rows_skipped_on_rank_1_are_listed_on_rank_0(tmp_path):
+    n, bs = 16, 4  # blocks [0, 8) and [8, 16): row 11 is rank 1's
+    base = {"probe_dir": str(tmp_path / "img"), "n": n, "batch_size": bs, "skip_bad": True}
+    probe = make_probe(base["probe_dir"], n)
+    bad = probe.rows[11]
+    Path(bad.image).write_bytes(b"not an image")
+    root = tmp_path / "cache"
+    multi = _run({**base, "root": str(root), "no_gather": True, "out": str(tmp_path / "multi")},
+                 torchrun=True)  # fmt: skip
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    ranks = [torch.load(tmp_path / "multi" / f"rank{r}.pt") for r in range(2)]
+    for got in ranks:
+        assert bad.id not in got["ids"] and len(got["ids"]) == n - 1
+        [listed] = got["provenance"]["skipped_rows"]
+        assert listed["id"] == bad.id
+        assert listed["where"] == str(bad.image)  # the reason rank 1 found, not "earlier run"
+        assert "earlier" not in listed["reason"]
+    [entry] = FeatureCache(root).list()
+    stored = FeatureCache(root).get(entry.key)
+    assert [d["id"] for d in stored.provenance["skipped_rows"]] == [bad.id]
+    assert torch.isnan(stored.features[11]).all() and not torch.isnan(stored.features[:11]).any()
+
+
+@pytest.mark.distributed
+def test_torchrun_resumes_the_shards_of_a_single_process_run(tmp_path):
+    n, bs = 30, 4  # 8 batches; 2 ranks: rows [0, 16) and [16, 30)
+    base = {"probe_dir": str(tmp_path / "img"), "n": n, "batch_size": bs}
+    make_probe(base["probe_dir"], n)
+    root = tmp_path / "cache"
+    # one process, shards of 3 batches (12 rows), stopped in its 7th forward: rows [0, 24) kept,
+    # and the shard [12, 24) straddles the ranks' boundary at row 16
+    first = {**base, "root": str(root), "shard_batches": 3, "fail_on_call": 7}
+    stopped = _run({**first, "out": str(tmp_path / "stopped")}, torchrun=False)
+    assert stopped.returncode != 0 and "fails on purpose" in stopped.stderr
+    kept = sorted(p.name for p in root.rglob("rows-*"))
+    assert kept == ["rows-000000000-000000012.safetensors", "rows-000000012-000000024.safetensors"]
+    resumed = _run(
+        {**first, "fail_on_call": None, "no_gather": True, "out": str(tmp_path / "multi")},
+        torchrun=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    single = _run({**base, "root": "", "out": str(tmp_path / "single")}, torchrun=False)
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = torch.load(tmp_path / "single" / "rank0.pt")
+    ranks = [torch.load(tmp_path / "multi" / f"rank{r}.pt") for r in range(2)]
+    # rank 0 reads [0, 12) and computes the batch [12, 16); rank 1 cannot use [12, 24) (it is
+    # not inside its rows) and computes its 4 batches
+    assert [got["calls"] for got in ranks] == [1, 4]
+    for got in ranks:
+        assert got["ids"] == reference["ids"]
+        assert torch.equal(got["features"], reference["features"])
+    assert not list(root.rglob("rows-*"))
+
+
+def test_commit_finds_the_gapless_shards_among_overlapping_ones(tmp_path):
+    """Ranks of a resumed run write shards beside an earlier run's that straddle their blocks
+    (here [12, 20), saved by time); taking the longest shard at each row would pick it and
+    leave rows [20, 24) out: the commit must find [12, 16) + [16, 24) instead."""
+    store = FeatureCache(tmp_path)
+    data = torch.arange(30 * 3, dtype=torch.float32).reshape(30, 3)  # (rows, d)
+    key = "ab" * 16
+    for a, b in [(0, 12), (12, 20), (12, 16), (16, 24), (24, 30)]:
+        store.put_shard(key, a, b, data[a:b])
+    ids = tuple(f"r{i}" for i in range(30))
+    path = store.commit_shards(key, ids, {"encoder": "x"})
+    assert torch.equal(store.get(key).features, data) and path.exists()

@@ -11,6 +11,7 @@ subsample). :class:`~alignkit.features.cache.FeatureCache` inherits these method
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -35,6 +36,47 @@ _SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 #: A subsample of more rows than this, read from a larger entry, is written as its own entry
 #: (block by block) and read back memory-mapped rather than gathered into memory.
 GATHER_IN_MEMORY_ROWS = 65_536
+
+
+def first_gap(shards: list[tuple[int, int, Any]]) -> int:
+    """The first row from 0 that sorted ``(start, stop, ...)`` shards leave out (their end when
+    they cover every row from 0 without a gap)."""
+    cursor = 0
+    for a, b, *_ in shards:
+        if a != cursor:
+            break
+        cursor = b
+    return cursor
+
+
+def _widest_cover(
+    found: list[tuple[int, int, torch.Tensor]],
+) -> list[tuple[int, int, torch.Tensor]]:
+    """The non-overlapping shards of ``found`` that cover the most rows, sorted by row.
+
+    Shards may overlap: a run with another batch size, another world size (a rank reads only
+    the shards inside its block of rows and writes its own for the rest) or a shard saved by
+    time cuts rows elsewhere. Taking the longest shard at each row (greedy) can then leave a
+    gap that another choice covers; this is weighted interval scheduling (weight: rows), so
+    when the shards can cover ``[0, n)`` without a gap, the choice does.
+    """
+    by_end = sorted(found, key=lambda s: (s[1], s[0]))
+    ends = [b for _, b, _ in by_end]
+    # best[i]: (rows covered, shards taken) using the first i shards by end; took[i]: shard
+    # i - 1 is in that choice, after the best choice of the first back[i] shards
+    best, took, back = [0], [False], [0]
+    for i, (a, b, _) in enumerate(by_end):
+        j = bisect.bisect_right(ends, a, 0, i)  # the shards ending at or before a
+        with_it = best[j] + (b - a)
+        took.append(with_it > best[i])
+        best.append(max(with_it, best[i]))
+        back.append(j if took[-1] else i)
+    chosen, i = [], len(by_end)
+    while i > 0:
+        if took[i]:
+            chosen.append(by_end[i - 1])
+        i = back[i]
+    return chosen[::-1]
 
 
 class ShardsMixin:
@@ -97,14 +139,7 @@ class ShardsMixin:
                     path.unlink()
                 continue
             found.append((a, b, tensor))
-        # keep a non-overlapping set (shards of runs with another batch size may overlap)
-        chosen: list[tuple[int, int, torch.Tensor]] = []
-        covered_until = -1
-        for a, b, tensor in sorted(found, key=lambda t: (t[0], -t[1])):
-            if a >= covered_until:
-                chosen.append((a, b, tensor))
-                covered_until = b
-        return chosen
+        return _widest_cover(found)
 
     def drop_shards(self, key: str) -> None:
         """Remove the shards of ``key`` (after its entry is committed)."""
@@ -130,11 +165,7 @@ class ShardsMixin:
             side = self._read_sidecar(key)  # type: ignore[attr-defined]
             if side is None or self._problem(key, side) is not None:  # type: ignore[attr-defined]
                 shards = self.load_shards(key)
-                cursor = 0
-                for a, b, _ in shards:
-                    if a != cursor:
-                        break
-                    cursor = b
+                cursor = first_gap(shards)
                 if cursor != len(ids) or not shards:
                     raise AlignkitError(
                         f"the shards of feature cache entry {key} must cover rows [0, "
