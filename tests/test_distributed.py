@@ -151,3 +151,65 @@ def test_commit_finds_the_gapless_shards_among_overlapping_ones(tmp_path):
     ids = tuple(f"r{i}" for i in range(30))
     path = store.commit_shards(key, ids, {"encoder": "x"})
     assert torch.equal(store.get(key).features, data) and path.exists()
+
+
+PEAK_SCRIPT = """
+import json, os, sys, threading, time
+sys.path.insert(0, {tests!r})
+import numpy as np
+import torch
+from test_features_support import WORDS, HashTextEncoder, mapped_file
+from alignkit.features import FeatureCache, extract_features
+from alignkit.probes.base import ProbeRow, ProbeSet
+
+def anon_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) / 1024 for l in f if l.startswith("RssAnon"))
+
+torch.set_num_threads(1)
+rng = np.random.default_rng(0)
+rows = tuple(ProbeRow(id=f"r{{i}}", image={image!r}, captions=(" ".join(rng.choice(WORDS, 5)),))
+             for i in range({n}))
+probe, enc = ProbeSet("peak", rows), HashTextEncoder(dim={dim})
+peak, done = [anon_mb()], threading.Event()
+def watch():  # sample this process's anonymous memory (the heap) while it extracts
+    while not done.is_set():
+        peak[0] = max(peak[0], anon_mb())
+        time.sleep(0.002)
+start = peak[0]
+threading.Thread(target=watch, daemon=True).start()
+fs = extract_features(enc, probe, batch_size=256, num_workers=0, progress=False,
+                      cache=FeatureCache({root!r}, shard_batches=8), distributed=True)
+done.set()
+time.sleep(0.05)
+report = {{"peak_growth_mb": peak[0] - start, "after_growth_mb": anon_mb() - start,
+           "mapped_file": mapped_file(fs.features), "n": fs.n}}
+with open(os.path.join({out!r}, "peak" + os.environ["RANK"] + ".json"), "w") as fh:
+    json.dump(report, fh)
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.slow  # two ranks extract 40,000 rows of 2,048 floats (312 MB): ~15 s loaded
+def test_torchrun_ranks_hold_a_shard_not_the_set(tmp_path):
+    """Each rank's heap grows by about a shard while it extracts and commits, not by the set
+    (gathered, every rank held it ~3.5 times over), and it returns a map of the entry."""
+    n, dim = 40_000, 2048
+    set_mb = n * dim * 4 / 2**20
+    image = tmp_path / "one.png"
+    make_probe(tmp_path / "img", 1)  # any image file: a text extraction never reads it
+    image.write_bytes(next((tmp_path / "img").iterdir()).read_bytes())
+    script = tmp_path / "peak.py"
+    root = tmp_path / "cache"
+    script.write_text(
+        PEAK_SCRIPT.format(tests=str(SUPPORT.parent), image=str(image), n=n, dim=dim,
+                           root=str(root), out=str(tmp_path))
+    )  # fmt: skip
+    done = launch([str(script)], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [entry] = FeatureCache(root).list()
+    for rank in range(2):
+        report = json.loads((tmp_path / f"peak{rank}.json").read_text())
+        assert report["n"] == n and report["mapped_file"] == str(entry.path)
+        assert report["peak_growth_mb"] < set_mb / 4, (rank, report, set_mb)
+        assert report["after_growth_mb"] < set_mb / 8, (rank, report, set_mb)

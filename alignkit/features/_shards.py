@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,9 @@ import torch
 
 from alignkit._files import file_lock
 from alignkit.errors import AlignkitError
-from alignkit.features._io import save_tensor
 from alignkit.features.featureset import FeatureSet
 from alignkit.features.keys import FORMAT_VERSION, RowDigests
-from alignkit.features.store import map_tensor, torch_dtype, write_streamed
+from alignkit.features.store import map_tensor, write_streamed
 
 log = logging.getLogger("alignkit.features.cache")
 
@@ -87,18 +87,31 @@ class ShardsMixin:
         return self.path(key).with_suffix(".partial")  # type: ignore[attr-defined]
 
     def put_shard(
-        self, key: str, start: int, stop: int, features: torch.Tensor, dtype: str = "float32"
+        self,
+        key: str,
+        start: int,
+        stop: int,
+        features: torch.Tensor | Sequence[torch.Tensor],
+        dtype: str = "float32",
     ) -> Path:
         """Store rows ``[start, stop)`` of an unfinished entry: ``features`` is
-        ``(stop - start, d)`` or ``(L, stop - start, d)``, stored as ``dtype``."""
-        if features.shape[-2] != stop - start:
+        ``(stop - start, d)`` or ``(L, stop - start, d)``, or consecutive pieces of those rows
+        (batch outputs: written one after the other, never concatenated in memory), stored as
+        ``dtype``, atomically and durably.
+
+        Raises:
+            AlignkitError: the rows do not add up to ``stop - start``.
+            OSError: the file cannot be written.
+        """
+        pieces = [features] if isinstance(features, torch.Tensor) else list(features)
+        rows = sum(int(p.shape[-2]) for p in pieces)
+        if rows != stop - start:
             raise AlignkitError(
-                f"a shard of rows [{start}, {stop}) needs {stop - start} rows: "
-                f"got {features.shape[-2]}"
+                f"a shard of rows [{start}, {stop}) needs {stop - start} rows: got {rows}"
             )
         path = self._partial_dir(key) / f"rows-{start:09d}-{stop:09d}.safetensors"
         meta = {"format": str(FORMAT_VERSION), "key": key, "start": str(start), "stop": str(stop)}
-        save_tensor(path, features, meta, torch_dtype(dtype))
+        write_streamed(path, pieces, meta, dtype)
         return path
 
     def load_shards(

@@ -199,19 +199,21 @@ class _Job:
                     out = next(outputs)
                 except BadImage:  # keep the rows before it, so that a rerun resumes there
                     if held and self.store is not None:
-                        self._save_shard(held_from, lo, torch.cat(held, dim=-2))
+                        self._save_shard(held_from, lo, held)
                     raise
                 held.append(out.to(dtype))
                 bar.update(hi - lo)
                 chunk_done = chunk is not None and hi == chunk[1]
                 overdue = every is not None and time.monotonic() - saved_at >= every
                 if chunk_done or overdue:  # keep the rows since the last shard, save them
-                    pieces[held_from] = torch.cat(held, dim=-2)
+                    # written from the batch outputs: a shard-sized concatenation per shard
+                    # would fragment the heap (memory grew with the set, not the shard)
+                    saved = None if self.store is None else self._save_shard(held_from, hi, held)
+                    # the file's map replaces the rows in memory
+                    pieces[held_from] = (
+                        map_tensor(saved)[0] if saved is not None else torch.cat(held, dim=-2)
+                    )
                     held = []
-                    if self.store is not None:
-                        saved = self._save_shard(held_from, hi, pieces[held_from])
-                        if saved is not None:  # the file's map replaces the rows in memory
-                            pieces[held_from] = map_tensor(saved)[0]
                     saved_at = time.monotonic()
                     held_from = hi
                     if chunk_done:
@@ -247,7 +249,7 @@ class _Job:
                 a = edge
         return chunks
 
-    def _save_shard(self, a: int, b: int, block: torch.Tensor) -> Path | None:
+    def _save_shard(self, a: int, b: int, block: list[torch.Tensor]) -> Path | None:
         try:
             return self.store.put_shard(self.key, a, b, block, self.store_dtype)
         except OSError as exc:  # shards only make resuming cheaper; never fail the run for one
