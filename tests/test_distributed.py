@@ -213,3 +213,70 @@ def test_torchrun_ranks_hold_a_shard_not_the_set(tmp_path):
         assert report["n"] == n and report["mapped_file"] == str(entry.path)
         assert report["peak_growth_mb"] < set_mb / 4, (rank, report, set_mb)
         assert report["after_growth_mb"] < set_mb / 8, (rank, report, set_mb)
+
+
+TOKENS_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import torch
+from test_features_support import make_probe, mapped_file
+from test_features_tokens import TinyTokenImage, TinyTokenText
+from alignkit.features import FeatureCache, _distributed
+from alignkit.features.tokens import extract_tokens
+
+def no_gather(*args, **kwargs):
+    raise AssertionError("gather_rows was called")
+
+_distributed.gather_rows = no_gather
+torch.set_num_threads(1)
+probe = make_probe({probe!r}, {n})
+cache = FeatureCache({root!r}, shard_batches=2) if {root!r} else False
+report = {{}}
+for name, enc, policy in [("image", TinyTokenImage(), "first"), ("text", TinyTokenText(), "all")]:
+    def counted(batch, forward=enc._forward_tokens, enc=enc):
+        enc.calls += 1
+        return forward(batch)
+    enc._forward_tokens = counted
+    fs = extract_tokens(enc, probe, batch_size=4, num_workers=0, caption_policy=policy,
+                        cache=cache, progress=False, distributed=True)
+    report[name] = {{"tokens": fs.tokens.clone(), "mask": fs.mask.clone(), "ids": fs.ids,
+                     "calls": enc.calls, "mapped_file": mapped_file(fs.tokens)}}
+torch.save(report, os.path.join({out!r}, "tokens" + os.environ.get("RANK", "single") + ".pt"))
+"""
+
+
+@pytest.mark.distributed
+def test_torchrun_ranks_split_token_extraction(tmp_path):
+    """Token features (alignkit train with a token-level projector): each rank extracts its
+    block of rows into shards, rank 0 commits the entry, every rank maps it; the tokens and masks
+    are those of one process (text tokens padded per shard, then to the longest of the probe)."""
+    n = 13  # 4 batches of 4 (the last of 1): rows [0, 8) and [8, 13); "all": 39 captions
+    make_probe(tmp_path / "img", n)
+    root = tmp_path / "cache"
+
+    def run(cache_root: str, torchrun: bool) -> None:
+        script = tmp_path / f"tokens{int(torchrun)}.py"
+        script.write_text(
+            TOKENS_SCRIPT.format(tests=str(SUPPORT.parent), probe=str(tmp_path / "img"), n=n,
+                                 root=cache_root, out=str(tmp_path))
+        )  # fmt: skip
+        done = launch([str(script)], torchrun=torchrun)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run(str(root), torchrun=True)
+    run("", torchrun=False)
+    reference = torch.load(tmp_path / "tokenssingle.pt")
+    ranks = [torch.load(tmp_path / f"tokens{r}.pt") for r in range(2)]
+    store = FeatureCache(root)
+    assert not list(root.rglob("rows-*"))  # committed, shards removed
+    for name, batches in (("image", 4), ("text", 10)):  # 39 captions: 10 batches
+        want = reference[name]
+        for got in ranks:
+            assert got[name]["ids"] == want["ids"]
+            assert torch.equal(got[name]["tokens"], want["tokens"])
+            assert torch.equal(got[name]["mask"], want["mask"])
+            assert got[name]["mapped_file"] is not None
+            assert got[name]["mapped_file"].startswith(str(store.root))
+        assert ranks[0][name]["mapped_file"] == ranks[1][name]["mapped_file"]
+        assert ranks[0][name]["calls"] + ranks[1][name]["calls"] == batches  # split, not repeated
+        assert min(ranks[0][name]["calls"], ranks[1][name]["calls"]) >= 1

@@ -127,6 +127,29 @@ def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
     return batch
 
 
+def missing_chunks(
+    start: int, stop: int, shard_rows: int, covered: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Row ranges of ``[start, stop)`` that the ``covered`` ranges (shards already written)
+    leave out, cut at global multiples of ``shard_rows`` so that each is one future shard and
+    batches start where an uninterrupted run starts them (a shard saved by time ends on a batch
+    boundary, so the batches after it are the same too). ``start`` is a batch boundary."""
+    gaps, cursor = [], start
+    for a, b in sorted(covered):
+        if a > cursor:
+            gaps.append((cursor, a))
+        cursor = max(cursor, b)
+    if cursor < stop:
+        gaps.append((cursor, stop))
+    chunks = []
+    for a, b in gaps:
+        while a < b:
+            edge = min(b, (a // shard_rows + 1) * shard_rows)
+            chunks.append((a, edge))
+            a = edge
+    return chunks
+
+
 @dataclass
 class _Job:
     enc: Encoder
@@ -162,7 +185,9 @@ class _Job:
         if self.store is not None:
             for a, _, tensor in self.store.load_shards(self.key, start, stop):
                 pieces[a] = tensor
-        chunks = self._missing_chunks(start, stop, pieces)
+        shard_rows = self.batch_size * (self.store.shard_batches if self.store else 1 << 20)
+        covered = [(a, a + t.shape[-2]) for a, t in pieces.items()]
+        chunks = missing_chunks(start, stop, shard_rows, covered)
         done = (stop - start) - sum(b - a for a, b in chunks)
         if done:
             log.info(
@@ -225,29 +250,6 @@ class _Job:
             "%s: %d rows in %.1f s", self.enc.name, stop - start - done, time.perf_counter() - t0
         )
         return pieces
-
-    def _missing_chunks(
-        self, start: int, stop: int, pieces: dict[int, torch.Tensor]
-    ) -> list[tuple[int, int]]:
-        """Row ranges still to compute, cut at global multiples of the shard size so that each
-        is one future shard and batches start where an uninterrupted run starts them (a shard
-        saved by time ends on a batch boundary, so the batches after it are the same too)."""
-        shard_rows = self.batch_size * (self.store.shard_batches if self.store else 1 << 20)
-        covered = sorted((a, a + t.shape[-2]) for a, t in pieces.items())
-        gaps, cursor = [], start
-        for a, b in covered:
-            if a > cursor:
-                gaps.append((cursor, a))
-            cursor = max(cursor, b)
-        if cursor < stop:
-            gaps.append((cursor, stop))
-        chunks = []
-        for a, b in gaps:
-            while a < b:
-                edge = min(b, (a // shard_rows + 1) * shard_rows)
-                chunks.append((a, edge))
-                a = edge
-        return chunks
 
     def _save_shard(self, a: int, b: int, block: list[torch.Tensor]) -> Path | None:
         try:
