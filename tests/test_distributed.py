@@ -280,3 +280,31 @@ def test_torchrun_ranks_split_token_extraction(tmp_path):
         assert ranks[0][name]["mapped_file"] == ranks[1][name]["mapped_file"]
         assert ranks[0][name]["calls"] + ranks[1][name]["calls"] == batches  # split, not repeated
         assert min(ranks[0][name]["calls"], ranks[1][name]["calls"]) >= 1
+
+
+def test_token_extraction_resumes_the_shards_of_another_world_size(tmp_path):
+    """Rank 1 of 2 wrote its block [8, 13) of token shards before the job stopped; one process
+    then computes only rows [0, 8) and gives the tokens of an uninterrupted run."""
+    from test_features_tokens import TinyTokenText
+
+    from alignkit.features import _token_shards
+    from alignkit.features.tokens import _TokenJob, extract_tokens, token_key
+
+    probe = make_probe(tmp_path / "img", 13)
+    store = FeatureCache(tmp_path / "cache", shard_batches=3)  # shards of 12 rows
+    rank1 = TinyTokenText()
+    key = token_key(rank1, probe, "first", 0)
+    _token_shards.write_rows(_TokenJob(rank1, probe, 4, 0, "first", 0, False), store, key, 8, 13)
+    assert sorted(p.name for p in store.root.rglob("rows-*")) == [
+        "rows-000000008-000000012.safetensors",
+        "rows-000000012-000000013.safetensors",
+    ]  # cut at the rank's block and at a multiple of 12 rows
+    resumed, seen = TinyTokenText(), []
+    forward = resumed._forward_tokens
+    resumed._forward_tokens = lambda batch: seen.append(len(batch)) or forward(batch)
+    kw = {"batch_size": 4, "num_workers": 0, "progress": False}
+    fs = extract_tokens(resumed, probe, cache=store, distributed=False, **kw)
+    assert seen == [4, 4]  # rows [0, 8) only
+    fresh = extract_tokens(TinyTokenText(), probe, cache=False, **kw)
+    assert torch.equal(fs.tokens.clone(), fresh.tokens) and torch.equal(fs.mask, fresh.mask)
+    assert not list(store.root.rglob("rows-*"))
