@@ -49,10 +49,9 @@ def first_gap(shards: list[tuple[int, int, Any]]) -> int:
     return cursor
 
 
-def _widest_cover(
-    found: list[tuple[int, int, torch.Tensor]],
-) -> list[tuple[int, int, torch.Tensor]]:
-    """The non-overlapping shards of ``found`` that cover the most rows, sorted by row.
+def widest_cover(found: list[tuple[int, int, Any]]) -> list[tuple[int, int, Any]]:
+    """The non-overlapping shards ``(start, stop, what)`` of ``found`` that cover the most
+    rows, sorted by row.
 
     Shards may overlap: a run with another batch size, another world size (a rank reads only
     the shards inside its block of rows and writes its own for the rest) or a shard saved by
@@ -152,7 +151,7 @@ class ShardsMixin:
                     path.unlink()
                 continue
             found.append((a, b, tensor))
-        return _widest_cover(found)
+        return widest_cover(found)
 
     def drop_shards(self, key: str) -> None:
         """Remove the shards of ``key`` (after its entry is committed)."""

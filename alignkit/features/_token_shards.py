@@ -23,7 +23,7 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.features._io import atomic_path, sha256_file
-from alignkit.features._shards import _widest_cover, first_gap
+from alignkit.features._shards import first_gap, widest_cover
 from alignkit.features._work import missing_chunks
 from alignkit.features.keys import FORMAT_VERSION
 
@@ -119,7 +119,7 @@ def shards_in(
             path.unlink(missing_ok=True)
             continue
         found.append((a, b, path))
-    return _widest_cover(found)
+    return widest_cover(found)
 
 
 def write_rows(job: Any, store: FeatureCache, key: str, start: int, stop: int) -> None:
