@@ -139,6 +139,30 @@ def test_torchrun_resumes_the_shards_of_a_single_process_run(tmp_path):
     assert not list(root.rglob("rows-*"))
 
 
+@pytest.mark.distributed
+def test_torchrun_gathers_when_a_rank_could_not_write_its_shards(tmp_path):
+    """Rank 1 cannot write its shards (a full disk, or a cache folder rank 0 does not see):
+    rank 0 finds rows missing on disk, and the features are gathered instead, still exact."""
+    n, bs = 30, 4
+    base = {"probe_dir": str(tmp_path / "img"), "n": n, "batch_size": bs}
+    make_probe(base["probe_dir"], n)
+    root = tmp_path / "cache"
+    multi = _run({**base, "root": str(root), "no_shards_on_rank": 1, "out": str(tmp_path / "m")},
+                 torchrun=True)  # fmt: skip
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "rank 0 does not see every rank's resume shards" in multi.stderr
+    single = _run({**base, "root": "", "out": str(tmp_path / "single")}, torchrun=False)
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = torch.load(tmp_path / "single" / "rank0.pt")
+    [entry] = FeatureCache(root).list()
+    assert torch.equal(FeatureCache(root).get(entry.key).features, reference["features"])
+    for r in range(2):
+        got = torch.load(tmp_path / "m" / f"rank{r}.pt")
+        assert torch.equal(got["features"], reference["features"])
+        assert got["mapped_file"] is None  # gathered: in memory
+    assert not list(root.rglob("rows-*"))
+
+
 def test_commit_finds_the_gapless_shards_among_overlapping_ones(tmp_path):
     """Ranks of a resumed run write shards beside an earlier run's that straddle their blocks
     (here [12, 20), saved by time); taking the longest shard at each row would pick it and

@@ -162,14 +162,21 @@ def _main(args: dict[str, Any]) -> None:
 
     ``modalities`` picks the tiny encoders (``image``, ``text``); ``repeat`` runs each extraction
     a second time (a cache hit when ``root`` is set) and records the model calls of each run.
-    ``no_gather``: fail if the features are gathered through the process group; ``skip_bad``
-    and ``fail_on_call`` go to the extraction and the tiny encoders.
+    ``no_gather``: fail if the features are gathered through the process group;
+    ``no_shards_on_rank``: that rank cannot write shards; ``skip_bad`` and ``fail_on_call`` go
+    to the extraction and the tiny encoders.
     """
     from alignkit.features import FeatureCache, _distributed, extract_features
 
     torch.set_num_threads(1)  # the same thread count in every process: comparable numerics
     if args.get("no_gather"):
         _distributed.gather_rows = _no_gather
+    if str(args.get("no_shards_on_rank")) == os.environ.get("RANK"):  # a full disk, say
+
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        FeatureCache.put_shard = refuse
     probe = make_probe(args["probe_dir"], args["n"], seed=args.get("seed", 0))
     if args.get("gate"):  # start together with the other processes of a test
         Path(f"{args['gate']}.{os.getpid()}.ready").touch()
