@@ -140,15 +140,43 @@ def make_probe(
     return ProbeSet(name, tuple(rows))
 
 
+def mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file whose memory map holds ``tensor``'s data (from ``/proc/self/maps``; Linux), or
+    None when its data lives in anonymous memory (an ordinary in-RAM tensor)."""
+    ptr = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= ptr < hi:
+            path = fields[5].strip() if len(fields) > 5 else ""
+            return path if path.startswith("/") else None
+    return None
+
+
+def _no_gather(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("gather_rows was called: features travelled through the process group")
+
+
 def _main(args: dict[str, Any]) -> None:
     """Extractions in this process (under torchrun: one rank); saves what they gave to ``out``.
 
     ``modalities`` picks the tiny encoders (``image``, ``text``); ``repeat`` runs each extraction
     a second time (a cache hit when ``root`` is set) and records the model calls of each run.
+    ``no_gather``: fail if the features are gathered through the process group;
+    ``no_shards_on_rank``: that rank cannot write shards; ``skip_bad`` and ``fail_on_call`` go
+    to the extraction and the tiny encoders.
     """
-    from alignkit.features import FeatureCache, extract_features
+    from alignkit.features import FeatureCache, _distributed, extract_features
 
     torch.set_num_threads(1)  # the same thread count in every process: comparable numerics
+    if args.get("no_gather"):
+        _distributed.gather_rows = _no_gather
+    if str(args.get("no_shards_on_rank")) == os.environ.get("RANK"):  # a full disk, say
+
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        FeatureCache.put_shard = refuse
     probe = make_probe(args["probe_dir"], args["n"], seed=args.get("seed", 0))
     if args.get("gate"):  # start together with the other processes of a test
         Path(f"{args['gate']}.{os.getpid()}.ready").touch()
@@ -161,7 +189,12 @@ def _main(args: dict[str, Any]) -> None:
     out = Path(args["out"])
     out.mkdir(parents=True, exist_ok=True)
     for modality in args.get("modalities", ["image"]):
-        encoder = HashTextEncoder() if modality == "text" else TinyImageEncoder()
+        fail = args.get("fail_on_call")
+        encoder = (
+            HashTextEncoder(fail_on_call=fail)
+            if modality == "text"
+            else TinyImageEncoder(fail_on_call=fail)
+        )
         result: dict[str, Any] = {}
         for run in range(2 if args.get("repeat") else 1):
             fs = extract_features(
@@ -173,13 +206,16 @@ def _main(args: dict[str, Any]) -> None:
                 cache=cache,
                 progress=False,
                 distributed=args.get("distributed", True),
+                skip_bad=args.get("skip_bad", False),
             )
             if run == 0:
                 result = {
-                    "features": fs.features,
+                    "features": fs.features.clone(),
                     "ids": fs.ids,
                     "calls": encoder.calls,
                     "batch_sizes": list(encoder.batch_sizes),
+                    "mapped_file": mapped_file(fs.features),
+                    "provenance": fs.provenance,
                 }
             else:
                 result["repeat_calls"] = encoder.calls - result["calls"]

@@ -184,7 +184,7 @@ def test_bounded_memory_reading_a_large_token_file(tmp_path):
 
     n, t, d = 2048, 64, 512  # 128 MiB of float16 tokens
     path = tmp_path / "big.safetensors"
-    from alignkit.features.tokens import _header
+    from alignkit.features._token_shards import _header
 
     meta = {"ids": json.dumps([str(i) for i in range(n)]), "provenance": "{}"}
     with open(path, "wb") as f:

@@ -1,9 +1,18 @@
-"""Extraction across the ranks of a ``torchrun`` job: who does which rows, and the gather.
+"""Extraction across the ranks of a ``torchrun`` job: who does which rows, and how the entry
+is made from every rank's rows.
 
 Rows are split into contiguous blocks of whole batches (batch ``b`` covers rows
 ``[b * batch_size, (b + 1) * batch_size)`` in every layout), so each row is computed in exactly the
-batch a single process would put it in, and the gathered features are bitwise those of a
-single-process run on the same device.
+batch a single process would put it in, and the features are bitwise those of a single-process
+run on the same device.
+
+With a cache (a folder every rank of a node sees), no features travel through the process group:
+each rank writes its rows as resume shards, rank 0 streams every rank's shards into the entry
+(:func:`commit_from_shards`; memory: one shard) and every rank returns a memory map of it. Only
+the few rows an image could not be decoded in (``skip_bad``) and the provenance are sent. Without
+a cache, or when rank 0 cannot see every rank's shards (ranks on several nodes, each with its own
+cache folder), :func:`gather_rows` all-gathers the features to every rank instead (float32, the
+whole set in every process's memory).
 """
 
 from __future__ import annotations
@@ -13,8 +22,16 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from alignkit.errors import AlignkitError
+
+if TYPE_CHECKING:
+    from alignkit.features.cache import FeatureCache
+    from alignkit.features.featureset import FeatureSet
+    from alignkit.features.keys import RowDigests
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +191,18 @@ def all_true(flag: bool, ranks: Ranks) -> bool:
     return bool(t.item())
 
 
+def everyones(items: list, ranks: Ranks | None) -> list:
+    """Every rank's ``items`` (a few small objects, e.g. skipped-row records) in rank order,
+    on every rank; ``items`` itself without ranks."""
+    if ranks is None:
+        return items
+    import torch.distributed as dist
+
+    parts: list = [None] * ranks.world
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part]
+
+
 def barrier(ranks: Ranks | None) -> None:
     if ranks is not None:
         import torch.distributed as dist
@@ -181,8 +210,65 @@ def barrier(ranks: Ranks | None) -> None:
         dist.barrier()
 
 
+def commit_from_shards(
+    store: FeatureCache,
+    key: str,
+    ids: tuple[str, ...],
+    provenance: dict[str, Any],
+    content: RowDigests | None,
+    found: tuple[list[int], list[dict[str, str]]],
+    ranks: Ranks,
+) -> FeatureSet | None:
+    """The entry of ``key`` committed by rank 0 from every rank's shards on disk, returned on
+    every rank as a memory map of it; None on every rank when rank 0 does not see shards covering
+    every row (then gather with :func:`gather_rows`). Collective: every rank calls it after
+    writing all its rows as shards.
+
+    ``found``: this rank's skipped rows (``skip_bad``): their indices into ``ids`` (NaN in the
+    shards) and the records of those this run skipped (``_Job.skipped``); rank 0 lists every
+    rank's in ``provenance["skipped_rows"]``. Every rank returns rank 0's provenance (the entry's,
+    with its ``created`` time).
+
+    Raises:
+        AlignkitError: rank 0 could not write the entry (on every rank, naming why).
+    """
+    import torch.distributed as dist
+
+    from alignkit.features._shards import first_gap
+    from alignkit.features.featureset import FeatureSet
+    from alignkit.features.skipped import marked
+    from alignkit.features.store import map_tensor
+
+    barrier(ranks)  # every rank's shards are on disk
+    seen = not ranks.is_main or first_gap(store.load_shards(key)) == len(ids)
+    if not all_true(seen, ranks):
+        log.warning(
+            "rank 0 does not see every rank's resume shards in %s (ranks on several machines, "
+            "each with its own cache folder?): gathering the features of %d rows to every rank",
+            store.root, len(ids),
+        )  # fmt: skip
+        return None
+    rows, records = found
+    rows, records = everyones(rows, ranks), everyones(records, ranks)  # never features
+    reply: list = [None]
+    if ranks.is_main:
+        provenance = marked(provenance, ids, sorted(rows), records)
+        try:
+            dtype = str(provenance["store_dtype"])
+            store.commit_shards(key, ids, provenance, content, dtype)
+            reply = [provenance]
+        except (AlignkitError, OSError) as exc:  # said on every rank, not only here
+            reply = [f"rank 0 could not write feature cache entry {key}: {exc}"]
+    dist.broadcast_object_list(reply, src=0)
+    if isinstance(reply[0], str):
+        raise AlignkitError(reply[0])
+    tensor, _ = map_tensor(store.path(key))
+    return FeatureSet(tensor, ids, reply[0])
+
+
 def gather_rows(part: torch.Tensor, blocks: list[tuple[int, int]], ranks: Ranks) -> torch.Tensor:
-    """Concatenate every rank's ``(..., rows_r, d)`` block along the row axis, on every rank.
+    """Concatenate every rank's ``(..., rows_r, d)`` block along the row axis, on every rank
+    (without a cache: nothing on disk to share; see the module's docstring).
 
     ``part`` is this rank's block (float32, CPU); returns ``(..., n, d)`` float32 on CPU.
     """

@@ -11,11 +11,13 @@ subsample). :class:`~alignkit.features.cache.FeatureCache` inherits these method
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,9 @@ import torch
 
 from alignkit._files import file_lock
 from alignkit.errors import AlignkitError
-from alignkit.features._io import save_tensor
 from alignkit.features.featureset import FeatureSet
 from alignkit.features.keys import FORMAT_VERSION, RowDigests
-from alignkit.features.store import map_tensor, torch_dtype, write_streamed
+from alignkit.features.store import map_tensor, write_streamed
 
 log = logging.getLogger("alignkit.features.cache")
 
@@ -37,6 +38,46 @@ _SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 GATHER_IN_MEMORY_ROWS = 65_536
 
 
+def first_gap(shards: list[tuple[int, int, Any]]) -> int:
+    """The first row from 0 that sorted ``(start, stop, ...)`` shards leave out (their end when
+    they cover every row from 0 without a gap)."""
+    cursor = 0
+    for a, b, *_ in shards:
+        if a != cursor:
+            break
+        cursor = b
+    return cursor
+
+
+def widest_cover(found: list[tuple[int, int, Any]]) -> list[tuple[int, int, Any]]:
+    """The non-overlapping shards ``(start, stop, what)`` of ``found`` that cover the most
+    rows, sorted by row.
+
+    Shards may overlap: a run with another batch size, another world size (a rank reads only
+    the shards inside its block of rows and writes its own for the rest) or a shard saved by
+    time cuts rows elsewhere. Taking the longest shard at each row (greedy) can then leave a
+    gap that another choice covers; this is weighted interval scheduling (weight: rows), so
+    when the shards can cover ``[0, n)`` without a gap, the choice does.
+    """
+    by_end = sorted(found, key=lambda s: (s[1], s[0]))
+    ends = [b for _, b, _ in by_end]
+    # best[i]: (rows covered, shards taken) using the first i shards by end; took[i]: shard
+    # i - 1 is in that choice, after the best choice of the first back[i] shards
+    best, took, back = [0], [False], [0]
+    for i, (a, b, _) in enumerate(by_end):
+        j = bisect.bisect_right(ends, a, 0, i)  # the shards ending at or before a
+        with_it = best[j] + (b - a)
+        took.append(with_it > best[i])
+        best.append(max(with_it, best[i]))
+        back.append(j if took[-1] else i)
+    chosen, i = [], len(by_end)
+    while i > 0:
+        if took[i]:
+            chosen.append(by_end[i - 1])
+        i = back[i]
+    return chosen[::-1]
+
+
 class ShardsMixin:
     """Shard methods of :class:`~alignkit.features.cache.FeatureCache` (which gives the paths,
     the sidecar reader and writer, and :meth:`index_rows`)."""
@@ -45,18 +86,31 @@ class ShardsMixin:
         return self.path(key).with_suffix(".partial")  # type: ignore[attr-defined]
 
     def put_shard(
-        self, key: str, start: int, stop: int, features: torch.Tensor, dtype: str = "float32"
+        self,
+        key: str,
+        start: int,
+        stop: int,
+        features: torch.Tensor | Sequence[torch.Tensor],
+        dtype: str = "float32",
     ) -> Path:
         """Store rows ``[start, stop)`` of an unfinished entry: ``features`` is
-        ``(stop - start, d)`` or ``(L, stop - start, d)``, stored as ``dtype``."""
-        if features.shape[-2] != stop - start:
+        ``(stop - start, d)`` or ``(L, stop - start, d)``, or consecutive pieces of those rows
+        (batch outputs: written one after the other, never concatenated in memory), stored as
+        ``dtype``, atomically and durably.
+
+        Raises:
+            AlignkitError: the rows do not add up to ``stop - start``.
+            OSError: the file cannot be written.
+        """
+        pieces = [features] if isinstance(features, torch.Tensor) else list(features)
+        rows = sum(int(p.shape[-2]) for p in pieces)
+        if rows != stop - start:
             raise AlignkitError(
-                f"a shard of rows [{start}, {stop}) needs {stop - start} rows: "
-                f"got {features.shape[-2]}"
+                f"a shard of rows [{start}, {stop}) needs {stop - start} rows: got {rows}"
             )
         path = self._partial_dir(key) / f"rows-{start:09d}-{stop:09d}.safetensors"
         meta = {"format": str(FORMAT_VERSION), "key": key, "start": str(start), "stop": str(stop)}
-        save_tensor(path, features, meta, torch_dtype(dtype))
+        write_streamed(path, pieces, meta, dtype)
         return path
 
     def load_shards(
@@ -97,14 +151,7 @@ class ShardsMixin:
                     path.unlink()
                 continue
             found.append((a, b, tensor))
-        # keep a non-overlapping set (shards of runs with another batch size may overlap)
-        chosen: list[tuple[int, int, torch.Tensor]] = []
-        covered_until = -1
-        for a, b, tensor in sorted(found, key=lambda t: (t[0], -t[1])):
-            if a >= covered_until:
-                chosen.append((a, b, tensor))
-                covered_until = b
-        return chosen
+        return widest_cover(found)
 
     def drop_shards(self, key: str) -> None:
         """Remove the shards of ``key`` (after its entry is committed)."""
@@ -130,11 +177,7 @@ class ShardsMixin:
             side = self._read_sidecar(key)  # type: ignore[attr-defined]
             if side is None or self._problem(key, side) is not None:  # type: ignore[attr-defined]
                 shards = self.load_shards(key)
-                cursor = 0
-                for a, b, _ in shards:
-                    if a != cursor:
-                        break
-                    cursor = b
+                cursor = first_gap(shards)
                 if cursor != len(ids) or not shards:
                     raise AlignkitError(
                         f"the shards of feature cache entry {key} must cover rows [0, "

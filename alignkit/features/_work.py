@@ -127,6 +127,29 @@ def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
     return batch
 
 
+def missing_chunks(
+    start: int, stop: int, shard_rows: int, covered: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Row ranges of ``[start, stop)`` that the ``covered`` ranges (shards already written)
+    leave out, cut at global multiples of ``shard_rows`` so that each is one future shard and
+    batches start where an uninterrupted run starts them (a shard saved by time ends on a batch
+    boundary, so the batches after it are the same too). ``start`` is a batch boundary."""
+    gaps, cursor = [], start
+    for a, b in sorted(covered):
+        if a > cursor:
+            gaps.append((cursor, a))
+        cursor = max(cursor, b)
+    if cursor < stop:
+        gaps.append((cursor, stop))
+    chunks = []
+    for a, b in gaps:
+        while a < b:
+            edge = min(b, (a // shard_rows + 1) * shard_rows)
+            chunks.append((a, edge))
+            a = edge
+    return chunks
+
+
 @dataclass
 class _Job:
     enc: Encoder
@@ -162,7 +185,9 @@ class _Job:
         if self.store is not None:
             for a, _, tensor in self.store.load_shards(self.key, start, stop):
                 pieces[a] = tensor
-        chunks = self._missing_chunks(start, stop, pieces)
+        shard_rows = self.batch_size * (self.store.shard_batches if self.store else 1 << 20)
+        covered = [(a, a + t.shape[-2]) for a, t in pieces.items()]
+        chunks = missing_chunks(start, stop, shard_rows, covered)
         done = (stop - start) - sum(b - a for a, b in chunks)
         if done:
             log.info(
@@ -199,19 +224,21 @@ class _Job:
                     out = next(outputs)
                 except BadImage:  # keep the rows before it, so that a rerun resumes there
                     if held and self.store is not None:
-                        self._save_shard(held_from, lo, torch.cat(held, dim=-2))
+                        self._save_shard(held_from, lo, held)
                     raise
                 held.append(out.to(dtype))
                 bar.update(hi - lo)
                 chunk_done = chunk is not None and hi == chunk[1]
                 overdue = every is not None and time.monotonic() - saved_at >= every
                 if chunk_done or overdue:  # keep the rows since the last shard, save them
-                    pieces[held_from] = torch.cat(held, dim=-2)
+                    # written from the batch outputs: a shard-sized concatenation per shard
+                    # would fragment the heap (memory grew with the set, not the shard)
+                    saved = None if self.store is None else self._save_shard(held_from, hi, held)
+                    # the file's map replaces the rows in memory
+                    pieces[held_from] = (
+                        map_tensor(saved)[0] if saved is not None else torch.cat(held, dim=-2)
+                    )
                     held = []
-                    if self.store is not None:
-                        saved = self._save_shard(held_from, hi, pieces[held_from])
-                        if saved is not None:  # the file's map replaces the rows in memory
-                            pieces[held_from] = map_tensor(saved)[0]
                     saved_at = time.monotonic()
                     held_from = hi
                     if chunk_done:
@@ -224,30 +251,7 @@ class _Job:
         )
         return pieces
 
-    def _missing_chunks(
-        self, start: int, stop: int, pieces: dict[int, torch.Tensor]
-    ) -> list[tuple[int, int]]:
-        """Row ranges still to compute, cut at global multiples of the shard size so that each
-        is one future shard and batches start where an uninterrupted run starts them (a shard
-        saved by time ends on a batch boundary, so the batches after it are the same too)."""
-        shard_rows = self.batch_size * (self.store.shard_batches if self.store else 1 << 20)
-        covered = sorted((a, a + t.shape[-2]) for a, t in pieces.items())
-        gaps, cursor = [], start
-        for a, b in covered:
-            if a > cursor:
-                gaps.append((cursor, a))
-            cursor = max(cursor, b)
-        if cursor < stop:
-            gaps.append((cursor, stop))
-        chunks = []
-        for a, b in gaps:
-            while a < b:
-                edge = min(b, (a // shard_rows + 1) * shard_rows)
-                chunks.append((a, edge))
-                a = edge
-        return chunks
-
-    def _save_shard(self, a: int, b: int, block: torch.Tensor) -> Path | None:
+    def _save_shard(self, a: int, b: int, block: list[torch.Tensor]) -> Path | None:
         try:
             return self.store.put_shard(self.key, a, b, block, self.store_dtype)
         except OSError as exc:  # shards only make resuming cheaper; never fail the run for one

@@ -105,8 +105,11 @@ def extract_features(
     build the encoder: the cache remembers which entry a cheap identity of the spec, its options
     and its weight files led to (:func:`alignkit.features.keys.lookup_key`), and the encoder is
     built only on a miss. In an initialised process group, or under ``torchrun`` with
-    ``distributed=True``, the rows are split across ranks and gathered, and every rank returns
-    the whole set; rank 0 writes the cache.
+    ``distributed=True``, the rows are split across ranks and every rank returns the whole set.
+    With a cache no features travel between ranks: each rank writes its rows as shards, rank 0
+    streams every rank's shards into the entry and every rank returns a memory map of it (ranks
+    on several machines must share the cache folder, else the features are gathered as without
+    a cache). Without a cache they are all-gathered: every rank holds the whole set in memory.
 
     Args:
         encoder: an :class:`~alignkit.encoders.base.Encoder`, or a spec for ``create_encoder``.
@@ -261,6 +264,7 @@ def _extract(
         store_dtype=store_dtype,
     )
     streamed = ranks is None and store is not None  # the entry is written from its shards
+    image = enc.modality == "image"
     try:
         with limit_threads(choose_threads()):  # model forwards: large work, the free CPUs
             pieces = job.run_pieces(start, stop)  # {first row: (..., rows, d)}
@@ -270,18 +274,22 @@ def _extract(
         raise ExtractionInterrupted(note) from exc
     provenance = {**_provenance(enc, probe, caption_policy, seed, key), **cut}
     provenance["store_dtype"] = store_dtype
+    # image rows skipped now or by an earlier run are NaN: this process's, by index into ids
+    nan = [a + i for a in sorted(pieces) for i in nan_rows(pieces[a])] if image else []
+    found = (nan, job.skipped)
+    result = None
     if streamed:
-        if enc.modality == "image":  # rows skipped now or by an earlier run are NaN: list them
-            rows = [a + i for a in sorted(pieces) for i in nan_rows(pieces[a])]
-            provenance = marked(provenance, ids, rows, job.skipped)
+        provenance = marked(provenance, ids, *found)
         result = _commit_streamed(store, key, ids, provenance, content, pieces)
-    else:
+    elif ranks is not None and store is not None:  # rank 0 commits every rank's shards
+        result = _distributed.commit_from_shards(store, key, ids, provenance, content, found, ranks)
+    if result is None:  # no cache, or shards rank 0 cannot see: the features travel
         part = torch.cat([pieces[a] for a in sorted(pieces)], -2) if pieces else torch.empty(0, 0)
         if ranks:  # gathered as float32 (float16 values are exact in it), stored as they were
             part = _distributed.gather_rows(part, blocks, ranks).to(torch_dtype(store_dtype))
         result = FeatureSet(part, ids, provenance)
-        if enc.modality == "image":  # as above, over the whole (gathered) set
-            result = mark(result, job.skipped)
+        if image:  # as above, over the whole (gathered) set, with every rank's reasons
+            result = mark(result, _distributed.everyones(job.skipped, ranks))
         if store is not None and main:
             store.put(key, result, content, dtype=store_dtype)
             store.drop_shards(key)

@@ -24,11 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
-import shutil
 import struct
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +34,11 @@ import numpy as np
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.features._io import atomic_path, sha256_file
+from alignkit.features import _distributed, _token_shards
+from alignkit.features._token_shards import pad
 from alignkit.features.cache import FeatureCache
 from alignkit.features.featureset import ProvenanceMixin, caption_ids
-from alignkit.features.keys import FORMAT_VERSION, probe_key_fields
+from alignkit.features.keys import probe_key_fields
 
 if TYPE_CHECKING:
     from alignkit.encoders.base import Encoder
@@ -51,7 +48,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_FORMAT = 1
 TOKEN_POLICIES = ("first", "random", "all")  # "mean" has no token form
-_SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -109,53 +105,6 @@ class TokenFeatureSet(ProvenanceMixin):
 
 
 # -- the file format ------------------------------------------------------------------------------
-def _header(n: int, t: int, d: int, metadata: dict[str, str]) -> bytes:
-    token_bytes = n * t * d * 2
-    head = {
-        "__metadata__": metadata,
-        "tokens": {"dtype": "F16", "shape": [n, t, d], "data_offsets": [0, token_bytes]},
-        "mask": {
-            "dtype": "BOOL",
-            "shape": [n, t],
-            "data_offsets": [token_bytes, token_bytes + n * t],
-        },
-    }
-    raw = json.dumps(head, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def _write_streamed(
-    path: Path, shards: list[tuple[int, int, Path]], n: int, t: int, d: int, meta: dict[str, str]
-) -> None:
-    """Write the final safetensors file from shard files, one shard in memory at a time."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(_header(n, t, d, meta))
-            for _, _, shard in shards:  # tokens, padded to T
-                tok, _ = _read_shard(shard)
-                f.write(_pad(tok, t).numpy().tobytes())
-            for _, _, shard in shards:  # then the masks
-                _, mask = _read_shard(shard)
-                f.write(_pad(mask, t).numpy().astype(np.uint8).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _pad(x: torch.Tensor, t: int) -> torch.Tensor:
-    if x.shape[1] == t:
-        return x.contiguous()
-    shape = (x.shape[0], t - x.shape[1], *x.shape[2:])
-    return torch.cat([x, torch.zeros(shape, dtype=x.dtype)], dim=1)
-
-
-def _read_shard(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    data = load_file(str(path))
-    return data["tokens"], data["mask"]
-
-
 def read_tokens(path: str | Path) -> TokenFeatureSet:
     """Map a token file written by :func:`extract_tokens` (or any safetensors file with F16
     ``tokens`` (n, T, D) and BOOL ``mask`` (n, T)): ``tokens`` is a read-only memory map."""
@@ -247,6 +196,7 @@ def extract_tokens(
     cache: bool | str | Path | FeatureCache = True,
     device: str | torch.device = "auto",
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> TokenFeatureSet:
     """Token-level features of every probe row (every caption for ``caption_policy="all"``).
 
@@ -254,19 +204,28 @@ def extract_tokens(
     :func:`~alignkit.features.extract_features`; the tokens are stored float16 (the mask as bool)
     and come back memory-mapped from the cache. Text token counts are padded to the longest item
     of the probe (the mask marks the padding). An interrupted extraction resumes from its last
-    shard. Single process (no ``torchrun`` sharding).
+    shard, also with another number of ranks.
+
+    Under ``torchrun`` (``distributed`` as for :func:`~alignkit.features.extract_features`) with
+    a cache, the rows are split over the ranks as there: each rank writes its block as shards,
+    rank 0 commits the entry from every rank's shards (the ranks must share the cache folder)
+    and every rank returns a map of it; no tokens travel between ranks. Without a cache every
+    rank extracts every row (there is nothing on disk to share, and tokens are not gathered).
 
     Args:
         encoder: an Encoder with token features (``encoder.has_tokens``), or a spec.
         caption_policy: ``first``, ``random`` or ``all`` (text encoders); ``mean`` has no tokens.
         cache: True, a folder or a FeatureCache; False keeps the tokens in memory (no file).
+        distributed: None: split the rows over an initialised process group, never create one;
+            True: under torchrun with no group, create one for this call; False: never split.
 
     Returns:
         TokenFeatureSet with ``tokens`` (n, T, D) float16 and ``mask`` (n, T) bool.
 
     Raises:
         AlignkitError: the encoder has no token features, an unknown caption policy, bad
-            arguments (checked before any model work).
+            arguments (checked before any model work); under torchrun, rank 0 does not see
+            every rank's shards (no shared cache folder).
     """
     from alignkit.features._arguments import (
         _check_arguments,
@@ -288,20 +247,22 @@ def extract_tokens(
     store = _resolve_cache(cache)
     text = enc.modality == "text"
     ids = caption_ids(probe) if text and caption_policy == "all" else probe.ids
+    if distributed not in (None, True, False):
+        raise AlignkitError(f"distributed must be None, True or False: got {distributed!r}")
     key = token_key(enc, probe, caption_policy, seed)
-    if store is not None:
-        hit = _cached(store, key, ids)
-        if hit is not None:
-            return hit
     job = _TokenJob(enc, probe, batch_size, num_workers, caption_policy, seed, progress)
     prov = _token_provenance(enc, probe, caption_policy, seed, key)
-    if store is None:
+    if store is None:  # every rank, if any, extracts every row
         blocks = list(job.batches(0, len(ids)))
         t = max(tok.shape[1] for tok, _ in blocks)
-        tokens = torch.cat([_pad(tok, t) for tok, _ in blocks])
-        mask = torch.cat([_pad(m, t) for _, m in blocks])
+        tokens = torch.cat([pad(tok, t) for tok, _ in blocks])
+        mask = torch.cat([pad(m, t) for _, m in blocks])
         return TokenFeatureSet(tokens, mask, ids, prov)
-    return _extract_to_cache(job, store, key, ids, prov)
+    if distributed is True:
+        with _distributed.process_group(enc.device) as ranks:
+            return _extract_to_cache(job, store, key, ids, prov, ranks)
+    ranks = _distributed.current_ranks() if distributed is None else None
+    return _extract_to_cache(job, store, key, ids, prov, ranks)
 
 
 def _token_provenance(
@@ -324,74 +285,42 @@ def _token_provenance(
 
 
 def _extract_to_cache(
-    job: _TokenJob, store: FeatureCache, key: str, ids: tuple[str, ...], prov: dict[str, Any]
+    job: _TokenJob,
+    store: FeatureCache,
+    key: str,
+    ids: tuple[str, ...],
+    prov: dict[str, Any],
+    ranks: _distributed.Ranks | None,
 ) -> TokenFeatureSet:
-    path = store.path(key)
-    partial = path.with_suffix(".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    shard_rows = job.batch_size * store.shard_batches
+    """The cached entry, else this process's rows (a rank's block) written as shards, the entry
+    committed from every shard by rank 0, and mapped on every rank."""
+    hit = _cached(store, key, ids)
+    usable = hit is not None
+    if ranks is not None:  # every rank takes the same branch: all hit, or all extract
+        usable = _distributed.all_true(usable, ranks)
+    if usable:
+        return hit
     n = len(ids)
-    t0 = time.perf_counter()
-    for a in range(0, n, shard_rows):
-        b = min(a + shard_rows, n)
-        shard = partial / f"rows-{a:09d}-{b:09d}.safetensors"
-        if shard.is_file():
-            try:
-                tok, m = _read_shard(shard)
-                if tok.shape[0] == b - a and m.shape == tok.shape[:2]:
-                    continue
-            except Exception:  # a damaged shard is recomputed  # noqa: BLE001
-                pass
-        parts = list(job.batches(a, b))
-        t = max(tok.shape[1] for tok, _ in parts)
-        tokens = torch.cat([_pad(tok, t) for tok, _ in parts])
-        mask = torch.cat([_pad(m, t) for _, m in parts])
-        from safetensors.torch import save_file
+    start, stop = (0, n) if ranks is None else _distributed.row_blocks(
+        n, job.batch_size, ranks.world
+    )[ranks.rank]  # fmt: skip
+    job.progress = job.progress and (ranks is None or ranks.is_main)
+    _token_shards.write_rows(job, store, key, start, stop)
+    if ranks is None:
+        return read_tokens(_token_shards.commit(store, key, ids, prov, TOKEN_FORMAT))
+    import torch.distributed as dist
 
-        with atomic_path(shard) as tmp:
-            save_file({"tokens": tokens.contiguous(), "mask": mask.contiguous()}, str(tmp))
-    log.info("%s: token features of %d rows in %.1f s", job.enc.name, n, time.perf_counter() - t0)
-    shards = []
-    for p in sorted(partial.iterdir()):
-        match = _SHARD_RE.match(p.name)
-        if match and (int(match.group(2)) - int(match.group(1))) <= shard_rows:
-            a, b = int(match.group(1)), int(match.group(2))
-            if a % shard_rows == 0 and b == min(a + shard_rows, n):
-                shards.append((a, b, p))
-    from safetensors import safe_open
-
-    t_max, d = 0, 0
-    for _, _, p in shards:  # widths from the shard headers, not their data
-        with safe_open(str(p), framework="pt") as f:
-            shape = f.get_slice("tokens").get_shape()
-        t_max, d = max(t_max, shape[1]), shape[2]
-    meta = {
-        "kind": "tokens",
-        "key": key,
-        "ids": json.dumps(list(ids)),
-        "provenance": json.dumps(prov, sort_keys=True, default=str),
-    }
-    _write_streamed(path, shards, n, t_max, d, meta)
-    sidecar = {
-        "format": FORMAT_VERSION,
-        "token_format": TOKEN_FORMAT,
-        "kind": "tokens",
-        "key": key,
-        "shape": [n, t_max, d],
-        "n": n,
-        "dim": d,
-        "dtype": "float16",
-        "size": path.stat().st_size,
-        "sha256": sha256_file(path),
-        "encoder": prov["encoder"],
-        "probe": prov["probe"],
-        "created": prov["created"],
-        "provenance": prov,
-    }
-    with atomic_path(path.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
-    shutil.rmtree(partial, ignore_errors=True)
-    return read_tokens(path)
+    _distributed.barrier(ranks)  # every rank's shards are on disk
+    reply: list = [None]
+    if ranks.is_main:
+        try:
+            _token_shards.commit(store, key, ids, prov, TOKEN_FORMAT)
+        except (AlignkitError, OSError) as exc:  # said on every rank, not only here
+            reply = [f"rank 0 could not write token cache entry {key}: {exc}"]
+    dist.broadcast_object_list(reply, src=0)
+    if reply[0] is not None:
+        raise AlignkitError(reply[0])
+    return read_tokens(store.path(key))
 
 
 @dataclass

@@ -353,13 +353,13 @@ def _features(
     from alignkit.features.skipped import without_skipped
 
     kw: dict[str, Any] = {"cache": cache, "progress": progress, "batch_size": extract_batch}
-    if tokens:  # single process: under torchrun every rank extracts every row
+    kw["distributed"] = True  # under torchrun the ranks split the rows (a group for the call)
+    if tokens:  # with a cache (without one, every rank extracts every row)
         return paired_features(
             extract_tokens(encoders[0], probe, **kw),
             extract_tokens(encoders[1], probe, caption_policy="all", **kw),
         )
     kw["store_dtype"] = store_dtype
-    kw["distributed"] = True  # under torchrun the ranks split the rows (a group for the call)
     image = extract_features(encoders[0], probe, skip_bad=skip_bad, **kw)
     text = extract_features(encoders[1], probe, caption_policy="all", **kw)
     kept, both = without_skipped(probe, {"image": image, "text": text})
