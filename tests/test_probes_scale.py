@@ -169,3 +169,21 @@ def test_a_manifest_load_holds_few_bytes_a_row(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert len(probe) == rows
     assert peak / rows < 850, f"{peak / rows:.0f} bytes a row"
+
+
+def test_manifest_errors_come_in_the_whole_file_order(tmp_path: Path) -> None:
+    """Rows are made while the file is read, but the file-wide errors keep their order: no rows,
+    no image column, unusable class names, no captions or labels."""
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(AlignkitError, match="has no rows"):
+        read_manifest(path, class_names=tmp_path / "absent.txt")
+    path.write_text(json.dumps({"id": "a", "path": "a.png", "label": 0}) + "\n")
+    with pytest.raises(AlignkitError, match="missing required column 'image'"):
+        read_manifest(path, class_names=tmp_path / "absent.txt")
+    path.write_text(json.dumps({"id": "a", "image": "a.png", "label": 0}) + "\n")
+    with pytest.raises(AlignkitError, match="class_names must be a list.*no such file"):
+        read_manifest(path, class_names=tmp_path / "absent.txt")
+    with pytest.raises(AlignkitError, match="has labels but no captions and no class names"):
+        read_manifest(path)
+    assert read_manifest(path, class_names=["cat"]).entries[0].captions == ["a photo of a cat."]
