@@ -9,7 +9,9 @@ photos from ``$ALIGNKIT_DATA_DIR`` (shards hold them re-encoded at 64x64 so 1M s
 a few GB), with its own id and caption. It is written once under ``--work`` (default
 ``/tmp/alignkit-probe-load``) and reused. The load runs in a fresh child process, which reports
 its wall time, CPU time (user + system: the number to compare on a shared machine), peak
-resident memory (``ru_maxrss``), and the memory the imports alone take.
+resident memory (``VmHWM`` of ``/proc/self/status``: the child's own; its ``ru_maxrss`` would
+report the parent's peak when that is higher, as Linux carries it across ``exec``), and the
+memory the imports alone take.
 Ends with one JSON line.
 """
 
@@ -29,15 +31,21 @@ from PIL import Image
 _CHILD = r"""
 import json, resource, sys, time
 from alignkit.probes import load_probe
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 spec, n = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 def cpu():  # user + system seconds of this process and its finished children (shard scans)
     who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
     return sum(sum(resource.getrusage(w)[:2]) for w in who)
+def peak_mb():  # this process's own high-water RSS: ru_maxrss keeps the parent's across exec
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # not Linux: ru_maxrss (may include the parent's peak)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+base = peak_mb()
 t, c = time.perf_counter(), cpu()
 probe = load_probe(spec, n=n, progress=False)
 took, cpu_s = time.perf_counter() - t, cpu() - c
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = peak_mb()
 print(json.dumps({"rows": len(probe), "load_s": round(took, 2), "cpu_s": round(cpu_s, 2),
                   "peak_rss_mb": round(peak), "import_rss_mb": round(base)}))
 """

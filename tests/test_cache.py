@@ -18,7 +18,7 @@ import torch
 from test_features_support import HashTextEncoder, TinyImageEncoder, make_probe
 
 from alignkit.errors import AlignkitError
-from alignkit.features import FeatureCache, FeatureSet, extract_features, feature_key
+from alignkit.features import FeatureCache, FeatureSet, _verified, extract_features, feature_key
 from alignkit.features import keys as keys_module
 from alignkit.probes.base import ProbeRow, ProbeSet
 
@@ -209,6 +209,52 @@ def test_flipped_byte_is_detected(probe, store, caplog):
     path.write_bytes(bytes(data))
     assert store.get(fs.provenance["cache_key"]) is None
     assert "sha256 differs" in caplog.text
+
+
+def _counting_hashes(monkeypatch) -> list[Path]:
+    """The files ``_verified`` hashes from now on, in order (its memory of this process wiped)."""
+    hashed: list[Path] = []
+    real = _verified.file_hash
+    monkeypatch.setattr(
+        _verified, "file_hash", lambda path, algo: hashed.append(Path(path)) or real(path, algo)
+    )
+    _verified.forget()
+    return hashed
+
+
+def test_an_entry_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(_verified, "SETTLE_NS", 50_000_000)  # 50 ms, not 2 s, for the test
+    hashed = _counting_hashes(monkeypatch)
+    store, key = FeatureCache(tmp_path), "0a1b" * 8
+    store.put(key, FeatureSet(torch.randn(6, 4), tuple("abcdef"), {"encoder": "x"}))
+    path = store.path(key)
+    time.sleep(0.2)  # older than SETTLE_NS: its stamp can be remembered
+    assert store.get(key) is not None and key in store and store.get(key) is not None
+    assert hashed == [path]  # three opens, one hash
+    # a byte flipped in place, size and mtime put back: os.utime moved ctime, so it is caught
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert store.get(key) is None and "sha256 differs" in caplog.text
+    assert hashed == [path, path]
+    # put back as it was, through another file renamed over it (a new inode): hashed, sound
+    data[-3] ^= 0xFF
+    path.with_suffix(".tmp").write_bytes(bytes(data))
+    os.replace(path.with_suffix(".tmp"), path)
+    assert store.get(key) is not None and len(hashed) == 3
+
+
+def test_an_entry_changed_moments_before_its_check_is_hashed_again(tmp_path, monkeypatch):
+    """File times come from a coarse clock: a write just after a check could keep the stamp
+    the check saw, so a fresh file's stamp is not remembered (git's racily clean files)."""
+    hashed = _counting_hashes(monkeypatch)  # SETTLE_NS as shipped: 2 s
+    store, key = FeatureCache(tmp_path), "0c1d" * 8
+    store.put(key, FeatureSet(torch.randn(3, 2), ("a", "b", "c"), {"encoder": "x"}))
+    assert store.get(key) is not None and store.get(key) is not None
+    assert len(hashed) == 2
 
 
 def test_sidecar_from_another_format_version_is_rebuilt(probe, store, caplog):

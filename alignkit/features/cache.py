@@ -48,6 +48,7 @@ from alignkit.errors import AlignkitError
 from alignkit.features import _row_index as row_index
 from alignkit.features._io import atomic_path, save_tensor, sha256_file
 from alignkit.features._shards import GATHER_IN_MEMORY_ROWS, ShardsMixin
+from alignkit.features._verified import sha256_matches
 from alignkit.features.featureset import FeatureSet
 from alignkit.features.keys import (
     FORMAT_VERSION,
@@ -164,7 +165,9 @@ class FeatureCache(ShardsMixin):
             return {"_error": f"unreadable sidecar ({exc})"}
 
     def _problem(self, key: str, side: dict[str, Any]) -> str | None:
-        """Why the committed entry of ``key`` cannot be used, or None when it is sound."""
+        """Why the committed entry of ``key`` cannot be used, or None when it is sound. The
+        tensor file's sha256 is computed at its first check in this process and again only
+        when its size, times or inode change (:mod:`alignkit.features._verified`)."""
         if "_error" in side:
             return str(side["_error"])
         if side.get("format") != FORMAT_VERSION:
@@ -178,7 +181,7 @@ class FeatureCache(ShardsMixin):
             return "tensor file missing"
         if size != side.get("size"):
             return f"tensor file has {size} bytes, sidecar says {side.get('size')} (truncated?)"
-        if sha256_file(path) != side.get("sha256"):
+        if not sha256_matches(path, str(side.get("sha256"))):  # hashed once per process
             return "tensor file sha256 differs from the sidecar (corrupt?)"
         return None
 

@@ -24,7 +24,7 @@ CAPTION_POLICIES = ("first", "mean", "random")
 FINGERPRINT_VERSION = "probe-fp-1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: no __dict__ a row (48 bytes of 10^6 rows' load)
 class ProbeRow:
     """One probe row.
 

@@ -15,8 +15,12 @@ from pathlib import Path, PurePath
 from typing import Any
 
 
-class ImagePath(os.PathLike):
-    """``folder / name`` as a string; a :class:`pathlib.Path` on demand."""
+class ImagePath:
+    """``folder / name`` as a string; a :class:`pathlib.Path` on demand.
+
+    Not a subclass of :class:`os.PathLike` (whose instances carry a ``__dict__``: 24 more bytes
+    a row, and a dict when one is made), yet ``isinstance(p, os.PathLike)`` holds: that check
+    looks for ``__fspath__``."""
 
     __slots__ = ("_text",)
 

@@ -6,10 +6,12 @@ names."""
 from __future__ import annotations
 
 import csv
+import functools
+import itertools
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +21,22 @@ from alignkit.probes.labels import check_templates
 from alignkit.probes.lazypath import ImagePath
 from alignkit.probes.raw import Entry, RawProbe
 
+Record = tuple[int, dict[str, Any] | None]  # (line number, the parsed line or None)
 
-def _read_manifest_records(path: Path) -> tuple[list[tuple[int, dict | None]], list[str]]:
-    """(line number, record or None when the line is not a JSON object) and the column names."""
-    records: list[tuple[int, dict | None]] = []
-    columns: dict[str, None] = {}
+
+def _manifest_records(path: Path, columns: dict[str, None]) -> Iterator[Record]:
+    """(line number, record or None when the line is not a JSON object), one at a time, so that
+    a million parsed lines are never held at once; ``columns`` gets the column names as they
+    are seen (a CSV's from its header, before the first row)."""
     try:
         if path.suffix.lower() == ".csv":
             with path.open(newline="", encoding="utf-8-sig") as fh:
                 reader = csv.DictReader(fh)
-                columns = dict.fromkeys(c.strip() for c in (reader.fieldnames or []))
+                columns.update(dict.fromkeys(c.strip() for c in (reader.fieldnames or [])))
                 for rec in reader:
                     rec = {(k or "").strip(): v for k, v in rec.items() if k is not None}
                     rec = {k: v for k, v in rec.items() if v not in (None, "")}
-                    records.append((reader.line_num, rec))
+                    yield reader.line_num, rec
         else:
             with path.open(encoding="utf-8") as fh:
                 for lineno, line in enumerate(fh, start=1):
@@ -43,16 +47,15 @@ def _read_manifest_records(path: Path) -> tuple[list[tuple[int, dict | None]], l
                     except json.JSONDecodeError:
                         rec = None
                     if not isinstance(rec, dict):
-                        records.append((lineno, None))
+                        yield lineno, None
                         continue
                     columns.update(dict.fromkeys(rec))
-                    records.append((lineno, rec))
+                    yield lineno, rec
     except UnicodeDecodeError as exc:
         raise AlignkitError(
             f"manifest {path} is not UTF-8 text: {_where_not_utf8(path, exc)}; save it as UTF-8 "
             "(e.g. iconv -f latin1 -t utf-8)"
         ) from None
-    return records, list(columns)
 
 
 def _where_not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
@@ -103,32 +106,34 @@ def _parse_label(value: Any) -> tuple[int | None, str | None]:
     return None, f"label {value!r} is not an integer class index"
 
 
-def read_manifest(
+def _layout(columns: dict[str, None], id_column: str) -> tuple[str | None, bool]:
+    """The caption column (``captions`` over ``caption``; None: captions from labels) and
+    whether rows have ids, as the columns ``columns`` decide them."""
+    caption_col = (
+        "captions" if "captions" in columns else "caption" if "caption" in columns else None
+    )
+    return caption_col, id_column in columns
+
+
+def _check_columns(
     path: Path,
-    *,
-    images: Path | None = None,
-    id_column: str = "id",
-    class_names: Sequence[str] | str | Path | None = None,
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-    allow_duplicate_class_names: bool = False,
-) -> RawProbe:
-    """A JSONL or CSV manifest. Image paths are relative to the manifest's folder (or
-    ``images``). Without an ``id`` column, a row's id is its image path and rows naming the same
-    image are merged into one row with all their captions (``image,caption`` files with one
-    caption a line). A labelled manifest without captions gets ``templates`` captions."""
-    base = images if images is not None else path.parent
-    records, columns = _read_manifest_records(path)
-    if not records:
-        raise AlignkitError(f"manifest {path} has no rows")
+    columns: list[str],
+    id_column: str,
+    names: tuple[str, ...] | None,
+    names_error: AlignkitError | None,
+) -> None:
+    """The manifest-wide errors, in this order: no image column; class names or templates that
+    cannot be used (``names_error``); no captions and no labels; labels without class names; no
+    such id column."""
     has = set(columns)
     found = ", ".join(columns) or "(none)"
     if "image" not in has:
         raise AlignkitError(
             f"manifest {path} is missing required column 'image'; found columns: {found}"
         )
-    caption_col = "captions" if "captions" in has else "caption" if "caption" in has else None
-    names = resolve_class_names(class_names, path.parent, allow_duplicate_class_names)
-    templates = check_templates(templates, "templates")
+    if names_error is not None:
+        raise names_error
+    caption_col, ids_given = _layout(dict.fromkeys(columns), id_column)
     if caption_col is None and "label" not in has:
         raise AlignkitError(
             f"manifest {path} is missing required column 'caption' or 'captions' (or 'label' "
@@ -139,14 +144,27 @@ def read_manifest(
             f"manifest {path} has labels but no captions and no class names: pass class_names= "
             f"(a list, a text file, or 'imagenet') or put classnames.txt beside it"
         )
-    ids_given = id_column in has
     if id_column != "id" and not ids_given:
         raise AlignkitError(
             f"manifest {path} has no id column {id_column!r}; found columns: {found}"
         )
+
+
+def _entries(
+    records: Iterable[Record],
+    layout: tuple[str | None, bool],
+    *,
+    path: Path,
+    prefix: str,
+    id_column: str,
+    names: tuple[str, ...] | None,
+    templates: tuple[str, ...],
+) -> list[Entry]:
+    """The candidate rows of ``records`` read with ``layout`` (see :func:`_layout`); image paths
+    are ``prefix`` (a folder with its trailing separator) + the ``image`` value."""
+    caption_col, ids_given = layout
     entries: list[Entry] = []
     by_image: dict[str, Entry] = {}
-    prefix = os.path.join(os.fspath(base), "")
     for lineno, rec in records:
         where = f"{path.name} line {lineno}"
         if rec is None:
@@ -195,4 +213,47 @@ def read_manifest(
         if row_id is None:
             by_image[image_rel] = entry
         entries.append(entry)
+    return entries
+
+
+def read_manifest(
+    path: Path,
+    *,
+    images: Path | None = None,
+    id_column: str = "id",
+    class_names: Sequence[str] | str | Path | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    allow_duplicate_class_names: bool = False,
+) -> RawProbe:
+    """A JSONL or CSV manifest. Image paths are relative to the manifest's folder (or
+    ``images``). Without an ``id`` column, a row's id is its image path and rows naming the same
+    image are merged into one row with all their captions (``image,caption`` files with one
+    caption a line). A labelled manifest without captions gets ``templates`` captions.
+
+    The lines are read once, each made a candidate row as it is parsed, with the columns of the
+    CSV header or of the first JSONL record; a JSONL file whose later records bring a column
+    that changes how rows read (``captions``, the id column) is read a second time."""
+    base = images if images is not None else path.parent
+    prefix = os.path.join(os.fspath(base), "")
+    try:  # raised after the column checks that come before it (see _check_columns)
+        names = resolve_class_names(class_names, path.parent, allow_duplicate_class_names)
+        templates = check_templates(templates, "templates")
+        names_error = None
+    except AlignkitError as exc:
+        names, templates, names_error = None, (), exc
+    columns: dict[str, None] = {}
+    records = _manifest_records(path, columns)
+    first = next(records, None)
+    if first is None:
+        raise AlignkitError(f"manifest {path} has no rows")
+    guess = _layout(columns, id_column)  # the CSV header's, or the first JSONL record's
+    read = functools.partial(
+        _entries, path=path, prefix=prefix, id_column=id_column, names=names, templates=templates
+    )
+    entries = read(itertools.chain([first], records), guess)
+    _check_columns(path, list(columns), id_column, names, names_error)
+    layout = _layout(columns, id_column)
+    if layout != guess:  # a later record has a column the first lacked: read again with it
+        entries = []
+        entries = read(_manifest_records(path, {}), layout)
     return RawProbe(str(path), path.parent, entries, names)

@@ -15,7 +15,7 @@ from PIL import Image
 from alignkit.probes.lazypath import ImagePath
 
 
-@dataclass
+@dataclass(slots=True)  # a million of them at a time: no __dict__ each
 class Entry:
     """A candidate row before validation. ``problem`` is a parse-level reason it is bad."""
 

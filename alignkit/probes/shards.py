@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +59,7 @@ _TEXT_EXTENSIONS = ("txt", "cls")
 log = logging.getLogger("alignkit.probes")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one a row, kept in the probe: no __dict__ each
 class ShardImage:
     """One image member of a tar shard: ``size`` bytes at ``offset`` of ``shard``. Picklable, so
     rows travel to DataLoader workers; each call opens the shard, so workers share nothing."""
@@ -97,7 +97,7 @@ class ShardImage:
         return f"{self.shard} key {self.key}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     """What one shard holds for one key (before validation). ``problem`` is a reason it is bad."""
 
@@ -280,7 +280,7 @@ def _scan_shard(path: Path) -> list[Sample]:
 
 
 def samples_to_entries(
-    samples: Sequence[Sample],
+    samples: Iterable[Sample],
     class_names: tuple[str, ...] | None,
     templates: Sequence[str],
     attributes: dict[str, str] | None = None,
@@ -336,7 +336,16 @@ def read_shards(
         if not isinstance(spec, (list, tuple))
         else f"{paths[0]} (+{len(paths) - 1} shards)"
     )
-    return RawProbe(name, folder.absolute(), samples_to_entries(samples, names, templates), names)
+    entries = samples_to_entries(_drain(samples), names, templates)
+    return RawProbe(name, folder.absolute(), entries, names)
+
+
+def _drain(items: list[Sample]) -> Iterator[Sample]:
+    """The items of ``items`` in order, each let go of by the list as it is handed out: a
+    million samples and their million candidate rows are never held together."""
+    for i in range(len(items)):
+        item, items[i] = items[i], None  # type: ignore[call-overload]
+        yield item
 
 
 # ----------------------------------------------------------------------------- shard index
