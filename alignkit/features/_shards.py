@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,37 @@ _SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 #: A subsample of more rows than this, read from a larger entry, is written as its own entry
 #: (block by block) and read back memory-mapped rather than gathered into memory.
 GATHER_IN_MEMORY_ROWS = 65_536
+
+
+def sound_shards(
+    folder: Path,
+    start: int,
+    stop: int | None,
+    sound: Callable[[Path, int, int], Any],
+    what: str,
+) -> list[tuple[int, int, Any]]:
+    """The shards ``rows-<a>-<b>.safetensors`` of ``folder`` inside rows ``[start, stop)`` that
+    ``sound(path, a, b)`` accepts (it returns what to keep of the shard, or None), as the
+    non-overlapping ``(a, b, kept)`` covering the most rows (:func:`widest_cover`), sorted. A
+    shard it refuses is deleted with a warning naming ``what`` (its rows are computed again)."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        match = _SHARD_RE.match(path.name)
+        if not match:
+            continue
+        a, b = int(match.group(1)), int(match.group(2))
+        if a < start or (stop is not None and b > stop) or b <= a:
+            continue
+        kept = sound(path, a, b)
+        if kept is None:
+            log.warning("dropping a damaged shard of %s: %s", what, path.name)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        found.append((a, b, kept))
+    return widest_cover(found)
 
 
 def first_gap(shards: list[tuple[int, int, Any]]) -> int:
@@ -121,37 +152,24 @@ class ShardsMixin:
         Returns ``(start, stop, features)`` triples; ``features`` are memory-mapped. A damaged
         shard is deleted with a warning (its rows are simply computed again).
         """
-        folder = self._partial_dir(key)
-        if not folder.is_dir():
-            return []
-        found = []
-        for path in sorted(folder.iterdir()):
-            match = _SHARD_RE.match(path.name)
-            if not match:
-                continue
-            a, b = int(match.group(1)), int(match.group(2))
-            if a < start or (stop is not None and b > stop) or b <= a:
-                continue
+
+        def sound(path: Path, a: int, b: int) -> torch.Tensor | None:
             try:
                 tensor, meta = map_tensor(path)
-                ok = (
-                    meta.get("format") == str(FORMAT_VERSION)
-                    and meta.get("key") == key
-                    and tensor.ndim in (2, 3)
-                    and tensor.shape[-2] == b - a
-                )
             except ValueError as exc:
-                ok, tensor = False, None
                 log.debug("shard %s: %s", path, exc)
-            if not ok:
-                log.warning(
-                    "dropping a damaged shard of feature cache entry %s: %s", key, path.name
-                )
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                continue
-            found.append((a, b, tensor))
-        return widest_cover(found)
+                return None
+            ok = (
+                meta.get("format") == str(FORMAT_VERSION)
+                and meta.get("key") == key
+                and tensor.ndim in (2, 3)
+                and tensor.shape[-2] == b - a
+            )
+            return tensor if ok else None
+
+        return sound_shards(
+            self._partial_dir(key), start, stop, sound, f"feature cache entry {key}"
+        )
 
     def drop_shards(self, key: str) -> None:
         """Remove the shards of ``key`` (after its entry is committed)."""

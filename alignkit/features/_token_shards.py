@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import struct
 import time
@@ -23,7 +22,7 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.features._io import atomic_path, sha256_file
-from alignkit.features._shards import first_gap, widest_cover
+from alignkit.features._shards import first_gap, sound_shards
 from alignkit.features._work import missing_chunks
 from alignkit.features.keys import FORMAT_VERSION
 
@@ -31,8 +30,6 @@ if TYPE_CHECKING:
     from alignkit.features.cache import FeatureCache
 
 log = logging.getLogger("alignkit.features.tokens")
-
-_SHARD_RE = re.compile(r"^rows-(\d{9})-(\d{9})\.safetensors$")
 
 
 # -- the file format ------------------------------------------------------------------------------
@@ -99,27 +96,15 @@ def shards_in(
     """Sound shards inside rows ``[start, stop)``, non-overlapping and covering the most rows,
     sorted: ``(a, b, path)``. A damaged shard is deleted with a warning (its rows are computed
     again)."""
-    if not partial.is_dir():
-        return []
-    found = []
-    for path in sorted(partial.iterdir()):
-        match = _SHARD_RE.match(path.name)
-        if not match:
-            continue
-        a, b = int(match.group(1)), int(match.group(2))
-        if a < start or (stop is not None and b > stop) or b <= a:
-            continue
+
+    def sound(path: Path, a: int, b: int) -> Path | None:
         try:
             tok, mask = _shard_shapes(path)
-            ok = len(tok) == 3 and tok[0] == b - a and mask == tok[:2]
         except Exception:  # noqa: BLE001 - safetensors raises several types for damaged files
-            ok = False
-        if not ok:
-            log.warning("dropping a damaged token shard: %s", path)
-            path.unlink(missing_ok=True)
-            continue
-        found.append((a, b, path))
-    return widest_cover(found)
+            return None
+        return path if len(tok) == 3 and tok[0] == b - a and mask == tok[:2] else None
+
+    return sound_shards(partial, start, stop, sound, "a token entry")
 
 
 def write_rows(job: Any, store: FeatureCache, key: str, start: int, stop: int) -> None:
