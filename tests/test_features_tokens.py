@@ -164,6 +164,27 @@ def test_interrupted_token_extraction_resumes_from_shards(probe, tmp_path):
     assert torch.equal(fs.tokens.clone(), fresh.tokens) and torch.equal(fs.mask, fresh.mask)
 
 
+def test_a_damaged_token_shard_is_dropped_and_its_rows_computed_again(probe, tmp_path, caplog):
+    store = FeatureCache(tmp_path / "c", shard_batches=1)
+    whole = extract_tokens(
+        TinyTokenImage(), probe, batch_size=2, num_workers=0, cache=store, progress=False
+    )
+    partial = next(store.root.glob("*/*.safetensors")).with_suffix(".partial")
+    partial.mkdir()
+    (partial / "rows-000000000-000000002.safetensors").write_bytes(b"half a shard")
+    for f in store.root.glob("*/*"):  # drop the committed entry: the next run reads the shards
+        if f.is_file():
+            f.unlink()
+    seen = []
+    counted = TinyTokenImage()
+    orig = counted._forward_tokens
+    counted._forward_tokens = lambda batch: seen.append(len(batch)) or orig(batch)
+    fs = extract_tokens(counted, probe, batch_size=2, num_workers=0, cache=store, progress=False)
+    assert "dropping a damaged shard of a token entry" in caplog.text
+    assert sum(seen) == len(probe)  # rows [0, 2) were computed again, not read from the bytes
+    assert torch.equal(fs.tokens.clone(), whole.tokens.clone())
+
+
 def test_token_bad_input(probe, tmp_path):
     with pytest.raises(AlignkitError, match="no token-level features"):
         extract_tokens(TinyImageEncoder(), probe, cache=False, progress=False)
