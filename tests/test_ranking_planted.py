@@ -42,7 +42,7 @@ def ranking():
             subsamples=0,
             k=5,
             cache=False,
-            batch_size=32,
+            extract_batch=32,
         )
         yield rank_encoders(cfg, probe=probe, progress=False)
     finally:
