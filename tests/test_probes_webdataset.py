@@ -192,6 +192,21 @@ def test_clip_benchmark_retrieval_folder(data_dir: Path, tmp_path: Path) -> None
     _same_rows(probe, load_probe(manifest, progress=False))
 
 
+def test_clip_benchmark_folder_without_its_root_files(data_dir: Path, tmp_path: Path) -> None:
+    """A retrieval set downloaded as test/ alone (0.tar ..., nshards.txt): still CLIP_benchmark's
+    folder, its split named; without nshards.txt the error says what such a folder needs."""
+    root, rows = _clip_benchmark(data_dir, tmp_path / "wds_ret", retrieval=True)
+    for name in ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt"):
+        (root / name).unlink()
+    probe = load_probe(root, progress=False)
+    assert list(probe.ids) == [r["id"] for r in rows]
+    assert probe[3].captions == ("photo 3 of a thing", "another caption 3")
+    assert {r.attributes["split"] for r in probe.rows} == {"test"}
+    (root / "test" / "nshards.txt").unlink()
+    with pytest.raises(AlignkitError, match=r"no probe found .*CLIP_benchmark folder .*nshards"):
+        load_probe(root, progress=False)
+
+
 def test_clip_benchmark_shard_count_mismatch(data_dir: Path, tmp_path: Path) -> None:
     root, _ = _clip_benchmark(data_dir, tmp_path / "wds_tiny")
     (root / "test" / "nshards.txt").write_text("3\n")
