@@ -214,6 +214,25 @@ def test_clip_benchmark_shard_count_mismatch(data_dir: Path, tmp_path: Path) -> 
         load_probe(root, progress=False)
 
 
+def test_two_downloads_sharing_keys_are_disjoint(data_dir: Path, tmp_path: Path) -> None:
+    """img2dataset numbers every download's keys from 000000000: a validation set of other images
+    and captions under the same keys is not the training set; the same rows are."""
+    from alignkit.features import check_disjoint
+
+    rows = _flickr_rows(data_dir, 20)
+    train_rows, val_rows = rows[:10], rows[10:]
+    for i, r in enumerate(val_rows):
+        r["id"] = f"{i:09d}"  # the keys of the first download again
+    _write_shards(tmp_path / "train", train_rows, per_shard=10)
+    _write_shards(tmp_path / "val", val_rows, per_shard=10)
+    train = load_probe(tmp_path / "train", progress=False)
+    val = load_probe(tmp_path / "val", progress=False)
+    assert set(train.ids) == set(val.ids)
+    check_disjoint(train, val)  # nothing shared but the key numbers
+    with pytest.raises(AlignkitError, match=r"shares 10 rows .*same id and captions"):
+        check_disjoint(train, train)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
