@@ -223,7 +223,7 @@ def _interrupted(folder: Path, command: list[str], overwrite: bool) -> str:
     except AlignkitError:
         meta = None
     if meta is None:
-        kept = "interrupted before the first checkpoint; feature shards saved so far stay in the cache"
+        kept = "interrupted before the first checkpoint; saved feature shards stay in the cache"
     else:
         kept = f"interrupted: the checkpoint at step {meta['step']} is kept in {folder}"
     return f"{kept}; resume with: {shlex.join(command)}"
