@@ -231,6 +231,16 @@ def test_two_downloads_sharing_keys_are_disjoint(data_dir: Path, tmp_path: Path)
     check_disjoint(train, val)  # nothing shared but the key numbers
     with pytest.raises(AlignkitError, match=r"shares 10 rows .*same id and captions"):
         check_disjoint(train, train)
+    # and a pair trains on one with the other as --val (the trainer sees ids alone)
+    from alignkit.training import TrainConfig, train_pair
+
+    cfg = TrainConfig(width=8, epochs=1, batch_size=4, patience=None)
+    run = train_pair(
+        "random:image-16", "random:text-12", train, cfg, tmp_path / "run", val=val,
+        device="cpu", progress=False, cache=str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert (run.out_dir / "projector.safetensors").is_file()
+    assert 0 <= run.result.metrics["i2t_r5"] <= 100
 
 
 # ----------------------------------------------------------------------------- bad input
