@@ -624,6 +624,9 @@ def test_list_encoders_and_sets() -> None:
         "onnx:all-MiniLM-L6-v2-int8",
     }
     assert all(i.offline for i in list_encoders(offline_only=True))
+    # a plain word matches anywhere in the spec, as `alignkit list-encoders tfidf` is typed
+    assert [i.spec for i in list_encoders("tfidf")] == ["tfidf:svd-256"]
+    assert {i.spec for i in list_encoders("minilm")} == {i.spec for i in list_encoders("*MINILM*")}
     by_spec = {i.spec: i for i in infos}
     for name, encoder_set in ENCODER_SETS.items():
         assert encoder_set.name == name
