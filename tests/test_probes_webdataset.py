@@ -243,6 +243,23 @@ def test_two_downloads_sharing_keys_are_disjoint(data_dir: Path, tmp_path: Path)
     assert 0 <= run.result.metrics["i2t_r5"] <= 100
 
 
+def test_ids_apart_marks_only_colliding_validation_ids() -> None:
+    from alignkit.features import ids_apart
+    from alignkit.training.data import PairedFeatures
+
+    def paired(ids: list[str]) -> PairedFeatures:
+        n = len(ids)
+        return PairedFeatures(torch.randn(n, 3), torch.randn(n, 2), torch.arange(n), ids)
+
+    train = paired(["000000000", "000000001"])
+    apart = paired(["000000007", "000000008"])
+    assert ids_apart(train, apart) is apart and ids_apart(train, None) is None
+    same = paired(["000000001", "000000002"])
+    moved = ids_apart(train, same)
+    assert moved.image_ids == ["val:000000001", "val:000000002"]
+    assert moved.image is same.image and moved.text is same.text  # the features untouched
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

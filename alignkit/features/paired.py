@@ -104,6 +104,18 @@ def row_identity(row: ProbeRow) -> tuple[str, tuple[str, ...]]:
     return row.id, tuple(row.captions)
 
 
+def ids_apart(train: PairedFeatures, val: PairedFeatures | None) -> PairedFeatures | None:
+    """``val`` with its image ids marked (``val:<id>``) when some equal training ids; for sets
+    :func:`check_disjoint` passed, whose equal ids are then two sets numbering their keys alike
+    (img2dataset starts every download at 000000000): the trainer, which sees ids alone, would
+    refuse them after the extraction."""
+    import dataclasses
+
+    if val is None or not set(train.image_ids) & set(val.image_ids):
+        return val
+    return dataclasses.replace(val, image_ids=[f"val:{i}" for i in val.image_ids])
+
+
 def check_disjoint(train: ProbeSet, val: ProbeSet) -> None:
     """Refuse a validation probe that shares rows with the training probe, by row id and captions
     (:func:`row_identity`) or by image content (sha256 of the image), since that inflates
@@ -131,4 +143,4 @@ def check_disjoint(train: ProbeSet, val: ProbeSet) -> None:
             )
 
 
-__all__ = ["check_disjoint", "paired_features", "row_identity"]
+__all__ = ["check_disjoint", "ids_apart", "paired_features", "row_identity"]

@@ -27,7 +27,6 @@ done (a new run that fails puts it back).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -174,7 +173,9 @@ def train_pair(
             else None
         )
         _note_skipped(run_body, skipped)
-        val_features = _ids_apart(train, val_features)
+        from alignkit.features.paired import ids_apart
+
+        val_features = ids_apart(train, val_features)  # disjoint sets whose keys coincide
         features_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         from alignkit.training import train_projector
@@ -367,16 +368,6 @@ def _features(
     kept, both = without_skipped(probe, {"image": image, "text": text})
     skipped.extend(kept.dropped)  # at load (a small probe's images are checked there) and later
     return paired_features(both["image"], both["text"])
-
-
-def _ids_apart(train: Any, val: Any) -> Any:
-    """``val`` with its image ids marked (``val:<id>``) when some equal training ids. The probes
-    were found disjoint by id and captions and by image content (``check_disjoint``), so equal
-    ids are two sets numbering their keys alike (img2dataset starts every download at
-    000000000); the trainer, which sees ids alone, would refuse them after the extraction."""
-    if val is None or not set(train.image_ids) & set(val.image_ids):
-        return val
-    return dataclasses.replace(val, image_ids=[f"val:{i}" for i in val.image_ids])
 
 
 def _note_skipped(run_body: dict[str, Any], skipped: dict[str, list[dict[str, str]]]) -> None:
