@@ -185,8 +185,9 @@ def test_the_probe_help_names_the_formats_at_scale() -> None:
     from alignkit.config import RankConfig
     from alignkit.features.config import ExtractConfig
     from alignkit.options import declared
+    from alignkit.training.config import TrainRunConfig
 
-    for cls in (RankConfig, ExtractConfig):
+    for cls in (RankConfig, ExtractConfig, TrainRunConfig):
         help_text = {f.name: opt.help for f, opt in declared(cls)}["probe"]
         for words in ("webdataset shards", "CLIP_benchmark folder", "HF parquet"):
             assert words in help_text, (cls.__name__, words)
