@@ -159,8 +159,9 @@ def load_aligned(
                 f"{run_dir}/{CONFIG} names {record.spec} as the {modality} encoder, but it is a "
                 f"{enc.modality} encoder"
             )
-        # needs_fit encoders (tfidf:): the training fit; its identity is checked just below
-        load_fit(run_dir, enc)
+        # needs_fit encoders (tfidf:): the training fit, refused when another run's (no weights
+        # to install: the run's own fit is missing, so the run must be retrained)
+        load_fit(run_dir, enc, record.weights if check_weights else "")
         have = enc.weights_identity()
         if record.weights and have != record.weights:
             msg = (

@@ -146,8 +146,10 @@ class RankConfig:
     )
     probe: str | None = option(
         None,
-        "Probe set: flickr8k[:train|dev|test], imagenet-samples, coco-val2017, synthetic, or a "
-        "manifest path. Default flickr8k:test when ALIGNKIT_DATA_DIR holds it, else synthetic.",
+        "Probe set: flickr8k[:train|dev|test], imagenet-samples, coco-val2017, synthetic, a "
+        "manifest path, webdataset shards ('dir/{00000..00009}.tar' or a folder of .tar), a "
+        "CLIP_benchmark folder or HF parquet files. Default flickr8k:test when ALIGNKIT_DATA_DIR "
+        "holds it, else synthetic.",
         short="-p",
         metavar="SPEC",
         type=str,

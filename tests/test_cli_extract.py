@@ -177,3 +177,17 @@ def test_a_manifest_split_is_named_as_on_train(
     assert out2.split("fingerprint ")[1][:16] == out.split("fingerprint ")[1][:16]
     code, _, err = run_cli([*base, "-p", f"{manifest}:test"], capsys)
     assert code == 1 and "train" in err and "dev" in err
+
+
+def test_the_probe_help_names_the_formats_at_scale() -> None:
+    """A new user with shards, a CLIP_benchmark folder or parquet learns from --help that
+    --probe takes them (it listed named probes and manifests only)."""
+    from alignkit.config import RankConfig
+    from alignkit.features.config import ExtractConfig
+    from alignkit.options import declared
+    from alignkit.training.config import TrainRunConfig
+
+    for cls in (RankConfig, ExtractConfig, TrainRunConfig):
+        help_text = {f.name: opt.help for f, opt in declared(cls)}["probe"]
+        for words in ("webdataset shards", "CLIP_benchmark folder", "HF parquet"):
+            assert words in help_text, (cls.__name__, words)

@@ -50,6 +50,8 @@ def test_without_n_a_60_row_manifest_is_ranked_on_all_its_rows(tmp_path: Path, c
     # an explicit --n larger than the probe stays an error
     code, _, err = run_cli([*FAST, "--probe", str(manifest), "--n", "100"], capsys)
     assert code == 1 and "n=100 is more rows than probe" in err
+    assert f"probe {manifest} has: got 60 rows" in err  # the probe's name, not "[n=100,...]"
+    assert err.rstrip().endswith("ask for fewer rows (--n), or leave it out for every row")
 
 
 def test_heatmaps_are_svg_too_only_with_svg(tmp_path: Path, capsys) -> None:

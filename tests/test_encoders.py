@@ -323,6 +323,15 @@ def test_timm_errors() -> None:
         create_encoder("timm:test_vit", device="cpu")
 
 
+@pytest.mark.parametrize("spec", ["st:sentence-transformers/paraphrase-MiniLM-L3-v2", "hf:no/such"])
+def test_a_model_not_here_points_at_list_encoders(spec: str, monkeypatch) -> None:
+    """Offline, a hub model that is not on disk says where the offline ones are listed (the
+    docs once showed the st: spec of a model that ships as onnx:)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AlignkitError, match=r"could not load .*`alignkit list-encoders` lists"):
+        create_encoder(spec, device="cpu")
+
+
 # ------------------------------------------------------------------------------------------------
 # torchvision and EfficientNet-Lite
 
@@ -615,6 +624,9 @@ def test_list_encoders_and_sets() -> None:
         "onnx:all-MiniLM-L6-v2-int8",
     }
     assert all(i.offline for i in list_encoders(offline_only=True))
+    # a plain word matches anywhere in the spec, as `alignkit list-encoders tfidf` is typed
+    assert [i.spec for i in list_encoders("tfidf")] == ["tfidf:svd-256"]
+    assert {i.spec for i in list_encoders("minilm")} == {i.spec for i in list_encoders("*MINILM*")}
     by_spec = {i.spec: i for i in infos}
     for name, encoder_set in ENCODER_SETS.items():
         assert encoder_set.name == name

@@ -279,6 +279,37 @@ def test_overlap_by_image_content_under_other_ids(run_dir, data_dir, tmp_path, c
     assert code == 1 and "5 of 5 rows" in err and "same image" in err
 
 
+def test_overlap_by_id_needs_the_same_captions(run_dir, data_dir, tmp_path, capsys, monkeypatch):
+    """Ids alone collide between unrelated sets (img2dataset numbers every download's keys from
+    000000000): other images and captions under the training ids are held out; a re-encoded copy
+    of a training row (same id and captions, other image bytes) still overlaps."""
+    from PIL import Image
+
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    folder, train = _with_training_probe(run_dir, tmp_path, data_dir)
+    test = load_probe("flickr8k:test", n=6, progress=False, data_dir=data_dir)
+    other = [
+        {"id": t.id, "image": str(r.image), "captions": list(r.captions)}
+        for t, r in zip(train.rows, test.rows, strict=False)
+    ]
+    unrelated = tmp_path / "unrelated.jsonl"
+    unrelated.write_text("".join(json.dumps(x) + "\n" for x in other))
+    code, out, err = _run(capsys, "evaluate", "--run", str(folder), "--retrieval", str(unrelated),
+                          "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert "*" not in out
+    copies = []
+    for k, row in enumerate(train.rows[:5]):
+        path = tmp_path / f"reencoded{k}.jpg"
+        Image.open(row.image).save(path, quality=70)
+        assert path.read_bytes() != open(row.image, "rb").read()
+        copies.append({"id": row.id, "image": path.name, "captions": list(row.captions)})
+    reencoded = tmp_path / "reencoded.jsonl"
+    reencoded.write_text("".join(json.dumps(x) + "\n" for x in copies))
+    code, _, err = _run(capsys, "evaluate", "--run", str(folder), "--retrieval", str(reencoded))
+    assert code == 1 and "5 of 5 rows" in err and "same row id and captions" in err
+
+
 def test_a_second_evaluation_merges_into_metrics_json(
     run_dir, data_dir, tmp_path, capsys, monkeypatch
 ):

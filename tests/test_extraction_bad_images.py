@@ -211,10 +211,18 @@ def test_extract_command_stops_in_one_line_then_skips_and_says_so(
     assert "skipped 5 rows whose image cannot be read ('bad02', 'bad05', 'bad06'" in out
 
 
+@pytest.mark.parametrize("found", ["at extraction", "at load"])
 def test_rank_train_and_evaluate_record_the_skipped_rows(
-    planted: dict, found_late, tmp_path: Path, capsys
+    planted: dict, found: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Whether a bad image is found when extraction reads it (a large probe) or when the probe is
+    loaded (a small one), each run record lists it."""
     import json
+
+    from alignkit.probes import registry
+
+    if found == "at extraction":
+        monkeypatch.setattr(registry, "EAGER_CHECK_ROWS", 0)
 
     manifest = str(planted["manifest"])
     cache = ["--cache", str(tmp_path / "c")]

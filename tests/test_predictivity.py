@@ -358,6 +358,16 @@ def test_an_unwritable_experiment_folder_is_refused_before_any_work(tmp_path, mo
     assert code == 1 and err.count("\n") == 1 and "cannot write the experiment" in err
 
 
+def test_a_validation_probe_sharing_training_rows_is_refused(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("ALIGNKIT_DATA_DIR", str(data_dir))
+    grid = dict(vision=("random:image-16",), text=("random:text-12", "random:text-6",
+                "random:text-8"), score_n=24, permutations=2, device="cpu",
+                train_probe="flickr8k:dev", train_n=30,
+                val_probe="flickr8k:dev", val_n=20)  # fmt: skip
+    with pytest.raises(AlignkitError, match=r"shares 20 rows .*same id and captions"):
+        run_predictivity(PredictivityConfig(**grid), tmp_path / "pred", stop_after="scores")
+
+
 def test_another_recipe_is_refused_and_overwrite_starts_over(tmp_path, data_dir, monkeypatch):
     import json
 

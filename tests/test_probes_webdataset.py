@@ -192,11 +192,72 @@ def test_clip_benchmark_retrieval_folder(data_dir: Path, tmp_path: Path) -> None
     _same_rows(probe, load_probe(manifest, progress=False))
 
 
+def test_clip_benchmark_folder_without_its_root_files(data_dir: Path, tmp_path: Path) -> None:
+    """A retrieval set downloaded as test/ alone (0.tar ..., nshards.txt): still CLIP_benchmark's
+    folder, its split named; without nshards.txt the error says what such a folder needs."""
+    root, rows = _clip_benchmark(data_dir, tmp_path / "wds_ret", retrieval=True)
+    for name in ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt"):
+        (root / name).unlink()
+    probe = load_probe(root, progress=False)
+    assert list(probe.ids) == [r["id"] for r in rows]
+    assert probe[3].captions == ("photo 3 of a thing", "another caption 3")
+    assert {r.attributes["split"] for r in probe.rows} == {"test"}
+    (root / "test" / "nshards.txt").unlink()
+    with pytest.raises(AlignkitError, match=r"no probe found .*CLIP_benchmark folder .*nshards"):
+        load_probe(root, progress=False)
+
+
 def test_clip_benchmark_shard_count_mismatch(data_dir: Path, tmp_path: Path) -> None:
     root, _ = _clip_benchmark(data_dir, tmp_path / "wds_tiny")
     (root / "test" / "nshards.txt").write_text("3\n")
     with pytest.raises(AlignkitError, match=r"nshards.txt says 3 shards, found 2"):
         load_probe(root, progress=False)
+
+
+def test_two_downloads_sharing_keys_are_disjoint(data_dir: Path, tmp_path: Path) -> None:
+    """img2dataset numbers every download's keys from 000000000: a validation set of other images
+    and captions under the same keys is not the training set; the same rows are."""
+    from alignkit.features import check_disjoint
+
+    rows = _flickr_rows(data_dir, 20)
+    train_rows, val_rows = rows[:10], rows[10:]
+    for i, r in enumerate(val_rows):
+        r["id"] = f"{i:09d}"  # the keys of the first download again
+    _write_shards(tmp_path / "train", train_rows, per_shard=10)
+    _write_shards(tmp_path / "val", val_rows, per_shard=10)
+    train = load_probe(tmp_path / "train", progress=False)
+    val = load_probe(tmp_path / "val", progress=False)
+    assert set(train.ids) == set(val.ids)
+    check_disjoint(train, val)  # nothing shared but the key numbers
+    with pytest.raises(AlignkitError, match=r"shares 10 rows .*same id and captions"):
+        check_disjoint(train, train)
+    # and a pair trains on one with the other as --val (the trainer sees ids alone)
+    from alignkit.training import TrainConfig, train_pair
+
+    cfg = TrainConfig(width=8, epochs=1, batch_size=4, patience=None)
+    run = train_pair(
+        "random:image-16", "random:text-12", train, cfg, tmp_path / "run", val=val,
+        device="cpu", progress=False, cache=str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert (run.out_dir / "projector.safetensors").is_file()
+    assert 0 <= run.result.metrics["i2t_r5"] <= 100
+
+
+def test_ids_apart_marks_only_colliding_validation_ids() -> None:
+    from alignkit.features import ids_apart
+    from alignkit.training.data import PairedFeatures
+
+    def paired(ids: list[str]) -> PairedFeatures:
+        n = len(ids)
+        return PairedFeatures(torch.randn(n, 3), torch.randn(n, 2), torch.arange(n), ids)
+
+    train = paired(["000000000", "000000001"])
+    apart = paired(["000000007", "000000008"])
+    assert ids_apart(train, apart) is apart and ids_apart(train, None) is None
+    same = paired(["000000001", "000000002"])
+    moved = ids_apart(train, same)
+    assert moved.image_ids == ["val:000000001", "val:000000002"]
+    assert moved.image is same.image and moved.text is same.text  # the features untouched
 
 
 # ----------------------------------------------------------------------------- bad input

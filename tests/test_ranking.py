@@ -427,6 +427,32 @@ def test_summary_says_p_at_floor_ties_with_the_best_and_recommends() -> None:
     assert "ties cannot be judged" in Ranking(no_ci).summary()
 
 
+def _study_accuracy(metric: str, n: int) -> float:
+    """Decision accuracy of ``metric`` at ``n`` rows in docs/probe_size.csv: the mean over the six
+    results, all pairs of pairs."""
+    table = pd.read_csv(Path(__file__).parents[1] / "docs" / "probe_size.csv")
+    row = table[(table["metric"] == metric) & (table["n"] == n)]
+    return float(
+        row[[c for c in table.columns if c.startswith("accuracy/all/")]].mean(axis=1).item()
+    )
+
+
+@pytest.mark.parametrize(("n", "size"), [(200, 250), (1000, 1000)])
+def test_summary_says_why_mutual_knn_ranks_and_when_ridge_decides_better(n, size) -> None:
+    r = Ranking(make_scores(n=n), metric="mutual_knn")
+    md = r.summary()
+    knn = _study_accuracy("mutual_knn", size)
+    assert "- why mutual kNN: " in md
+    assert f"{knn:.0%} of the time at {size} rows" in md
+    assert f"unbiased CKA {_study_accuracy('linear_cka_unbiased', size):.0%}" in md
+    ridge = "`--metric ridge_alignability` first decided better"
+    assert (ridge in md) == (size < 500)
+    if size < 500:
+        assert f"({_study_accuracy('ridge_alignability', size):.0%})" in md
+    # a metric the study does not recommend gets no reason
+    assert "- why" not in Ranking(make_scores(n=n), metric="linear_cka").summary()
+
+
 def test_summary_says_one_score_at_the_floor_and_one_tied_pair_in_the_singular() -> None:
     scores = make_scores(vision=VISION[:2], text=TEXT[:1], metrics=("linear_cka_unbiased",))
     scores["score"] = [0.31, 0.30]  # intervals ±0.02 overlap: the second pair ties the best

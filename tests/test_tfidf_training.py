@@ -5,6 +5,7 @@ prompts, never a fit of their own (issue 19: the six TF-IDF pairs of the 42-pair
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,17 @@ def test_a_run_trains_and_evaluates_with_the_training_fit(flickr, spy, tmp_path)
     aligned = load_aligned(folder, device="cpu")
     assert aligned.text.weights_identity() == recorded
     np.testing.assert_allclose(aligned.text.encode(test_texts[:7]).numpy(), used[:7], atol=2e-6)
+
+    # another run's fit in the folder: the fit's own message (retrain), not "install weights"
+    from alignkit.training.folder import fit_folder
+
+    shutil.rmtree(fit_folder(folder, "text"))
+    create_encoder("tfidf:svd-64", device="cpu").fit(_all_captions(dev)).save_fit(
+        fit_folder(folder, "text")
+    )
+    with pytest.raises(AlignkitError, match="does not belong to this run; retrain") as err:
+        load_aligned(folder, device="cpu")
+    assert "install" not in str(err.value)
 
 
 # -- the saved fit -------------------------------------------------------------------------------

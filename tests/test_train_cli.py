@@ -181,6 +181,39 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes(
         assert torch.equal(x, y), name
 
 
+def test_ctrl_c_under_torchrun_says_it_once_with_the_torchrun_line(
+    models, probes, tmp_path, capsys, monkeypatch
+):
+    """Every rank gets the SIGINT: rank 0 alone says what was kept, and the resume line is the
+    torchrun command (with -n: torchrun's parser takes --n)."""
+    import typer
+
+    import alignkit.training.pair as pair
+    from alignkit.cli import train as cli_train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pair, "train_pair", interrupted)
+    run, recipe, _ = cli_train._configs({"probe": str(probes["train"]), "n": 20}, None)
+    command = ["alignkit", "train", "--probe", str(probes["train"]), "--n", "20", "--out", "x"]
+    args = (run, recipe, models["vit"], models["bert"], tmp_path / "x", None, False, True, command)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for rank, said in (("1", ""), ("0", "interrupted before the first checkpoint")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(typer.Exit):
+            cli_train._train_one(*args)
+        err = capsys.readouterr().err
+        assert (said in err) and (bool(err) == bool(said))
+    assert err.count("\n") == 1
+    assert "resume with: torchrun --nproc_per_node 2 -m alignkit train --probe " in err
+    assert " -n 20 --out x" in err and " --n " not in err
+    monkeypatch.delenv("RANK")  # one process: the command as it was
+    with pytest.raises(typer.Exit):
+        cli_train._train_one(*args)
+    assert "resume with: alignkit train --probe " in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["same-probe", "same-images", "mixed-splits", "cache-only"])
 def test_bad_input_is_one_line(case, models, probes, tmp_path, capsys, monkeypatch):
     args = _base(models, probes, tmp_path / "run")

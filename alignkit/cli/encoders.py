@@ -23,7 +23,10 @@ def _plain_table(header: list[str], rows: list[list[str]]) -> str:
 @app.command("list-encoders")
 def list_encoders_command(
     pattern: Annotated[
-        str, typer.Argument(help="shell-style filter on the spec, e.g. '*minilm*'")
+        str,
+        typer.Argument(
+            help="filter on the spec: a word matches anywhere (minilm), or shell-style ('onnx:*')"
+        ),
     ] = "*",
     offline: Annotated[
         bool, typer.Option("--offline", help="only encoders that load with no network")

@@ -179,7 +179,8 @@ def _train_one(
             progress=not quiet, command=command,
         )  # fmt: skip
     except KeyboardInterrupt:
-        typer.secho(_interrupted(folder, command, overwrite), err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per rank
+            typer.secho(_interrupted(folder, command, overwrite), err=True)
         raise typer.Exit(130) from None
     m = result.result.metrics
     return {
@@ -195,9 +196,21 @@ def _train_one(
     }
 
 
+def _as_launched(command: list[str]) -> list[str]:
+    """``command`` (``alignkit train ...``) as the user launched it: under torchrun, with its
+    launcher and ``-n`` for ``--n`` (torchrun's own parser would take ``--n``)."""
+    ranks = os.environ.get("LOCAL_WORLD_SIZE")
+    if "RANK" not in os.environ or ranks is None:
+        return command
+    rest = ["-n" if word == "--n" else word for word in command[1:]]
+    return ["torchrun", "--nproc_per_node", ranks, "-m", "alignkit", *rest]
+
+
 def _interrupted(folder: Path, command: list[str], overwrite: bool) -> str:
     """What Ctrl-C kept and the command that resumes it."""
     from alignkit.training.checkpoint import CHECKPOINT, read_meta
+
+    command = _as_launched(command)
 
     if overwrite and _finished(folder):  # the new run was dropped, the earlier one put back
         return (
@@ -210,7 +223,7 @@ def _interrupted(folder: Path, command: list[str], overwrite: bool) -> str:
     except AlignkitError:
         meta = None
     if meta is None:
-        kept = "interrupted before the first checkpoint; features extracted so far are in the cache"
+        kept = "interrupted before the first checkpoint; saved feature shards stay in the cache"
     else:
         kept = f"interrupted: the checkpoint at step {meta['step']} is kept in {folder}"
     return f"{kept}; resume with: {shlex.join(command)}"

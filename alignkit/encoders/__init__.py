@@ -205,7 +205,7 @@ LEXICAL: dict[str, tuple[str, int, str]] = {
     "tfidf:svd-256": (
         "text",
         256,
-        "TF-IDF + SVD fitted on the probe's captions (lexical baseline)",
+        "TF-IDF + SVD, lexical baseline (fitted per probe; train keeps its training fit)",
     ),
 }
 
@@ -277,8 +277,10 @@ def list_encoders(pattern: str = "*", *, offline_only: bool = False) -> list[Enc
     """What alignkit knows by name, without loading anything.
 
     Args:
-        pattern: shell-style, case-insensitive (``"*minilm*"``, ``"onnx:*"``). A ``timm:`` pattern
-            also lists matching timm models with pretrained weights (hub; ``dim`` unknown).
+        pattern: shell-style, case-insensitive (``"*minilm*"``, ``"onnx:*"``); one without
+            ``*``, ``?`` or ``[`` matches anywhere in the spec (``"minilm"`` = ``"*minilm*"``).
+            A ``timm:`` pattern also lists matching timm models with pretrained weights (hub;
+            ``dim`` unknown).
         offline_only: only encoders that load right now with no network.
 
     Returns:
@@ -286,6 +288,8 @@ def list_encoders(pattern: str = "*", *, offline_only: bool = False) -> list[Enc
         registry-shipped models first.
     """
     pat = pattern.lower()
+    if not any(c in pat for c in "*?["):
+        pat = f"*{pat}*"
     infos = [i for i in _all_infos() if fnmatch.fnmatchcase(i.spec.lower(), pat)]
     if pat.startswith("timm:") and not offline_only:
         import timm

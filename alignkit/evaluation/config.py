@@ -75,8 +75,8 @@ class EvaluateConfig:
     n: int | None = shared("n", default=None, help_extra="Here: of every evaluation probe.")
     allow_overlap: bool = option(
         False,
-        "Evaluate on rows the run was trained or validated on (same row id or same image); the "
-        "numbers are marked as not held out in metrics.json and the table.",
+        "Evaluate on rows the run was trained or validated on (same row id and captions, or same "
+        "image); the numbers are marked as not held out in metrics.json and the table.",
     )
     seed: int = shared("seed")
     skip_bad: bool = shared("skip_bad")

@@ -142,7 +142,8 @@ class _Features:
 
     def images(self, probe: Any) -> tuple[torch.Tensor, Any, list[dict[str, str]]]:
         """Embedded images of ``probe`` ``(n_kept, d_shared)``, the probe of the rows kept, and
-        the rows skipped because their image cannot be read (``skip_bad``; else it raises)."""
+        the rows skipped (``skip_bad``; else it raises): those the probe dropped at load and
+        those whose image extraction could not read."""
         from alignkit.features import extract_features
         from alignkit.features.skipped import without_skipped
 
@@ -151,7 +152,7 @@ class _Features:
             skip_bad=self.skip_bad,
         )  # fmt: skip
         kept, feats = without_skipped(probe, {"image": fs})
-        skipped = list(kept.dropped[len(probe.dropped) :])
+        skipped = list(kept.dropped)  # at load (a small probe's images are checked there) and later
         return self._head("image", feats["image"].features), kept, skipped
 
     def _head(self, modality: str, features: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,10 @@
 
 A trained run's config.json records its training probe (``probe``: spec, n, fingerprint) and its
 validation probe (``val``: name, n, fingerprint). Those probes are loaded again (cheap: no model)
-and every evaluation row is compared with them by row id and by image content (sha256 of the
-image bytes), so a renamed copy of a training image counts as overlap too.
+and every evaluation row is compared with them by row id and captions
+(:func:`alignkit.features.row_identity`: ids alone collide between unrelated webdataset sets) and
+by image content (sha256 of the image bytes), so a renamed copy of a training image counts as
+overlap too.
 """
 
 from __future__ import annotations
@@ -21,15 +23,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SeenRows:
-    """The row ids and image digests a run was trained and validated on."""
+    """The rows (id and captions) and image digests a run was trained and validated on."""
 
-    ids: frozenset[str]
+    ids: frozenset[tuple[str, tuple[str, ...]]]
     digests: frozenset[str]
     source: str  # what they come from, for messages
 
     def count(self, probe: Any) -> int:
-        """Rows of ``probe`` whose id or image content is among these rows."""
-        return sum(1 for r in probe.rows if r.id in self.ids or r.image_digest() in self.digests)
+        """Rows of ``probe`` whose id and captions, or image content, are among these rows."""
+        from alignkit.features.paired import row_identity
+
+        return sum(
+            1 for r in probe.rows if row_identity(r) in self.ids or r.image_digest() in self.digests
+        )
 
 
 def _reload(record: Mapping[str, Any]) -> Any:
@@ -57,7 +63,9 @@ def seen_rows(run_dir: str | Path, cfg: Mapping[str, Any]) -> SeenRows | None:
     records = [(kind, r) for kind, r in records if isinstance(r, Mapping)]
     if not records:
         return None
-    ids: set[str] = set()
+    from alignkit.features.paired import row_identity
+
+    ids: set[tuple[str, tuple[str, ...]]] = set()
     digests: set[str] = set()
     for kind, record in records:
         try:
@@ -71,7 +79,7 @@ def seen_rows(run_dir: str | Path, cfg: Mapping[str, Any]) -> SeenRows | None:
                 run_dir, kind, record.get("spec") or record.get("name"),
             )  # fmt: skip
             continue
-        ids.update(probe.ids)
+        ids.update(row_identity(r) for r in probe.rows)
         digests.update(r.image_digest() for r in probe.rows)
     return SeenRows(frozenset(ids), frozenset(digests), str(run_dir)) if ids else None
 
@@ -99,9 +107,9 @@ def check_overlap(
         more = f" (and {len(found) - 1} more probes)" if len(found) > 1 else ""
         raise AlignkitError(
             f"{k} of {n} rows of {name}{more} are rows the run {run_dir} was trained or "
-            "validated on (same row id or same image): its numbers would not be held out; "
-            "evaluate on another split, or pass allow_overlap=True to evaluate anyway (the "
-            "numbers are then marked)"
+            "validated on (same row id and captions, or same image): its numbers would not be "
+            "held out; evaluate on another split, or pass allow_overlap=True to evaluate anyway "
+            "(the numbers are then marked)"
         )
     return found
 

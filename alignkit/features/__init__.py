@@ -28,7 +28,7 @@ from alignkit.features.extract import (
     extract_features,
 )
 from alignkit.features.featureset import FeatureSet, caption_ids
-from alignkit.features.paired import check_disjoint, paired_features
+from alignkit.features.paired import check_disjoint, ids_apart, paired_features
 from alignkit.features.tokens import TokenFeatureSet, extract_tokens, read_tokens
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "cached_features",
     "caption_ids",
     "check_disjoint",
+    "ids_apart",
     "default_num_workers",
     "extract_features",
     "extract_tokens",

@@ -52,8 +52,9 @@ class ExtractConfig:
     )
     probe: str = option(
         "synthetic",
-        "Probe set: flickr8k[:train|dev|test], imagenet-samples, coco-val2017, synthetic, or a "
-        "manifest path.",
+        "Probe set: flickr8k[:train|dev|test], imagenet-samples, coco-val2017, synthetic, a "
+        "manifest path, webdataset shards ('dir/{00000..00009}.tar' or a folder of .tar), a "
+        "CLIP_benchmark folder or HF parquet files.",
         short="-p",
         metavar="SPEC",
     )

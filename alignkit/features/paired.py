@@ -11,7 +11,7 @@ from alignkit.features.featureset import FeatureSet
 from alignkit.features.tokens import TokenFeatureSet
 
 if TYPE_CHECKING:
-    from alignkit.probes.base import ProbeSet
+    from alignkit.probes.base import ProbeRow, ProbeSet
     from alignkit.training.data import PairedFeatures
 
 AnyFeatures = FeatureSet | TokenFeatureSet
@@ -96,19 +96,42 @@ def _text_side(fs: AnyFeatures, token_cls: type):
     return token_cls(fs.tokens, fs.mask)
 
 
+def row_identity(row: ProbeRow) -> tuple[str, tuple[str, ...]]:
+    """What makes two probe rows the same row apart from their image bytes: the row id and the
+    captions. Ids alone are not enough: img2dataset and CLIP_benchmark number their keys from
+    000000000 in every download, so two unrelated sets share ids; a re-encoded copy of a row keeps
+    both (its image is then another file, so its image digest differs)."""
+    return row.id, tuple(row.captions)
+
+
+def ids_apart(train: PairedFeatures, val: PairedFeatures | None) -> PairedFeatures | None:
+    """``val`` with its image ids marked (``val:<id>``) when some equal training ids; for sets
+    :func:`check_disjoint` passed, whose equal ids are then two sets numbering their keys alike
+    (img2dataset starts every download at 000000000): the trainer, which sees ids alone, would
+    refuse them after the extraction."""
+    import dataclasses
+
+    if val is None or not set(train.image_ids) & set(val.image_ids):
+        return val
+    return dataclasses.replace(val, image_ids=[f"val:{i}" for i in val.image_ids])
+
+
 def check_disjoint(train: ProbeSet, val: ProbeSet) -> None:
-    """Refuse a validation probe that shares images with the training probe, by row id or by
-    image content (sha256 of the image), since that inflates validation recall.
+    """Refuse a validation probe that shares rows with the training probe, by row id and captions
+    (:func:`row_identity`) or by image content (sha256 of the image), since that inflates
+    validation recall.
 
     Raises:
         AlignkitError: naming how many images are shared and one example.
     """
-    shared_ids = set(train.ids) & set(val.ids)
+    seen = {row_identity(row) for row in train.rows}
+    shared_ids = [row.id for row in val.rows if row_identity(row) in seen]
     if shared_ids:
         raise AlignkitError(
             f"the validation probe {val.name} shares {len(shared_ids)} rows with the training "
-            f"probe {train.name} (e.g. id {sorted(shared_ids)[0]!r}): that would inflate the "
-            "results; pass a disjoint --val (e.g. flickr8k:dev for flickr8k:train)"
+            f"probe {train.name} (e.g. id {sorted(shared_ids)[0]!r}, same id and captions): that "
+            "would inflate the results; pass a disjoint --val (e.g. flickr8k:dev for "
+            "flickr8k:train)"
         )
     digests = {row.image_digest(): row.id for row in train.rows}
     for row in val.rows:
@@ -120,4 +143,4 @@ def check_disjoint(train: ProbeSet, val: ProbeSet) -> None:
             )
 
 
-__all__ = ["check_disjoint", "paired_features"]
+__all__ = ["check_disjoint", "ids_apart", "paired_features", "row_identity"]

@@ -33,8 +33,11 @@ def _split_dirs(root: Path) -> list[Path]:
 
 
 def is_clip_benchmark(root: Path) -> bool:
-    """A folder with CLIP_benchmark's marker files and a split folder of ``.tar`` shards."""
-    return root.is_dir() and any((root / m).is_file() for m in _MARKERS) and bool(_split_dirs(root))
+    """A folder with a split folder of ``.tar`` shards and CLIP_benchmark's marker files, or a
+    split folder's ``nshards.txt`` (a retrieval set downloaded without its root files)."""
+    splits = _split_dirs(root) if root.is_dir() else []
+    markers = [root / m for m in _MARKERS] + [s / "nshards.txt" for s in splits]
+    return bool(splits) and any(p.is_file() for p in markers)
 
 
 def read_templates(path: Path) -> tuple[str, ...]:

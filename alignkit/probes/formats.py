@@ -124,7 +124,8 @@ def detect_format(path: Path) -> tuple[str, Path]:
     seen = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "(empty)"
     raise AlignkitError(
         f"no probe found in {path}: expected a manifest (.jsonl/.csv), a Flickr token file, a COCO "
-        f"captions JSON or class folders; found: {seen}"
+        "captions JSON, class folders, webdataset .tar shards, a CLIP_benchmark folder (split "
+        f"folders of .tar shards with nshards.txt) or HF parquet/arrow files; found: {seen}"
     )
 
 

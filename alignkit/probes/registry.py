@@ -155,8 +155,9 @@ def _validate(
         )
     if n is not None and n > len(order):
         raise AlignkitError(
-            f"n={n} is more rows than probe {name} has: got {len(order)} rows"
+            f"n={n} is more rows than probe {name.split('[n=')[0]} has: got {len(order)} rows"
             + (f" after dropping {len(bad)} bad rows" if bad else "")
+            + "; ask for fewer rows (n), or leave it out for every row"
         )
     selected: list[int] = []
     digests: dict[int, str] = {}
@@ -185,8 +186,9 @@ def _validate(
             selected.extend(chunk)
     if n is not None and len(selected) < want:
         raise AlignkitError(
-            f"n={n} is more rows than probe {name} has: got {len(selected)} good rows after "
-            f"dropping {len(bad)} bad rows"
+            f"n={n} is more rows than probe {name.split('[n=')[0]} has: got {len(selected)} good "
+            f"rows after dropping {len(bad)} bad rows; ask for fewer rows (n), or leave it out "
+            "for every row"
         )
     dropped = tuple({"id": entries[i].id, "where": entries[i].where, "reason": r} for i, r in bad)
     if dropped:

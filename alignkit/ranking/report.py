@@ -263,6 +263,36 @@ def _min_pairs() -> int:
     return MIN_AGREEMENT_PAIRS
 
 
+# Decision accuracy (chance 0.5) of the 42-pair study of issue 19: how often a metric's raw score
+# named the better-training pair of two, mean over its six results, all pairs of pairs, at n rows
+# of flickr8k:dev (docs/probe_size.csv; n = 1,000: docs/predictivity_decisions.csv).
+_DECIDES = {
+    "mutual_knn": {100: 0.89, 250: 0.93, 500: 0.96, 1000: 0.97},
+    "ridge_alignability": {100: 0.93, 250: 0.96, 500: 0.98, 1000: 0.98},
+    "linear_cka_unbiased": {100: 0.88, 250: 0.88, 500: 0.87, 1000: 0.87},
+}
+
+
+def metric_reason(metric: str, n: int | None) -> str:
+    """Why ``metric`` orders the ranking, for summary.md: the study's decision accuracy of the
+    metric and of its alternatives at the probe size nearest ``n`` rows; "" for other metrics."""
+    if metric not in ("mutual_knn", "ridge_alignability"):
+        return ""
+    size = min(_DECIDES[metric], key=lambda k: abs(math.log(k / max(n or 1000, 1))))
+    acc = {m: by_n[size] for m, by_n in _DECIDES.items()}
+    text = (
+        f"- why {plots.metric_label(metric)}: on 42 trained Flickr8k pairs its score named the "
+        f"better-training pair of two {acc[metric]:.0%} of the time at {size} rows (unbiased CKA "
+        f"{acc['linear_cka_unbiased']:.0%}; docs/evaluation.md)"
+    )
+    if metric == "mutual_knn" and size < 500:
+        text += (
+            f"; with this few rows `--metric ridge_alignability` first decided better "
+            f"({acc['ridge_alignability']:.0%})"
+        )
+    return text
+
+
 def summary(r: RankingResult, top: int = 10) -> str:
     """Markdown: the run's facts, the top pairs, agreement, controls, layers, skipped encoders."""
     md = r.metadata
@@ -277,6 +307,9 @@ def summary(r: RankingResult, top: int = 10) -> str:
         f"- metrics: {', '.join(plots.metric_label(m) for m in r.metrics)}; ranked by "
         f"**{plots.metric_label(r.metric)}**",
     ]
+    reason = metric_reason(r.metric, r.n)
+    if reason:
+        facts.append(reason)
     cfg = md.get("config", {})
     if cfg:
         facts.append(

@@ -239,7 +239,7 @@ class TrainRunConfig:
     probe: str = option(
         "flickr8k:train",
         "Training probe: one training split (a named probe's, or a manifest's `split` column "
-        "as PATH:train).",
+        "as PATH:train), or webdataset shards, a CLIP_benchmark folder or HF parquet files.",
         short="-p",
         metavar="PROBE",
     )

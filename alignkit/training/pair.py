@@ -165,7 +165,7 @@ def train_pair(
         t0 = time.perf_counter()
         get = dict(cache=cache, progress=progress, extract_batch=extract_batch, tokens=tokens)
         get.update(skip_bad=skip_bad, store_dtype=store_dtype)
-        skipped: dict[str, Any] = {}  # probe role -> the rows extraction skipped (skip_bad)
+        skipped: dict[str, Any] = {}  # probe role -> the rows skipped (skip_bad)
         train = _features(encoders, train_probe, skipped.setdefault("train", []), **get)
         val_features = (
             _features(encoders, val_probe, skipped.setdefault("val", []), **get)
@@ -173,6 +173,9 @@ def train_pair(
             else None
         )
         _note_skipped(run_body, skipped)
+        from alignkit.features.paired import ids_apart
+
+        val_features = ids_apart(train, val_features)  # disjoint sets whose keys coincide
         features_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         from alignkit.training import train_projector
@@ -347,8 +350,8 @@ def _features(
 ):
     """Paired features of ``probe`` (text with every caption), through the cache (pooled
     features come back memory-mapped from it: training reads one batch at a time); the rows
-    whose images extraction skipped (``skip_bad``, pooled features) are left out of both sides
-    and added to ``skipped``."""
+    whose images extraction skipped (``skip_bad``, pooled features) are left out of both sides;
+    they and the rows the probe dropped at load are added to ``skipped``."""
     from alignkit.features import extract_features, extract_tokens, paired_features
     from alignkit.features.skipped import without_skipped
 
@@ -363,13 +366,13 @@ def _features(
     image = extract_features(encoders[0], probe, skip_bad=skip_bad, **kw)
     text = extract_features(encoders[1], probe, caption_policy="all", **kw)
     kept, both = without_skipped(probe, {"image": image, "text": text})
-    skipped.extend(kept.dropped[len(probe.dropped) :])
+    skipped.extend(kept.dropped)  # at load (a small probe's images are checked there) and later
     return paired_features(both["image"], both["text"])
 
 
 def _note_skipped(run_body: dict[str, Any], skipped: dict[str, list[dict[str, str]]]) -> None:
-    """run.json's ``skipped_rows``: per probe role, the count and the first rows extraction
-    skipped (nothing when none)."""
+    """run.json's ``skipped_rows``: per probe role, the count and the first rows skipped at load
+    or by extraction (nothing when none)."""
     from alignkit.features.skipped import skipped_note
 
     if any(skipped.values()):

@@ -52,6 +52,7 @@ def train_and_evaluate(run: _Run, v: str, t: str, seed: int) -> dict[str, Any]:
     caption of the training probe (:meth:`_Run.encoder`); the fit is saved in the folder
     (``fits/text/``) before training, and evaluation encodes with the fit read back from it."""
     from alignkit.evaluation.evaluate import AlignedPair, evaluate_pair
+    from alignkit.features.paired import ids_apart
     from alignkit.runs.metrics import write_metrics
     from alignkit.runs.trained import write_run_config
     from alignkit.training import train_projector
@@ -64,6 +65,7 @@ def train_and_evaluate(run: _Run, v: str, t: str, seed: int) -> dict[str, Any]:
     save_fits(folder, (vision, text))
     train = _paired(run, run.probes["train"], v, t)
     val = _paired(run, run.probes["val"], v, t) if run.probes["val"] is not None else None
+    val = ids_apart(train, val)  # disjoint sets (checked at load) whose keys merely coincide
     recipe = replace(config.train_config(), seed=seed)  # the first seed: the recipe as it is
     result = train_projector(
         recipe, train, val, out_dir=folder, device=run.device, progress=run.progress

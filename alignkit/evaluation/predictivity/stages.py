@@ -48,6 +48,7 @@ from alignkit.evaluation.predictivity.pair_run import (
 from alignkit.evaluation.predictivity.pair_run import train_and_evaluate as _train_and_evaluate
 from alignkit.evaluation.predictivity.plan import Plan, make_plan
 from alignkit.evaluation.predictivity.tables import correlate, pair_table, seed_table
+from alignkit.features.paired import check_disjoint
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +248,8 @@ def _load_probes(run: _Run) -> None:
     p["score"] = load(config.score_probe, config.score_n)
     p["train"] = load(config.train_probe, config.train_n)
     p["val"] = load(config.val_probe, config.val_n) if config.val_probe else None
-    if p["val"] is not None and set(p["val"].ids) & set(p["train"].ids):
-        raise AlignkitError(
-            f"the validation probe {p['val'].name} shares rows with the training probe "
-            f"{p['train'].name}; choose disjoint splits"
-        )
+    if p["val"] is not None:  # by id and captions, and by image content, as `train` checks
+        check_disjoint(p["train"], p["val"])
     p["zeroshot"] = [load(s, eval_n(s)) for s in config.zeroshot]
     p["retrieval"] = [load(s, eval_n(s)) for s in config.retrieval]
     for probe in p["zeroshot"]:
