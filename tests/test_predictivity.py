@@ -228,9 +228,9 @@ def test_verdicts_lead_with_one_sentence_per_result():
     table = correlate(pairs, cfg)
     lines = verdicts(table, cfg)
     assert len(lines) == 2
-    z = table[(table["kind"] == "z") & (table["post"] == "retrieval/y/text_to_image_R@5")].iloc[0]
+    z = table[(table["kind"] == "raw") & (table["post"] == "retrieval/y/text_to_image_R@5")].iloc[0]
     assert lines[1].startswith(
-        "over 9 pairs, linear_cka (z) predicted retrieval/y/text_to_image_R@5 at rho "
+        "over 9 pairs, linear_cka predicted retrieval/y/text_to_image_R@5 at rho "
         f"{z['spearman']:.2f} [{z['spearman_low']:.2f}, {z['spearman_high']:.2f}]"
     )
     assert f"without controls rho {z['rho_no_controls']:.2f} over 6 pairs" in lines[1]
@@ -306,7 +306,7 @@ def test_cli_on_a_2x2_grid_plans_concludes_honestly_refuses_and_interrupts(
     assert code == 0, err
     assert events[0] == "plan" and "extract" in events
     assert "plan: 4 pairs (2 vision x 2 text encoders)" in stdout and "estimate" in stdout
-    assert "Over 4 pairs, mutual_knn (z) predicted" in stdout
+    assert "Over 4 pairs, mutual_knn predicted" in stdout
     assert "too few pairs to conclude anything" in stdout
     header = next(line for line in stdout.splitlines() if line.split()[:2] == ["pre", "kind"])
     assert "[1.0" not in stdout and "spearman_low" not in header and "loeo_min" not in header

@@ -356,7 +356,12 @@ def test_a_finished_grid_trains_only_the_new_seeds(tmp_path, data_dir, monkeypat
     code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
     assert trained == [] and "0 runs to train and evaluate" in stdout
-    assert "linear_cka/z" in stdout and "same_text" in stdout and "decisions.csv" in stdout
+    assert (
+        "linear_cka/z" not in stdout
+        and "linear_cka " in stdout
+        and "same_text" in stdout
+        and "decisions.csv" in stdout
+    )
 
 
 def test_an_encoder_fitted_per_probe_is_refused_before_any_training(tmp_path, monkeypatch):

@@ -80,18 +80,20 @@ def predictivity(
     typer.echo("")
     for sentence in verdicts(result.correlations, cfg):
         typer.echo(sentence[0].upper() + sentence[1:] + ".")
-    z_rows = result.correlations[result.correlations["kind"] == "z"]
-    table, notes = printable(z_rows, COLUMNS)
+    raw_rows = result.correlations[result.correlations["kind"] == "raw"]
+    table, notes = printable(raw_rows, COLUMNS)
     typer.echo("")
     typer.echo(table.round(3).to_string(index=False))
-    typer.echo(f"(calibrated z rows; the raw-score rows are in {out / 'correlations.csv'})")
+    typer.echo(f"(raw-score rows; the permutation-null z rows are in {out / 'correlations.csv'})")
     for note in dict.fromkeys(notes):
         typer.echo(note)
     if result.decisions is not None:  # seed noise measured: which pair to train, decided right?
-        decided = result.decisions[result.decisions["metric"] == f"{cfg.metrics[0]}/z"]
+        decided = result.decisions[result.decisions["metric"] == cfg.metrics[0]]
         typer.echo("")
         typer.echo(decided.round(3).to_string(index=False))
-        typer.echo("(decision accuracy of the first metric's z; every metric in decisions.csv)")
+        typer.echo(
+            "(decision accuracy of the first metric; every metric and its z in decisions.csv)"
+        )
     written = ["correlations.csv", "pairs.csv", "seeds.csv", "noise.csv"]
     written += ["decisions.csv"] * (result.decisions is not None) + ["predictivity.png"]
     typer.echo(f"wrote {', '.join(str(out / name) for name in written)}")

@@ -79,7 +79,7 @@ class PredictivityResult:
     noise: pd.DataFrame | None = None
     decisions: pd.DataFrame | None = None
 
-    def best(self, result: str, kind: str = "z") -> pd.DataFrame:
+    def best(self, result: str, kind: str = "raw") -> pd.DataFrame:
         """The correlation rows of one post-training result, best Spearman first."""
         rows = self.correlations
         rows = rows[(rows["post"] == result) & (rows["kind"] == kind)]

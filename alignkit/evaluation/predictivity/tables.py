@@ -166,19 +166,22 @@ def headline_metric(config: PredictivityConfig) -> str:
 
 
 def verdicts(correlations: pd.DataFrame, config: PredictivityConfig) -> list[str]:
-    """One sentence per post-training result: how well the headline metric's calibrated z
-    predicted it ("over N pairs, X predicted Y at rho R [low, high]"); below :data:`MIN_PAIRS`
+    """One sentence per post-training result: how well the headline metric's raw score predicted
+    it ("over N pairs, X predicted Y at rho R [low, high]"). The raw score, not its
+    permutation-null z: in the 42-pair study (docs/evaluation.md) every metric's z decided which
+    of two pairs trains better less often than its raw score, and ``rank-encoders`` orders by the
+    raw score. Below :data:`MIN_PAIRS`
     pairs the sentences carry no interval and a last sentence says that nothing can be
     concluded from so few pairs."""
     metric = headline_metric(config)
-    rows = correlations[(correlations["pre"] == metric) & (correlations["kind"] == "z")]
+    rows = correlations[(correlations["pre"] == metric) & (correlations["kind"] == "raw")]
     out = []
     n = int(rows["n_pairs"].iloc[0]) if len(rows) else 0
     for _, r in rows.iterrows():
         rho = (
             "undefined (a constant column)" if math.isnan(r["spearman"]) else f"{r['spearman']:.2f}"
         )
-        head = f"over {n} pairs, {metric} (z) predicted {r['post']} at rho {rho}"
+        head = f"over {n} pairs, {metric} predicted {r['post']} at rho {rho}"
         if n < MIN_PAIRS or math.isnan(r["spearman_low"]):
             out.append(head)
             continue
