@@ -333,8 +333,11 @@ def test_pattern_matching_nothing(tmp_path: Path) -> None:
 def test_unreadable_image_in_shard_named_with_key(tmp_path: Path, jpeg: bytes) -> None:
     members = [("k0.jpg", jpeg), ("k0.txt", b"good"), ("k1.jpg", jpeg[:400]), ("k1.txt", b"cut")]
     shard = _shard(tmp_path / "s" / "00003.tar", members)
-    with pytest.raises(AlignkitError, match=r"'k1' \(shard .*00003.tar key k1\): unreadable image"):
+    with pytest.raises(
+        AlignkitError, match=r"'k1' \(shard .*00003.tar key k1\): unreadable image"
+    ) as e:
         load_probe(str(shard), progress=False)
+    assert str(e.value).count("key k1") == 1  # the shard and key named once
     probe = load_probe(str(shard), skip_bad=True, progress=False)
     assert probe.ids == ("k0",) and len(probe.dropped) == 1
 

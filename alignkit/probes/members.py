@@ -55,9 +55,9 @@ def _check_one(reader: MemberImage, level: str) -> FileCheck:
     except Exception as exc:  # a truncated shard, a vanished file: reported with the row
         return FileCheck("", " ".join(str(exc).split()) or type(exc).__name__)
     if not data:
-        return FileCheck("", f"empty image (0 bytes): {reader}")
-    error = decode_check(data) if level == "decode" else None
-    return FileCheck(image_bytes_digest(data), None if error is None else f"{error}: {reader}")
+        return FileCheck("", "empty image (0 bytes)")
+    # no location here: the row's own `where` (shard and key, file and row) is put before it
+    return FileCheck(image_bytes_digest(data), decode_check(data) if level == "decode" else None)
 
 
 def check_members(
