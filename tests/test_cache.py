@@ -257,6 +257,68 @@ def test_an_entry_changed_moments_before_its_check_is_hashed_again(tmp_path, mon
     assert len(hashed) == 2
 
 
+_CHILD_OPEN = r"""
+import sys
+from pathlib import Path
+from alignkit.features import FeatureCache, _verified
+hashed = []
+real = _verified.file_hash
+_verified.file_hash = lambda path, algo: hashed.append(str(path)) or real(path, algo)
+fs = FeatureCache(Path(sys.argv[1])).get(sys.argv[2])
+print(fs is not None, len(hashed))
+"""
+
+
+def _open_in_a_new_process(root: Path, key: str) -> tuple[bool, int]:
+    """Open ``key`` in a fresh Python process: (found, how many files it hashed)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD_OPEN, str(root), key],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    found, count = out.stdout.split()
+    return found == "True", int(count)
+
+
+def test_a_verified_entry_is_not_hashed_again_by_later_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr(_verified, "SETTLE_NS", 50_000_000)
+    store, key = FeatureCache(tmp_path), "0e1f" * 8
+    store.put(key, FeatureSet(torch.randn(6, 4), tuple("abcdef"), {"encoder": "x"}))
+    path = store.path(key)
+    time.sleep(2.1)  # settled for the child too (it keeps the shipped 2 s)
+    assert _open_in_a_new_process(tmp_path, key) == (True, 1)  # hashed, and noted beside it
+    assert path.with_suffix(".verified").is_file()
+    assert _open_in_a_new_process(tmp_path, key) == (True, 0)  # the note spares the hash
+    # a byte flipped in place with size and mtime put back: ctime moved, so the note is stale
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _open_in_a_new_process(tmp_path, key) == (False, 1)
+    assert not path.with_suffix(".verified").exists()  # a refused file keeps no note
+
+
+def test_a_stamp_file_for_another_file_or_digest_is_not_trusted(tmp_path, monkeypatch):
+    monkeypatch.setattr(_verified, "SETTLE_NS", 50_000_000)
+    hashed = _counting_hashes(monkeypatch)
+    store, key = FeatureCache(tmp_path), "1a2b" * 8
+    store.put(key, FeatureSet(torch.randn(4, 3), tuple("abcd"), {"encoder": "x"}))
+    note = store.path(key).with_suffix(".verified")
+    time.sleep(0.2)
+    assert store.get(key) is not None and len(hashed) == 1 and note.is_file()
+    good = json.loads(note.read_text())
+    for field, value in (("sha256", "0" * 64), ("inode", good["inode"] + 1)):
+        note.write_text(json.dumps({**good, field: value}))
+        _verified.forget()  # as a new process: only the note is left
+        assert store.get(key) is not None
+    note.write_text("{not json")
+    _verified.forget()
+    assert store.get(key) is not None
+    assert len(hashed) == 4  # each untrusted note meant a full hash
+    assert store.clear() == 1 and not note.exists()
+
+
 def test_sidecar_from_another_format_version_is_rebuilt(probe, store, caplog):
     fs = _extract(HashTextEncoder(), probe, store)
     key = fs.provenance["cache_key"]

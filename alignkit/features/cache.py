@@ -425,6 +425,7 @@ class FeatureCache(ShardsMixin):
                 entry.path,
                 entry.path.with_suffix(".json"),
                 entry.path.with_suffix(".lock"),
+                entry.path.with_suffix(".verified"),
             ):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
@@ -438,9 +439,10 @@ class FeatureCache(ShardsMixin):
             for path in self.root.glob("*/*"):
                 if path.suffix == ".partial" and path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
-                elif path.suffix in (".tmp", ".lock", ".safetensors") and path.is_file():
-                    # stray temporaries, locks, tensor files without a committed sidecar
-                    if path.suffix != ".safetensors" or not path.with_suffix(".json").exists():
+                elif path.suffix in (".tmp", ".lock", ".safetensors", ".verified"):
+                    # stray temporaries, locks, stamps, tensor files without a committed sidecar
+                    keep = path.suffix in (".safetensors", ".verified")
+                    if not (keep and path.with_suffix(".json").exists()) and path.is_file():
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
         return removed
