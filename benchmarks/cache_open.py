@@ -9,6 +9,8 @@ fresh process opens it ``--opens`` times with ``FeatureCache.get`` (memory-mappe
 read) and reports each open's wall time. An open checks the entry's sidecar, size and sha256;
 the sha256 of the whole file is what makes an open slow. ``first_open_s`` runs on a page cache
 that holds the file already (it was just written), so it is the hashing alone, not the disk.
+The first open notes its verification beside the entry (``.verified``), so a second run of this
+script, on the reused entry, measures a new process's first open with that note (no hash).
 Ends with one JSON line.
 """
 
