@@ -68,32 +68,40 @@ def flickr8k_probe(n: int) -> ProbeSet:
 
 
 class PeakMemory:
-    """Largest PSS of this process and its children above the level at ``__enter__``."""
+    """Largest memory of this process and its children above the level at ``__enter__``:
+    ``peak`` (= ``pss``) is the proportional set size, ``rss`` the resident set size summed over
+    the processes. Forked workers share the parent's pages, so the RSS sum counts the model once
+    per worker; PSS is the fair number."""
 
     def __init__(self) -> None:
         import psutil
 
         self.proc = psutil.Process()
-        self.peak = 0
+        self.rss = self.pss = 0
         self._stop = threading.Event()
 
-    def _rss(self) -> int:
-        # proportional set size: forked workers share the parent's pages, so plain RSS summed
-        # over processes would count the model once per worker
-        total = self.proc.memory_full_info().pss
-        for child in self.proc.children(recursive=True):
+    @property
+    def peak(self) -> int:
+        return self.pss
+
+    def _now(self) -> tuple[int, int]:
+        rss = pss = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
-                total += child.memory_full_info().pss
-            except Exception:  # the child exited meanwhile
-                pass
-        return total
+                info = p.memory_full_info()
+            except Exception:  # noqa: BLE001 - a worker exited meanwhile
+                continue
+            rss, pss = rss + info.rss, pss + info.pss
+        return rss, pss
 
     def _watch(self) -> None:
         while not self._stop.wait(0.25):  # reading smaps is not free: sample sparsely
-            self.peak = max(self.peak, self._rss() - self.base)
+            rss, pss = self._now()
+            self.rss = max(self.rss, rss - self.base[0])
+            self.pss = max(self.pss, pss - self.base[1])
 
     def __enter__(self) -> PeakMemory:
-        self.base = self._rss()
+        self.base = self._now()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self

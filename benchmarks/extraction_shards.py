@@ -28,7 +28,6 @@ import statistics
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,9 @@ from alignkit.encoders import create_encoder
 from alignkit.features import FeatureCache, extract_features
 from alignkit.features.extract import default_num_workers
 from alignkit.probes import load_probe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from extraction import PeakMemory  # noqa: E402  (benchmarks/extraction.py: peak RSS and PSS)
 
 SPEC = "torchvision:mobilenet_v2"
 
@@ -83,48 +85,9 @@ def write_inputs(rows: list[dict[str, Any]], folder: Path, per_shard: int) -> tu
     return manifest, shards
 
 
-class Peak:
-    """Largest RSS and PSS of this process and its children above their level at the start."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self.proc = psutil.Process()
-        self.rss = self.pss = 0
-        self._stop = threading.Event()
-
-    def _now(self) -> tuple[int, int]:
-        rss = pss = 0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
-            try:
-                info = p.memory_full_info()
-            except Exception:  # noqa: BLE001 - a worker exited meanwhile
-                continue
-            rss, pss = rss + info.rss, pss + info.pss
-        return rss, pss
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.25):
-            rss, pss = self._now()
-            self.rss, self.pss = (
-                max(self.rss, rss - self.base[0]),
-                max(self.pss, pss - self.base[1]),
-            )
-
-    def __enter__(self) -> Peak:
-        self.base = self._now()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def extract_once(encoder: Any, probe: Any, args: argparse.Namespace) -> dict[str, Any]:
     """One extraction into a fresh cache: seconds, peak memory, the features."""
-    with tempfile.TemporaryDirectory() as tmp, Peak() as peak:
+    with tempfile.TemporaryDirectory() as tmp, PeakMemory() as peak:
         t0 = time.perf_counter()
         fs = extract_features(
             encoder,
