@@ -18,7 +18,7 @@ the next open, as is a file swapped for another of the same size and mtime.
 What a stamp cannot see, and only a full hash finds: bytes that change without the file system
 knowing (bit rot on the disk, writes to the raw block device, a network file system's server
 changing a file while this client caches its attributes). To have such files hashed again,
-delete their ``.verified`` files (or call :func:`forget` with ``stamps=True``).
+delete their ``.verified`` files.
 
 Racy stamps (git's "racily clean" problem): file times come from a coarse clock (a few ms on
 Linux; 1-2 s on some file systems), so a write just after a verification could leave the same
@@ -106,17 +106,7 @@ def sha256_matches(path: Path, expected: str) -> bool:
     return True
 
 
-def forget(*paths: Path, stamps: bool = False) -> None:
-    """Forget the verifications of this process (every one, or those of ``paths``), so the
-    next open of each entry hashes it; ``stamps=True`` deletes their stamp files too (with no
-    ``paths``: only this process's memory is wiped, stamp files need a path)."""
-    if not paths:
-        _seen.clear()
-        return
-    for path in paths:
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            _seen.pop((st.st_dev, st.st_ino), None)
-        if stamps:
-            with contextlib.suppress(OSError):
-                stamp_file(path).unlink()
+def forget() -> None:
+    """Forget every verification of this process (stamp files stay: delete those to have the
+    files hashed again by every process)."""
+    _seen.clear()
